@@ -1,0 +1,1 @@
+//! plexusctl: inject, check, traces, diagnose.

@@ -1,0 +1,1 @@
+//! The Plexus control plane.
