@@ -1,0 +1,265 @@
+//! The proxy's client of the controller's Destination API: a
+//! [`DestinationSource`] that opens one watch per target in use.
+//!
+//! Each target gets a background task that keeps a `Watch` stream open,
+//! applies snapshots and deltas to the target's `watch` channel, reconnects
+//! with backoff when the stream breaks, and meanwhile keeps serving the last
+//! known state: a controller restart never empties a proxy's view. Targets
+//! nobody has used for a while are dropped with their stream.
+
+mod update;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plexus_api::v1::destination_client::DestinationClient;
+use plexus_api::v1::{Target, WatchRequest};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::destinations::{DestinationSource, Resolution, ResolveFuture};
+
+pub use update::apply_update;
+
+/// How the proxy talks to the controller.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    /// `http://host:port` of the controller's gRPC server.
+    pub addr: String,
+    /// The proxy's own namespace, so short names resolve as its pod's resolver would.
+    pub context_namespace: String,
+    /// Who is asking, for the controller's logs and metrics.
+    pub proxy_id: String,
+    /// How long a first lookup waits for the controller before the target is
+    /// forwarded as not meshed (passthrough to its original destination).
+    pub first_answer_timeout: Duration,
+    /// A target nobody resolved for this long loses its watch.
+    pub idle_timeout: Duration,
+}
+
+/// Targets as the controller describes them, watched on demand.
+pub struct ControllerDestinations {
+    client: DestinationClient<Channel>,
+    config: ControllerConfig,
+    watches: Mutex<HashMap<String, Watched>>,
+}
+
+/// What the proxy knows of one watched target.
+#[derive(Debug, Clone)]
+enum Status {
+    /// No answer yet since the watch began.
+    Pending,
+    NotMeshed,
+    Meshed(watch::Receiver<Arc<Target>>),
+}
+
+struct Watched {
+    status: watch::Receiver<Status>,
+    /// Shared with the task that feeds it; its receiver count tells whether
+    /// anything (a `Logical`) still uses the target.
+    target: Arc<watch::Sender<Arc<Target>>>,
+    last_used: Instant,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl ControllerDestinations {
+    /// Connects lazily: a controller that is down at start only delays the
+    /// first answers, it does not stop the proxy.
+    pub fn new(config: ControllerConfig) -> Result<Arc<Self>, tonic::transport::Error> {
+        let endpoint = Endpoint::from_shared(config.addr.clone())?
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        let this = Arc::new(Self {
+            client: DestinationClient::new(endpoint.connect_lazy()),
+            config,
+            watches: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(sweep_idle(Arc::downgrade(&this)));
+        Ok(this)
+    }
+
+    fn status_of(&self, key: &str) -> watch::Receiver<Status> {
+        let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(watched) = watches.get_mut(key) {
+            watched.last_used = Instant::now();
+            return watched.status.clone();
+        }
+        let (tx, rx) = watch::channel(Status::Pending);
+        let target = Arc::new(watch::Sender::new(Arc::new(Target::default())));
+        let request = WatchRequest {
+            target: key.to_string(),
+            context_namespace: self.config.context_namespace.clone(),
+            proxy_id: self.config.proxy_id.clone(),
+        };
+        let task = tokio::spawn(follow(self.client.clone(), request, tx, target.clone()));
+        watches.insert(
+            key.to_string(),
+            Watched {
+                status: rx.clone(),
+                target,
+                last_used: Instant::now(),
+                task,
+            },
+        );
+        rx
+    }
+}
+
+impl DestinationSource for ControllerDestinations {
+    fn resolve<'a>(&'a self, key: &'a str) -> ResolveFuture<'a> {
+        let mut status = self.status_of(key);
+        let timeout = self.config.first_answer_timeout;
+        Box::pin(async move {
+            let answered =
+                tokio::time::timeout(timeout, status.wait_for(|s| !matches!(s, Status::Pending)))
+                    .await;
+            match answered {
+                Ok(Ok(status)) => match &*status {
+                    Status::Meshed(target) => Resolution::Meshed(target.clone()),
+                    Status::NotMeshed | Status::Pending => Resolution::NotMeshed,
+                },
+                _ => {
+                    tracing::warn!(
+                        target = key,
+                        "controller gave no answer in time; forwarding as not meshed"
+                    );
+                    Resolution::NotMeshed
+                }
+            }
+        })
+    }
+
+    fn known(&self) -> Vec<Arc<Target>> {
+        let watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
+        watches
+            .values()
+            .filter_map(|w| match &*w.status.borrow() {
+                Status::Meshed(target) => Some(target.borrow().clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Keeps one target's watch stream open for as long as the target is watched.
+async fn follow(
+    mut client: DestinationClient<Channel>,
+    request: WatchRequest,
+    status: watch::Sender<Status>,
+    target: Arc<watch::Sender<Arc<Target>>>,
+) {
+    let mut backoff = Backoff::new();
+    loop {
+        match client.watch(request.clone()).await {
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            backoff.reset();
+                            apply(&status, &target, update);
+                        }
+                        Ok(None) => break,
+                        Err(error) => {
+                            tracing::debug!(target = request.target, %error, "destination watch broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::debug!(target = request.target, %error, "destination watch failed");
+            }
+        }
+        // Keep serving the last state; try again a little later.
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+fn apply(
+    status: &watch::Sender<Status>,
+    target: &watch::Sender<Arc<Target>>,
+    update: plexus_api::v1::DestinationUpdate,
+) {
+    if update.not_meshed {
+        status.send_replace(Status::NotMeshed);
+        return;
+    }
+    target.send_modify(|current| *current = Arc::new(apply_update(current, update)));
+    if !matches!(*status.borrow(), Status::Meshed(_)) {
+        status.send_replace(Status::Meshed(target.subscribe()));
+    }
+}
+
+/// Drops watches of targets nobody resolved recently and nobody holds.
+async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
+    loop {
+        let period = match this.upgrade() {
+            Some(this) => this.config.idle_timeout.min(Duration::from_secs(60)),
+            None => return,
+        };
+        tokio::time::sleep(period).await;
+        let Some(this) = this.upgrade() else { return };
+        let idle_timeout = this.config.idle_timeout;
+        let mut watches = this.watches.lock().unwrap_or_else(|e| e.into_inner());
+        watches.retain(|_, watched| {
+            // One receiver lives in the status itself; more mean a user holds it.
+            let held = watched.target.receiver_count() > 1;
+            held || watched.last_used.elapsed() < idle_timeout
+        });
+    }
+}
+
+/// Exponential backoff with jitter between reconnection attempts.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const MIN: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Self { next: Self::MIN }
+    }
+
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // Up to half again as long, so proxies do not reconnect in lockstep.
+        delay + delay.mul_f64(rand::random::<f64>() / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_resets() {
+        let mut backoff = Backoff::new();
+        let first = backoff.next_delay();
+        assert!(first >= Backoff::MIN && first <= Backoff::MIN.mul_f64(1.5));
+        for _ in 0..20 {
+            let delay = backoff.next_delay();
+            assert!(delay <= Backoff::MAX.mul_f64(1.5));
+        }
+        assert!(backoff.next_delay() >= Backoff::MAX);
+        backoff.reset();
+        assert!(backoff.next_delay() <= Backoff::MIN.mul_f64(1.5));
+    }
+}
