@@ -1,1 +1,52 @@
-fn main() {}
+//! Developer tasks for the Plexus workspace, run as `cargo xtask <task>`:
+//! the test command that the README and CI use, and the proxy benchmark.
+//!
+//! Tools only: no workspace crate depends on this one, and it depends only on
+//! `plexus-api` (to write the proxy's destinations file in the proto's shape),
+//! never on the proxy or controller code it measures.
+
+mod bench;
+mod demo;
+mod test_suite;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Plexus developer tasks")]
+enum Task {
+    /// Build the workspace binaries, prepare the chart-test Python venv, run every test.
+    Test(test_suite::TestArgs),
+    /// Measure direct traffic vs one proxy vs a proxy pair, side by side in one run.
+    Bench(bench::BenchArgs),
+    /// The bench's upstream server (started by `bench` as its own process).
+    #[command(hide = true)]
+    BenchUpstream(bench::upstream::UpstreamArgs),
+    /// The mesh on one machine: controller, sidecars, a demo app, traffic, traces.
+    Demo(demo::DemoArgs),
+    /// One service of the demo application (started by `demo` as its own process).
+    #[command(hide = true)]
+    DemoApp(demo::AppArgs),
+}
+
+fn main() -> ExitCode {
+    let outcome = match Task::parse() {
+        Task::Test(args) => test_suite::run(args),
+        Task::Bench(args) => bench::main(args).map(|all_measured| {
+            if all_measured {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }),
+        Task::BenchUpstream(args) => bench::upstream::main(args).map(|()| ExitCode::SUCCESS),
+        Task::Demo(args) => demo::main(args).map(|()| ExitCode::SUCCESS),
+        Task::DemoApp(args) => demo::app_main(args).map(|()| ExitCode::SUCCESS),
+    };
+    outcome.unwrap_or_else(|error| {
+        eprintln!("xtask: {error:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -7,3 +7,27 @@
 pub mod body;
 pub mod connect;
 pub mod error;
+pub mod logical;
+
+pub mod config;
+pub mod control;
+pub mod destinations;
+pub mod static_config;
+pub mod tls;
+
+pub mod orig_dst;
+pub mod proxy;
+pub mod transport;
+
+mod admin;
+mod detect;
+mod drain;
+mod hop_by_hop;
+mod http;
+mod listener;
+mod metrics;
+mod opaque;
+mod upstream;
+
+pub use proxy::{Proxy, ProxyBuilder, RunningProxy, StartError};
+pub mod telemetry;

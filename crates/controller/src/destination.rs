@@ -1,0 +1,146 @@
+//! `plexus.v1.Destination`: streams of the index's views to proxies.
+//!
+//! Each stream holds a receiver of its target's shared `watch`; it sends a
+//! snapshot first, then, whenever the view changes, only the parts whose
+//! version moved since what this stream last sent. A slow stream simply
+//! skips intermediate views (latest wins) and never holds up the others.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use plexus_api::v1::destination_server::{Destination, DestinationServer};
+use plexus_api::v1::{DestinationUpdate, ServerPolicy, ServerRequest, WatchRequest};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::index::{SharedIndex, TargetView};
+use crate::metrics::{self, ApiLabels, Metrics};
+
+type UpdateStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Destination service over a shared index.
+#[derive(Clone, Debug)]
+pub struct DestinationService {
+    index: SharedIndex,
+    metrics: Arc<Metrics>,
+}
+
+impl DestinationService {
+    pub fn new(index: SharedIndex, metrics: Arc<Metrics>) -> Self {
+        Self { index, metrics }
+    }
+
+    pub fn into_server(self) -> DestinationServer<Self> {
+        DestinationServer::new(self)
+    }
+}
+
+/// Counts an open stream while it lives.
+struct OpenStream {
+    metrics: Arc<Metrics>,
+    api: ApiLabels,
+}
+
+impl OpenStream {
+    fn new(metrics: Arc<Metrics>, api: ApiLabels) -> Self {
+        metrics.watchers.get_or_create(&api).inc();
+        Self { metrics, api }
+    }
+
+    fn pushed(&self) {
+        self.metrics.pushes.get_or_create(&self.api).inc();
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.metrics.watchers.get_or_create(&self.api).dec();
+    }
+}
+
+struct TargetStream {
+    rx: watch::Receiver<Arc<TargetView>>,
+    last: Option<Arc<TargetView>>,
+    open: OpenStream,
+}
+
+struct ServerStream {
+    rx: watch::Receiver<Arc<ServerPolicy>>,
+    started: bool,
+    open: OpenStream,
+}
+
+#[tonic::async_trait]
+impl Destination for DestinationService {
+    type WatchStream = UpdateStream<DestinationUpdate>;
+    type WatchServerStream = UpdateStream<ServerPolicy>;
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let request = request.into_inner();
+        let rx = self
+            .index
+            .lock()
+            .watch_target(&request.target, &request.context_namespace)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(target = %request.target, proxy = %request.proxy_id, "watch");
+        let state = TargetStream {
+            rx,
+            last: None,
+            open: OpenStream::new(self.metrics.clone(), metrics::DESTINATION),
+        };
+        let stream = futures_util::stream::unfold(state, |mut s| async move {
+            loop {
+                if s.last.is_some() && s.rx.changed().await.is_err() {
+                    return None;
+                }
+                let view = s.rx.borrow_and_update().clone();
+                if let Some(update) = view.update_since(s.last.as_deref()) {
+                    if s.last.is_some() {
+                        s.open
+                            .metrics
+                            .push_latency
+                            .observe(view.changed_at.elapsed().as_secs_f64());
+                    }
+                    s.open.pushed();
+                    s.last = Some(view);
+                    return Some((Ok(update), s));
+                }
+                s.last = Some(view);
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn watch_server(
+        &self,
+        request: Request<ServerRequest>,
+    ) -> Result<Response<Self::WatchServerStream>, Status> {
+        let request = request.into_inner();
+        if request.namespace.is_empty() || request.pod.is_empty() {
+            return Err(Status::invalid_argument("namespace and pod are required"));
+        }
+        let rx = self
+            .index
+            .lock()
+            .watch_server(&request.namespace, &request.pod);
+        let state = ServerStream {
+            rx,
+            started: false,
+            open: OpenStream::new(self.metrics.clone(), metrics::SERVER),
+        };
+        let stream = futures_util::stream::unfold(state, |mut s| async move {
+            if s.started && s.rx.changed().await.is_err() {
+                return None;
+            }
+            s.started = true;
+            let policy = (**s.rx.borrow_and_update()).clone();
+            s.open.pushed();
+            Some((Ok(policy), s))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

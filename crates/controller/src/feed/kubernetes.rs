@@ -1,0 +1,113 @@
+//! The Kubernetes feed: a kube-rs `runtime::watcher` per kind (it lists,
+//! watches, relists after `410 Gone` and backs off on errors), its events
+//! mapped to the index's `apply` / `delete` / `reset`.
+
+use std::collections::HashSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::StreamExt;
+use gateway_api::experimental::grpcroutes::GrpcRoute;
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event, watcher};
+use kube::{Api, Client};
+use serde::de::DeserializeOwned;
+
+use super::Readiness;
+use crate::index::{IndexedResource, ObjectRef, SharedIndex};
+
+/// The kinds watched; `/ready` waits until each has been listed once.
+const KINDS: usize = 6;
+
+/// Watches every kind until the process ends; `ready` is set once all kinds
+/// have completed their first list.
+pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
+    let synced = Arc::new(AtomicUsize::new(0));
+    let on_synced = move || {
+        if synced.fetch_add(1, Ordering::AcqRel) + 1 == KINDS {
+            tracing::info!("kubernetes feed: initial lists synced");
+            ready.set_ready();
+        }
+    };
+    tokio::join!(
+        watch(
+            Api::<Namespace>::all(client.clone()),
+            &index,
+            on_synced.clone()
+        ),
+        watch(
+            Api::<Service>::all(client.clone()),
+            &index,
+            on_synced.clone()
+        ),
+        watch(
+            Api::<EndpointSlice>::all(client.clone()),
+            &index,
+            on_synced.clone()
+        ),
+        watch(Api::<Pod>::all(client.clone()), &index, on_synced.clone()),
+        watch(
+            Api::<HttpRoute>::all(client.clone()),
+            &index,
+            on_synced.clone()
+        ),
+        watch(Api::<GrpcRoute>::all(client), &index, on_synced),
+    );
+}
+
+async fn watch<K>(api: Api<K>, index: &SharedIndex, on_synced: impl Fn())
+where
+    K: IndexedResource + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let kind = K::KIND;
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    // Listed objects are applied as they arrive and only their keys kept, so a
+    // relist never holds every object of a kind in memory.
+    let mut listed: HashSet<ObjectRef> = HashSet::new();
+    let mut synced = false;
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(object)) => index.lock().apply(object),
+            Ok(Event::Delete(object)) => {
+                let key = object.key();
+                index.lock().delete::<K>(&key);
+            }
+            Ok(Event::Init) => listed.clear(),
+            Ok(Event::InitApply(object)) => {
+                listed.insert(object.key());
+                index.lock().apply(object);
+            }
+            Ok(Event::InitDone) => {
+                index.lock().retain::<K>(&std::mem::take(&mut listed));
+                tracing::debug!(%kind, "kubernetes feed: listed");
+                if !synced {
+                    synced = true;
+                    on_synced();
+                }
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status)))
+                if status.code == 404
+                    && matches!(
+                        kind,
+                        crate::index::Kind::HttpRoute | crate::index::Kind::GrpcRoute
+                    ) =>
+            {
+                // Gateway API CRDs not installed: no routes, but do not hold readiness.
+                if !synced {
+                    tracing::warn!(%kind, "kubernetes feed: kind not served (Gateway API CRDs missing?); no routes until it is");
+                    synced = true;
+                    on_synced();
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%kind, %error, "kubernetes feed: watch failed; retrying with backoff")
+            }
+        }
+    }
+}

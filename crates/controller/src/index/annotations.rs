@@ -1,0 +1,372 @@
+//! The `plexus.io/*` annotations users write on Services, Namespaces and Pods.
+//! A bad value is an error naming the annotation and what was expected; the
+//! object's other annotations still apply.
+
+use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
+use std::str::FromStr;
+
+use plexus_api::v1::{Concurrency, FailureAccrual, Resilience, RetryBudget};
+use plexus_identity::{SpiffeId, SpiffeIdError};
+
+pub const INJECT: &str = "plexus.io/inject";
+pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
+pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
+pub const OPAQUE_PORTS: &str = "plexus.io/opaque-ports";
+pub const RETRY_BUDGET_RATIO: &str = "plexus.io/retry-budget-ratio";
+pub const RETRY_BUDGET_MIN_PER_SECOND: &str = "plexus.io/retry-budget-min-per-second";
+pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "plexus.io/failure-accrual-consecutive";
+pub const FAILURE_ACCRUAL_MIN_BACKOFF: &str = "plexus.io/failure-accrual-min-backoff";
+pub const FAILURE_ACCRUAL_MAX_BACKOFF: &str = "plexus.io/failure-accrual-max-backoff";
+pub const LOAD_BALANCER: &str = "plexus.io/load-balancer";
+pub const MAX_CONCURRENCY: &str = "plexus.io/max-concurrency";
+pub const MAX_QUEUE: &str = "plexus.io/max-queue";
+
+/// The largest retry ratio accepted (tower's budget accepts up to 1000).
+const MAX_RETRY_RATIO: f64 = 1000.0;
+
+/// A bad annotation value: which annotation, and what is wrong with it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnnotationError {
+    pub annotation: &'static str,
+    pub message: String,
+}
+
+impl AnnotationError {
+    pub fn field(&self) -> String {
+        format!("metadata.annotations[{}]", self.annotation)
+    }
+}
+
+/// Reads annotations, collecting errors instead of stopping at the first.
+pub struct Annotations<'a> {
+    map: Option<&'a BTreeMap<String, String>>,
+    pub errors: Vec<AnnotationError>,
+}
+
+impl<'a> Annotations<'a> {
+    pub fn new(map: Option<&'a BTreeMap<String, String>>) -> Self {
+        Self {
+            map,
+            errors: Vec::new(),
+        }
+    }
+
+    fn raw(&self, name: &'static str) -> Option<&'a str> {
+        self.map.and_then(|m| m.get(name)).map(|v| v.trim())
+    }
+
+    /// Parses one annotation with `parse`, whose error says what was expected.
+    fn get<T>(
+        &mut self,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let raw = self.raw(name)?;
+        match parse(raw) {
+            Ok(value) => Some(value),
+            Err(expected) => {
+                self.errors.push(AnnotationError {
+                    annotation: name,
+                    message: format!("{raw:?} is not {expected}"),
+                });
+                None
+            }
+        }
+    }
+
+    fn number<T: FromStr>(&mut self, name: &'static str, expected: &str) -> Option<T> {
+        self.get(name, |v| v.parse::<T>().map_err(|_| expected.to_string()))
+    }
+
+    fn duration_ms(&mut self, name: &'static str) -> Option<u64> {
+        self.get(name, parse_duration_ms)
+    }
+
+    /// The per-Service resilience policy; unset annotations stay unset (the
+    /// proxy applies the documented defaults).
+    pub fn resilience(&mut self) -> Resilience {
+        let ratio = self.get(RETRY_BUDGET_RATIO, |v| match v.parse::<f64>() {
+            Ok(r) if (0.0..=MAX_RETRY_RATIO).contains(&r) => Ok(r),
+            _ => Err(format!("a number from 0 to {MAX_RETRY_RATIO} (e.g. 0.2)")),
+        });
+        let min_per_second = self.number(
+            RETRY_BUDGET_MIN_PER_SECOND,
+            "a whole number of retries per second",
+        );
+        let consecutive = self.number(
+            FAILURE_ACCRUAL_CONSECUTIVE,
+            "a whole number of failures (0 disables)",
+        );
+        let mut min_backoff = self.duration_ms(FAILURE_ACCRUAL_MIN_BACKOFF);
+        let max_backoff = self.duration_ms(FAILURE_ACCRUAL_MAX_BACKOFF);
+        if let (Some(min), Some(max)) = (min_backoff, max_backoff)
+            && min > max
+        {
+            self.errors.push(AnnotationError {
+                annotation: FAILURE_ACCRUAL_MIN_BACKOFF,
+                message: format!("{min}ms is more than {FAILURE_ACCRUAL_MAX_BACKOFF} ({max}ms)"),
+            });
+            min_backoff = None;
+        }
+        let load_balancer = self
+            .get(LOAD_BALANCER, |v| match v {
+                "p2c-ewma" | "round-robin" => Ok(v.to_string()),
+                _ => Err("one of p2c-ewma, round-robin".to_string()),
+            })
+            .unwrap_or_default();
+        let max_in_flight = self.number(
+            MAX_CONCURRENCY,
+            "a whole number of requests (0 = unlimited)",
+        );
+        let max_queue = self.number(MAX_QUEUE, "a whole number of requests");
+        let retry_budget = (ratio.is_some() || min_per_second.is_some()).then(|| RetryBudget {
+            ratio,
+            min_per_second,
+            ttl_ms: None,
+        });
+        let failure_accrual = (consecutive.is_some()
+            || min_backoff.is_some()
+            || max_backoff.is_some())
+        .then(|| FailureAccrual {
+            consecutive_failures: consecutive,
+            min_backoff_ms: min_backoff,
+            max_backoff_ms: max_backoff,
+        });
+        let concurrency = (max_in_flight.is_some() || max_queue.is_some()).then(|| Concurrency {
+            max_in_flight: max_in_flight.unwrap_or(0),
+            max_queue: max_queue.unwrap_or(0),
+            queue_timeout_ms: None,
+        });
+        Resilience {
+            retry_budget,
+            failure_accrual,
+            load_balancer,
+            concurrency,
+        }
+    }
+
+    /// `plexus.io/inject`: `enabled` / `disabled`.
+    pub fn inject(&mut self) -> Option<bool> {
+        self.get(INJECT, |v| match v {
+            "enabled" => Ok(true),
+            "disabled" => Ok(false),
+            _ => Err("enabled or disabled".to_string()),
+        })
+    }
+
+    pub fn mtls_mode(&mut self) -> Option<MtlsMode> {
+        self.get(MTLS_MODE, |v| match v.to_ascii_lowercase().as_str() {
+            "strict" => Ok(MtlsMode::Strict),
+            "permissive" => Ok(MtlsMode::Permissive),
+            _ => Err("strict or permissive".to_string()),
+        })
+    }
+
+    /// `plexus.io/allowed-clients`: comma-separated SPIFFE IDs, or
+    /// `namespace/serviceaccount` shorthands in `trust_domain`.
+    pub fn allowed_clients(&mut self, trust_domain: &str) -> Option<Vec<String>> {
+        self.get(ALLOWED_CLIENTS, |v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|id| {
+                    let parsed = match id.split_once('/') {
+                        _ if id.starts_with("spiffe://") => id.parse::<SpiffeId>(),
+                        Some((ns, sa)) => SpiffeId::new(trust_domain, ns, sa),
+                        None => Err(SpiffeIdError::Scheme),
+                    };
+                    parsed
+                        .map(|id| id.to_string())
+                        .map_err(|e| format!("a comma list of spiffe:// IDs or namespace/serviceaccount ({id:?}: {e})"))
+                })
+                .collect()
+        })
+    }
+
+    pub fn opaque_ports(&mut self) -> Option<PortSet> {
+        self.get(OPAQUE_PORTS, |v| v.parse::<PortSet>())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    Permissive,
+    Strict,
+}
+
+impl MtlsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MtlsMode::Permissive => "permissive",
+            MtlsMode::Strict => "strict",
+        }
+    }
+}
+
+/// The SPIFFE ID of a workload's service account; empty when the names cannot
+/// form one (the endpoint then cannot be verified, so it is treated as not meshed).
+pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> String {
+    SpiffeId::new(trust_domain, namespace, service_account)
+        .map(|id| id.to_string())
+        .unwrap_or_default()
+}
+
+/// Ports and port ranges, `"3306,5432,4000-4100"`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortSet(Vec<RangeInclusive<u16>>);
+
+impl PortSet {
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        self.0.iter().flat_map(|r| r.clone())
+    }
+}
+
+impl FromStr for PortSet {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const EXPECTED: &str = "a comma list of ports or ranges (e.g. 3306,4000-4100)";
+        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0);
+        s.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|item| match item.split_once('-') {
+                Some((lo, hi)) => match (port(lo), port(hi)) {
+                    (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
+                    _ => Err(EXPECTED.to_string()),
+                },
+                None => port(item)
+                    .map(|p| p..=p)
+                    .ok_or_else(|| EXPECTED.to_string()),
+            })
+            .collect::<Result<_, _>>()
+            .map(PortSet)
+    }
+}
+
+/// Parses a Gateway API duration ("500ms", "10s", "1m", "1h30m") to milliseconds.
+pub fn parse_duration_ms(value: &str) -> Result<u64, String> {
+    value
+        .parse::<gateway_api::Duration>()
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_err(|_| "a duration such as 500ms, 10s or 1m".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn resilience_annotations_are_read() {
+        let map = annotations(&[
+            (RETRY_BUDGET_RATIO, "0.5"),
+            (RETRY_BUDGET_MIN_PER_SECOND, "3"),
+            (FAILURE_ACCRUAL_CONSECUTIVE, "7"),
+            (FAILURE_ACCRUAL_MIN_BACKOFF, "500ms"),
+            (FAILURE_ACCRUAL_MAX_BACKOFF, "1m"),
+            (LOAD_BALANCER, "round-robin"),
+            (MAX_CONCURRENCY, "100"),
+            (MAX_QUEUE, "10"),
+        ]);
+        let mut a = Annotations::new(Some(&map));
+        let r = a.resilience();
+        assert!(a.errors.is_empty(), "{:?}", a.errors);
+        let budget = r.retry_budget.unwrap();
+        assert_eq!((budget.ratio, budget.min_per_second), (Some(0.5), Some(3)));
+        let fa = r.failure_accrual.unwrap();
+        assert_eq!(
+            (
+                fa.consecutive_failures,
+                fa.min_backoff_ms,
+                fa.max_backoff_ms
+            ),
+            (Some(7), Some(500), Some(60_000))
+        );
+        assert_eq!(r.load_balancer, "round-robin");
+        let c = r.concurrency.unwrap();
+        assert_eq!((c.max_in_flight, c.max_queue), (100, 10));
+    }
+
+    #[test]
+    fn bad_values_name_the_annotation_and_the_rest_apply() {
+        let map = annotations(&[
+            (RETRY_BUDGET_RATIO, "lots"),
+            (FAILURE_ACCRUAL_MIN_BACKOFF, "5 seconds"),
+            (LOAD_BALANCER, "random"),
+            (MAX_CONCURRENCY, "-1"),
+            (MAX_QUEUE, "4"),
+        ]);
+        let mut a = Annotations::new(Some(&map));
+        let r = a.resilience();
+        let named: Vec<_> = a.errors.iter().map(|e| e.annotation).collect();
+        assert_eq!(
+            named,
+            [
+                RETRY_BUDGET_RATIO,
+                FAILURE_ACCRUAL_MIN_BACKOFF,
+                LOAD_BALANCER,
+                MAX_CONCURRENCY
+            ]
+        );
+        assert!(
+            a.errors[0].message.contains("\"lots\" is not a number"),
+            "{}",
+            a.errors[0].message
+        );
+        assert_eq!(
+            a.errors[0].field(),
+            "metadata.annotations[plexus.io/retry-budget-ratio]"
+        );
+        assert_eq!(r.retry_budget, None);
+        assert_eq!(r.load_balancer, "");
+        assert_eq!(r.concurrency.unwrap().max_queue, 4);
+    }
+
+    #[test]
+    fn min_backoff_above_max_is_refused() {
+        let map = annotations(&[
+            (FAILURE_ACCRUAL_MIN_BACKOFF, "10s"),
+            (FAILURE_ACCRUAL_MAX_BACKOFF, "1s"),
+        ]);
+        let mut a = Annotations::new(Some(&map));
+        let fa = a.resilience().failure_accrual.unwrap();
+        assert_eq!(fa.min_backoff_ms, None);
+        assert_eq!(fa.max_backoff_ms, Some(1000));
+        assert_eq!(a.errors.len(), 1);
+    }
+
+    #[test]
+    fn port_sets_and_clients() {
+        let set: PortSet = "3306, 4000-4002".parse().unwrap();
+        assert!(set.contains(3306) && set.contains(4001) && !set.contains(80));
+        assert_eq!(set.ports().collect::<Vec<_>>(), [3306, 4000, 4001, 4002]);
+        assert!("4002-4000".parse::<PortSet>().is_err());
+        assert!("http".parse::<PortSet>().is_err());
+
+        let map = annotations(&[(ALLOWED_CLIENTS, "shop/web, spiffe://other.td/ns/a/sa/b")]);
+        let mut a = Annotations::new(Some(&map));
+        assert_eq!(
+            a.allowed_clients("cluster.local").unwrap(),
+            [
+                "spiffe://cluster.local/ns/shop/sa/web",
+                "spiffe://other.td/ns/a/sa/b"
+            ]
+        );
+        let map = annotations(&[(ALLOWED_CLIENTS, "web")]);
+        let mut a = Annotations::new(Some(&map));
+        assert_eq!(a.allowed_clients("cluster.local"), None);
+        assert_eq!(a.errors[0].annotation, ALLOWED_CLIENTS);
+    }
+}

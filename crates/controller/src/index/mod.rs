@@ -1,0 +1,375 @@
+//! The discovery index: one in-memory view of the cluster, fed by `apply` /
+//! `delete` / `reset` calls from a feed (Kubernetes watches or a YAML file),
+//! and read by the Destination API through a `tokio::sync::watch` per target.
+//!
+//! It holds no Kubernetes client: tests call it directly with objects they
+//! build. Objects are reduced to small models on the way in (a Pod keeps its
+//! IPs, service account and mesh annotations, not its spec), so 100,000
+//! endpoints fit in little memory. A change recomputes only the watched
+//! targets that depend on what changed, and a part of a target (protocol,
+//! routes, backends) keeps its version when its content did not change, so
+//! gRPC watchers send exactly the parts that did.
+
+mod annotations;
+mod lookup;
+mod model;
+mod resources;
+mod routes;
+#[cfg(test)]
+mod tests;
+mod views;
+mod watches;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use serde::Serialize;
+
+pub use self::lookup::{Lookup, TargetError};
+pub use self::resources::IndexedResource;
+pub use self::routes::{ParentStatus, RouteStatus};
+pub use self::views::{MeshedTarget, TargetView, Versioned};
+
+use self::model::{PodInfo, ServiceInfo, SliceInfo, WorkloadAnnotations};
+use self::routes::{RouteInfo, RouteKey};
+use self::watches::{Changes, Watches};
+
+/// The default SPIFFE trust domain and Kubernetes cluster domain.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
+
+/// Names the index needs to turn objects into mesh answers.
+#[derive(Clone, Debug)]
+pub struct IndexConfig {
+    /// SPIFFE trust domain of endpoint identities.
+    pub trust_domain: String,
+    /// DNS suffix of Services, `name.namespace.svc.<cluster_domain>`.
+    pub cluster_domain: String,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_string(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.to_string(),
+        }
+    }
+}
+
+/// `namespace/name` of a namespaced object; a Namespace has an empty namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.namespace.is_empty() {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// The kinds of objects the index reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Namespace,
+    Service,
+    EndpointSlice,
+    Pod,
+    HttpRoute,
+    GrpcRoute,
+}
+
+impl Kind {
+    /// The Kubernetes spelling, as in `kind:` of a manifest.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::HttpRoute => "HTTPRoute",
+            Kind::GrpcRoute => "GRPCRoute",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for Kind {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Something wrong with an object, named by kind, object and field. The
+/// object's valid parts still apply; the problem is logged and listed on the
+/// admin endpoint.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Problem {
+    pub kind: String,
+    pub object: String,
+    pub field: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(
+        kind: Kind,
+        object: &ObjectRef,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind: kind.to_string(),
+            object: object.to_string(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}: {}: {}",
+            self.kind, self.object, self.field, self.message
+        )
+    }
+}
+
+/// How many objects of each kind the index holds, and how many watches are open.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct IndexSizes {
+    pub namespaces: usize,
+    pub services: usize,
+    pub endpoint_slices: usize,
+    pub endpoints: usize,
+    pub pods: usize,
+    pub routes: usize,
+    pub target_watches: usize,
+    pub server_watches: usize,
+}
+
+/// The index, see the module documentation.
+#[derive(Debug)]
+pub struct Index {
+    config: IndexConfig,
+    namespaces: HashMap<String, WorkloadAnnotations>,
+    services: HashMap<ObjectRef, ServiceInfo>,
+    cluster_ips: HashMap<IpAddr, ObjectRef>,
+    /// Keyed by the slice's own `namespace/name`.
+    slices: HashMap<ObjectRef, SliceInfo>,
+    slices_by_service: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
+    pods: HashMap<ObjectRef, PodInfo>,
+    pod_ips: HashMap<IpAddr, ObjectRef>,
+    /// Pod -> Services whose slices list it (with a count of listings), so a
+    /// Pod change recomputes only the targets it is an endpoint of.
+    pod_services: HashMap<ObjectRef, HashMap<ObjectRef, u32>>,
+    routes: HashMap<RouteKey, RouteInfo>,
+    routes_by_service: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    /// Status of every route with a Service parent, accepted or not.
+    route_status: BTreeMap<RouteKey, RouteStatus>,
+    problems: BTreeMap<(Kind, ObjectRef), Vec<Problem>>,
+    feed_problems: Vec<Problem>,
+    watches: Watches,
+}
+
+impl Index {
+    pub fn new(config: IndexConfig) -> Self {
+        Self {
+            config,
+            namespaces: HashMap::new(),
+            services: HashMap::new(),
+            cluster_ips: HashMap::new(),
+            slices: HashMap::new(),
+            slices_by_service: HashMap::new(),
+            pods: HashMap::new(),
+            pod_ips: HashMap::new(),
+            pod_services: HashMap::new(),
+            routes: HashMap::new(),
+            routes_by_service: HashMap::new(),
+            route_status: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            feed_problems: Vec::new(),
+            watches: Watches::default(),
+        }
+    }
+
+    pub fn config(&self) -> &IndexConfig {
+        &self.config
+    }
+
+    /// Adds or replaces one object.
+    pub fn apply<R: IndexedResource>(&mut self, object: R) {
+        let mut changes = Changes::default();
+        object.apply_to(self, &mut changes);
+        self.publish(changes);
+    }
+
+    /// Removes one object; unknown objects are ignored.
+    pub fn delete<R: IndexedResource>(&mut self, key: &ObjectRef) {
+        let mut changes = Changes::default();
+        R::delete_from(self, key, &mut changes);
+        self.publish(changes);
+    }
+
+    /// Replaces every object of this kind by `objects` (a relist): objects not
+    /// listed are deleted. Watchers see one update for the whole relist.
+    pub fn reset<R: IndexedResource>(&mut self, objects: Vec<R>) {
+        let mut changes = Changes::default();
+        let listed: HashSet<ObjectRef> = objects.iter().map(R::key).collect();
+        self.delete_unlisted::<R>(&listed, &mut changes);
+        for object in objects {
+            object.apply_to(self, &mut changes);
+        }
+        self.publish(changes);
+    }
+
+    /// Deletes the objects of this kind not in `listed`: the end of a relist
+    /// whose objects were applied one by one as they arrived (so a relist of
+    /// 100,000 Pods never holds them all in memory at once).
+    pub fn retain<R: IndexedResource>(&mut self, listed: &HashSet<ObjectRef>) {
+        let mut changes = Changes::default();
+        self.delete_unlisted::<R>(listed, &mut changes);
+        self.publish(changes);
+    }
+
+    fn delete_unlisted<R: IndexedResource>(
+        &mut self,
+        listed: &HashSet<ObjectRef>,
+        changes: &mut Changes,
+    ) {
+        for key in R::keys(self) {
+            if !listed.contains(&key) {
+                R::delete_from(self, &key, changes);
+            }
+        }
+    }
+
+    /// Resolves a target once, without watching it.
+    pub fn resolve(
+        &mut self,
+        target: &str,
+        context_namespace: &str,
+    ) -> Result<Arc<TargetView>, TargetError> {
+        let lookup = Lookup::parse(target, context_namespace, &self.config.cluster_domain)?;
+        Ok(self.compute_target(&lookup, None).0)
+    }
+
+    /// Watches a target: the receiver holds the current view and is told of
+    /// every change. Watchers of the same target share one view.
+    pub fn watch_target(
+        &mut self,
+        target: &str,
+        context_namespace: &str,
+    ) -> Result<tokio::sync::watch::Receiver<Arc<TargetView>>, TargetError> {
+        let lookup = Lookup::parse(target, context_namespace, &self.config.cluster_domain)?;
+        if let Some(rx) = self.watches.subscribe_target(&lookup) {
+            return Ok(rx);
+        }
+        let (view, deps) = self.compute_target(&lookup, None);
+        Ok(self.watches.insert_target(lookup, view, deps))
+    }
+
+    /// Watches the inbound policy of a workload (a pod).
+    pub fn watch_server(
+        &mut self,
+        namespace: &str,
+        pod: &str,
+    ) -> tokio::sync::watch::Receiver<Arc<plexus_api::v1::ServerPolicy>> {
+        let key = ObjectRef::new(namespace, pod);
+        if let Some(rx) = self.watches.subscribe_server(&key) {
+            return rx;
+        }
+        let policy = Arc::new(self.server_policy(&key));
+        self.watches.insert_server(key, policy)
+    }
+
+    /// Every problem found in the objects applied, plus those the feed reported.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.problems
+            .values()
+            .flatten()
+            .chain(&self.feed_problems)
+            .cloned()
+            .collect()
+    }
+
+    /// Problems found by the feed before objects reached the index (objects
+    /// that could not be read at all); replaces the previous list.
+    pub fn set_feed_problems(&mut self, problems: Vec<Problem>) {
+        self.feed_problems = problems;
+    }
+
+    /// The status of every route that names a Service parent.
+    pub fn route_statuses(&self) -> Vec<RouteStatus> {
+        self.route_status.values().cloned().collect()
+    }
+
+    pub fn sizes(&self) -> IndexSizes {
+        IndexSizes {
+            namespaces: self.namespaces.len(),
+            services: self.services.len(),
+            endpoint_slices: self.slices.len(),
+            endpoints: self.slices.values().map(|s| s.endpoints.len()).sum(),
+            pods: self.pods.len(),
+            routes: self.routes.len(),
+            target_watches: self.watches.target_count(),
+            server_watches: self.watches.server_count(),
+        }
+    }
+
+    /// Records the problems of one object, logging those that are new.
+    fn set_problems(&mut self, kind: Kind, key: &ObjectRef, problems: Vec<Problem>) {
+        let slot = (kind, key.clone());
+        if problems.is_empty() {
+            self.problems.remove(&slot);
+            return;
+        }
+        let old = self.problems.get(&slot);
+        for problem in &problems {
+            if old.is_none_or(|old| !old.contains(problem)) {
+                tracing::warn!(%problem, "invalid object");
+            }
+        }
+        self.problems.insert(slot, problems);
+    }
+}
+
+/// The index shared by the feeds and the gRPC server. Critical sections are
+/// short and never await, so a plain mutex is right.
+#[derive(Clone, Debug)]
+pub struct SharedIndex(Arc<Mutex<Index>>);
+
+impl SharedIndex {
+    pub fn new(config: IndexConfig) -> Self {
+        Self(Arc::new(Mutex::new(Index::new(config))))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Index> {
+        // A panic while holding the lock cannot leave the maps half-updated in
+        // a way later reads could not handle, so keep serving.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,600 @@
+//! The index driven directly with objects built in the test.
+
+use gateway_api::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use plexus_api::v1::{Backend, Target};
+use serde_json::{Value, json};
+
+use super::*;
+
+fn from<T: serde::de::DeserializeOwned>(value: Value) -> T {
+    serde_json::from_value(value).expect("test object")
+}
+
+fn service(ns: &str, name: &str, ip: &str, annotations: Value) -> Service {
+    from(json!({
+        "metadata": {"namespace": ns, "name": name, "annotations": annotations},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "grpc", "port": 9090, "appProtocol": "kubernetes.io/h2c"},
+        ]},
+    }))
+}
+
+/// A slice of `service` listing (ip, pod, ready, terminating) on port name http -> 8080.
+fn slice(
+    ns: &str,
+    name: &str,
+    service: &str,
+    endpoints: &[(&str, &str, bool, bool)],
+) -> EndpointSlice {
+    let endpoints: Vec<Value> = endpoints
+        .iter()
+        .map(|(ip, pod, ready, terminating)| {
+            json!({
+                "addresses": [ip],
+                "conditions": {"ready": ready, "serving": true, "terminating": terminating},
+                "zone": "zone-a",
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": ns},
+            })
+        })
+        .collect();
+    from(json!({
+        "metadata": {"namespace": ns, "name": name, "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090}],
+        "endpoints": endpoints,
+    }))
+}
+
+fn pod(ns: &str, name: &str, ip: &str, sa: &str, meshed: bool) -> Pod {
+    let containers = if meshed {
+        json!([{"name": "app"}, {"name": "plexus-proxy"}])
+    } else {
+        json!([{"name": "app"}])
+    };
+    from(json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"serviceAccountName": sa, "containers": containers},
+        "status": {"podIP": ip, "podIPs": [{"ip": ip}], "phase": "Running",
+                   "conditions": [{"type": "Ready", "status": "True"}]},
+    }))
+}
+
+fn route(ns: &str, name: &str, created: &str, parent_ns: Option<&str>, rules: Value) -> HttpRoute {
+    from(json!({
+        "metadata": {"namespace": ns, "name": name, "creationTimestamp": created},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "web", "namespace": parent_ns, "port": 80}],
+            "rules": rules,
+        },
+    }))
+}
+
+fn index() -> Index {
+    Index::new(IndexConfig::default())
+}
+
+fn meshed_target(index: &mut Index, target: &str, ctx: &str) -> MeshedTarget {
+    let view = index.resolve(target, ctx).expect("parses");
+    view.meshed
+        .clone()
+        .unwrap_or_else(|| panic!("{target} is not meshed"))
+}
+
+fn default_backend(target: &MeshedTarget) -> Backend {
+    target.backends.value.backends[&target.routes.value.default_backend].clone()
+}
+
+fn addresses(backend: &Backend) -> Vec<(String, bool)> {
+    backend
+        .endpoints
+        .iter()
+        .map(|e| (e.address.clone(), e.ready))
+        .collect()
+}
+
+#[test]
+fn endpoint_slices_of_a_service_merge() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    ));
+    index.apply(slice(
+        "shop",
+        "web-b",
+        "web",
+        &[
+            ("10.0.0.2", "web-2", true, false),
+            ("10.0.0.1", "web-1", true, false),
+        ],
+    ));
+
+    let target = meshed_target(&mut index, "web.shop.svc.cluster.local:80", "");
+    assert_eq!(target.name, "web.shop.svc.cluster.local:80");
+    assert_eq!(
+        addresses(&default_backend(&target)),
+        [
+            ("10.0.0.1:8080".to_string(), true),
+            ("10.0.0.2:8080".to_string(), true)
+        ]
+    );
+
+    index.delete::<EndpointSlice>(&ObjectRef::new("shop", "web-b"));
+    let target = meshed_target(&mut index, "web.shop.svc.cluster.local:80", "");
+    assert_eq!(
+        addresses(&default_backend(&target)),
+        [("10.0.0.1:8080".to_string(), true)]
+    );
+}
+
+#[test]
+fn terminating_endpoints_stay_listed_not_ready() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[
+            ("10.0.0.1", "web-1", true, false),
+            ("10.0.0.2", "web-2", false, true),
+        ],
+    ));
+    let target = meshed_target(&mut index, "web.shop:80", "other");
+    assert_eq!(
+        addresses(&default_backend(&target)),
+        [
+            ("10.0.0.1:8080".to_string(), true),
+            ("10.0.0.2:8080".to_string(), false)
+        ]
+    );
+    assert_eq!(default_backend(&target).endpoints[0].zone, "zone-a");
+}
+
+#[test]
+fn endpoints_carry_identity_when_meshed() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[
+            ("10.0.0.1", "web-1", true, false),
+            ("10.0.0.2", "web-2", true, false),
+        ],
+    ));
+    index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
+    index.apply(pod("shop", "web-2", "10.0.0.2", "web-sa", false));
+
+    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
+    let e1 = &backend.endpoints[0];
+    assert!(e1.meshed);
+    assert_eq!(e1.identity, "spiffe://cluster.local/ns/shop/sa/web-sa");
+    assert_eq!(e1.pod, "web-1");
+    assert!(!backend.endpoints[1].meshed);
+    assert_eq!(backend.endpoints[1].identity, "");
+
+    // The namespace's inject annotation makes its pods meshed.
+    index.apply(from::<Namespace>(json!({
+        "metadata": {"name": "shop", "annotations": {"plexus.io/inject": "enabled"}},
+    })));
+    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
+    assert!(backend.endpoints[1].meshed);
+}
+
+#[test]
+fn cluster_ip_and_pod_ip_resolve() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
+
+    assert_eq!(
+        meshed_target(&mut index, "10.96.0.10:80", "").name,
+        "web.shop.svc.cluster.local:80"
+    );
+    let by_pod = meshed_target(&mut index, "10.0.0.1:8080", "");
+    assert_eq!(by_pod.name, "10.0.0.1:8080");
+    let endpoint = &default_backend(&by_pod).endpoints[0];
+    assert_eq!(
+        endpoint.identity,
+        "spiffe://cluster.local/ns/shop/sa/web-sa"
+    );
+    assert!(endpoint.ready);
+
+    // Unknown IPs, unknown names and undeclared ports are not meshed.
+    for target in [
+        "10.9.9.9:80",
+        "10.96.0.10:81",
+        "nope.shop:80",
+        "api.example.com:443",
+    ] {
+        assert!(
+            index.resolve(target, "shop").unwrap().meshed.is_none(),
+            "{target}"
+        );
+    }
+}
+
+#[test]
+fn protocol_hints_from_app_protocol_and_opaque_ports() {
+    let mut index = index();
+    index.apply(service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        json!({"plexus.io/opaque-ports": "80"}),
+    ));
+    let protocol = |index: &mut Index, t: &str| {
+        meshed_target(index, t, "shop")
+            .protocol
+            .value
+            .protocol
+            .clone()
+    };
+    assert_eq!(protocol(&mut index, "web:80"), "opaque");
+    assert_eq!(protocol(&mut index, "web:9090"), "http2");
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    assert_eq!(protocol(&mut index, "web:80"), "detect");
+}
+
+#[test]
+fn resilience_annotations_reach_the_backend_and_bad_values_are_reported() {
+    let mut index = index();
+    index.apply(service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        json!({"plexus.io/max-concurrency": "50", "plexus.io/retry-budget-ratio": "lots"}),
+    ));
+    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
+    let resilience = backend.resilience.unwrap();
+    assert_eq!(resilience.concurrency.unwrap().max_in_flight, 50);
+    assert_eq!(resilience.retry_budget, None);
+    let problems = index.problems();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].kind, "Service");
+    assert_eq!(problems[0].object, "shop/web");
+    assert_eq!(
+        problems[0].field,
+        "metadata.annotations[plexus.io/retry-budget-ratio]"
+    );
+
+    // Fixing the annotation clears the problem.
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    assert!(index.problems().is_empty());
+}
+
+#[test]
+fn routes_are_ordered_oldest_first_then_by_name() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    let rules = json!([{"backendRefs": [{"name": "web", "port": 80}]}]);
+    index.apply(route(
+        "shop",
+        "zeta",
+        "2026-01-01T00:00:00Z",
+        None,
+        rules.clone(),
+    ));
+    index.apply(route(
+        "shop",
+        "beta",
+        "2026-01-02T00:00:00Z",
+        None,
+        rules.clone(),
+    ));
+    index.apply(route("shop", "alpha", "2026-01-02T00:00:00Z", None, rules));
+
+    let target = meshed_target(&mut index, "web:80", "shop");
+    let names: Vec<_> = target
+        .routes
+        .value
+        .http
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(names, ["shop/zeta", "shop/alpha", "shop/beta"]);
+    // Routes attach to port 80 only.
+    assert!(
+        meshed_target(&mut index, "web:9090", "shop")
+            .routes
+            .value
+            .http
+            .is_empty()
+    );
+}
+
+#[test]
+fn route_rules_become_matches_weights_timeouts_and_retries() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
+    index.apply(route(
+        "shop",
+        "split",
+        "2026-01-01T00:00:00Z",
+        None,
+        json!([{
+            "matches": [{"path": {"type": "PathPrefix", "value": "/api"}, "method": "GET",
+                         "headers": [{"name": "x-canary", "value": "1"}]}],
+            "backendRefs": [{"name": "web", "port": 80, "weight": 90}, {"name": "web-canary", "port": 80, "weight": 10}],
+            "timeouts": {"request": "10s", "backendRequest": "500ms"},
+            "retry": {"attempts": 2, "codes": [503], "backoff": "100ms"},
+        }]),
+    ));
+    let target = meshed_target(&mut index, "web:80", "shop");
+    let rule = &target.routes.value.http[0].rules[0];
+    let m = &rule.matches[0];
+    assert_eq!(
+        m.path
+            .as_ref()
+            .map(|p| (p.r#type.as_str(), p.value.as_str())),
+        Some(("PathPrefix", "/api"))
+    );
+    assert_eq!(m.method, "GET");
+    assert_eq!(
+        (m.headers[0].r#type.as_str(), m.headers[0].name.as_str()),
+        ("Exact", "x-canary")
+    );
+    let weights: Vec<_> = rule
+        .backends
+        .iter()
+        .map(|b| (b.backend.as_str(), b.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("web.shop.svc.cluster.local:80", Some(90)),
+            ("web-canary.shop.svc.cluster.local:80", Some(10))
+        ]
+    );
+    let timeouts = rule.timeouts.unwrap();
+    assert_eq!(
+        (timeouts.request_ms, timeouts.backend_request_ms),
+        (10_000, 500)
+    );
+    let retry = rule.retry.clone().unwrap();
+    assert_eq!(
+        (retry.attempts, retry.codes, retry.backoff_base_ms),
+        (3, vec![503], 100)
+    );
+    // Both backends are in the table.
+    assert!(
+        target
+            .backends
+            .value
+            .backends
+            .contains_key("web-canary.shop.svc.cluster.local:80")
+    );
+}
+
+#[test]
+fn parent_in_another_namespace_is_refused() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(route(
+        "other",
+        "sneaky",
+        "2026-01-01T00:00:00Z",
+        Some("shop"),
+        json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
+    ));
+    assert!(
+        meshed_target(&mut index, "web:80", "shop")
+            .routes
+            .value
+            .http
+            .is_empty()
+    );
+    let statuses = index.route_statuses();
+    assert_eq!(statuses.len(), 1);
+    let parent = &statuses[0].parents[0];
+    assert!(!parent.accepted);
+    assert_eq!(parent.reason, "NotAllowedByParent");
+    assert!(
+        parent.message.contains("another namespace"),
+        "{}",
+        parent.message
+    );
+    assert_eq!(index.problems()[0].object, "other/sneaky");
+}
+
+#[test]
+fn invalid_route_is_not_accepted_and_names_the_field() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(route(
+        "shop",
+        "broken",
+        "2026-01-01T00:00:00Z",
+        None,
+        json!([{"backendRefs": [{"name": "web", "port": 80}], "timeouts": {"request": "5 seconds"}}]),
+    ));
+    index.apply(route(
+        "shop",
+        "good",
+        "2026-01-01T00:00:00Z",
+        None,
+        json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
+    ));
+    let names: Vec<_> = meshed_target(&mut index, "web:80", "shop")
+        .routes
+        .value
+        .http
+        .iter()
+        .map(|r| r.name.clone())
+        .collect();
+    assert_eq!(names, ["shop/good"]);
+    let broken = index
+        .route_statuses()
+        .into_iter()
+        .find(|s| s.route.name == "broken")
+        .unwrap();
+    assert!(!broken.parents[0].accepted);
+    assert_eq!(broken.parents[0].reason, "UnsupportedValue");
+    assert!(
+        broken.parents[0]
+            .message
+            .starts_with("spec.rules[0].timeouts.request:"),
+        "{}",
+        broken.parents[0].message
+    );
+}
+
+#[test]
+fn reset_removes_what_the_relist_lacks() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(service("shop", "old", "10.96.0.11", json!({})));
+    index.reset(vec![service("shop", "web", "10.96.0.10", json!({}))]);
+    assert_eq!(index.sizes().services, 1);
+    assert!(index.resolve("10.96.0.11:80", "").unwrap().meshed.is_none());
+    assert!(index.resolve("old:80", "shop").unwrap().meshed.is_none());
+}
+
+#[tokio::test]
+async fn watchers_get_only_the_parts_that_changed() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    let mut short = index.watch_target("web:80", "shop").unwrap();
+    let mut ip = index.watch_target("10.96.0.10:80", "").unwrap();
+    let mut full = index
+        .watch_target("web.shop.svc.cluster.local:80", "")
+        .unwrap();
+    assert_eq!(
+        index.sizes().target_watches,
+        2,
+        "names of one Service share a watch"
+    );
+
+    let first = short.borrow_and_update().clone();
+    let snapshot = first.update_since(None).unwrap();
+    assert!(snapshot.snapshot && !snapshot.not_meshed);
+
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    ));
+    for rx in [&mut short, &mut ip, &mut full] {
+        assert!(rx.has_changed().unwrap());
+    }
+    let second = short.borrow_and_update().clone();
+    let delta = second.update_since(Some(&first)).unwrap();
+    assert!(!delta.snapshot);
+    let Target {
+        protocol,
+        routes,
+        backends,
+        ..
+    } = delta.target.unwrap();
+    assert!(protocol.is_none() && routes.is_none());
+    assert_eq!(backends.unwrap().backends.len(), 1);
+
+    // A change that does not alter the view wakes no one.
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    ));
+    index.apply(service("shop", "unrelated", "10.96.0.99", json!({})));
+    assert!(!short.has_changed().unwrap());
+}
+
+#[tokio::test]
+async fn unknown_target_becomes_meshed_when_its_service_appears() {
+    let mut index = index();
+    let mut rx = index.watch_target("web.shop:80", "").unwrap();
+    let first = rx.borrow_and_update().clone();
+    let update = first.update_since(None).unwrap();
+    assert!(update.not_meshed && update.snapshot);
+
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    assert!(rx.has_changed().unwrap());
+    let second = rx.borrow_and_update().clone();
+    let update = second.update_since(Some(&first)).unwrap();
+    assert!(update.snapshot && !update.not_meshed);
+
+    index.delete::<Service>(&ObjectRef::new("shop", "web"));
+    let third = rx.borrow_and_update().clone();
+    assert!(third.update_since(Some(&second)).unwrap().not_meshed);
+}
+
+#[tokio::test]
+async fn pod_changes_reach_the_targets_they_are_endpoints_of() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    ));
+    let mut rx = index.watch_target("web:80", "shop").unwrap();
+    rx.borrow_and_update();
+    index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
+    assert!(rx.has_changed().unwrap());
+    let view = rx.borrow_and_update().clone();
+    assert!(default_backend(view.meshed.as_ref().unwrap()).endpoints[0].meshed);
+}
+
+#[tokio::test]
+async fn server_policy_follows_namespace_and_pod_annotations() {
+    let mut index = index();
+    let mut rx = index.watch_server("shop", "web-1");
+    assert_eq!(rx.borrow_and_update().mtls_mode, "permissive");
+
+    index.apply(from::<Namespace>(json!({
+        "metadata": {"name": "shop", "annotations": {"plexus.io/mtls-mode": "strict", "plexus.io/opaque-ports": "3306"}},
+    })));
+    assert!(rx.has_changed().unwrap());
+    let policy = rx.borrow_and_update().clone();
+    assert_eq!(
+        (policy.mtls_mode.as_str(), policy.opaque_ports.as_slice()),
+        ("strict", &[3306][..])
+    );
+
+    let mut p = pod("shop", "web-1", "10.0.0.1", "web-sa", true);
+    p.metadata.annotations = Some(
+        [(
+            "plexus.io/allowed-clients".to_string(),
+            "shop/client".to_string(),
+        )]
+        .into_iter()
+        .collect(),
+    );
+    index.apply(p);
+    let policy = rx.borrow_and_update().clone();
+    assert_eq!(
+        policy.allowed_identities,
+        ["spiffe://cluster.local/ns/shop/sa/client"]
+    );
+    assert_eq!(policy.mtls_mode, "strict");
+}
+
+#[test]
+fn dropped_watchers_are_swept() {
+    let mut index = index();
+    let rx = index.watch_target("web:80", "shop").unwrap();
+    let server = index.watch_server("shop", "web-1");
+    index.sweep_watches();
+    assert_eq!(
+        (index.sizes().target_watches, index.sizes().server_watches),
+        (1, 1)
+    );
+    drop((rx, server));
+    index.sweep_watches();
+    assert_eq!(
+        (index.sizes().target_watches, index.sizes().server_watches),
+        (0, 0)
+    );
+}

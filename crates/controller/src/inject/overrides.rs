@@ -1,0 +1,198 @@
+//! Per-pod `plexus.io/*` annotations over the mesh-wide defaults.
+//!
+//! A value that cannot be right (a port list with a typo, a malformed quantity) would make the
+//! pod fail to start or be rejected by the API server; the injector must never block a pod, so
+//! such a value is ignored with a warning naming the annotation and the default stays.
+
+use std::collections::BTreeMap;
+
+use plexus_init::ports::{Cidr, PortRange, parse_list};
+
+use super::config::{InjectConfig, ProxyResources};
+
+pub const SKIP_INBOUND_PORTS: &str = "plexus.io/skip-inbound-ports";
+pub const SKIP_OUTBOUND_PORTS: &str = "plexus.io/skip-outbound-ports";
+pub const SKIP_OUTBOUND_CIDRS: &str = "plexus.io/skip-outbound-cidrs";
+pub const OPAQUE_PORTS: &str = "plexus.io/opaque-ports";
+pub const PROXY_CPU_REQUEST: &str = "plexus.io/proxy-cpu-request";
+pub const PROXY_CPU_LIMIT: &str = "plexus.io/proxy-cpu-limit";
+pub const PROXY_MEMORY_REQUEST: &str = "plexus.io/proxy-memory-request";
+pub const PROXY_MEMORY_LIMIT: &str = "plexus.io/proxy-memory-limit";
+pub const LOG_LEVEL: &str = "plexus.io/log-level";
+pub const TRACE_SAMPLING: &str = "plexus.io/trace-sampling";
+
+/// The settings one pod's proxy and init container get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub skip_inbound_ports: String,
+    pub skip_outbound_ports: String,
+    pub skip_outbound_cidrs: String,
+    pub opaque_ports: String,
+    pub resources: ProxyResources,
+    pub log_level: String,
+    pub trace_sampling: f64,
+}
+
+/// The defaults with the pod's valid annotations applied, and a warning per ignored value.
+pub fn settings(
+    config: &InjectConfig,
+    annotations: &BTreeMap<String, String>,
+) -> (Settings, Vec<String>) {
+    let mut warnings = Vec::new();
+    let mut pick = |key: &str, default: &str, valid: fn(&str) -> Result<(), String>| {
+        let chosen = annotations.get(key).map(|v| v.trim()).unwrap_or(default);
+        match valid(chosen) {
+            Ok(()) => chosen.to_string(),
+            Err(why) => {
+                warnings.push(format!("plexus: ignoring {key}={chosen:?}: {why}"));
+                // The default went through the same check when it was chosen; re-check so a
+                // bad mesh-wide value is reported, not passed on.
+                if valid(default).is_ok() {
+                    default.to_string()
+                } else {
+                    String::new()
+                }
+            }
+        }
+    };
+    let r = &config.proxy_resources;
+    let trace_default = config.trace_sampling.to_string();
+    let settings = Settings {
+        skip_inbound_ports: pick(SKIP_INBOUND_PORTS, &config.skip_inbound_ports, port_list),
+        skip_outbound_ports: pick(SKIP_OUTBOUND_PORTS, &config.skip_outbound_ports, port_list),
+        skip_outbound_cidrs: pick(SKIP_OUTBOUND_CIDRS, &config.skip_outbound_cidrs, cidr_list),
+        opaque_ports: pick(OPAQUE_PORTS, "", port_list),
+        resources: ProxyResources {
+            cpu_request: pick(PROXY_CPU_REQUEST, &r.cpu_request, quantity),
+            cpu_limit: pick(PROXY_CPU_LIMIT, &r.cpu_limit, quantity),
+            memory_request: pick(PROXY_MEMORY_REQUEST, &r.memory_request, quantity),
+            memory_limit: pick(PROXY_MEMORY_LIMIT, &r.memory_limit, quantity),
+        },
+        log_level: pick(LOG_LEVEL, &config.log_level, log_level),
+        trace_sampling: pick(TRACE_SAMPLING, &trace_default, fraction)
+            .parse()
+            .unwrap_or(0.0),
+    };
+    (settings, warnings)
+}
+
+fn port_list(s: &str) -> Result<(), String> {
+    parse_list::<PortRange>(s)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn cidr_list(s: &str) -> Result<(), String> {
+    parse_list::<Cidr>(s).map(drop).map_err(|e| e.to_string())
+}
+
+/// A Kubernetes quantity as the API server accepts it for resources (`250m`, `1.5`, `64Mi`,
+/// `1e3`), or empty for "unset".
+fn quantity(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Ok(());
+    }
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
+    ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
+        !exp.is_empty()
+            && exp
+                .trim_start_matches(['+', '-'])
+                .chars()
+                .all(|c| c.is_ascii_digit())
+    });
+    if number_ok && suffix_ok {
+        Ok(())
+    } else {
+        Err("not a quantity (like 100m, 0.5 or 64Mi)".to_string())
+    }
+}
+
+/// An env-filter directive list (`info`, `plexus_proxy=debug,warn`): no spaces, not empty.
+fn log_level(s: &str) -> Result<(), String> {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_=,:-.".contains(c))
+    {
+        Ok(())
+    } else {
+        Err("not a log level (like info or plexus_proxy=debug,warn)".to_string())
+    }
+}
+
+fn fraction(s: &str) -> Result<(), String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(()),
+        _ => Err("not a fraction between 0.0 and 1.0".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn valid_annotations_override_the_defaults() {
+        let (s, warnings) = settings(
+            &InjectConfig::default(),
+            &annotations(&[
+                (SKIP_INBOUND_PORTS, "22, 9000-9100"),
+                (OPAQUE_PORTS, "3306"),
+                (PROXY_CPU_LIMIT, "500m"),
+                (PROXY_MEMORY_REQUEST, "1.5Gi"),
+                (LOG_LEVEL, "plexus_proxy=debug,info"),
+                (TRACE_SAMPLING, "0.25"),
+            ]),
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(s.skip_inbound_ports, "22, 9000-9100");
+        assert_eq!(s.opaque_ports, "3306");
+        assert_eq!(s.resources.cpu_limit, "500m");
+        assert_eq!(s.resources.cpu_request, "50m");
+        assert_eq!(s.resources.memory_request, "1.5Gi");
+        assert_eq!(s.log_level, "plexus_proxy=debug,info");
+        assert_eq!(s.trace_sampling, 0.25);
+    }
+
+    #[test]
+    fn invalid_annotations_keep_the_default_and_warn_by_name() {
+        let (s, warnings) = settings(
+            &InjectConfig::default(),
+            &annotations(&[
+                (SKIP_OUTBOUND_PORTS, "53,dns"),
+                (PROXY_MEMORY_LIMIT, "lots"),
+                (TRACE_SAMPLING, "2"),
+                (LOG_LEVEL, "debug please"),
+            ]),
+        );
+        assert_eq!(s.skip_outbound_ports, "");
+        assert_eq!(s.resources.memory_limit, "128Mi");
+        assert_eq!(s.trace_sampling, 1.0);
+        assert_eq!(s.log_level, "info");
+        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert!(warnings[0].contains(SKIP_OUTBOUND_PORTS) && warnings[0].contains("dns"));
+    }
+
+    #[test]
+    fn quantities_in_the_forms_kubernetes_accepts() {
+        for ok in ["", "1", "100m", "0.5", "64Mi", "1e3", "2E+2", "1.5Gi"] {
+            assert_eq!(quantity(ok), Ok(()), "{ok}");
+        }
+        for bad in ["m", "1.2.3", "64MB", "-1", "1e", ".", "10 m"] {
+            assert!(quantity(bad).is_err(), "{bad}");
+        }
+    }
+}

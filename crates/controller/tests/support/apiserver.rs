@@ -1,0 +1,266 @@
+//! An in-process stand-in for the Kubernetes API server's list/watch HTTP
+//! protocol, for testing clients built on kube-rs against something that
+//! behaves like the real thing: JSON lists carrying a `resourceVersion`,
+//! `?watch=true` streams of ADDED / MODIFIED / DELETED / BOOKMARK lines
+//! replayed from the version asked, `410 Gone` (an ERROR event) when that
+//! version was compacted away, and watch connections the test can drop.
+//!
+//! Collections are addressed by their URL path, e.g. `/api/v1/services` or
+//! `/apis/discovery.k8s.io/v1/endpointslices` (cluster-wide lists only).
+
+#![allow(dead_code)] // each test binary uses a different part
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+type WatchSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+#[derive(Default)]
+struct Collection {
+    /// (namespace, name) -> object, with its current resourceVersion.
+    objects: BTreeMap<(String, String), Value>,
+    /// Every event since `compacted`: (resourceVersion, type, object).
+    log: Vec<(u64, &'static str, Value)>,
+    /// Watches from a version at or below this get `410 Gone`.
+    compacted: u64,
+    watchers: Vec<WatchSender>,
+    lists: usize,
+    watches: usize,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    collections: HashMap<String, Collection>,
+}
+
+/// A running stand-in; dropped with the test's runtime.
+#[derive(Clone)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+fn key_of(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&meta["namespace"]), text(&meta["name"]))
+}
+
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": kind, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+impl ApiServer {
+    /// Starts serving on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let server = ApiServer {
+            addr,
+            state: Arc::default(),
+        };
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = accepting.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let server = server.clone();
+                        async move { Ok::<_, Infallible>(server.handle(req)) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// `http://127.0.0.1:port`, for `kube::Config::new`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client talking to this server.
+    pub fn client(&self) -> kube::Client {
+        let url = self.url().parse().expect("url");
+        kube::Client::try_from(kube::Config::new(url)).expect("kube client")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates or replaces an object (ADDED / MODIFIED to watchers).
+    pub fn apply(&self, path: &str, mut object: Value) {
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let collection = state.collections.entry(path.to_string()).or_default();
+        let kind = if collection
+            .objects
+            .insert(key_of(&object), object.clone())
+            .is_some()
+        {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        collection.log.push((version, kind, object.clone()));
+        broadcast(collection, line(kind, &object));
+    }
+
+    /// Deletes an object (DELETED to watchers).
+    pub fn delete(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        if let Some(mut object) = collection
+            .objects
+            .remove(&(namespace.to_string(), name.to_string()))
+        {
+            object["metadata"]["resourceVersion"] = json!(version.to_string());
+            collection.log.push((version, "DELETED", object.clone()));
+            broadcast(collection, line("DELETED", &object));
+        }
+    }
+
+    /// Removes an object without telling anyone, as if its event was lost in
+    /// compaction; only a relist shows it is gone.
+    pub fn delete_unseen(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.lock();
+        state.version += 1;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        collection
+            .objects
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Compacts the history: open watches get an ERROR `410 Gone` and end, and
+    /// any watch from an older version gets the same, forcing a relist.
+    pub fn expire(&self, path: &str) {
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        collection.compacted = version;
+        collection.log.clear();
+        broadcast(collection, gone());
+        collection.watchers.clear();
+    }
+
+    /// Ends every open watch connection of `path` (a dropped watch).
+    pub fn drop_watches(&self, path: &str) {
+        let mut state = self.lock();
+        if let Some(collection) = state.collections.get_mut(path) {
+            collection.watchers.clear();
+        }
+    }
+
+    /// Sends a BOOKMARK with the current version to the watchers of `path`.
+    pub fn bookmark(&self, path: &str, api_version: &str, kind: &str) {
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        let object = json!({"apiVersion": api_version, "kind": kind,
+                            "metadata": {"resourceVersion": version.to_string()}});
+        broadcast(collection, line("BOOKMARK", &object));
+    }
+
+    /// How many lists and watches `path` has served.
+    pub fn requests(&self, path: &str) -> (usize, usize) {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or((0, 0), |c| (c.lists, c.watches))
+    }
+
+    fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = req.uri().path().to_string();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path).or_default();
+        let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        if !watch {
+            collection.lists += 1;
+            let items: Vec<Value> = collection.objects.values().cloned().collect();
+            let list = json!({"apiVersion": "v1", "kind": "List",
+                              "metadata": {"resourceVersion": version.to_string()}, "items": items});
+            return respond(
+                StatusCode::OK,
+                Full::new(Bytes::from(list.to_string())).boxed(),
+            );
+        }
+        collection.watches += 1;
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::channel(1024);
+        if from < collection.compacted {
+            let _ = tx.try_send(Ok(Frame::data(gone())));
+        } else {
+            for (_, kind, object) in collection.log.iter().filter(|(v, _, _)| *v > from) {
+                let _ = tx.try_send(Ok(Frame::data(line(kind, object))));
+            }
+            collection.watchers.push(tx);
+        }
+        respond(
+            StatusCode::OK,
+            StreamBody::new(ReceiverStream::new(rx)).boxed(),
+        )
+    }
+}
+
+fn broadcast(collection: &mut Collection, bytes: Bytes) {
+    collection
+        .watchers
+        .retain(|tx| tx.try_send(Ok(Frame::data(bytes.clone()))).is_ok());
+}
+
+fn gone() -> Bytes {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "too old resource version", "reason": "Expired", "code": 410});
+    line("ERROR", &status)
+}
+
+fn respond(
+    status: StatusCode,
+    body: BoxBody<Bytes, Infallible>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,168 @@
+//! rustls configurations for mesh traffic: TLS 1.3 only, ring only, ALPN
+//! `h2`, both sides authenticated by SPIFFE certificates.
+
+use std::sync::{Arc, LazyLock};
+
+use rustls::client::ResolvesClientCert;
+use rustls::client::danger::ServerCertVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::server::{ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, CommonState, RootCertStore, ServerConfig};
+
+use crate::SpiffeId;
+use crate::verify::{ClientIdentityVerifier, ServerIdentityVerifier, identity_of};
+
+/// The one application protocol spoken between proxies.
+pub const ALPN_H2: &[u8] = b"h2";
+
+static PROVIDER: LazyLock<Arc<CryptoProvider>> =
+    LazyLock::new(|| Arc::new(rustls::crypto::ring::default_provider()));
+
+/// The ring crypto provider every Plexus TLS configuration uses.
+pub fn provider() -> Arc<CryptoProvider> {
+    PROVIDER.clone()
+}
+
+/// Why TLS material could not be turned into a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("trust anchors: no PEM certificate found")]
+    NoTrustAnchors,
+    #[error("trust anchors: {0}")]
+    TrustAnchorPem(rustls::pki_types::pem::Error),
+    #[error("trust anchors: {0}")]
+    TrustAnchor(rustls::Error),
+    #[error("certificate and key: {0}")]
+    Key(rustls::Error),
+    #[error("TLS configuration: {0}")]
+    Config(rustls::Error),
+    #[error("TLS configuration: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+}
+
+/// Parses a PEM bundle of trust anchors (one or more roots).
+pub fn trust_anchors_from_pem(pem: &[u8]) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(TlsError::TrustAnchorPem)?;
+        roots.add(cert).map_err(TlsError::TrustAnchor)?;
+    }
+    if roots.is_empty() {
+        return Err(TlsError::NoTrustAnchors);
+    }
+    Ok(Arc::new(roots))
+}
+
+/// Pairs the in-memory key with the certificate the CA returned, refusing a
+/// certificate issued for another key.
+pub fn certified_key(
+    key: &PrivatePkcs8KeyDer<'_>,
+    leaf: CertificateDer<'static>,
+    chain: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let signing_key = PROVIDER
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(key.clone_key()))
+        .map_err(TlsError::Key)?;
+    let certs = std::iter::once(leaf).chain(chain).collect();
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(TlsError::Key)?;
+    Ok(Arc::new(certified))
+}
+
+/// Whether the server insists on a client certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// STRICT: a client without a valid SPIFFE certificate fails the handshake.
+    Required,
+    /// PERMISSIVE, and the controller's API: a client may present no
+    /// certificate (then [`peer_identity`] is `None`); one it does present is
+    /// still verified in full, and a bad one fails the handshake.
+    Optional,
+}
+
+/// A mesh server configuration. The certificate comes from `cert` on every
+/// handshake, so rotating it there affects new handshakes only.
+pub fn server_config(
+    roots: Arc<RootCertStore>,
+    client_auth: ClientAuth,
+    cert: Arc<dyn ResolvesServerCert>,
+) -> Result<ServerConfig, TlsError> {
+    let builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    let webpki = match client_auth {
+        ClientAuth::Required => builder.build()?,
+        ClientAuth::Optional => builder.allow_unauthenticated().build()?,
+    };
+    let verifier = Arc::new(ClientIdentityVerifier { inner: webpki });
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(cert);
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// A mesh client configuration that accepts only a server whose certificate
+/// chains to `roots` and names exactly `expected`. `cert` is this side's
+/// certificate; `None` for a client with no identity yet (calling Certify).
+///
+/// Build one per expected identity and reuse it: its session cache makes
+/// reconnections resumptions.
+pub fn client_config(
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+    cert: Option<Arc<dyn ResolvesClientCert>>,
+) -> Result<ClientConfig, TlsError> {
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(server_verifier(roots, expected));
+    let mut config = match cert {
+        Some(cert) => builder.with_client_cert_resolver(cert),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(config)
+}
+
+/// The verifier [`client_config`] installs: chain to `roots`, URI SAN
+/// exactly `expected`. For deriving per-identity configurations from one
+/// validated base (`config.dangerous().set_certificate_verifier(..)`); give
+/// each its own `resumption` store, since a resumed session skips verification.
+pub fn server_verifier(
+    roots: Arc<RootCertStore>,
+    expected: SpiffeId,
+) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(ServerIdentityVerifier {
+        roots,
+        algorithms: PROVIDER.signature_verification_algorithms,
+        expected,
+    })
+}
+
+/// Checks a certificate the CA just returned before using it: it chains to
+/// `roots`, names exactly `expected`, and is valid now.
+pub fn verify_issued(
+    roots: &Arc<RootCertStore>,
+    leaf: &CertificateDer<'_>,
+    chain: &[CertificateDer<'_>],
+    expected: &SpiffeId,
+) -> Result<(), rustls::Error> {
+    let verifier = server_verifier(roots.clone(), expected.clone());
+    let any_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    verifier.verify_server_cert(leaf, chain, &any_name, &[], UnixTime::now())?;
+    Ok(())
+}
+
+/// The peer's SPIFFE ID after a completed handshake; `None` if it sent no
+/// certificate (possible only with [`ClientAuth::Optional`]). Works on both
+/// `ServerConnection` and `ClientConnection` (they deref to `CommonState`).
+pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
+    let leaf = conn.peer_certificates()?.first()?;
+    identity_of(leaf).ok()
+}

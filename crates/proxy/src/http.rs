@@ -1,0 +1,254 @@
+//! Serving HTTP on an accepted connection: hyper-util's server (HTTP/1 with
+//! keep-alive and upgrades, HTTP/2), each request proxied to its upstream.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock, Mutex};
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+
+use crate::body::{self, Body};
+use crate::connect::EndpointClient;
+use crate::drain;
+use crate::error::ProxyError;
+use crate::hop_by_hop;
+use crate::logical::RouteLabel;
+use crate::metrics::{Direction, ProxyMetrics};
+use crate::transport::ORIG_PROTO_HEADER;
+use crate::upstream::{Targets, Upstream};
+
+/// hyper refuses smaller HTTP/1 read buffers (it asserts).
+const MIN_HTTP1_BUF: usize = 8 * 1024;
+
+/// What every HTTP connection of a proxy shares.
+pub struct HttpShared {
+    pub server: auto::Builder<TokioExecutor>,
+    pub targets: Arc<Targets>,
+    pub client: Arc<dyn EndpointClient>,
+    pub metrics: ProxyMetrics,
+    pub idle_timeout: std::time::Duration,
+}
+
+impl HttpShared {
+    /// hyper's server settings. Oversized heads are answered by hyper itself:
+    /// HTTP/1 with `431`, HTTP/2 with `431` then a stream reset (h2's choice),
+    /// both without `plexus-error` since no service sees the request.
+    pub fn server(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            .max_buf_size(max_header_bytes.max(MIN_HTTP1_BUF));
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .adaptive_window(true)
+            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+        server
+    }
+}
+
+/// Where the requests of one connection go.
+pub enum ConnUpstream {
+    /// Fixed for the connection: a redirected outbound connection's target,
+    /// or inbound's application.
+    Fixed(Upstream),
+    /// Chosen per request from `Host` / `:authority` (outbound, not redirected).
+    ByAuthority(Mutex<Option<(String, Upstream)>>),
+    /// Inbound, neither redirected nor configured with an application address.
+    Nowhere,
+}
+
+/// Serves HTTP on `io` until the client closes, or the drain ends it.
+pub async fn serve<I>(
+    io: I,
+    shared: Arc<HttpShared>,
+    direction: Direction,
+    upstream: ConnUpstream,
+    mut drain: drain::Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = ProxyService(Arc::new(Connection {
+        shared: shared.clone(),
+        direction,
+        upstream,
+        drain: drain.clone(),
+    }));
+    let conn = shared
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = drain.draining() => {
+            // HTTP/2 GOAWAY, HTTP/1 close after the response in flight.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = conn.as_mut() => result,
+                () = drain.closed() => Ok(()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
+}
+
+struct Connection {
+    shared: Arc<HttpShared>,
+    direction: Direction,
+    upstream: ConnUpstream,
+    drain: drain::Watch,
+}
+
+#[derive(Clone)]
+struct ProxyService(Arc<Connection>);
+
+impl hyper::service::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let conn = self.0.clone();
+        Box::pin(async move { Ok(conn.proxy(request).await) })
+    }
+}
+
+impl Connection {
+    async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let grpc = is_grpc(&request);
+        let upgrade = hop_by_hop::wants_upgrade(request.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        hop_by_hop::strip(request.headers_mut(), upgrade);
+        if self.direction == Direction::Inbound
+            && request.headers_mut().remove(ORIG_PROTO_HEADER).is_some()
+        {
+            // The client proxy upgraded an HTTP/1 request for the hop between proxies.
+            *request.version_mut() = http::Version::HTTP_11;
+        }
+
+        let upstream = match self.upstream_for(&request).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
+                let response = error.into_response(grpc);
+                self.record(&UNKNOWN, &response, started);
+                return response;
+            }
+        };
+        let request = request.map(body::boxed);
+        let mut response = upstream
+            .send(self.shared.client.as_ref(), request, grpc)
+            .await;
+
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        match client_upgrade {
+            Some(client) if switched => {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                tokio::spawn(splice(
+                    client,
+                    upstream_upgrade,
+                    self.shared.idle_timeout,
+                    self.drain.clone(),
+                ));
+            }
+            _ => {}
+        }
+        hop_by_hop::strip(response.headers_mut(), switched);
+        self.record(upstream.name(), &response, started);
+        response
+    }
+
+    async fn upstream_for(&self, request: &Request<Incoming>) -> Result<Upstream, ProxyError> {
+        let cache = match &self.upstream {
+            ConnUpstream::Fixed(upstream) => return Ok(upstream.clone()),
+            ConnUpstream::ByAuthority(cache) => cache,
+            ConnUpstream::Nowhere => {
+                return Err(ProxyError::UnknownTarget(
+                    "inbound connection: not redirected and PLEXUS_INBOUND_APP_ADDR unset".into(),
+                ));
+            }
+        };
+        let authority = authority(request)?;
+        if let Ok(last) = cache.lock()
+            && let Some((cached, upstream)) = last.as_ref()
+            && cached == authority
+        {
+            return Ok(upstream.clone());
+        }
+        let upstream = self.shared.targets.by_authority(authority).await?;
+        if let Ok(mut last) = cache.lock() {
+            *last = Some((authority.to_owned(), upstream.clone()));
+        }
+        Ok(upstream)
+    }
+
+    fn record(&self, target: &Arc<str>, response: &Response<Body>, started: Instant) {
+        let route = response
+            .extensions()
+            .get::<RouteLabel>()
+            .map_or_else(|| NO_ROUTE.clone(), |r| r.0.clone());
+        self.shared.metrics.record_request(
+            self.direction,
+            target,
+            &route,
+            response.status().as_u16(),
+            started,
+        );
+    }
+}
+
+/// The `target` label of a request whose target could not be found.
+static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
+/// The `route` label when the upstream named none (passthrough).
+static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// `:authority` (HTTP/2, absolute-form) or else `Host`.
+fn authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
+    if let Some(authority) = request.uri().authority() {
+        return Ok(authority.as_str());
+    }
+    let host = request
+        .headers()
+        .get(http::header::HOST)
+        .ok_or_else(|| ProxyError::BadRequest("no Host header or :authority".into()))?;
+    host.to_str()
+        .map_err(|_| ProxyError::BadRequest("Host header is not visible ASCII".into()))
+}
+
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// After both sides agreed to switch protocols, copies bytes between them.
+async fn splice(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+    mut drain: drain::Watch,
+) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let copy = crate::opaque::proxy(TokioIo::new(client), TokioIo::new(upstream), b"", idle);
+    tokio::select! {
+        result = copy => if let Err(e) = result {
+            tracing::debug!(error = %e, "upgraded connection ended");
+        },
+        () = drain.closed() => {}
+    }
+}

@@ -1,0 +1,303 @@
+//! One backend of a target: its endpoints and balancer, its retry budget,
+//! failure accrual policy and concurrency limit.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use plexus_api::v1 as proto;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tower::retry::budget::{Budget, TpsBudget};
+
+use super::accrual::{AccrualPolicy, Transition};
+use super::balance::{Balancer, Picked, Strategy};
+use super::concurrency::ConcurrencyLimit;
+use super::metrics::{BackendLabels, EjectionMetrics, LogicalMetrics, RetryReason};
+use crate::connect::EndpointClient;
+use crate::error::ProxyError;
+
+#[derive(Debug)]
+pub struct Backend {
+    pub name: Arc<str>,
+    balancer: Balancer,
+    budget: TpsBudget,
+    accrual: AccrualPolicy,
+    limit: Option<ConcurrencyLimit>,
+    /// What this backend was built from, to tell whether an update changes it.
+    resilience: Option<proto::Resilience>,
+    /// Serialises ejection decisions, so two endpoints cannot both take the
+    /// last "half" slot.
+    ejecting: Mutex<()>,
+    labels: BackendLabels,
+    ejection: EjectionMetrics,
+    metrics: LogicalMetrics,
+}
+
+impl Backend {
+    /// A backend built from `proto`; endpoints already known to `previous`
+    /// keep their latency and accrual state.
+    pub fn new(
+        target: &str,
+        name: &str,
+        proto: &proto::Backend,
+        previous: Option<&Backend>,
+        client: &Arc<dyn EndpointClient>,
+        metrics: &LogicalMetrics,
+    ) -> Backend {
+        let resilience = proto.resilience.as_ref();
+        let labels = BackendLabels::new(target, name);
+        let backend = Backend {
+            name: Arc::from(name),
+            balancer: Balancer::new(
+                Strategy::from_name(resilience.map_or("", |r| r.load_balancer.as_str())),
+                previous.map(|p| &p.balancer),
+            ),
+            budget: retry_budget(resilience.and_then(|r| r.retry_budget.as_ref())),
+            accrual: AccrualPolicy::from_proto(resilience.and_then(|r| r.failure_accrual.as_ref())),
+            limit: ConcurrencyLimit::from_proto(resilience.and_then(|r| r.concurrency.as_ref())),
+            resilience: proto.resilience.clone(),
+            ejecting: Mutex::new(()),
+            ejection: metrics.ejection_metrics(&labels),
+            labels,
+            metrics: metrics.clone(),
+        };
+        backend.update_endpoints(proto, client);
+        backend
+    }
+
+    /// Whether `proto` can be applied by `update_endpoints` alone.
+    pub fn same_resilience(&self, proto: &proto::Backend) -> bool {
+        self.resilience == proto.resilience
+    }
+
+    pub fn update_endpoints(&self, proto: &proto::Backend, client: &Arc<dyn EndpointClient>) {
+        self.balancer.update(&self.name, &proto.endpoints, client);
+        self.count_ejected();
+    }
+
+    /// The backend left the target: it has no ejected endpoints any more.
+    pub fn retire(&self) {
+        self.ejection.ejected.set(0);
+    }
+
+    /// The ejected gauge is recounted (not incremented) so that endpoints
+    /// removed while ejected, or ejected after removal, leave no trace.
+    fn count_ejected(&self) {
+        let set = self.balancer.current();
+        let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
+        self.ejection
+            .ejected
+            .set(i64::try_from(ejected).unwrap_or(i64::MAX));
+    }
+
+    /// A concurrency slot (or `None` when unlimited); shed with `overloaded`.
+    pub async fn admit(&self) -> Result<Option<OwnedSemaphorePermit>, ProxyError> {
+        let Some(limit) = &self.limit else {
+            return Ok(None);
+        };
+        match limit.acquire().await {
+            Ok(permit) => Ok(Some(permit)),
+            Err(reason) => {
+                self.metrics.shed(&self.labels, reason);
+                Err(ProxyError::Overloaded(self.name.to_string()))
+            }
+        }
+    }
+
+    pub fn pick(&self) -> Result<Picked, ProxyError> {
+        self.balancer
+            .pick(Instant::now())
+            .ok_or_else(|| ProxyError::NoEndpoints(self.name.to_string()))
+    }
+
+    /// Records an attempt's outcome for failure accrual.
+    pub fn record(&self, picked: &Picked, success: bool) {
+        let may_eject = || {
+            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+            let set = self.balancer.current();
+            let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
+            ejected < set.ready.len() / 2
+        };
+        let now = Instant::now();
+        let accrual = &picked.endpoint.accrual;
+        match accrual.record(&self.accrual, picked.probe, success, now, may_eject) {
+            Transition::None => {}
+            Transition::Ejected => {
+                tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
+                    "endpoint ejected after consecutive failures");
+                self.ejection.ejections.inc();
+                self.count_ejected();
+            }
+            Transition::Reejected => {
+                self.ejection.ejections.inc();
+            }
+            Transition::Readmitted => {
+                tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
+                    "endpoint readmitted after a successful probe");
+                self.count_ejected();
+            }
+        }
+    }
+
+    /// Every request (not retry) adds to the budget.
+    pub fn deposit(&self) {
+        self.budget.deposit();
+    }
+
+    /// Whether one more retry is afforded; counts exhaustion.
+    pub fn withdraw_retry(&self) -> bool {
+        let afforded = self.budget.withdraw();
+        if !afforded {
+            self.metrics.budget_exhausted(&self.labels);
+        }
+        afforded
+    }
+
+    pub fn retried(&self, reason: RetryReason) {
+        self.metrics.retried(&self.labels, reason);
+    }
+}
+
+/// tower's `TpsBudget` from the proto, defaults filled in and values clamped to
+/// what `TpsBudget::new` accepts (it asserts on anything else).
+fn retry_budget(proto: Option<&proto::RetryBudget>) -> TpsBudget {
+    let default = proto::RetryBudget::default();
+    let proto = proto.unwrap_or(&default);
+    let ratio = proto.ratio.unwrap_or(0.2);
+    let ratio = if ratio.is_finite() {
+        ratio.clamp(0.0, 1000.0)
+    } else {
+        0.2
+    };
+    let min_per_second = proto.min_per_second.unwrap_or(10).min(i32::MAX as u32 - 1);
+    let ttl = Duration::from_millis(proto.ttl_ms.unwrap_or(10_000))
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
+    TpsBudget::new(ttl, min_per_second, ratio as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::Body;
+    use crate::connect::{EndpointTarget, ResponseFuture, SendError};
+    use http::Request;
+    use prometheus_client::metrics::gauge::Gauge;
+
+    struct Refused;
+    impl EndpointClient for Refused {
+        fn send(&self, _: &EndpointTarget, _: Request<Body>) -> ResponseFuture {
+            Box::pin(async { Err(SendError::Connect("refused".into())) })
+        }
+    }
+
+    fn proto_backend(ports: &[u16]) -> proto::Backend {
+        proto::Backend {
+            name: "b".into(),
+            endpoints: ports
+                .iter()
+                .map(|p| proto::Endpoint {
+                    address: format!("127.0.0.1:{p}"),
+                    ready: true,
+                    ..Default::default()
+                })
+                .collect(),
+            resilience: Some(proto::Resilience {
+                failure_accrual: Some(proto::FailureAccrual {
+                    consecutive_failures: Some(1),
+                    min_backoff_ms: Some(60_000),
+                    max_backoff_ms: None,
+                }),
+                load_balancer: "round-robin".into(),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn ejected_gauge(metrics: &LogicalMetrics) -> Gauge {
+        metrics
+            .ejection_metrics(&BackendLabels::new("t", "b"))
+            .ejected
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_half_of_the_endpoints_are_ejected() {
+        let client: Arc<dyn EndpointClient> = Arc::new(Refused);
+        let metrics = LogicalMetrics::default();
+        let backend = Backend::new(
+            "t",
+            "b",
+            &proto_backend(&[1, 2, 3, 4, 5]),
+            None,
+            &client,
+            &metrics,
+        );
+        for _ in 0..50 {
+            let picked = backend.pick().expect("endpoints");
+            backend.record(&picked, false);
+        }
+        let ejected = |b: &Backend| {
+            b.balancer
+                .current()
+                .ready
+                .iter()
+                .filter(|e| !e.accrual.admits())
+                .count()
+        };
+        assert_eq!(ejected(&backend), 2, "5 endpoints: at most 2 ejected");
+        assert_eq!(ejected_gauge(&metrics).get(), 2);
+
+        // Removing an ejected endpoint takes it out of the gauge.
+        let gone = backend
+            .balancer
+            .current()
+            .ready
+            .iter()
+            .find(|e| !e.accrual.admits())
+            .map(|e| e.target.addr.port())
+            .expect("an ejected endpoint");
+        let kept: Vec<u16> = (1..=5).filter(|p| *p != gone).collect();
+        backend.update_endpoints(&proto_backend(&kept), &client);
+        assert_eq!(ejected_gauge(&metrics).get(), 1);
+        backend.retire();
+        assert_eq!(ejected_gauge(&metrics).get(), 0);
+    }
+
+    fn count_retries(budget: &TpsBudget, requests: u32) -> u32 {
+        (0..requests).for_each(|_| budget.deposit());
+        let mut retries = 0;
+        while budget.withdraw() {
+            retries += 1;
+            assert!(retries < 1_000_000, "budget never runs out");
+        }
+        retries
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn default_budget_is_twenty_percent_plus_ten_per_second_over_ten_seconds() {
+        let budget = retry_budget(None);
+        // 10/s over the 10 s window = 100, plus 20 % of 1000 requests.
+        assert_eq!(count_retries(&budget, 1000), 300);
+        // Nothing more until deposits or the window moves on.
+        assert!(!budget.withdraw());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert_eq!(count_retries(&budget, 0), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn configured_budgets_and_out_of_range_values_do_not_panic() {
+        let budget = retry_budget(Some(&proto::RetryBudget {
+            ratio: Some(0.5),
+            min_per_second: Some(0),
+            ttl_ms: Some(1_000),
+        }));
+        assert_eq!(count_retries(&budget, 100), 50);
+        for (ratio, ttl_ms) in [(f64::NAN, 0), (-1.0, u64::MAX), (1e9, 10)] {
+            let budget = retry_budget(Some(&proto::RetryBudget {
+                ratio: Some(ratio),
+                min_per_second: Some(u32::MAX),
+                ttl_ms: Some(ttl_ms),
+            }));
+            budget.deposit();
+        }
+    }
+}

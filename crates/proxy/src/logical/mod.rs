@@ -1,0 +1,601 @@
+//! The logical side of the proxy: everything between "an HTTP request for a
+//! known target" and "an attempt sent to one endpoint". A request is routed
+//! (`routes`), a backend drawn from the rule's weighted split, admitted by the
+//! backend's concurrency limit (`concurrency`), sent to an endpoint picked by
+//! the balancer (`balance`), retried within the route's policy and the
+//! backend's budget (`retry`, `backend`), all under the route's timeouts.
+//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints.
+//!
+//! The target's model is the Destination API's `Target`; it is compiled once
+//! per update, never per request.
+
+mod accrual;
+mod backend;
+mod balance;
+mod concurrency;
+mod grpc_timeout;
+mod metrics;
+mod permit_body;
+mod replay;
+mod retry;
+mod routes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{Request, Response};
+use plexus_api::v1::Target;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use self::backend::Backend;
+use self::balance::Picked;
+use self::replay::ReplayBody;
+use self::retry::AttemptFailure;
+use self::routes::{RouteTable, Rule};
+use crate::body::{self, Body};
+use crate::connect::{EndpointClient, SendError};
+use crate::error::ProxyError;
+
+pub use self::metrics::LogicalMetrics;
+
+/// The name of the route that served a response ("namespace/name", or
+/// "default" when no route matched); put into the response's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLabel(pub Arc<str>);
+
+/// The logical service of one target. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Logical {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    target: watch::Receiver<Arc<Target>>,
+    compiled: RwLock<Arc<Compiled>>,
+    /// One compilation at a time; requests meanwhile use the previous one.
+    compiling: Mutex<()>,
+    client: Arc<dyn EndpointClient>,
+    metrics: LogicalMetrics,
+}
+
+/// A target compiled for serving: routes and live backends.
+struct Compiled {
+    source: Arc<Target>,
+    routes: RouteTable,
+    backends: HashMap<String, Arc<Backend>>,
+}
+
+impl Logical {
+    pub fn new(
+        target: watch::Receiver<Arc<Target>>,
+        client: Arc<dyn EndpointClient>,
+        metrics: LogicalMetrics,
+    ) -> Logical {
+        let source = target.borrow().clone();
+        let compiled = Compiled::new(source, None, &client, &metrics);
+        Logical {
+            inner: Arc::new(Inner {
+                target,
+                compiled: RwLock::new(Arc::new(compiled)),
+                compiling: Mutex::new(()),
+                client,
+                metrics,
+            }),
+        }
+    }
+
+    /// Serves one request. Never fails: the proxy's own errors become
+    /// responses (gRPC-aware) carrying `plexus-error`.
+    pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        let grpc = routes::is_grpc(request.headers());
+        let compiled = self.inner.current();
+        let rule = compiled.routes.route(&request).clone();
+        let mut response = match serve(&compiled, &rule, request).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(route = %rule.label.0, %error, "request failed in the proxy");
+                error.into_response(grpc)
+            }
+        };
+        response.extensions_mut().insert(rule.label.clone());
+        response
+    }
+}
+
+impl Inner {
+    /// The compiled form of the latest target, recompiled when it changed.
+    fn current(&self) -> Arc<Compiled> {
+        let latest = self.target.borrow().clone();
+        let compiled = self.read_compiled();
+        if Arc::ptr_eq(&compiled.source, &latest) {
+            return compiled;
+        }
+        let _one_at_a_time = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
+        let compiled = self.read_compiled();
+        if Arc::ptr_eq(&compiled.source, &latest) {
+            return compiled;
+        }
+        let next = Arc::new(Compiled::new(
+            latest,
+            Some(&compiled),
+            &self.client,
+            &self.metrics,
+        ));
+        *self.compiled.write().unwrap_or_else(|p| p.into_inner()) = next.clone();
+        next
+    }
+
+    fn read_compiled(&self) -> Arc<Compiled> {
+        self.compiled
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Compiled {
+    /// Backends whose resilience settings did not change are kept (budget,
+    /// limit and endpoints); others are rebuilt around the same endpoints.
+    fn new(
+        source: Arc<Target>,
+        previous: Option<&Compiled>,
+        client: &Arc<dyn EndpointClient>,
+        metrics: &LogicalMetrics,
+    ) -> Compiled {
+        let mut backends = HashMap::new();
+        if let Some(table) = &source.backends {
+            for (name, proto) in &table.backends {
+                let known = previous.and_then(|p| p.backends.get(name));
+                let backend = match known {
+                    Some(known) if known.same_resilience(proto) => {
+                        known.update_endpoints(proto, client);
+                        known.clone()
+                    }
+                    _ => Arc::new(Backend::new(
+                        &source.name,
+                        name,
+                        proto,
+                        known.map(|b| &**b),
+                        client,
+                        metrics,
+                    )),
+                };
+                backends.insert(name.clone(), backend);
+            }
+        }
+        for (name, gone) in previous.iter().flat_map(|p| &p.backends) {
+            if !backends.contains_key(name) {
+                gone.retire();
+            }
+        }
+        let table = source.routes.clone().unwrap_or_default();
+        let default_backend = if table.default_backend.is_empty() {
+            source.name.as_str()
+        } else {
+            table.default_backend.as_str()
+        };
+        let routes = RouteTable::compile(&table, default_backend);
+        Compiled {
+            source,
+            routes,
+            backends,
+        }
+    }
+}
+
+/// Routes `request` to a backend and sends it there, within the rule's timeouts.
+async fn serve(
+    compiled: &Compiled,
+    rule: &Rule,
+    request: Request<Body>,
+) -> Result<Response<Body>, ProxyError> {
+    let backend_name = rule
+        .split
+        .pick()
+        .ok_or_else(|| ProxyError::NoEndpoints(rule.label.0.to_string()))?;
+    let backend = compiled
+        .backends
+        .get(&**backend_name)
+        .ok_or_else(|| ProxyError::NoEndpoints(backend_name.to_string()))?;
+
+    // The caller's gRPC deadline bounds the request like the route's timeout.
+    let caller_timeout = request
+        .headers()
+        .get(grpc_timeout::GRPC_TIMEOUT)
+        .and_then(grpc_timeout::parse);
+    let timeout = match (rule.request_timeout, caller_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let deadline = timeout.map(|t| Instant::now() + t);
+
+    let admitted = async {
+        let permit = backend.admit().await?;
+        let response = send_with_retries(backend, rule, request, deadline).await?;
+        Ok(match permit {
+            // The slot is held until the response body has been read.
+            Some(permit) => response.map(|b| body::boxed(permit_body::PermitBody::new(b, permit))),
+            None => response,
+        })
+    };
+    match (deadline, timeout) {
+        (Some(deadline), Some(timeout)) => tokio::time::timeout_at(deadline, admitted)
+            .await
+            .unwrap_or_else(|_| Err(ProxyError::Timeout(millis(timeout)))),
+        _ => admitted.await,
+    }
+}
+
+/// Sends attempts until one is final, the policy's attempts are used up, or
+/// the backend's retry budget refuses a retry.
+async fn send_with_retries(
+    backend: &Backend,
+    rule: &Rule,
+    request: Request<Body>,
+    deadline: Option<Instant>,
+) -> Result<Response<Body>, ProxyError> {
+    backend.deposit();
+    let policy = &rule.retry;
+    let (parts, body) = request.into_parts();
+    let replay = if policy.retries() {
+        ReplayBody::try_new(body)
+    } else {
+        Err(body)
+    };
+    let replay = match replay {
+        Ok(replay) => replay,
+        // Not replayable: exactly one attempt, streamed.
+        Err(body) => {
+            let request = Request::from_parts(parts, body);
+            let outcome = attempt(backend, rule, request, deadline).await;
+            return final_result(outcome, backend);
+        }
+    };
+
+    let mut backoff = policy.backoff();
+    let mut attempts = 1;
+    loop {
+        let request = rebuild(&parts, body::boxed(replay.clone()));
+        let outcome = attempt(backend, rule, request, deadline).await;
+        let reason = match &outcome {
+            Ok(response) => policy.retryable_response(response),
+            Err(failure) => policy.retryable_failure(failure, &parts.method),
+        };
+        let Some(reason) = reason else {
+            return final_result(outcome, backend);
+        };
+        if attempts >= policy.attempts() || !replay.replayable() {
+            return final_result(outcome, backend);
+        }
+        if !backend.withdraw_retry() {
+            return match outcome {
+                Ok(response) => Ok(response),
+                Err(_) => Err(ProxyError::BudgetExhausted(backend.name.to_string())),
+            };
+        }
+        backend.retried(reason);
+        drop(outcome);
+        retry::wait(&mut backoff).await;
+        attempts += 1;
+    }
+}
+
+/// One attempt on one endpoint, within the per-try timeout; its outcome feeds
+/// the endpoint's failure accrual.
+async fn attempt(
+    backend: &Backend,
+    rule: &Rule,
+    mut request: Request<Body>,
+    deadline: Option<Instant>,
+) -> Result<Response<Body>, AttemptFailure> {
+    let now = Instant::now();
+    if request.headers().contains_key(grpc_timeout::GRPC_TIMEOUT) {
+        // Tell the callee what is left of the caller's deadline (and of this try).
+        let left = deadline.map(|d| d.saturating_duration_since(now));
+        let left = match (left, rule.try_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(left) = left {
+            request
+                .headers_mut()
+                .insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(left));
+        }
+    }
+    let picked = backend.pick().map_err(|_| AttemptFailure::NoEndpoints)?;
+    let in_flight = InFlight {
+        backend,
+        picked,
+        finished: false,
+    };
+    let sent = in_flight.picked.endpoint.send(request);
+    let outcome = match rule.try_timeout {
+        Some(limit) => match tokio::time::timeout(limit, sent).await {
+            Ok(outcome) => outcome.map_err(AttemptFailure::Send),
+            Err(_) => Err(AttemptFailure::TryTimeout(millis(limit))),
+        },
+        None => sent.await.map_err(AttemptFailure::Send),
+    };
+    let success = outcome
+        .as_ref()
+        .is_ok_and(|response| !response.status().is_server_error());
+    in_flight.finish(success, &outcome);
+    outcome
+}
+
+/// An attempt whose outcome is not yet recorded. Dropped unfinished (the
+/// request was cancelled or timed out), it hands a probe back so the next
+/// request can probe the ejected endpoint.
+struct InFlight<'a> {
+    backend: &'a Backend,
+    picked: Picked,
+    finished: bool,
+}
+
+impl InFlight<'_> {
+    fn finish(mut self, success: bool, outcome: &Result<Response<Body>, AttemptFailure>) {
+        self.finished = true;
+        if let Err(failure) = outcome {
+            tracing::debug!(endpoint = %self.picked.endpoint.target.addr, ?failure, "attempt failed");
+        }
+        self.backend.record(&self.picked, success);
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.finished && self.picked.probe {
+            self.picked.endpoint.accrual.release_probe(Instant::now());
+        }
+    }
+}
+
+/// The response, or the proxy error an attempt's failure becomes.
+fn final_result(
+    outcome: Result<Response<Body>, AttemptFailure>,
+    backend: &Backend,
+) -> Result<Response<Body>, ProxyError> {
+    outcome.map_err(|failure| match failure {
+        AttemptFailure::Send(SendError::Connect(reason)) => ProxyError::ConnectFailed {
+            endpoint: backend.name.to_string(),
+            reason,
+        },
+        AttemptFailure::Send(SendError::Request(reason)) => ProxyError::UpstreamFailed {
+            endpoint: backend.name.to_string(),
+            reason,
+        },
+        AttemptFailure::TryTimeout(ms) => ProxyError::Timeout(ms),
+        AttemptFailure::NoEndpoints => ProxyError::NoEndpoints(backend.name.to_string()),
+    })
+}
+
+/// A copy of the original request for another attempt.
+fn rebuild(parts: &http::request::Parts, body: Body) -> Request<Body> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = parts.uri.clone();
+    *request.version_mut() = parts.version;
+    *request.headers_mut() = parts.headers.clone();
+    *request.extensions_mut() = parts.extensions.clone();
+    request
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use plexus_api::v1 as proto;
+
+    use super::*;
+    use crate::connect::{EndpointTarget, ResponseFuture};
+    use crate::logical::metrics::{BackendLabels, RetryReason};
+
+    /// An in-memory endpoint client answering every request with `answer`.
+    struct Scripted {
+        calls: AtomicUsize,
+        answer: fn(usize) -> Option<Result<Response<Body>, SendError>>,
+    }
+
+    impl EndpointClient for Scripted {
+        fn send(&self, _: &EndpointTarget, _: Request<Body>) -> ResponseFuture {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            match (self.answer)(call) {
+                Some(answer) => Box::pin(async move { answer }),
+                None => Box::pin(std::future::pending()),
+            }
+        }
+    }
+
+    fn status(code: u16) -> Option<Result<Response<Body>, SendError>> {
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = http::StatusCode::from_u16(code).unwrap();
+        Some(Ok(response))
+    }
+
+    fn logical(
+        answer: fn(usize) -> Option<Result<Response<Body>, SendError>>,
+        rule: proto::HttpRouteRule,
+        budget: Option<proto::RetryBudget>,
+    ) -> (Logical, Arc<Scripted>, LogicalMetrics) {
+        let client = Arc::new(Scripted {
+            calls: AtomicUsize::new(0),
+            answer,
+        });
+        let backend = proto::Backend {
+            name: "b".into(),
+            endpoints: vec![proto::Endpoint {
+                address: "127.0.0.1:1".into(),
+                ready: true,
+                ..Default::default()
+            }],
+            resilience: Some(proto::Resilience {
+                retry_budget: budget,
+                ..Default::default()
+            }),
+        };
+        let target = proto::Target {
+            name: "t".into(),
+            protocol: None,
+            routes: Some(proto::RouteTable {
+                http: vec![proto::HttpRoute {
+                    name: "ns/r".into(),
+                    rules: vec![proto::HttpRouteRule {
+                        backends: vec![proto::WeightedBackend {
+                            backend: "b".into(),
+                            weight: None,
+                        }],
+                        ..rule
+                    }],
+                }],
+                grpc: vec![],
+                default_backend: String::new(),
+            }),
+            backends: Some(proto::BackendTable {
+                backends: [("b".to_owned(), backend)].into_iter().collect(),
+            }),
+        };
+        let (_tx, rx) = watch::channel(Arc::new(target));
+        let metrics = LogicalMetrics::default();
+        let l = Logical::new(rx, client.clone(), metrics.clone());
+        (l, client, metrics)
+    }
+
+    fn retry(attempts: u32) -> Option<proto::RetryPolicy> {
+        Some(proto::RetryPolicy {
+            attempts,
+            codes: vec![503],
+            ..Default::default()
+        })
+    }
+
+    const NO_BUDGET: Option<proto::RetryBudget> = Some(proto::RetryBudget {
+        ratio: Some(0.0),
+        min_per_second: Some(0),
+        ttl_ms: None,
+    });
+
+    fn get(method: &str) -> Request<Body> {
+        Request::builder()
+            .method(method)
+            .uri("/")
+            .body(body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_request_future_is_send_and_small() {
+        fn send<T: Send>(_: &T) {}
+        let (l, _, _) = logical(|_| status(200), proto::HttpRouteRule::default(), None);
+        let future = l.handle(get("GET"));
+        send(&future);
+        // Lives once per in-flight request: keep an eye on its size.
+        assert!(
+            std::mem::size_of_val(&future) < 4096,
+            "{}",
+            std::mem::size_of_val(&future)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_until_a_final_response_and_labels_the_route() {
+        let rule = proto::HttpRouteRule {
+            retry: retry(4),
+            ..Default::default()
+        };
+        let (l, client, metrics) =
+            logical(|call| status(if call < 2 { 503 } else { 200 }), rule, None);
+        let response = l.handle(get("GET")).await;
+        assert_eq!(response.status(), 200);
+        assert_eq!(client.calls.load(Ordering::SeqCst), 3);
+        assert_eq!(
+            metrics.retries_total(&BackendLabels::new("t", "b"), RetryReason::status),
+            2
+        );
+        let label = response.extensions().get::<RouteLabel>().unwrap();
+        assert_eq!(label.0.as_ref(), "ns/r");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_returns_the_last_response() {
+        let rule = proto::HttpRouteRule {
+            retry: retry(3),
+            ..Default::default()
+        };
+        let (l, client, _) = logical(|_| status(503), rule, NO_BUDGET);
+        let response = l.handle(get("GET")).await;
+        assert_eq!(response.status(), 503);
+        assert!(
+            response.headers().get("plexus-error").is_none(),
+            "the upstream's answer"
+        );
+        assert_eq!(client.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_without_a_response_is_budget_exhausted() {
+        let rule = proto::HttpRouteRule {
+            retry: retry(3),
+            ..Default::default()
+        };
+        let (l, _, _) = logical(
+            |_| Some(Err(SendError::Connect("refused".into()))),
+            rule,
+            NO_BUDGET,
+        );
+        let response = l.handle(get("GET")).await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["plexus-error"], "budget-exhausted");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_post_is_not_retried_a_refused_one_is() {
+        let rule = proto::HttpRouteRule {
+            retry: retry(3),
+            ..Default::default()
+        };
+        let (l, client, _) = logical(
+            |_| Some(Err(SendError::Request("reset".into()))),
+            rule.clone(),
+            None,
+        );
+        let response = l.handle(get("POST")).await;
+        assert_eq!(response.status(), 502);
+        assert_eq!(response.headers()["plexus-error"], "upstream-failed");
+        assert_eq!(client.calls.load(Ordering::SeqCst), 1);
+
+        let (l, client, _) = logical(
+            |_| Some(Err(SendError::Connect("refused".into()))),
+            rule,
+            None,
+        );
+        let response = l.handle(get("POST")).await;
+        assert_eq!(response.headers()["plexus-error"], "connect-failed");
+        assert_eq!(client.calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_request_timeout_covers_every_attempt() {
+        let rule = proto::HttpRouteRule {
+            retry: retry(3),
+            timeouts: Some(proto::Timeouts {
+                request_ms: 1_000,
+                backend_request_ms: 400,
+            }),
+            ..Default::default()
+        };
+        let (l, client, _) = logical(|_| None, rule, None);
+        let started = Instant::now();
+        let response = l.handle(get("GET")).await;
+        assert_eq!(response.status(), 504);
+        assert_eq!(response.headers()["plexus-error"], "timeout");
+        assert_eq!(started.elapsed(), Duration::from_millis(1_000));
+        // Tries at 0 and 400 ms timed out and were retried; the third was cut short.
+        assert_eq!(client.calls.load(Ordering::SeqCst), 3);
+    }
+}

@@ -1,0 +1,149 @@
+//! Opaque TCP: bytes copied both ways, half-close passed on, idle connections closed.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Connects to `addr` within `timeout`, with Nagle off (the proxy forwards as it receives).
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Copies between `client` and `server` until both sides have closed, or
+/// nothing moved either way for `idle`. `prefix`: bytes already read from
+/// the client (during detection), sent first.
+pub async fn proxy<C, S>(client: C, mut server: S, prefix: &[u8], idle: Duration) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    if !prefix.is_empty() {
+        server.write_all(prefix).await?;
+    }
+    let start = Instant::now();
+    let activity = Arc::new(AtomicU64::new(0));
+    let mut client = Active {
+        io: client,
+        start,
+        last: activity.clone(),
+    };
+    let mut server = Active {
+        io: server,
+        start,
+        last: activity.clone(),
+    };
+    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+    tokio::pin!(copy);
+    let mut deadline = start + idle;
+    loop {
+        tokio::select! {
+            result = &mut copy => return result.map(drop),
+            () = tokio::time::sleep_until(deadline) => {
+                let last = start + Duration::from_millis(activity.load(Ordering::Relaxed));
+                if last + idle <= Instant::now() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "idle timeout"));
+                }
+                deadline = last + idle;
+            }
+        }
+    }
+}
+
+/// Records, in milliseconds since `start`, when bytes last moved.
+struct Active<I> {
+    io: I,
+    start: Instant,
+    last: Arc<AtomicU64>,
+}
+
+impl<I> Active<I> {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for Active<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        poll
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Active<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    #[tokio::test]
+    async fn copies_both_ways_and_passes_half_close_on() {
+        let (mut app, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_server, mut upstream) = tokio::io::duplex(1024);
+        let task = tokio::spawn(proxy(
+            proxy_client,
+            proxy_server,
+            b"hello ",
+            Duration::from_secs(60),
+        ));
+        app.write_all(b"world").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        upstream.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hello world");
+        // The other direction still works after the client's half-close.
+        upstream.write_all(b"bye").await.unwrap();
+        drop(upstream);
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"bye");
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed() {
+        let (_app, proxy_client) = tokio::io::duplex(1024);
+        let (proxy_server, _upstream) = tokio::io::duplex(1024);
+        let err = proxy(proxy_client, proxy_server, b"", Duration::from_secs(30))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,237 @@
+//! The proxy as a library: bind the listeners and the admin server, serve,
+//! drain on request. `main.rs` and in-process tests both start it here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::connect::EndpointClient;
+use crate::destinations::{DestinationSource, Destinations, FixedDestinations};
+use crate::drain;
+use crate::http::HttpShared;
+use crate::listener::Listener;
+use crate::logical::LogicalMetrics;
+use crate::metrics::{Direction, ProxyMetrics};
+use crate::orig_dst::{self, OriginalDst};
+use crate::static_config::{self, StaticConfigError};
+use crate::transport::HttpEndpointClient;
+use crate::upstream::Targets;
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("binding the {listener} listener on {addr}: {source}")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("PLEXUS_STATIC_CONFIG: {0}")]
+    StaticConfig(#[from] StaticConfigError),
+    #[error("starting the admin thread: {0}")]
+    Admin(std::io::Error),
+}
+
+pub struct Proxy;
+
+impl Proxy {
+    /// Starts a proxy with the defaults: destinations from the static file
+    /// (if any), original destinations from the kernel.
+    pub async fn bind(config: Config) -> Result<RunningProxy, StartError> {
+        Self::builder(config).bind().await
+    }
+
+    pub fn builder(config: Config) -> ProxyBuilder {
+        ProxyBuilder {
+            config,
+            source: None,
+            original_dst: orig_dst::kernel(),
+            client: None,
+        }
+    }
+}
+
+/// Options beyond the environment: what tests and later sources replace.
+pub struct ProxyBuilder {
+    config: Config,
+    source: Option<Arc<dyn DestinationSource>>,
+    original_dst: OriginalDst,
+    client: Option<Arc<dyn EndpointClient>>,
+}
+
+impl ProxyBuilder {
+    /// Where targets come from instead of `PLEXUS_STATIC_CONFIG` (the controller's watch).
+    pub fn destinations(mut self, source: Arc<dyn DestinationSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    /// How a redirected connection's original destination is found (tests fake redirection).
+    pub fn original_dst(mut self, original_dst: OriginalDst) -> Self {
+        self.original_dst = original_dst;
+        self
+    }
+
+    /// The transport used for every request (default: pooled HTTP/1 and HTTP/2).
+    pub fn endpoint_client(mut self, client: Arc<dyn EndpointClient>) -> Self {
+        self.client = Some(client);
+        self
+    }
+
+    pub async fn bind(self) -> Result<RunningProxy, StartError> {
+        let config = self.config;
+        let source = match (self.source, &config.static_config) {
+            (Some(source), _) => source,
+            (None, Some(path)) => Arc::new(static_config::load(path)?),
+            (None, None) => Arc::new(FixedDestinations::new(Vec::new())),
+        };
+        let destinations = Destinations::new(source);
+        let client = self
+            .client
+            .unwrap_or_else(|| Arc::new(HttpEndpointClient::new(config.connect_timeout)));
+
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let logical_metrics = LogicalMetrics::register(&mut registry);
+
+        let outbound = bind("outbound", config.outbound_addr).await?;
+        let inbound = bind("inbound", config.inbound_addr).await?;
+        let admin_listener = std::net::TcpListener::bind(config.admin_addr)
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(|source| StartError::Bind {
+                listener: "admin",
+                addr: config.admin_addr,
+                source,
+            })?;
+        let addr = |l: &TcpListener, name, fallback| {
+            l.local_addr().map_err(|source| StartError::Bind {
+                listener: name,
+                addr: fallback,
+                source,
+            })
+        };
+        let outbound_addr = addr(&outbound, "outbound", config.outbound_addr)?;
+        let inbound_addr = addr(&inbound, "inbound", config.inbound_addr)?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                listener: "admin",
+                addr: config.admin_addr,
+                source,
+            })?;
+
+        let targets = Arc::new(Targets::new(
+            destinations.clone(),
+            client.clone(),
+            logical_metrics,
+        ));
+        let http = Arc::new(HttpShared {
+            server: HttpShared::server(config.max_header_bytes),
+            targets,
+            client,
+            metrics,
+            idle_timeout: config.idle_timeout,
+        });
+        let listener = |direction, opaque_ports: &crate::config::PortSet, app_addr| {
+            Arc::new(Listener {
+                direction,
+                http: http.clone(),
+                original_dst: self.original_dst.clone(),
+                opaque_ports: opaque_ports.clone(),
+                detect_timeout: config.detect_timeout,
+                connect_timeout: config.connect_timeout,
+                app_addr,
+            })
+        };
+        let (trigger, drain) = drain::channel();
+        tokio::spawn(
+            listener(Direction::Outbound, &config.opaque_ports, None).run(outbound, drain.clone()),
+        );
+        tokio::spawn(
+            listener(
+                Direction::Inbound,
+                &config.inbound_opaque_ports,
+                config.inbound_app_addr,
+            )
+            .run(inbound, drain),
+        );
+
+        let (shutdown, mut shutdown_requested) = watch::channel(false);
+        let admin = Arc::new(Admin {
+            ready: true.into(),
+            registry,
+            destinations,
+            shutdown: shutdown.clone(),
+        });
+        let (stopped_tx, stopped) = watch::channel(false);
+        admin::spawn(admin_listener, admin.clone(), stopped.clone()).map_err(StartError::Admin)?;
+
+        let drain_timeout = config.drain_timeout;
+        let (drained_tx, drained) = watch::channel(None);
+        tokio::spawn(async move {
+            // The admin server keeps a sender, so only a request ends this wait.
+            let _ = shutdown_requested.wait_for(|requested| *requested).await;
+            admin.ready.store(false, Ordering::Release);
+            tracing::info!(?drain_timeout, "draining");
+            let in_time = trigger.drain(drain_timeout).await;
+            tracing::info!(in_time, "drained");
+            stopped_tx.send_replace(true);
+            drained_tx.send_replace(Some(in_time));
+        });
+        tracing::info!(%outbound_addr, %inbound_addr, %admin_addr, "proxy listening");
+        Ok(RunningProxy {
+            outbound_addr,
+            inbound_addr,
+            admin_addr,
+            shutdown,
+            drained,
+        })
+    }
+}
+
+async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            listener,
+            addr,
+            source,
+        })
+}
+
+/// A proxy serving on its listeners.
+pub struct RunningProxy {
+    pub outbound_addr: SocketAddr,
+    pub inbound_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    drained: watch::Receiver<Option<bool>>,
+}
+
+impl RunningProxy {
+    /// Starts draining (as SIGTERM or `POST /shutdown` do) and waits for it
+    /// to end. Returns whether everything in flight finished in time.
+    pub async fn shutdown(mut self) -> bool {
+        self.shutdown.send_replace(true);
+        self.drained().await
+    }
+
+    /// Waits until a drain started elsewhere (`POST /shutdown`) has ended.
+    pub async fn drained(&mut self) -> bool {
+        match self.drained.wait_for(Option::is_some).await {
+            Ok(in_time) => in_time.unwrap_or(false),
+            Err(_) => false,
+        }
+    }
+
+    /// Starts draining without waiting.
+    pub fn start_drain(&self) {
+        self.shutdown.send_replace(true);
+    }
+}

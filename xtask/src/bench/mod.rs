@@ -1,0 +1,382 @@
+//! `cargo xtask bench`: what the proxy costs, measured side by side in one run.
+//!
+//! One upstream process, the load generator in this process, and for each
+//! scenario fresh proxy processes between them: none, one (outbound), or a
+//! pair (client outbound -> server inbound). Every figure is also given as a
+//! ratio to the direct scenario of the same group, measured minutes apart on
+//! the same cores.
+
+pub mod compare;
+pub mod latency;
+pub mod load;
+pub mod procfs;
+pub mod proxy;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
+pub mod upstream;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::time::{Instant, sleep_until, timeout};
+
+use self::load::{Load, REQUEST_TIMEOUT, Window};
+use self::proxy::{ProxyProcess, ProxyRole};
+use self::report::{Measurement, ProcessCost, Report, RssAfterRequests, Settings};
+use self::scenario::{Pacing, Protocol, Scenario, Selection, Topology};
+use self::upstream::UpstreamProcess;
+use crate::workspace::Workspace;
+
+/// Hard caps, whatever the flags say: a bench must always end.
+const MAX_DURATION_SECS: f64 = 60.0;
+const MAX_WARMUP_SECS: f64 = 10.0;
+const MAX_CONNECTIONS: usize = 256;
+/// How long the count-bounded memory run may take before it gives up.
+const RSS_RUN_TIME_CAP: Duration = Duration::from_secs(120);
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Topologies to measure.
+    #[arg(long, value_delimiter = ',', default_value = "direct,proxy,pair")]
+    pub scenarios: Vec<Topology>,
+    /// Protocols the load generator speaks.
+    #[arg(long, value_delimiter = ',', default_value = "h1,h2")]
+    pub protocols: Vec<Protocol>,
+    /// Connection counts for the closed-loop scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    pub connections: Vec<usize>,
+    /// Measured seconds per scenario [default: 5, --quick: 1; at most 60].
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Warm-up seconds before each measurement [default: 1, --quick: 0.25; at most 10].
+    #[arg(long)]
+    pub warmup: Option<f64>,
+    /// Fixed-rate (open-loop) scenarios at this many requests per second; 0 skips them.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Connections sharing the fixed rate.
+    #[arg(long, default_value_t = 4)]
+    pub rate_connections: usize,
+    /// Proxy memory after this many requests through a fresh proxy; 0 skips it
+    /// [default: 100000, --quick: 10000].
+    #[arg(long)]
+    pub rss_requests: Option<u64>,
+    /// Requests per scenario, all connections together, warm-up included (a hard cap).
+    #[arg(long, default_value_t = 5_000_000)]
+    pub max_requests: u64,
+    /// A short smoke run: 1 s per scenario, 10,000 requests for the memory figure.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print a JSON document instead of tables.
+    #[arg(long)]
+    pub json: bool,
+    /// Tokio worker threads of the load generator (1: current-thread runtime).
+    #[arg(long, default_value_t = 1)]
+    pub loadgen_threads: usize,
+    /// Tokio worker threads of the upstream server.
+    #[arg(long, default_value_t = 1)]
+    pub upstream_threads: usize,
+    /// Use this proxy binary instead of building `plexus-proxy` in release mode.
+    #[arg(long)]
+    pub proxy_bin: Option<PathBuf>,
+}
+
+/// The `bench` command.
+pub fn main(args: BenchArgs) -> Result<bool> {
+    let settings = Settings::resolve(&args)?;
+    if cfg!(debug_assertions) {
+        return Err(relaunch_optimized());
+    }
+    runtime(settings.loadgen_threads)?.block_on(run(args, settings))
+}
+
+/// `cargo xtask` runs a debug build, whose load generator and upstream would be
+/// slower than the proxy they measure: build xtask optimized and become it.
+fn relaunch_optimized() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+
+    let result = (|| -> Result<std::process::Command> {
+        let workspace = Workspace::locate()?;
+        eprintln!("bench: building xtask (release) for an optimized load generator and upstream");
+        let status = crate::workspace::cargo()
+            .args(["build", "--release", "-p", "xtask"])
+            .current_dir(&workspace.root)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running `cargo build --release -p xtask`")?;
+        ensure!(status.success(), "`cargo build --release -p xtask` failed ({status})");
+        let mut command = std::process::Command::new(workspace.target_dir.join("release").join("xtask"));
+        command.args(std::env::args_os().skip(1));
+        Ok(command)
+    })();
+    match result {
+        // `exec` only returns when it failed.
+        Ok(mut command) => anyhow::Error::new(command.exec()).context("starting the release build of xtask"),
+        Err(error) => error,
+    }
+}
+
+/// A small runtime: the bench's processes share two cores, so each gets few threads.
+pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
+    };
+    builder.enable_all().build().context("building a tokio runtime")
+}
+
+impl Settings {
+    fn resolve(args: &BenchArgs) -> Result<Self> {
+        let duration = args.duration.unwrap_or(if args.quick { 1.0 } else { 5.0 });
+        let warmup = args.warmup.unwrap_or(if args.quick { 0.25 } else { 1.0 });
+        let rss_requests = args.rss_requests.unwrap_or(if args.quick { 10_000 } else { 100_000 });
+        ensure!(
+            duration > 0.0 && duration <= MAX_DURATION_SECS,
+            "--duration {duration}: expected more than 0 and at most {MAX_DURATION_SECS} seconds"
+        );
+        ensure!(
+            (0.0..=MAX_WARMUP_SECS).contains(&warmup),
+            "--warmup {warmup}: expected 0 to {MAX_WARMUP_SECS} seconds"
+        );
+        ensure!(
+            args.rate == 0.0 || (1.0..=1_000_000.0).contains(&args.rate),
+            "--rate {}: expected 0 (off) or 1 to 1000000 requests per second",
+            args.rate
+        );
+        for &count in args.connections.iter().chain([&args.rate_connections]) {
+            ensure!(
+                (1..=MAX_CONNECTIONS).contains(&count),
+                "connection count {count}: expected 1 to {MAX_CONNECTIONS}"
+            );
+        }
+        ensure!(!args.scenarios.is_empty(), "--scenarios: name at least one of direct, proxy, pair");
+        ensure!(!args.protocols.is_empty(), "--protocols: name at least one of h1, h2");
+        ensure!(!args.connections.is_empty(), "--connections: give at least one count");
+        Ok(Self {
+            duration_s: duration,
+            warmup_s: warmup,
+            rate: (args.rate > 0.0).then_some(args.rate),
+            rate_connections: args.rate_connections,
+            rss_requests,
+            max_requests: args.max_requests,
+            loadgen_threads: args.loadgen_threads.max(1),
+            upstream_threads: args.upstream_threads.max(1),
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+        })
+    }
+}
+
+/// Runs every scenario; `Ok(false)` when some could not be measured (the
+/// report says which and why).
+async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
+    let scenarios = scenario::plan(&Selection {
+        topologies: args.scenarios.clone(),
+        protocols: args.protocols.clone(),
+        connections: args.connections.clone(),
+        rate: settings.rate,
+        rate_connections: settings.rate_connections,
+    });
+    let needs_proxy = args.scenarios.iter().any(|t| t.proxies() > 0);
+    let workspace = Workspace::locate()?;
+    let workdir = workspace.target_dir.join("xtask-bench");
+    std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
+    let proxy_binary = match (&args.proxy_bin, needs_proxy) {
+        (_, false) => None,
+        (Some(path), true) => Some(path.clone()),
+        (None, true) => Some(proxy::build_release(&workspace)?),
+    };
+
+    let upstream = UpstreamProcess::spawn(settings.upstream_threads).await?;
+    eprintln!("bench: upstream at {} (pid {})", upstream.addr, upstream.pid);
+    let bench = Bench {
+        settings: &settings,
+        upstream: &upstream,
+        proxy_binary: proxy_binary.as_deref(),
+        workdir: &workdir,
+    };
+
+    let mut measurements = Vec::with_capacity(scenarios.len());
+    for scenario in scenarios {
+        eprintln!("bench: {}", scenario.name());
+        let measured = bench.measure(&scenario).await;
+        if let Err(error) = &measured {
+            eprintln!("bench: {} failed: {error:#}", scenario.name());
+        }
+        measurements.push((scenario, measured));
+    }
+
+    let rss = match (proxy_binary.is_some() && settings.rss_requests > 0, args.scenarios.contains(&Topology::Proxy)) {
+        (true, true) => {
+            let connections = args.connections.iter().copied().max().unwrap_or(1);
+            eprintln!("bench: proxy memory after {} requests", settings.rss_requests);
+            Some(bench.rss_after_requests(connections).await.map_err(|e| format!("{e:#}")))
+        }
+        _ => None,
+    };
+    upstream.stop().await?;
+
+    let report = Report::new(settings, measurements, rss);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report).context("writing the JSON report")?);
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(report.all_measured())
+}
+
+struct Bench<'a> {
+    settings: &'a Settings,
+    upstream: &'a UpstreamProcess,
+    proxy_binary: Option<&'a std::path::Path>,
+    workdir: &'a std::path::Path,
+}
+
+/// The proxies of one scenario and where the load generator sends.
+struct Deployment {
+    target: std::net::SocketAddr,
+    proxies: Vec<(&'static str, ProxyProcess)>,
+}
+
+impl Deployment {
+    async fn stop(self) -> Result<()> {
+        for (_, proxy) in self.proxies {
+            proxy.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Bench<'_> {
+    async fn deploy(&self, topology: Topology, name: &str) -> Result<Deployment> {
+        let upstream = self.upstream.addr;
+        let binary = || self.proxy_binary.context("no proxy binary for a proxied scenario");
+        let proxies = match topology {
+            Topology::Direct => Vec::new(),
+            Topology::Proxy => {
+                let role = ProxyRole::Client {
+                    endpoint: upstream,
+                    meshed: false,
+                };
+                vec![("proxy", ProxyProcess::spawn(binary()?, role, self.workdir, name).await?)]
+            }
+            Topology::Pair => {
+                let server = ProxyProcess::spawn(
+                    binary()?,
+                    ProxyRole::Server { app: upstream },
+                    self.workdir,
+                    &format!("{name}-server"),
+                )
+                .await?;
+                let role = ProxyRole::Client {
+                    endpoint: server.inbound,
+                    meshed: true,
+                };
+                let client = ProxyProcess::spawn(binary()?, role, self.workdir, &format!("{name}-client")).await?;
+                vec![("client", client), ("server", server)]
+            }
+        };
+        let target = match proxies.first() {
+            Some((_, entry)) => entry.outbound,
+            None => upstream,
+        };
+        Ok(Deployment { target, proxies })
+    }
+
+    async fn measure(&self, scenario: &Scenario) -> Result<Measurement> {
+        let file_name = scenario.name().replace([' ', '@', '/'], "-");
+        let deployment = self.deploy(scenario.topology, &file_name).await?;
+        let result = self.measure_on(scenario, &deployment).await;
+        deployment.stop().await?;
+        result
+    }
+
+    async fn measure_on(&self, scenario: &Scenario, deployment: &Deployment) -> Result<Measurement> {
+        let settings = self.settings;
+        let load = Load::connect(deployment.target, scenario.protocol, scenario.connections).await?;
+        let start = Instant::now() + Duration::from_secs_f64(settings.warmup_s);
+        let window = Window {
+            start,
+            end: start + Duration::from_secs_f64(settings.duration_s),
+        };
+        let running = tokio::spawn(load.run(scenario.pacing, window, settings.max_requests));
+
+        let pids = self.watched_pids(deployment);
+        sleep_until(window.start).await;
+        let cpu_before = cpu_seconds(&pids)?;
+        sleep_until(window.end).await;
+        let cpu_after = cpu_seconds(&pids)?;
+        // Requests in flight at the end finish within their own timeout.
+        let outcome = timeout(REQUEST_TIMEOUT + Duration::from_secs(5), running)
+            .await
+            .context("the load generator did not stop after the window")?
+            .context("the load generator failed")??;
+
+        let cpu = |index: usize| cpu_after[index] - cpu_before[index];
+        let mut proxies = Vec::with_capacity(deployment.proxies.len());
+        for (index, (role, proxy)) in deployment.proxies.iter().enumerate() {
+            proxies.push(ProcessCost {
+                role,
+                cpu_s: cpu(index + 2),
+                memory: procfs::memory(proxy.pid)?,
+            });
+        }
+        Ok(Measurement {
+            seconds: window.seconds(),
+            completed: outcome.completed(),
+            errors: outcome.errors,
+            first_error: outcome.first_error,
+            latency: outcome.latency.summary(),
+            loadgen_cpu_s: cpu(0),
+            upstream_cpu_s: cpu(1),
+            proxies,
+        })
+    }
+
+    /// This process (the load generator), the upstream, then each proxy.
+    fn watched_pids(&self, deployment: &Deployment) -> Vec<u32> {
+        [std::process::id(), self.upstream.pid]
+            .into_iter()
+            .chain(deployment.proxies.iter().map(|(_, proxy)| proxy.pid))
+            .collect()
+    }
+
+    /// A fresh proxy, `rss_requests` HTTP/1.1 requests through it, then its memory.
+    async fn rss_after_requests(&self, connections: usize) -> Result<RssAfterRequests> {
+        let deployment = self.deploy(Topology::Proxy, "rss").await?;
+        let result = async {
+            let load = Load::connect(deployment.target, Protocol::H1, connections).await?;
+            let start = Instant::now();
+            let window = Window {
+                start,
+                end: start + RSS_RUN_TIME_CAP,
+            };
+            let outcome = load.run(Pacing::ClosedLoop, window, self.settings.rss_requests).await?;
+            let (_, proxy) = deployment.proxies.first().context("the proxy scenario has no proxy")?;
+            if outcome.completed() + outcome.errors < self.settings.rss_requests {
+                bail!(
+                    "only {} of {} requests within {RSS_RUN_TIME_CAP:?}",
+                    outcome.completed() + outcome.errors,
+                    self.settings.rss_requests
+                );
+            }
+            Ok(RssAfterRequests {
+                requests: outcome.completed(),
+                errors: outcome.errors,
+                connections,
+                memory: procfs::memory(proxy.pid)?,
+            })
+        }
+        .await;
+        deployment.stop().await?;
+        result
+    }
+}
+
+fn cpu_seconds(pids: &[u32]) -> Result<Vec<f64>> {
+    pids.iter().map(|&pid| procfs::cpu_seconds(pid)).collect()
+}

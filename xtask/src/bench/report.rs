@@ -1,0 +1,430 @@
+//! What a bench run found, as tables for people or JSON for machines.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::compare::{AddedLatency, VersusDirect, cpu_ms_per_1k_requests};
+use super::latency::LatencySummary;
+use super::procfs::Memory;
+use super::scenario::{Pacing, Scenario};
+
+/// The run's settings, as resolved from the flags.
+#[derive(Clone, Debug, Serialize)]
+pub struct Settings {
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    pub rate: Option<f64>,
+    pub rate_connections: usize,
+    pub rss_requests: u64,
+    pub max_requests: u64,
+    pub loadgen_threads: usize,
+    pub upstream_threads: usize,
+    pub cpus: usize,
+}
+
+/// What one scenario measured inside its window.
+#[derive(Clone, Debug, Serialize)]
+pub struct Measurement {
+    pub seconds: f64,
+    pub completed: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub latency: LatencySummary,
+    /// CPU of this process: the load generator (and the idle orchestration).
+    pub loadgen_cpu_s: f64,
+    pub upstream_cpu_s: f64,
+    pub proxies: Vec<ProcessCost>,
+}
+
+impl Measurement {
+    pub fn requests_per_sec(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.completed as f64 / self.seconds
+        } else {
+            0.0
+        }
+    }
+
+    pub fn proxy_cpu_s(&self) -> f64 {
+        self.proxies.iter().map(|proxy| proxy.cpu_s).sum()
+    }
+
+    pub fn proxy_memory(&self) -> Memory {
+        self.proxies
+            .iter()
+            .fold(Memory::default(), |sum, proxy| sum.plus(proxy.memory))
+    }
+}
+
+/// One proxy process's cost in a scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProcessCost {
+    /// "proxy", or "client" / "server" in a pair.
+    pub role: &'static str,
+    pub cpu_s: f64,
+    pub memory: Memory,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RssAfterRequests {
+    pub requests: u64,
+    pub errors: u64,
+    pub connections: usize,
+    pub memory: Memory,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub settings: Settings,
+    pub scenarios: Vec<ScenarioReport>,
+    /// A fresh proxy's memory after `settings.rss_requests` requests.
+    pub rss_after_requests: Option<Outcome<RssAfterRequests>>,
+}
+
+#[derive(Serialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub scenario: Scenario,
+    #[serde(flatten)]
+    pub outcome: Outcome<Measured>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome<T> {
+    Measured(T),
+    Failed(String),
+}
+
+/// A measurement with the figures derived from it.
+#[derive(Serialize)]
+pub struct Measured {
+    pub requests_per_sec: f64,
+    pub proxy_cpu_s: f64,
+    /// Proxy CPU ms per 1,000 requests (= ms of CPU per second at 1,000 req/s).
+    pub proxy_cpu_ms_per_1k_requests: Option<f64>,
+    pub proxy_memory: Memory,
+    /// Absent for direct scenarios and when direct was not measured.
+    pub versus_direct: Option<VersusDirect>,
+    pub measurement: Measurement,
+}
+
+impl Report {
+    pub fn new(
+        settings: Settings,
+        measurements: Vec<(Scenario, anyhow::Result<Measurement>)>,
+        rss_after_requests: Option<Result<RssAfterRequests, String>>,
+    ) -> Self {
+        let direct_of = |scenario: &Scenario| {
+            measurements.iter().find_map(|(candidate, result)| match result {
+                Ok(measurement) if *candidate == scenario.direct() => Some(measurement),
+                _ => None,
+            })
+        };
+        let scenarios = measurements
+            .iter()
+            .map(|(scenario, result)| {
+                let outcome = match result {
+                    Err(error) => Outcome::Failed(format!("{error:#}")),
+                    Ok(measurement) => {
+                        let versus_direct = (scenario.topology.proxies() > 0)
+                            .then(|| direct_of(scenario))
+                            .flatten()
+                            .map(|direct| {
+                                VersusDirect::of(
+                                    measurement.requests_per_sec(),
+                                    &measurement.latency,
+                                    direct.requests_per_sec(),
+                                    &direct.latency,
+                                )
+                            });
+                        Outcome::Measured(Measured {
+                            requests_per_sec: measurement.requests_per_sec(),
+                            proxy_cpu_s: measurement.proxy_cpu_s(),
+                            proxy_cpu_ms_per_1k_requests: (!measurement.proxies.is_empty())
+                                .then(|| cpu_ms_per_1k_requests(measurement.proxy_cpu_s(), measurement.completed))
+                                .flatten(),
+                            proxy_memory: measurement.proxy_memory(),
+                            versus_direct,
+                            measurement: measurement.clone(),
+                        })
+                    }
+                };
+                ScenarioReport {
+                    name: scenario.name(),
+                    scenario: *scenario,
+                    outcome,
+                }
+            })
+            .collect();
+        Self {
+            settings,
+            scenarios,
+            rss_after_requests: rss_after_requests.map(|result| match result {
+                Ok(rss) => Outcome::Measured(rss),
+                Err(error) => Outcome::Failed(error),
+            }),
+        }
+    }
+
+    /// Every scenario measured, without a failed request.
+    pub fn all_measured(&self) -> bool {
+        let scenarios_ok = self.scenarios.iter().all(|scenario| {
+            matches!(&scenario.outcome, Outcome::Measured(measured) if measured.measurement.errors == 0)
+        });
+        scenarios_ok && !matches!(self.rss_after_requests, Some(Outcome::Failed(_)))
+    }
+
+    pub fn render_text(&self) -> String {
+        let s = &self.settings;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "plexus bench: {} CPUs shared by everything; {} s per scenario after {} s warm-up; \
+             load generator {} thread(s), upstream {} thread(s)",
+            s.cpus, s.duration_s, s.warmup_s, s.loadgen_threads, s.upstream_threads
+        );
+        let _ = writeln!(
+            out,
+            "latency in µs; \"+a r×\" = µs added to direct and ratio to direct; CPU and memory are the proxies' (both, for a pair)"
+        );
+        let closed: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter(|r| r.scenario.pacing == Pacing::ClosedLoop)
+            .collect();
+        let fixed: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter(|r| r.scenario.pacing != Pacing::ClosedLoop)
+            .collect();
+        if !closed.is_empty() {
+            let _ = writeln!(out, "\nclosed loop (each connection sends its next request when the answer arrives)");
+            render_table(&mut out, &closed, "CPU ms/1k req");
+        }
+        if !fixed.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nfixed rate, open loop (latency from each request's intended send time; CPU per 1,000 req/s in ms/s, 10 = 1 % of a core)"
+            );
+            render_table(&mut out, &fixed, "CPU per 1k/s");
+        }
+        match &self.rss_after_requests {
+            Some(Outcome::Measured(rss)) => {
+                let _ = writeln!(
+                    out,
+                    "\nproxy memory after {} requests (HTTP/1.1, {} connections, {} errors): RSS {:.1} MiB, peak {:.1} MiB",
+                    rss.requests,
+                    rss.connections,
+                    rss.errors,
+                    mib(rss.memory.rss_kib),
+                    mib(rss.memory.peak_rss_kib)
+                );
+            }
+            Some(Outcome::Failed(error)) => {
+                let _ = writeln!(out, "\nproxy memory after {} requests: FAILED: {error}", s.rss_requests);
+            }
+            None => {}
+        }
+        let problems: Vec<_> = self
+            .scenarios
+            .iter()
+            .filter_map(|r| match &r.outcome {
+                Outcome::Failed(error) => Some(format!("{}: FAILED: {error}", r.name)),
+                Outcome::Measured(m) if m.measurement.errors > 0 => Some(format!(
+                    "{}: {} failed requests, first: {}",
+                    r.name,
+                    m.measurement.errors,
+                    m.measurement.first_error.as_deref().unwrap_or("?")
+                )),
+                Outcome::Measured(_) => None,
+            })
+            .collect();
+        if !problems.is_empty() {
+            let _ = writeln!(out, "\nproblems:");
+            for problem in problems {
+                let _ = writeln!(out, "  {problem}");
+            }
+        }
+        out
+    }
+}
+
+fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>7} {:>9} {:>14} {:>9} {:>14} {:>9} {:>14} {:>8} {:>13} {:>8} {:>8} {:>6}",
+        "scenario",
+        "req/s",
+        "×direct",
+        "p50",
+        "+µs ×",
+        "p99",
+        "+µs ×",
+        "p99.9",
+        "+µs ×",
+        "CPU s",
+        cpu_header,
+        "RSS MiB",
+        "peak MiB",
+        "errors"
+    );
+    for row in rows {
+        let measured = match &row.outcome {
+            Outcome::Measured(measured) => measured,
+            Outcome::Failed(_) => {
+                let _ = writeln!(out, "{:<22} FAILED (see below)", row.name);
+                continue;
+            }
+        };
+        let m = &measured.measurement;
+        let versus = measured.versus_direct.as_ref();
+        let proxied = !m.proxies.is_empty();
+        let or_dash = |present: bool, text: String| if present { text } else { "-".into() };
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9.0} {:>7} {:>9.1} {:>14} {:>9.1} {:>14} {:>9.1} {:>14} {:>8} {:>13} {:>8} {:>8} {:>6}",
+            row.name,
+            measured.requests_per_sec,
+            versus
+                .and_then(|v| v.throughput_ratio)
+                .map_or("-".into(), |r| format!("{r:.2}")),
+            m.latency.p50_us,
+            added(versus.map(|v| v.p50)),
+            m.latency.p99_us,
+            added(versus.map(|v| v.p99)),
+            m.latency.p999_us,
+            added(versus.map(|v| v.p999)),
+            or_dash(proxied, format!("{:.2}", measured.proxy_cpu_s)),
+            measured
+                .proxy_cpu_ms_per_1k_requests
+                .map_or("-".into(), |ms| format!("{ms:.1}")),
+            or_dash(proxied, format!("{:.1}", mib(measured.proxy_memory.rss_kib))),
+            or_dash(proxied, format!("{:.1}", mib(measured.proxy_memory.peak_rss_kib))),
+            m.errors
+        );
+    }
+}
+
+fn added(latency: Option<AddedLatency>) -> String {
+    match latency {
+        None => "-".into(),
+        Some(AddedLatency { added_us, ratio }) => match ratio {
+            Some(ratio) => format!("{added_us:+.1} {ratio:.2}×"),
+            None => format!("{added_us:+.1}"),
+        },
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::scenario::{Protocol, Topology};
+
+    fn settings() -> Settings {
+        Settings {
+            duration_s: 5.0,
+            warmup_s: 1.0,
+            rate: None,
+            rate_connections: 4,
+            rss_requests: 100_000,
+            max_requests: 1_000_000,
+            loadgen_threads: 1,
+            upstream_threads: 1,
+            cpus: 2,
+        }
+    }
+
+    fn scenario(topology: Topology) -> Scenario {
+        Scenario {
+            topology,
+            protocol: Protocol::H1,
+            connections: 16,
+            pacing: Pacing::ClosedLoop,
+        }
+    }
+
+    fn measurement(completed: u64, p50_us: f64, proxies: usize) -> Measurement {
+        Measurement {
+            seconds: 5.0,
+            completed,
+            errors: 0,
+            first_error: None,
+            latency: LatencySummary {
+                p50_us,
+                p99_us: p50_us * 2.0,
+                p999_us: p50_us * 3.0,
+                max_us: p50_us * 4.0,
+                mean_us: p50_us,
+            },
+            loadgen_cpu_s: 4.0,
+            upstream_cpu_s: 3.0,
+            proxies: (0..proxies)
+                .map(|_| ProcessCost {
+                    role: "proxy",
+                    cpu_s: 2.5,
+                    memory: Memory {
+                        rss_kib: 8 * 1024,
+                        peak_rss_kib: 9 * 1024,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn proxied_scenarios_are_compared_with_their_direct_run() {
+        let report = Report::new(
+            settings(),
+            vec![
+                (scenario(Topology::Direct), Ok(measurement(50_000, 100.0, 0))),
+                (scenario(Topology::Proxy), Ok(measurement(30_000, 150.0, 1))),
+                (scenario(Topology::Pair), Ok(measurement(20_000, 250.0, 2))),
+            ],
+            None,
+        );
+        let measured = |index: usize| match &report.scenarios[index].outcome {
+            Outcome::Measured(measured) => measured,
+            Outcome::Failed(error) => panic!("{error}"),
+        };
+        assert!(measured(0).versus_direct.is_none());
+        let proxy = measured(1);
+        assert_eq!(proxy.requests_per_sec, 6_000.0);
+        let versus = proxy.versus_direct.unwrap();
+        assert_eq!(versus.throughput_ratio, Some(0.6));
+        assert_eq!(versus.p50.added_us, 50.0);
+        // 2.5 CPU s over 30,000 requests.
+        assert!((proxy.proxy_cpu_ms_per_1k_requests.unwrap() - 83.333).abs() < 0.01);
+        let pair = measured(2);
+        assert_eq!(pair.proxy_cpu_s, 5.0);
+        assert_eq!(pair.proxy_memory.rss_kib, 16 * 1024);
+        assert!(report.all_measured());
+
+        let text = report.render_text();
+        assert!(text.contains("h1 c16 proxy"), "{text}");
+        assert!(text.contains("+50.0 1.50×"), "{text}");
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["scenarios"][1]["measured"]["versus_direct"]["throughput_ratio"], 0.6);
+    }
+
+    #[test]
+    fn a_failed_scenario_is_reported_and_fails_the_run() {
+        let report = Report::new(
+            settings(),
+            vec![
+                (scenario(Topology::Direct), Ok(measurement(50_000, 100.0, 0))),
+                (scenario(Topology::Proxy), Err(anyhow::anyhow!("proxy exited"))),
+            ],
+            Some(Err("no proxy".into())),
+        );
+        assert!(!report.all_measured());
+        let text = report.render_text();
+        assert!(text.contains("h1 c16 proxy: FAILED: proxy exited"), "{text}");
+        assert!(text.contains("FAILED: no proxy"), "{text}");
+    }
+}

@@ -1,0 +1,449 @@
+//! `cargo xtask demo`: the whole mesh on one machine, with no cluster and no root.
+//!
+//! It builds the proxy and the controller, starts the controller on a file feed
+//! describing a small application (a frontend calling a backend split 80/20 between v1
+//! and v2; one v1 replica fails 20 % of its requests, another is slow), the apps, a
+//! sidecar per pod and an OTLP receiver, drives traffic, prints what the application saw
+//! against what the mesh absorbed, with a few trace waterfalls, and stops everything.
+//!
+//! Every pod is a loopback address (127.0.10.N) with the app on :8080 and its sidecar on
+//! :15001 (outbound), :15006 (inbound) and :15020 (admin). Without iptables nothing
+//! redirects traffic, so the endpoints announced are the sidecars' inbound ports and
+//! each sidecar forwards to its app (`PLEXUS_INBOUND_APP_ADDR`); the frontend sends to
+//! its sidecar's outbound port, which routes by `Host`.
+
+mod app;
+mod feed;
+mod metrics_text;
+mod probe;
+mod processes;
+mod sidecar;
+mod static_destinations;
+mod summary;
+mod topology;
+mod traffic;
+mod waterfalls;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::process::Command;
+
+pub use app::AppArgs;
+use probe::Probe;
+use processes::Processes;
+use sidecar::{SidecarPlan, sidecar_env};
+use topology::{NAMESPACE, Pod, Role, Topology};
+use waterfalls::TraceStore;
+
+use crate::workspace::{Workspace, cargo};
+
+/// How long a component may take to become ready.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+/// How long spans may take to reach the receiver after the traffic (batch export).
+const TRACES_WITHIN: Duration = Duration::from_secs(10);
+const WATERFALL_WIDTH: usize = 40;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// How long to drive traffic, in seconds.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub duration: u64,
+    /// Requests per second sent to the frontend.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub rate: u32,
+    /// Leave everything running after the summary, until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Send spans to this OTLP/gRPC endpoint (Jaeger, an OpenTelemetry Collector)
+    /// instead of the built-in receiver; no waterfalls are printed then.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Use the binaries already built instead of running `cargo build`.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+/// `cargo xtask demo`.
+pub fn main(args: DemoArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(run(args))
+}
+
+/// `cargo xtask demo-app`: one of the demo application's services (started by the demo).
+pub fn app_main(args: AppArgs) -> anyhow::Result<()> {
+    runtime()?.block_on(app::run(args))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let topology = Topology::demo();
+    check_addresses_free(topology.listen_addrs())?;
+    let workspace = Workspace::locate()?;
+    if !args.no_build {
+        build(&workspace)?;
+    }
+    let bin = workspace.target_dir.join("debug");
+    let work_dir = std::env::temp_dir().join(format!("plexus-demo-{}", std::process::id()));
+    let mut processes = Processes::new(&work_dir.join("logs"))?;
+
+    // Everything started below is stopped when `processes` is dropped: on success, on
+    // error and on Ctrl-C alike.
+    let outcome = tokio::select! {
+        result = demo(&args, &topology, &bin, &work_dir, &mut processes) => result,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
+    processes.stop_all().await;
+    match outcome {
+        Ok(()) => {
+            // The logs are only worth keeping when something went wrong.
+            let _ = std::fs::remove_dir_all(&work_dir);
+            Ok(())
+        }
+        Err(e) => Err(e.context(format!(
+            "the demo failed; logs of every process are in {}",
+            work_dir.join("logs").display()
+        ))),
+    }
+}
+
+async fn demo(
+    args: &DemoArgs,
+    topology: &Topology,
+    bin: &Path,
+    work_dir: &Path,
+    processes: &mut Processes,
+) -> anyhow::Result<()> {
+    let probe = Probe::new();
+
+    // The trace receiver first, so no span is lost.
+    let store = TraceStore::default();
+    let mut collector = None;
+    let otlp_endpoint = match &args.otlp_endpoint {
+        Some(endpoint) => endpoint.clone(),
+        None => {
+            let receiver = plexusctl::traces::Receiver::bind(
+                topology.otlp_grpc_addr(),
+                topology.otlp_http_addr(),
+            )
+            .await
+            .context("starting the trace receiver")?;
+            let endpoint = receiver.grpc_endpoint();
+            collector = Some(store.collect_from(receiver));
+            endpoint
+        }
+    };
+    let _stop_collector = AbortOnDrop(collector);
+
+    let feed_path = work_dir.join("demo-cluster.yaml");
+    std::fs::write(&feed_path, feed::feed_yaml(topology)?)
+        .with_context(|| format!("writing {}", feed_path.display()))?;
+    eprintln!("starting the controller on {}", feed_path.display());
+    let mut controller = Command::new(bin.join("plexus-controller"));
+    controller
+        .arg("--feed")
+        .arg(format!("file:{}", feed_path.display()))
+        .arg("--grpc-addr")
+        .arg(topology.controller_grpc_addr().to_string())
+        .arg("--admin-addr")
+        .arg(topology.controller_admin_addr().to_string())
+        // The controller serves its gRPC API in plaintext until its TLS is wired in.
+        .arg("--grpc-plaintext")
+        .env("PLEXUS_OTLP_ENDPOINT", &otlp_endpoint);
+    processes.spawn("controller", controller)?;
+    probe
+        .wait_ready(
+            "the controller",
+            topology.controller_admin_addr(),
+            "/ready",
+            READY_WITHIN,
+            processes,
+        )
+        .await?;
+    check_feed_accepted(&probe, topology.controller_admin_addr(), &feed_path).await?;
+
+    let plan = sidecar_plan(topology, work_dir, otlp_endpoint.clone())?;
+    eprintln!(
+        "starting {} pods (an app and a sidecar each)",
+        topology.pods().len()
+    );
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    for pod in topology.pods() {
+        processes.spawn(
+            &format!("{}-app", pod.name),
+            app_command(&xtask, topology, pod),
+        )?;
+        let mut sidecar = Command::new(bin.join("plexus-proxy"));
+        sidecar.envs(sidecar_env(pod, &plan));
+        processes.spawn(&format!("{}-proxy", pod.name), sidecar)?;
+    }
+    for pod in topology.pods() {
+        let what = format!("the sidecar of {}", pod.name);
+        probe
+            .wait_ready(&what, pod.admin_addr(), "/ready", READY_WITHIN, processes)
+            .await?;
+        let what = format!("the app of {}", pod.name);
+        probe
+            .wait_ready(&what, pod.app_addr(), "/stats", READY_WITHIN, processes)
+            .await?;
+    }
+
+    let frontend = topology.frontend();
+    let load = traffic::Plan {
+        target: frontend.inbound_addr(),
+        authority: topology
+            .service("frontend")
+            .map_or_else(|| frontend.app_addr().to_string(), |s| s.authority()),
+        rate_per_second: args.rate,
+        duration: Duration::from_secs(args.duration),
+    };
+    eprintln!(
+        "sending {} requests to the frontend ({} per second for {} s) through its sidecar at {}",
+        load.count(),
+        load.rate_per_second,
+        args.duration,
+        load.target
+    );
+    let outcomes = traffic::drive(&load).await;
+    // A component that died under load makes the numbers meaningless: say so.
+    processes.check_alive()?;
+
+    let stats = collect_stats(&probe, topology).await;
+    let metrics = match probe.get(frontend.admin_addr(), "/metrics").await {
+        Ok((status, body)) if status.is_success() => {
+            Some(metrics_text::parse(&String::from_utf8_lossy(&body)))
+        }
+        _ => None,
+    };
+    let inputs = summary::Inputs {
+        topology,
+        outcomes: &outcomes,
+        duration: load.duration,
+        stats: &stats,
+        frontend_metrics: metrics.as_deref(),
+    };
+    println!();
+    print!("{}", summary::render(&inputs));
+
+    if args.otlp_endpoint.is_none() {
+        let retried = summary::Retries::of(&inputs).spent.is_some_and(|n| n > 0);
+        store.wait_for(&outcomes, retried, TRACES_WITHIN).await;
+        print_waterfalls(&store, &outcomes).await;
+    }
+
+    if args.keep_running {
+        print_keep_running_help(topology, &otlp_endpoint);
+        // Runs until Ctrl-C (the caller's select) or until a component dies.
+        loop {
+            processes.check_alive()?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    Ok(())
+}
+
+fn build(workspace: &Workspace) -> anyhow::Result<()> {
+    eprintln!("building plexus-proxy and plexus-controller (debug profile)");
+    let status = cargo()
+        .args([
+            "build",
+            "--bins",
+            "-p",
+            "plexus-proxy",
+            "-p",
+            "plexus-controller",
+        ])
+        .current_dir(&workspace.root)
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        anyhow::bail!("cargo build of plexus-proxy and plexus-controller failed ({status})");
+    }
+    Ok(())
+}
+
+/// The demo's objects are all meant to be valid: a problem the controller reports is a
+/// bug of the demo (or of the controller), not something to run past.
+async fn check_feed_accepted(
+    probe: &Probe,
+    admin: SocketAddr,
+    feed_path: &Path,
+) -> anyhow::Result<()> {
+    let (_, body) = probe.get(admin, "/status").await?;
+    let status: serde_json::Value =
+        serde_json::from_slice(&body).context("reading the controller's /status as JSON")?;
+    let problems = feed::controller_problems(&status);
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "the controller refused parts of {}:\n  {}",
+            feed_path.display(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Fails with a clear message when another demo (or anything else) holds an address.
+fn check_addresses_free(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::Result<()> {
+    for addr in addrs {
+        std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "the demo needs {addr}, which is not free (is another demo running?); \
+                 127.0.10.0/24 must be usable on loopback (it is on Linux)"
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn sidecar_plan(
+    topology: &Topology,
+    work_dir: &Path,
+    otlp_endpoint: String,
+) -> anyhow::Result<SidecarPlan> {
+    let static_path: PathBuf = work_dir.join("static-destinations.yaml");
+    std::fs::write(
+        &static_path,
+        static_destinations::static_config_yaml(topology, false)?,
+    )
+    .with_context(|| format!("writing {}", static_path.display()))?;
+    eprintln!(
+        "the sidecars read their destinations from {} (the same objects as the feed; \
+         this proxy build has no Destination API client yet)",
+        static_path.display()
+    );
+    Ok(SidecarPlan {
+        controller: None,
+        static_config: Some(static_path),
+        otlp_endpoint,
+    })
+}
+
+fn app_command(xtask: &Path, topology: &Topology, pod: &Pod) -> Command {
+    let mut command = Command::new(xtask);
+    command
+        .arg("demo-app")
+        .args(["--role", pod.role.as_str()])
+        .args(["--listen", &pod.app_addr().to_string()])
+        .args(["--pod", pod.name])
+        .args(["--version", pod.version])
+        .args(["--fail-rate", &pod.behaviour.fail_rate.to_string()])
+        .args(["--delay-ms", &pod.behaviour.delay_ms.to_string()]);
+    if pod.role == Role::Frontend {
+        command.args(["--upstream-proxy", &pod.outbound_addr().to_string()]);
+        if let Some(backend) = topology.service(topology::BACKEND_SERVICE) {
+            command.args(["--upstream-host", &backend.authority()]);
+        }
+    }
+    command
+}
+
+async fn collect_stats(probe: &Probe, topology: &Topology) -> Vec<(Pod, app::AppStats)> {
+    let mut stats = Vec::new();
+    for pod in topology.pods() {
+        let answer = probe.get(pod.app_addr(), "/stats").await;
+        if let Ok((status, body)) = answer {
+            if let (true, Ok(s)) = (status.is_success(), serde_json::from_slice(&body)) {
+                stats.push((pod.clone(), s));
+            }
+        }
+    }
+    stats
+}
+
+async fn print_waterfalls(store: &TraceStore, outcomes: &[traffic::Outcome]) {
+    let picked = store.pick(outcomes, 3).await;
+    println!("\nTraces ({} received)", store.len().await);
+    if picked.is_empty() {
+        println!("  no trace of the demo's requests arrived (does this proxy build export spans?)");
+    }
+    for (caption, trace) in picked {
+        println!("\n{caption}: trace {}", trace.trace_id);
+        print!(
+            "{}",
+            plexusctl::traces::render_waterfall(&trace, WATERFALL_WIDTH)
+        );
+    }
+}
+
+fn print_keep_running_help(topology: &Topology, otlp_endpoint: &str) {
+    let frontend = topology.frontend();
+    println!("\nThe demo keeps running; Ctrl-C stops everything.");
+    println!("\nSend a request to the frontend, through its sidecar:");
+    println!(
+        "  curl -s -H 'Host: frontend.{NAMESPACE}.svc.cluster.local:8080' http://{}/",
+        frontend.inbound_addr()
+    );
+    println!("Call the backend the way the frontend does (its sidecar routes by Host):");
+    println!(
+        "  curl -s -H 'Host: backend.{NAMESPACE}.svc.cluster.local:8080' http://{}/",
+        frontend.outbound_addr()
+    );
+    println!("What a sidecar knows and counts:");
+    println!("  curl -s http://{}/config", frontend.admin_addr());
+    println!("  curl -s http://{}/metrics", frontend.admin_addr());
+    println!("\nSpans go to {otlp_endpoint} (OTLP/gRPC, PLEXUS_OTLP_ENDPOINT of every sidecar).");
+    println!("To read them in Jaeger or an OpenTelemetry Collector instead, start one with its");
+    println!("OTLP/gRPC port on a free address and rerun with that endpoint, e.g.:");
+    println!(
+        "  docker run --rm -p 127.0.0.1:14317:4317 -p 127.0.0.1:16686:16686 jaegertracing/all-in-one"
+    );
+    println!("  cargo xtask demo --keep-running --otlp-endpoint http://127.0.0.1:14317");
+    println!("  (then open http://127.0.0.1:16686)");
+}
+
+/// Stops the trace collector when the demo returns, whichever way.
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_frontend_app_calls_the_backend_service_through_its_outbound_listener() {
+        let topology = Topology::demo();
+        let command = app_command(Path::new("xtask"), &topology, topology.frontend());
+        let args: Vec<String> = command
+            .as_std()
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let joined = args.join(" ");
+        assert!(
+            joined.starts_with("demo-app --role frontend --listen 127.0.10.10:8080"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--upstream-proxy 127.0.10.10:15001"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("--upstream-host backend.demo.svc.cluster.local:8080"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn a_busy_address_is_reported_by_name() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("ephemeral port");
+        let addr = held.local_addr().expect("bound");
+        let message = format!("{:#}", check_addresses_free([addr]).expect_err("busy"));
+        assert!(message.contains(&addr.to_string()), "{message}");
+    }
+}

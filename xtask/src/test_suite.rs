@@ -1,0 +1,168 @@
+//! `cargo xtask test`: the project's one test command (the README's and CI's).
+//!
+//! It builds every workspace binary first, because end-to-end tests spawn them
+//! (found through `PLEXUS_BIN_DIR`), prepares the Python environment the chart
+//! tests drive the real Helm engine with (`PLEXUS_PYTHON`), then runs the tests.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::workspace::{Workspace, cargo};
+
+/// The Helm engine for the chart tests: Helm's Go SDK embedded in a PyPI package.
+/// Pinned so a new release cannot change what the chart tests render.
+const HELM_PYTHON_SDK: &str = "helm-python-sdk";
+const HELM_PYTHON_SDK_VERSION: &str = "0.2.2";
+
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Passed unchanged to `cargo nextest run` (or `cargo test` without nextest).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub extra: Vec<OsString>,
+}
+
+pub fn run(args: TestArgs) -> Result<ExitCode> {
+    let workspace = Workspace::locate()?;
+
+    let mut build = cargo();
+    build
+        .args(["build", "--workspace", "--bins"])
+        .current_dir(&workspace.root);
+    if !run_step("build workspace binaries for the end-to-end tests", &mut build)?.success() {
+        bail!("building the workspace binaries failed");
+    }
+    let bin_dir = workspace.target_dir.join("debug");
+
+    let python = chart_test_python(&workspace)?;
+
+    let nextest = nextest_installed();
+    let mut tests = cargo();
+    if nextest {
+        tests.args(["nextest", "run", "--workspace"]);
+    } else {
+        tests.args(["test", "--workspace"]);
+    }
+    tests
+        .args(&args.extra)
+        .current_dir(&workspace.root)
+        .env("PLEXUS_BIN_DIR", &bin_dir)
+        .env("PLEXUS_PYTHON", &python);
+    println!("xtask: PLEXUS_BIN_DIR={}", bin_dir.display());
+    println!("xtask: PLEXUS_PYTHON={}", python.display());
+    let mut outcome = run_step("run the workspace tests", &mut tests)?;
+
+    // nextest does not run doc tests; run them too unless the caller narrowed the run.
+    if nextest && args.extra.is_empty() {
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"])
+            .current_dir(&workspace.root)
+            .env("PLEXUS_BIN_DIR", &bin_dir)
+            .env("PLEXUS_PYTHON", &python);
+        let doc_outcome = run_step("run the doc tests (nextest skips them)", &mut doc)?;
+        if outcome.success() {
+            outcome = doc_outcome;
+        }
+    }
+
+    // The tests' own exit code; a signal-killed runner has none and counts as 1.
+    Ok(match outcome.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        None => ExitCode::FAILURE,
+    })
+}
+
+/// The Python interpreter the chart tests use: `PLEXUS_PYTHON` when the caller
+/// set it, else a venv at `target/py` holding the pinned Helm SDK, created and
+/// filled only when it is missing or holds another version.
+fn chart_test_python(workspace: &Workspace) -> Result<PathBuf> {
+    if let Some(python) = std::env::var_os("PLEXUS_PYTHON") {
+        println!("xtask: using PLEXUS_PYTHON from the environment");
+        return Ok(PathBuf::from(python));
+    }
+    let venv = workspace.target_dir.join("py");
+    let python = venv.join("bin").join("python");
+    if has_pinned_sdk(&python) {
+        println!(
+            "xtask: {} has {HELM_PYTHON_SDK} {HELM_PYTHON_SDK_VERSION}",
+            venv.display()
+        );
+        return Ok(python);
+    }
+    if !python.exists() {
+        let bootstrap = std::env::var_os("PLEXUS_BOOTSTRAP_PYTHON").unwrap_or_else(|| "python3".into());
+        let mut create = Command::new(&bootstrap);
+        create.arg("-m").arg("venv").arg(&venv);
+        if !run_step("create the chart-test Python venv", &mut create)?.success() {
+            bail!(
+                "creating a venv with {:?} failed (is the venv module installed? set PLEXUS_BOOTSTRAP_PYTHON to another interpreter)",
+                bootstrap
+            );
+        }
+    }
+    let mut install = Command::new(&python);
+    install
+        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"])
+        .arg(format!("{HELM_PYTHON_SDK}=={HELM_PYTHON_SDK_VERSION}"));
+    if !run_step("install the Helm engine for the chart tests", &mut install)?.success() {
+        bail!("installing {HELM_PYTHON_SDK}=={HELM_PYTHON_SDK_VERSION} from PyPI failed");
+    }
+    if !has_pinned_sdk(&python) {
+        bail!(
+            "{} still lacks {HELM_PYTHON_SDK} {HELM_PYTHON_SDK_VERSION} after pip install",
+            python.display()
+        );
+    }
+    Ok(python)
+}
+
+fn has_pinned_sdk(python: &Path) -> bool {
+    let check = format!(
+        "import importlib.metadata as m, sys; sys.exit(m.version('{HELM_PYTHON_SDK}') != '{HELM_PYTHON_SDK_VERSION}')"
+    );
+    python.exists()
+        && Command::new(python)
+            .args(["-c", &check])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+}
+
+fn nextest_installed() -> bool {
+    cargo()
+        .args(["nextest", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
+}
+
+/// Prints what is about to run, runs it with inherited output, and says how it
+/// went and how long it took.
+fn run_step(what: &str, command: &mut Command) -> Result<ExitStatus> {
+    println!("xtask: {what}: {}", describe(command));
+    let started = Instant::now();
+    let status = command
+        .status()
+        .with_context(|| format!("starting {:?}", command.get_program()))?;
+    let seconds = started.elapsed().as_secs_f64();
+    if status.success() {
+        println!("xtask: {what}: ok in {seconds:.1} s");
+    } else {
+        println!("xtask: {what}: FAILED ({status}) after {seconds:.1} s");
+    }
+    Ok(status)
+}
+
+fn describe(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(|part| part.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
