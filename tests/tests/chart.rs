@@ -403,6 +403,10 @@ fn the_mesh_config_is_the_injector_config_with_values_applied() {
         "plexus-controller.mesh.svc.cluster.local:8090"
     );
     assert_eq!(config.trust_domain, "prod.example.com");
+    assert_eq!(
+        config.controller_identity,
+        "spiffe://prod.example.com/ns/mesh/sa/plexus-controller"
+    );
     assert_eq!(config.trace_sampling, 0.2);
     assert_eq!(config.log_level, "plexus_proxy=debug,info");
     assert_eq!(config.proxy_resources.cpu_limit, "1");

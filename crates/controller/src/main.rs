@@ -1,17 +1,26 @@
-//! `plexus-controller`: discovery feed, Destination API on :8090, admin on :9990.
+//! `plexus-controller`: discovery feed, Destination and Identity APIs on
+//! :8090, admin on :9990.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use plexus_controller::feed::{self, FeedSource, Readiness};
 use plexus_controller::grpc::{self, GrpcTransport};
+use plexus_controller::identity::ca_store::DEFAULT_CA_LIFETIME;
+use plexus_controller::identity::{
+    BootstrapTokens, CaSettings, IdentityService, TokenAuthority, TokenReviewer, ca_from_dir,
+    ca_from_secret, controller_server_config,
+};
 use plexus_controller::index::{
-    DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, IndexConfig, SharedIndex,
+    DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
 };
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
+use plexus_identity::SpiffeId;
 use tokio::net::TcpListener;
+use tonic::service::Routes;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -24,7 +33,7 @@ struct Args {
     /// (a multi-document YAML file, re-read when it changes).
     #[arg(long, env = "PLEXUS_FEED", default_value = "kubernetes")]
     feed: FeedSource,
-    /// Destination (and Identity) gRPC API.
+    /// Destination and Identity gRPC APIs.
     #[arg(long, env = "PLEXUS_GRPC_ADDR", default_value = "0.0.0.0:8090")]
     grpc_addr: SocketAddr,
     /// `/live`, `/ready`, `/metrics`, `/status`.
@@ -36,10 +45,30 @@ struct Args {
     /// DNS domain of the cluster's Services (`name.namespace.svc.<domain>`).
     #[arg(long, env = "PLEXUS_CLUSTER_DOMAIN", default_value = DEFAULT_CLUSTER_DOMAIN)]
     cluster_domain: String,
-    /// Serve the gRPC API without TLS. Until the Identity API is wired into this
-    /// binary this is the only transport, and the flag must be given.
+    /// Serve only the Destination API, without TLS (tests, local runs without
+    /// a CA). The Identity API is then not served: tokens and CSRs never cross
+    /// the network in clear.
     #[arg(long, env = "PLEXUS_GRPC_PLAINTEXT")]
     grpc_plaintext: bool,
+    /// The controller's namespace: the CA Secret `plexus-ca` lives there, and
+    /// it names the controller's own identity.
+    #[arg(long, env = "PLEXUS_NAMESPACE", default_value = "plexus")]
+    namespace: String,
+    /// The controller's service account, for its own SPIFFE ID.
+    #[arg(
+        long,
+        env = "PLEXUS_SERVICE_ACCOUNT",
+        default_value = "plexus-controller"
+    )]
+    service_account: String,
+    /// With `--feed file:`: the CA's directory (`tls.crt`, `tls.key`, `ca.crt`),
+    /// created with a new CA if empty.
+    #[arg(long, env = "PLEXUS_CA_DIR")]
+    ca_dir: Option<PathBuf>,
+    /// With `--feed file:`: where bootstrap tokens are written, one per meshed
+    /// pod identity of the file (`<namespace>.<service-account>.token`).
+    #[arg(long, env = "PLEXUS_BOOTSTRAP_TOKEN_DIR")]
+    bootstrap_token_dir: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -57,11 +86,15 @@ fn main() -> anyhow::Result<()> {
         .block_on(run(args))
 }
 
+/// The Identity API and the TLS it is served with.
+struct Identity {
+    service: IdentityService,
+    transport: GrpcTransport,
+    /// Outside a cluster: tokens to issue for the file's workloads.
+    bootstrap: Option<Arc<BootstrapTokens>>,
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.grpc_plaintext,
-        "--grpc-plaintext (PLEXUS_GRPC_PLAINTEXT) is required: TLS serving is not wired into this binary yet"
-    );
     let index = SharedIndex::new(IndexConfig {
         trust_domain: args.trust_domain.clone(),
         cluster_domain: args.cluster_domain.clone(),
@@ -77,14 +110,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("--admin-addr {}", args.admin_addr))?;
     tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, feed = ?args.feed, "plexus-controller starting");
 
-    let feed_task = match args.feed {
-        FeedSource::File(path) => tokio::spawn(feed::file::run(path, index.clone(), ready.clone())),
-        FeedSource::Kubernetes => {
-            let client = kube::Client::try_default()
+    let client = match args.feed {
+        FeedSource::Kubernetes => Some(
+            kube::Client::try_default()
                 .await
-                .context("connecting to the Kubernetes API (--feed kubernetes)")?;
+                .context("connecting to the Kubernetes API (--feed kubernetes)")?,
+        ),
+        FeedSource::File(_) => None,
+    };
+    let identity = if args.grpc_plaintext {
+        tracing::warn!(
+            "--grpc-plaintext: serving the Destination API without TLS and no Identity API"
+        );
+        None
+    } else {
+        Some(identity(&args, client.clone()).await?)
+    };
+
+    let feed_task = match (&args.feed, client) {
+        (FeedSource::File(path), _) => {
+            let bootstrap = identity.as_ref().and_then(|i| i.bootstrap.clone());
+            let on_load = move |index: &Index| issue_bootstrap_tokens(bootstrap.as_deref(), index);
+            tokio::spawn(feed::file::run(
+                path.clone(),
+                index.clone(),
+                ready.clone(),
+                on_load,
+            ))
+        }
+        (FeedSource::Kubernetes, Some(client)) => {
             tokio::spawn(feed::kubernetes::run(client, index.clone(), ready.clone()))
         }
+        (FeedSource::Kubernetes, None) => anyhow::bail!("no Kubernetes client"),
     };
     tokio::spawn(sweep_idle_watches(index.clone()));
     let admin = Admin {
@@ -94,9 +151,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     tokio::spawn(admin.serve(admin_listener));
 
-    let mut routes = tonic::service::Routes::default();
-    routes = routes.add_service(DestinationService::new(index, metrics).into_server());
-    let grpc = grpc::serve(grpc_listener, routes, GrpcTransport::Plaintext);
+    let mut routes = Routes::new(DestinationService::new(index, metrics).into_server());
+    let transport = match identity {
+        Some(identity) => {
+            routes = routes.add_service(identity.service.into_server());
+            identity.transport
+        }
+        None => GrpcTransport::Plaintext,
+    };
+    let grpc = grpc::serve(grpc_listener, routes, transport);
 
     tokio::select! {
         result = grpc => result.context("gRPC server")?,
@@ -105,6 +168,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!("plexus-controller stopping");
     Ok(())
+}
+
+/// The CA (Secret `plexus-ca` in a cluster, `--ca-dir` outside), how tokens
+/// are checked (TokenReview in a cluster, bootstrap tokens outside), and the
+/// controller's own certificate for TLS on the gRPC port.
+async fn identity(args: &Args, client: Option<kube::Client>) -> anyhow::Result<Identity> {
+    let settings = CaSettings {
+        trust_domain: args.trust_domain.clone(),
+        lifetime: DEFAULT_CA_LIFETIME,
+        user_root: None,
+    };
+    let (ca, tokens, bootstrap): (_, Arc<dyn TokenAuthority>, _) = match client {
+        Some(client) => {
+            let ca = ca_from_secret(client.clone(), &args.namespace, &settings)
+                .await
+                .context("loading the CA")?;
+            (
+                ca,
+                Arc::new(TokenReviewer::new(client, &args.trust_domain)),
+                None,
+            )
+        }
+        None => {
+            let (Some(ca_dir), Some(token_dir)) = (&args.ca_dir, &args.bootstrap_token_dir) else {
+                anyhow::bail!(
+                    "--feed file: needs --ca-dir and --bootstrap-token-dir for the Identity API \
+                     (or --grpc-plaintext to serve the Destination API alone)"
+                );
+            };
+            let ca = ca_from_dir(ca_dir, &settings).context("--ca-dir")?;
+            let tokens = Arc::new(
+                BootstrapTokens::open(token_dir, &args.trust_domain)
+                    .with_context(|| format!("--bootstrap-token-dir {}", token_dir.display()))?,
+            );
+            (ca, tokens.clone() as Arc<dyn TokenAuthority>, Some(tokens))
+        }
+    };
+    let ca = Arc::new(ca);
+    let own = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)
+        .context("--trust-domain, --namespace and --service-account must form a SPIFFE ID")?;
+    let tls =
+        controller_server_config(ca.clone(), own).context("the controller's TLS certificate")?;
+    Ok(Identity {
+        service: IdentityService::new(ca, tokens),
+        transport: GrpcTransport::Tls(tls),
+        bootstrap,
+    })
+}
+
+/// Outside a cluster, every meshed pod of the file gets a bootstrap token.
+fn issue_bootstrap_tokens(tokens: Option<&BootstrapTokens>, index: &Index) {
+    let Some(tokens) = tokens else { return };
+    for id in index.meshed_identities() {
+        let issued = id
+            .parse::<SpiffeId>()
+            .map_err(|e| e.to_string())
+            .and_then(|spiffe| tokens.ensure(&spiffe).map_err(|e| e.to_string()));
+        if let Err(error) = issued {
+            tracing::warn!(identity = %id, %error, "bootstrap token not issued");
+        }
+    }
 }
 
 /// Watches are dropped lazily when a change reaches them; this reclaims the

@@ -135,9 +135,15 @@ fn a_pod_in_an_enabled_namespace_gets_init_and_the_native_sidecar() {
         env(proxy, "PLEXUS_IDENTITY"),
         Some("spiffe://cluster.local/ns/$(PLEXUS_POD_NAMESPACE)/sa/$(PLEXUS_SERVICE_ACCOUNT)")
     );
+    for name in ["PLEXUS_CONTROLLER_ADDR", "PLEXUS_IDENTITY_ADDR"] {
+        assert_eq!(
+            env(proxy, name),
+            Some("plexus-controller.plexus.svc.cluster.local:8090")
+        );
+    }
     assert_eq!(
-        env(proxy, "PLEXUS_CONTROLLER_ADDR"),
-        Some("plexus-controller.plexus.svc.cluster.local:8090")
+        env(proxy, "PLEXUS_CONTROLLER_IDENTITY"),
+        Some("spiffe://cluster.local/ns/plexus/sa/plexus-controller")
     );
     let by_field = |name: &str| {
         proxy
@@ -164,6 +170,11 @@ fn a_pod_in_an_enabled_namespace_gets_init_and_the_native_sidecar() {
     assert_eq!(
         by_field("PLEXUS_SERVICE_ACCOUNT").as_deref(),
         Some("spec.serviceAccountName")
+    );
+    // The fixture's pod is labelled `app: backend`: traces name the workload, not the pod.
+    assert_eq!(
+        by_field("PLEXUS_WORKLOAD").as_deref(),
+        Some("metadata.labels['app']")
     );
     let token_file = env(proxy, "PLEXUS_IDENTITY_TOKEN_FILE").unwrap();
     let anchors_file = env(proxy, "PLEXUS_IDENTITY_TRUST_ANCHORS").unwrap();

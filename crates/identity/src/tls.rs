@@ -166,3 +166,122 @@ pub fn peer_identity(conn: &CommonState) -> Option<SpiffeId> {
     let leaf = conn.peer_certificates()?.first()?;
     identity_of(leaf).ok()
 }
+
+/// The TLS server name (SNI) a mesh client sends to a server it expects to
+/// be `id`: `<service-account>.<namespace>.serviceaccount.identity.<trust-domain>`.
+/// The inbound side compares a ClientHello's SNI with its own
+/// ([`peek_client_hello`]) to tell mesh TLS, which it terminates, from an
+/// application's own TLS, which it must pass through untouched. `None` if the
+/// name is not a valid DNS name (over 253 bytes); connect by IP then, and the
+/// server will not take the connection for a mesh one.
+pub fn mesh_server_name(id: &SpiffeId) -> Option<ServerName<'static>> {
+    let name = format!(
+        "{}.{}.serviceaccount.identity.{}",
+        id.service_account(),
+        id.namespace(),
+        id.trust_domain()
+    );
+    ServerName::try_from(name).ok()
+}
+
+/// What the first bytes of an inbound connection are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeekedHello {
+    /// Not enough bytes yet to tell: read more and ask again.
+    Incomplete,
+    /// Not a TLS ClientHello (plaintext, or garbage).
+    NotTls,
+    /// A ClientHello for this workload's mesh name: terminate it.
+    Mesh,
+    /// TLS meant for the application (another or no SNI): pass it through.
+    OtherTls,
+}
+
+/// Classifies the bytes buffered so far on an inbound connection, without
+/// consuming them (they are parsed from a copy), against this workload's own
+/// identity.
+pub fn peek_client_hello(prefix: &[u8], own: &SpiffeId) -> PeekedHello {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut rest = prefix;
+    while !rest.is_empty() {
+        match acceptor.read_tls(&mut rest) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(_) => return PeekedHello::NotTls,
+        }
+    }
+    match acceptor.accept() {
+        Ok(None) => PeekedHello::Incomplete,
+        Ok(Some(accepted)) => {
+            let own_name = mesh_server_name(own);
+            let sni = accepted.client_hello().server_name().map(str::to_owned);
+            match (sni, own_name) {
+                (Some(sni), Some(ServerName::DnsName(own))) if sni == own.as_ref() => {
+                    PeekedHello::Mesh
+                }
+                _ => PeekedHello::OtherTls,
+            }
+        }
+        Err(_) => PeekedHello::NotTls,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client_hello(server_name: ServerName<'static>) -> Vec<u8> {
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).unwrap();
+        let mut bytes = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut bytes).unwrap();
+        }
+        bytes
+    }
+
+    #[test]
+    fn tells_mesh_tls_from_application_tls_and_plaintext() {
+        let web: SpiffeId = "spiffe://cluster.local/ns/shop/sa/web".parse().unwrap();
+        let admin: SpiffeId = "spiffe://cluster.local/ns/shop/sa/admin".parse().unwrap();
+        let name = mesh_server_name(&web).unwrap();
+        assert_eq!(
+            name.to_str(),
+            "web.shop.serviceaccount.identity.cluster.local"
+        );
+
+        let hello = client_hello(name);
+        assert_eq!(peek_client_hello(&hello, &web), PeekedHello::Mesh);
+        assert_eq!(peek_client_hello(&hello, &admin), PeekedHello::OtherTls);
+        assert_eq!(
+            peek_client_hello(&hello[..hello.len() / 2], &web),
+            PeekedHello::Incomplete
+        );
+        assert_eq!(peek_client_hello(&[], &web), PeekedHello::Incomplete);
+
+        let app = client_hello(ServerName::try_from("shop.example.com").unwrap());
+        assert_eq!(peek_client_hello(&app, &web), PeekedHello::OtherTls);
+        let by_ip = client_hello(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        assert_eq!(peek_client_hello(&by_ip, &web), PeekedHello::OtherTls);
+
+        assert_eq!(
+            peek_client_hello(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n", &web),
+            PeekedHello::NotTls
+        );
+        assert_eq!(
+            peek_client_hello(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &web),
+            PeekedHello::NotTls
+        );
+    }
+
+    #[test]
+    fn over_long_names_have_no_server_name() {
+        let sa = format!("{}.{}", "a".repeat(63), "b".repeat(63));
+        let id = SpiffeId::new(&"t".repeat(200), "ns", &sa).unwrap();
+        assert_eq!(mesh_server_name(&id), None);
+    }
+}

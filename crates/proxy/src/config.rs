@@ -75,6 +75,9 @@ pub struct Config {
     pub max_header_bytes: usize,
     /// `tracing` filter, e.g. `info,plexus_proxy=debug`.
     pub log: String,
+    /// Data-plane threads: 1 (default, like Linkerd's one core) runs a
+    /// single-threaded runtime; 0 means one per CPU.
+    pub worker_threads: usize,
 }
 
 /// Ports of server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis,
@@ -102,6 +105,11 @@ impl Config {
             connect_timeout: v.millis("PLEXUS_CONNECT_TIMEOUT_MS", 1_000)?,
             max_header_bytes: v.parse("PLEXUS_MAX_HEADER_BYTES", "65536", "a byte count")?,
             log: v.parse("PLEXUS_LOG", "info", "a tracing filter")?,
+            worker_threads: v.parse(
+                "PLEXUS_WORKER_THREADS",
+                "1",
+                "a thread count (0: one per CPU)",
+            )?,
         })
     }
 

@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Request, Response};
 use plexus_api::v1::Target;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::connect::{EndpointClient, EndpointTarget, SendError};
@@ -20,11 +22,7 @@ use crate::logical::{Logical, LogicalMetrics};
 /// The upstream of a connection or of one authority.
 #[derive(Clone)]
 pub enum Upstream {
-    Logical {
-        /// The target's name, the `target` label of request metrics.
-        name: Arc<str>,
-        logical: Logical,
-    },
+    Logical(Arc<LogicalTarget>),
     Passthrough {
         /// The address, the `target` label of request metrics.
         name: Arc<str>,
@@ -46,7 +44,8 @@ impl Upstream {
 
     pub fn name(&self) -> &Arc<str> {
         match self {
-            Self::Logical { name, .. } | Self::Passthrough { name, .. } => name,
+            Self::Logical(target) => &target.name,
+            Self::Passthrough { name, .. } => name,
         }
     }
 
@@ -58,7 +57,7 @@ impl Upstream {
         grpc: bool,
     ) -> Response<Body> {
         match self {
-            Self::Logical { logical, .. } => logical.handle(request).await,
+            Self::Logical(target) => target.logical.handle(request).await,
             Self::Passthrough { endpoint, .. } => match client.send(endpoint, request).await {
                 Ok(response) => response,
                 Err(SendError::Connect(reason)) => ProxyError::ConnectFailed {
@@ -76,12 +75,29 @@ impl Upstream {
     }
 }
 
+/// A meshed target's logical service.
+pub struct LogicalTarget {
+    /// The target's name, the `target` label of request metrics.
+    name: Arc<str>,
+    logical: Logical,
+}
+
+/// A `Logical` nobody used for this long, and no connection holds, is
+/// dropped, releasing its destination watch.
+const LOGICAL_IDLE: Duration = Duration::from_secs(600);
+
 /// The outbound side's view of destinations, with one `Logical` per target.
 pub struct Targets {
     destinations: Destinations,
     client: Arc<dyn EndpointClient>,
     metrics: LogicalMetrics,
-    logicals: Mutex<HashMap<String, (Arc<str>, Logical)>>,
+    logicals: Mutex<Logicals>,
+}
+
+#[derive(Default)]
+struct Logicals {
+    by_name: HashMap<String, (Arc<LogicalTarget>, Instant)>,
+    last_sweep: Option<Instant>,
 }
 
 /// What is known about a redirected outbound connection's original destination.
@@ -89,6 +105,22 @@ pub struct Redirected {
     pub upstream: Upstream,
     /// The target says it carries an opaque protocol: do not sniff.
     pub opaque: bool,
+}
+
+impl Logicals {
+    /// Drops idle, unheld entries; at most once per idle period.
+    fn sweep(&mut self, now: Instant) {
+        if self
+            .last_sweep
+            .is_some_and(|last| now < last + LOGICAL_IDLE)
+        {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.by_name.retain(|_, (logical, last_used)| {
+            Arc::strong_count(logical) > 1 || now < *last_used + LOGICAL_IDLE
+        });
+    }
 }
 
 impl Targets {
@@ -144,13 +176,66 @@ impl Targets {
             Ok(logicals) => logicals,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let (name, logical) = logicals
-            .entry(name)
-            .or_insert_with_key(|name| {
-                let logical = Logical::new(target, self.client.clone(), self.metrics.clone());
-                (Arc::from(name.as_str()), logical)
-            })
-            .clone();
-        Upstream::Logical { name, logical }
+        let now = Instant::now();
+        logicals.sweep(now);
+        let (logical, last_used) = logicals.by_name.entry(name).or_insert_with_key(|name| {
+            let logical = LogicalTarget {
+                name: Arc::from(name.as_str()),
+                logical: Logical::new(target, self.client.clone(), self.metrics.clone()),
+            };
+            (Arc::new(logical), now)
+        });
+        *last_used = now;
+        Upstream::Logical(logical.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destinations::FixedDestinations;
+    use crate::transport::HttpEndpointClient;
+
+    fn targets() -> Targets {
+        let target = Target {
+            name: "web.default.svc.cluster.local:80".into(),
+            ..Default::default()
+        };
+        let source = FixedDestinations::new(vec![(vec!["web:80".into()], target)]);
+        let mut registry = prometheus_client::registry::Registry::default();
+        Targets::new(
+            Destinations::new(Arc::new(source)),
+            Arc::new(HttpEndpointClient::new(Duration::from_secs(1))),
+            LogicalMetrics::register(&mut registry),
+        )
+    }
+
+    fn logical(upstream: Upstream) -> Arc<LogicalTarget> {
+        match upstream {
+            Upstream::Logical(target) => target,
+            Upstream::Passthrough { .. } => panic!("web:80 is meshed"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_logical_per_target_until_idle_and_unheld() {
+        let targets = targets();
+        let first = logical(targets.by_authority("web").await.unwrap());
+        let again = logical(targets.by_authority("web:80").await.unwrap());
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(&*first.name, "web.default.svc.cluster.local:80");
+        drop(again);
+
+        // Held by a connection: kept however long it idles.
+        tokio::time::advance(LOGICAL_IDLE * 2).await;
+        let held = logical(targets.by_authority("web").await.unwrap());
+        assert!(Arc::ptr_eq(&first, &held));
+        drop((first, held));
+
+        // Unheld and idle: dropped, the next lookup builds a new one.
+        let before = Arc::downgrade(&logical(targets.by_authority("web").await.unwrap()));
+        tokio::time::advance(LOGICAL_IDLE * 2).await;
+        let _after = logical(targets.by_authority("web").await.unwrap());
+        assert!(before.upgrade().is_none(), "the idle Logical was dropped");
     }
 }

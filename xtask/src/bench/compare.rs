@@ -94,7 +94,12 @@ mod tests {
 
     #[test]
     fn no_ratio_to_an_empty_direct_run() {
-        let versus = VersusDirect::of(5_000.0, &latency(1.0, 2.0, 3.0), 0.0, &LatencySummary::default());
+        let versus = VersusDirect::of(
+            5_000.0,
+            &latency(1.0, 2.0, 3.0),
+            0.0,
+            &LatencySummary::default(),
+        );
         assert_eq!(versus.throughput_ratio, None);
         assert_eq!(versus.p50.ratio, None);
         assert_eq!(versus.p50.added_us, 1.0);

@@ -64,7 +64,11 @@ pub struct Load {
 
 impl Load {
     /// Opens every connection up front, so the measurement starts warm.
-    pub async fn connect(target: SocketAddr, protocol: Protocol, connections: usize) -> Result<Self> {
+    pub async fn connect(
+        target: SocketAddr,
+        protocol: Protocol,
+        connections: usize,
+    ) -> Result<Self> {
         let mut senders = Vec::with_capacity(connections);
         for index in 0..connections {
             let sender = Sender::open(target, protocol)
@@ -81,7 +85,12 @@ impl Load {
 
     /// Drives every connection until the window ends or `max_requests` (all
     /// connections together, warm-up included) have been sent.
-    pub async fn run(self, pacing: Pacing, window: Window, max_requests: u64) -> Result<LoadOutcome> {
+    pub async fn run(
+        self,
+        pacing: Pacing,
+        window: Window,
+        max_requests: u64,
+    ) -> Result<LoadOutcome> {
         let connections = self.senders.len();
         let warmup_start = Instant::now();
         let tasks: Vec<_> = self
@@ -91,12 +100,14 @@ impl Load {
             .map(|(index, sender)| {
                 let schedule = match pacing {
                     Pacing::ClosedLoop => None,
-                    Pacing::FixedRate { requests_per_sec } => Some(FixedRateSchedule::for_connection(
-                        warmup_start,
-                        requests_per_sec,
-                        connections,
-                        index,
-                    )),
+                    Pacing::FixedRate { requests_per_sec } => {
+                        Some(FixedRateSchedule::for_connection(
+                            warmup_start,
+                            requests_per_sec,
+                            connections,
+                            index,
+                        ))
+                    }
                 };
                 let connection = Connection {
                     target: self.target,
@@ -168,7 +179,9 @@ impl Connection {
                     if measured {
                         outcome.errors += 1;
                     }
-                    outcome.first_error.get_or_insert_with(|| format!("{error:#}"));
+                    outcome
+                        .first_error
+                        .get_or_insert_with(|| format!("{error:#}"));
                     // The connection may be broken: the next request gets a new one.
                     self.sender = None;
                 }
@@ -204,13 +217,16 @@ impl Sender {
     async fn open(target: SocketAddr, protocol: Protocol) -> Result<Self> {
         let stream = timeout(CONNECT_TIMEOUT, TcpStream::connect(target))
             .await
-            .with_context(|| format!("connecting to {target}: no answer within {CONNECT_TIMEOUT:?}"))?
+            .with_context(|| {
+                format!("connecting to {target}: no answer within {CONNECT_TIMEOUT:?}")
+            })?
             .with_context(|| format!("connecting to {target}"))?;
         stream.set_nodelay(true).context("setting TCP_NODELAY")?;
         let io = TokioIo::new(stream);
         let sender = match protocol {
             Protocol::H1 => {
-                let (sender, connection) = http1::handshake(io).await.context("HTTP/1.1 handshake")?;
+                let (sender, connection) =
+                    http1::handshake(io).await.context("HTTP/1.1 handshake")?;
                 tokio::spawn(connection);
                 Sender::Http1(sender)
             }
@@ -237,7 +253,8 @@ impl Sender {
             }
             Sender::Http2(sender) => {
                 sender.ready().await.context("HTTP/2 connection closed")?;
-                let request = Request::get(format!("http://{BENCH_AUTHORITY}/")).body(Empty::new())?;
+                let request =
+                    Request::get(format!("http://{BENCH_AUTHORITY}/")).body(Empty::new())?;
                 sender.send_request(request).await?
             }
         };
@@ -246,9 +263,16 @@ impl Sender {
             .headers()
             .get("plexus-error")
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        response.into_body().collect().await.context("reading the response body")?;
+        response
+            .into_body()
+            .collect()
+            .await
+            .context("reading the response body")?;
         if !status.is_success() {
-            bail!("answered {status} (plexus-error: {})", why.as_deref().unwrap_or("none"));
+            bail!(
+                "answered {status} (plexus-error: {})",
+                why.as_deref().unwrap_or("none")
+            );
         }
         Ok(())
     }
@@ -279,15 +303,25 @@ mod tests {
         let target = upstream().await;
         let load = Load::connect(target, protocol, 4).await.unwrap();
         let window = window_from_now(Duration::from_millis(50), Duration::from_millis(300));
-        let outcome = timeout(Duration::from_secs(20), load.run(Pacing::ClosedLoop, window, 1_000_000))
-            .await
-            .unwrap()
-            .unwrap();
+        let outcome = timeout(
+            Duration::from_secs(20),
+            load.run(Pacing::ClosedLoop, window, 1_000_000),
+        )
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
         // Even a debug build on a loaded machine does far more than this in 300 ms.
-        assert!(outcome.completed() >= 20, "only {} requests", outcome.completed());
+        assert!(
+            outcome.completed() >= 20,
+            "only {} requests",
+            outcome.completed()
+        );
         let latency = outcome.latency.summary();
-        assert!(latency.p50_us > 0.0 && latency.p50_us <= latency.p99_us, "{latency:?}");
+        assert!(
+            latency.p50_us > 0.0 && latency.p50_us <= latency.p99_us,
+            "{latency:?}"
+        );
     }
 
     #[tokio::test]
@@ -305,10 +339,13 @@ mod tests {
         let target = upstream().await;
         let load = Load::connect(target, Protocol::H1, 3).await.unwrap();
         let window = window_from_now(Duration::ZERO, Duration::from_secs(60));
-        let outcome = timeout(Duration::from_secs(20), load.run(Pacing::ClosedLoop, window, 100))
-            .await
-            .expect("the cap, not the 60 s window, must end the run")
-            .unwrap();
+        let outcome = timeout(
+            Duration::from_secs(20),
+            load.run(Pacing::ClosedLoop, window, 100),
+        )
+        .await
+        .expect("the cap, not the 60 s window, must end the run")
+        .unwrap();
         assert_eq!(outcome.completed() + outcome.errors, 100);
     }
 
@@ -317,7 +354,9 @@ mod tests {
         let target = upstream().await;
         let load = Load::connect(target, Protocol::H1, 2).await.unwrap();
         let window = window_from_now(Duration::from_millis(100), Duration::from_millis(500));
-        let pacing = Pacing::FixedRate { requests_per_sec: 200.0 };
+        let pacing = Pacing::FixedRate {
+            requests_per_sec: 200.0,
+        };
         let outcome = timeout(Duration::from_secs(20), load.run(pacing, window, 1_000_000))
             .await
             .unwrap()
@@ -331,9 +370,15 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_target_fails_to_connect() {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
         let error = Load::connect(closed, Protocol::H1, 1).await.err().unwrap();
-        assert!(format!("{error:#}").contains(&closed.to_string()), "{error:#}");
+        assert!(
+            format!("{error:#}").contains(&closed.to_string()),
+            "{error:#}"
+        );
     }
 
     #[test]

@@ -101,19 +101,25 @@ fn relaunch_optimized() -> anyhow::Error {
         let workspace = Workspace::locate()?;
         eprintln!("bench: building xtask (release) for an optimized load generator and upstream");
         let status = crate::workspace::cargo()
-            .args(["build", "--release", "-p", "xtask"])
+            .args(["build", "--release", "-p", "xtask", "--no-default-features"])
             .current_dir(&workspace.root)
             .stdout(std::process::Stdio::null())
             .status()
-            .context("running `cargo build --release -p xtask`")?;
-        ensure!(status.success(), "`cargo build --release -p xtask` failed ({status})");
-        let mut command = std::process::Command::new(workspace.target_dir.join("release").join("xtask"));
+            .context("running `cargo build --release -p xtask --no-default-features`")?;
+        ensure!(
+            status.success(),
+            "`cargo build --release -p xtask --no-default-features` failed ({status})"
+        );
+        let mut command =
+            std::process::Command::new(workspace.target_dir.join("release").join("xtask"));
         command.args(std::env::args_os().skip(1));
         Ok(command)
     })();
     match result {
         // `exec` only returns when it failed.
-        Ok(mut command) => anyhow::Error::new(command.exec()).context("starting the release build of xtask"),
+        Ok(mut command) => {
+            anyhow::Error::new(command.exec()).context("starting the release build of xtask")
+        }
         Err(error) => error,
     }
 }
@@ -127,14 +133,19 @@ pub fn runtime(threads: usize) -> Result<tokio::runtime::Runtime> {
         builder.worker_threads(threads);
         builder
     };
-    builder.enable_all().build().context("building a tokio runtime")
+    builder
+        .enable_all()
+        .build()
+        .context("building a tokio runtime")
 }
 
 impl Settings {
     fn resolve(args: &BenchArgs) -> Result<Self> {
         let duration = args.duration.unwrap_or(if args.quick { 1.0 } else { 5.0 });
         let warmup = args.warmup.unwrap_or(if args.quick { 0.25 } else { 1.0 });
-        let rss_requests = args.rss_requests.unwrap_or(if args.quick { 10_000 } else { 100_000 });
+        let rss_requests = args
+            .rss_requests
+            .unwrap_or(if args.quick { 10_000 } else { 100_000 });
         ensure!(
             duration > 0.0 && duration <= MAX_DURATION_SECS,
             "--duration {duration}: expected more than 0 and at most {MAX_DURATION_SECS} seconds"
@@ -154,9 +165,18 @@ impl Settings {
                 "connection count {count}: expected 1 to {MAX_CONNECTIONS}"
             );
         }
-        ensure!(!args.scenarios.is_empty(), "--scenarios: name at least one of direct, proxy, pair");
-        ensure!(!args.protocols.is_empty(), "--protocols: name at least one of h1, h2");
-        ensure!(!args.connections.is_empty(), "--connections: give at least one count");
+        ensure!(
+            !args.scenarios.is_empty(),
+            "--scenarios: name at least one of direct, proxy, pair"
+        );
+        ensure!(
+            !args.protocols.is_empty(),
+            "--protocols: name at least one of h1, h2"
+        );
+        ensure!(
+            !args.connections.is_empty(),
+            "--connections: give at least one count"
+        );
         Ok(Self {
             duration_s: duration,
             warmup_s: warmup,
@@ -192,7 +212,10 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
     };
 
     let upstream = UpstreamProcess::spawn(settings.upstream_threads).await?;
-    eprintln!("bench: upstream at {} (pid {})", upstream.addr, upstream.pid);
+    eprintln!(
+        "bench: upstream at {} (pid {})",
+        upstream.addr, upstream.pid
+    );
     let bench = Bench {
         settings: &settings,
         upstream: &upstream,
@@ -210,11 +233,22 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
         measurements.push((scenario, measured));
     }
 
-    let rss = match (proxy_binary.is_some() && settings.rss_requests > 0, args.scenarios.contains(&Topology::Proxy)) {
+    let rss = match (
+        proxy_binary.is_some() && settings.rss_requests > 0,
+        args.scenarios.contains(&Topology::Proxy),
+    ) {
         (true, true) => {
             let connections = args.connections.iter().copied().max().unwrap_or(1);
-            eprintln!("bench: proxy memory after {} requests", settings.rss_requests);
-            Some(bench.rss_after_requests(connections).await.map_err(|e| format!("{e:#}")))
+            eprintln!(
+                "bench: proxy memory after {} requests",
+                settings.rss_requests
+            );
+            Some(
+                bench
+                    .rss_after_requests(connections)
+                    .await
+                    .map_err(|e| format!("{e:#}")),
+            )
         }
         _ => None,
     };
@@ -222,7 +256,10 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
 
     let report = Report::new(settings, measurements, rss);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).context("writing the JSON report")?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("writing the JSON report")?
+        );
     } else {
         print!("{}", report.render_text());
     }
@@ -254,7 +291,10 @@ impl Deployment {
 impl Bench<'_> {
     async fn deploy(&self, topology: Topology, name: &str) -> Result<Deployment> {
         let upstream = self.upstream.addr;
-        let binary = || self.proxy_binary.context("no proxy binary for a proxied scenario");
+        let binary = || {
+            self.proxy_binary
+                .context("no proxy binary for a proxied scenario")
+        };
         let proxies = match topology {
             Topology::Direct => Vec::new(),
             Topology::Proxy => {
@@ -262,7 +302,10 @@ impl Bench<'_> {
                     endpoint: upstream,
                     meshed: false,
                 };
-                vec![("proxy", ProxyProcess::spawn(binary()?, role, self.workdir, name).await?)]
+                vec![(
+                    "proxy",
+                    ProxyProcess::spawn(binary()?, role, self.workdir, name).await?,
+                )]
             }
             Topology::Pair => {
                 let server = ProxyProcess::spawn(
@@ -276,7 +319,9 @@ impl Bench<'_> {
                     endpoint: server.inbound,
                     meshed: true,
                 };
-                let client = ProxyProcess::spawn(binary()?, role, self.workdir, &format!("{name}-client")).await?;
+                let client =
+                    ProxyProcess::spawn(binary()?, role, self.workdir, &format!("{name}-client"))
+                        .await?;
                 vec![("client", client), ("server", server)]
             }
         };
@@ -295,9 +340,14 @@ impl Bench<'_> {
         result
     }
 
-    async fn measure_on(&self, scenario: &Scenario, deployment: &Deployment) -> Result<Measurement> {
+    async fn measure_on(
+        &self,
+        scenario: &Scenario,
+        deployment: &Deployment,
+    ) -> Result<Measurement> {
         let settings = self.settings;
-        let load = Load::connect(deployment.target, scenario.protocol, scenario.connections).await?;
+        let load =
+            Load::connect(deployment.target, scenario.protocol, scenario.connections).await?;
         let start = Instant::now() + Duration::from_secs_f64(settings.warmup_s);
         let window = Window {
             start,
@@ -355,8 +405,13 @@ impl Bench<'_> {
                 start,
                 end: start + RSS_RUN_TIME_CAP,
             };
-            let outcome = load.run(Pacing::ClosedLoop, window, self.settings.rss_requests).await?;
-            let (_, proxy) = deployment.proxies.first().context("the proxy scenario has no proxy")?;
+            let outcome = load
+                .run(Pacing::ClosedLoop, window, self.settings.rss_requests)
+                .await?;
+            let (_, proxy) = deployment
+                .proxies
+                .first()
+                .context("the proxy scenario has no proxy")?;
             if outcome.completed() + outcome.errors < self.settings.rss_requests {
                 bail!(
                     "only {} of {} requests within {RSS_RUN_TIME_CAP:?}",

@@ -121,6 +121,9 @@ mod tests {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
         let memory = memory(pid).unwrap();
-        assert!(memory.rss_kib > 0 && memory.peak_rss_kib >= memory.rss_kib, "{memory:?}");
+        assert!(
+            memory.rss_kib > 0 && memory.peak_rss_kib >= memory.rss_kib,
+            "{memory:?}"
+        );
     }
 }

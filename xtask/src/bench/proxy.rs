@@ -42,7 +42,10 @@ pub fn build_release(workspace: &Workspace) -> Result<PathBuf> {
     }
     let binary = workspace.target_dir.join("release").join("plexus-proxy");
     if !binary.is_file() {
-        bail!("the build succeeded but {} does not exist", binary.display());
+        bail!(
+            "the build succeeded but {} does not exist",
+            binary.display()
+        );
     }
     Ok(binary)
 }
@@ -72,7 +75,8 @@ impl ProxyProcess {
         let inbound = free_loopback_port()?;
         let admin = free_loopback_port()?;
         let log = workdir.join(format!("{name}.log"));
-        let log_file = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
 
         let mut command = Command::new(binary);
         // Only what this scenario sets: a PLEXUS_* of the caller's shell must not leak in.
@@ -91,7 +95,8 @@ impl ProxyProcess {
                 let path = workdir.join(format!("{name}.yaml"));
                 let yaml = serde_yaml::to_string(&static_config(endpoint, meshed))
                     .context("writing the bench destinations as YAML")?;
-                std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
                 command.env("PLEXUS_STATIC_CONFIG", &path);
             }
             ProxyRole::Server { app } => {
@@ -121,8 +126,15 @@ impl ProxyProcess {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().context("checking the proxy process")? {
-                bail!("proxy {name} exited ({status}) before it was ready; its log:\n{}", self.log_tail());
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("checking the proxy process")?
+            {
+                bail!(
+                    "proxy {name} exited ({status}) before it was ready; its log:\n{}",
+                    self.log_tail()
+                );
             }
             match timeout(READY_POLL * 4, get_status(admin, "/ready")).await {
                 Ok(Ok(StatusCode::OK)) => return Ok(()),
@@ -200,7 +212,8 @@ fn free_loopback_port() -> Result<SocketAddr> {
 /// `GET path` on the admin server, over a fresh HTTP/1.1 connection.
 async fn get_status(addr: SocketAddr, path: &str) -> Result<StatusCode> {
     let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
     let request = Request::get(path)
         .header(header::HOST, addr.to_string())
@@ -220,7 +233,10 @@ mod tests {
         let entry = &file["destinations"][0];
         assert_eq!(entry["aliases"][1].as_str(), Some(BENCH_AUTHORITY));
         let target = &entry["target"];
-        assert_eq!(target["routes"]["default_backend"].as_str(), Some(BENCH_BACKEND));
+        assert_eq!(
+            target["routes"]["default_backend"].as_str(),
+            Some(BENCH_BACKEND)
+        );
         let endpoint = &target["backends"]["backends"][BENCH_BACKEND]["endpoints"][0];
         assert_eq!(endpoint["address"].as_str(), Some("127.0.0.1:4321"));
         assert_eq!(endpoint["meshed"].as_bool(), Some(true));
@@ -228,7 +244,10 @@ mod tests {
 
         // The proxy reads the target in the proto's shape: it must come back whole.
         let target: Target = serde_yaml::from_value(target.clone()).unwrap();
-        assert_eq!(target, static_config("127.0.0.1:4321".parse().unwrap(), true).destinations[0].target);
+        assert_eq!(
+            target,
+            static_config("127.0.0.1:4321".parse().unwrap(), true).destinations[0].target
+        );
     }
 
     #[test]

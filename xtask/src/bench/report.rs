@@ -46,14 +46,18 @@ impl Measurement {
         }
     }
 
-    pub fn proxy_cpu_s(&self) -> f64 {
-        self.proxies.iter().map(|proxy| proxy.cpu_s).sum()
+    /// CPU seconds of all proxies together; none in a direct scenario.
+    pub fn proxy_cpu_s(&self) -> Option<f64> {
+        (!self.proxies.is_empty()).then(|| self.proxies.iter().map(|proxy| proxy.cpu_s).sum())
     }
 
-    pub fn proxy_memory(&self) -> Memory {
-        self.proxies
-            .iter()
-            .fold(Memory::default(), |sum, proxy| sum.plus(proxy.memory))
+    /// Memory of all proxies together; none in a direct scenario.
+    pub fn proxy_memory(&self) -> Option<Memory> {
+        (!self.proxies.is_empty()).then(|| {
+            self.proxies
+                .iter()
+                .fold(Memory::default(), |sum, proxy| sum.plus(proxy.memory))
+        })
     }
 }
 
@@ -101,10 +105,11 @@ pub enum Outcome<T> {
 #[derive(Serialize)]
 pub struct Measured {
     pub requests_per_sec: f64,
-    pub proxy_cpu_s: f64,
+    /// The proxies' figures (summed over a pair); absent for direct scenarios.
+    pub proxy_cpu_s: Option<f64>,
     /// Proxy CPU ms per 1,000 requests (= ms of CPU per second at 1,000 req/s).
     pub proxy_cpu_ms_per_1k_requests: Option<f64>,
-    pub proxy_memory: Memory,
+    pub proxy_memory: Option<Memory>,
     /// Absent for direct scenarios and when direct was not measured.
     pub versus_direct: Option<VersusDirect>,
     pub measurement: Measurement,
@@ -117,10 +122,12 @@ impl Report {
         rss_after_requests: Option<Result<RssAfterRequests, String>>,
     ) -> Self {
         let direct_of = |scenario: &Scenario| {
-            measurements.iter().find_map(|(candidate, result)| match result {
-                Ok(measurement) if *candidate == scenario.direct() => Some(measurement),
-                _ => None,
-            })
+            measurements
+                .iter()
+                .find_map(|(candidate, result)| match result {
+                    Ok(measurement) if *candidate == scenario.direct() => Some(measurement),
+                    _ => None,
+                })
         };
         let scenarios = measurements
             .iter()
@@ -142,9 +149,9 @@ impl Report {
                         Outcome::Measured(Measured {
                             requests_per_sec: measurement.requests_per_sec(),
                             proxy_cpu_s: measurement.proxy_cpu_s(),
-                            proxy_cpu_ms_per_1k_requests: (!measurement.proxies.is_empty())
-                                .then(|| cpu_ms_per_1k_requests(measurement.proxy_cpu_s(), measurement.completed))
-                                .flatten(),
+                            proxy_cpu_ms_per_1k_requests: measurement.proxy_cpu_s().and_then(
+                                |cpu_s| cpu_ms_per_1k_requests(cpu_s, measurement.completed),
+                            ),
                             proxy_memory: measurement.proxy_memory(),
                             versus_direct,
                             measurement: measurement.clone(),
@@ -200,7 +207,10 @@ impl Report {
             .filter(|r| r.scenario.pacing != Pacing::ClosedLoop)
             .collect();
         if !closed.is_empty() {
-            let _ = writeln!(out, "\nclosed loop (each connection sends its next request when the answer arrives)");
+            let _ = writeln!(
+                out,
+                "\nclosed loop (each connection sends its next request when the answer arrives)"
+            );
             render_table(&mut out, &closed, "CPU ms/1k req");
         }
         if !fixed.is_empty() {
@@ -223,7 +233,11 @@ impl Report {
                 );
             }
             Some(Outcome::Failed(error)) => {
-                let _ = writeln!(out, "\nproxy memory after {} requests: FAILED: {error}", s.rss_requests);
+                let _ = writeln!(
+                    out,
+                    "\nproxy memory after {} requests: FAILED: {error}",
+                    s.rss_requests
+                );
             }
             None => {}
         }
@@ -280,28 +294,26 @@ fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
         };
         let m = &measured.measurement;
         let versus = measured.versus_direct.as_ref();
-        let proxied = !m.proxies.is_empty();
-        let or_dash = |present: bool, text: String| if present { text } else { "-".into() };
+        let dash_or = |figure: Option<f64>, decimals: usize| {
+            figure.map_or("-".into(), |f| format!("{f:.decimals$}"))
+        };
+        let memory = measured.proxy_memory;
         let _ = writeln!(
             out,
             "{:<22} {:>9.0} {:>7} {:>9.1} {:>14} {:>9.1} {:>14} {:>9.1} {:>14} {:>8} {:>13} {:>8} {:>8} {:>6}",
             row.name,
             measured.requests_per_sec,
-            versus
-                .and_then(|v| v.throughput_ratio)
-                .map_or("-".into(), |r| format!("{r:.2}")),
+            dash_or(versus.and_then(|v| v.throughput_ratio), 2),
             m.latency.p50_us,
             added(versus.map(|v| v.p50)),
             m.latency.p99_us,
             added(versus.map(|v| v.p99)),
             m.latency.p999_us,
             added(versus.map(|v| v.p999)),
-            or_dash(proxied, format!("{:.2}", measured.proxy_cpu_s)),
-            measured
-                .proxy_cpu_ms_per_1k_requests
-                .map_or("-".into(), |ms| format!("{ms:.1}")),
-            or_dash(proxied, format!("{:.1}", mib(measured.proxy_memory.rss_kib))),
-            or_dash(proxied, format!("{:.1}", mib(measured.proxy_memory.peak_rss_kib))),
+            dash_or(measured.proxy_cpu_s, 2),
+            dash_or(measured.proxy_cpu_ms_per_1k_requests, 1),
+            dash_or(memory.map(|m| mib(m.rss_kib)), 1),
+            dash_or(memory.map(|m| mib(m.peak_rss_kib)), 1),
             m.errors
         );
     }
@@ -382,7 +394,10 @@ mod tests {
         let report = Report::new(
             settings(),
             vec![
-                (scenario(Topology::Direct), Ok(measurement(50_000, 100.0, 0))),
+                (
+                    scenario(Topology::Direct),
+                    Ok(measurement(50_000, 100.0, 0)),
+                ),
                 (scenario(Topology::Proxy), Ok(measurement(30_000, 150.0, 1))),
                 (scenario(Topology::Pair), Ok(measurement(20_000, 250.0, 2))),
             ],
@@ -401,15 +416,19 @@ mod tests {
         // 2.5 CPU s over 30,000 requests.
         assert!((proxy.proxy_cpu_ms_per_1k_requests.unwrap() - 83.333).abs() < 0.01);
         let pair = measured(2);
-        assert_eq!(pair.proxy_cpu_s, 5.0);
-        assert_eq!(pair.proxy_memory.rss_kib, 16 * 1024);
+        assert_eq!(pair.proxy_cpu_s, Some(5.0));
+        assert_eq!(pair.proxy_memory.map(|m| m.rss_kib), Some(16 * 1024));
+        assert_eq!(measured(0).proxy_cpu_s, None);
         assert!(report.all_measured());
 
         let text = report.render_text();
         assert!(text.contains("h1 c16 proxy"), "{text}");
         assert!(text.contains("+50.0 1.50×"), "{text}");
         let json = serde_json::to_value(&report).unwrap();
-        assert_eq!(json["scenarios"][1]["measured"]["versus_direct"]["throughput_ratio"], 0.6);
+        assert_eq!(
+            json["scenarios"][1]["measured"]["versus_direct"]["throughput_ratio"],
+            0.6
+        );
     }
 
     #[test]
@@ -417,14 +436,23 @@ mod tests {
         let report = Report::new(
             settings(),
             vec![
-                (scenario(Topology::Direct), Ok(measurement(50_000, 100.0, 0))),
-                (scenario(Topology::Proxy), Err(anyhow::anyhow!("proxy exited"))),
+                (
+                    scenario(Topology::Direct),
+                    Ok(measurement(50_000, 100.0, 0)),
+                ),
+                (
+                    scenario(Topology::Proxy),
+                    Err(anyhow::anyhow!("proxy exited")),
+                ),
             ],
             Some(Err("no proxy".into())),
         );
         assert!(!report.all_measured());
         let text = report.render_text();
-        assert!(text.contains("h1 c16 proxy: FAILED: proxy exited"), "{text}");
+        assert!(
+            text.contains("h1 c16 proxy: FAILED: proxy exited"),
+            "{text}"
+        );
         assert!(text.contains("FAILED: no proxy"), "{text}");
     }
 }

@@ -68,7 +68,10 @@ pub struct Scenario {
 impl Scenario {
     pub fn name(&self) -> String {
         match self.pacing {
-            Pacing::ClosedLoop => format!("{} c{} {:?}", self.protocol, self.connections, self.topology),
+            Pacing::ClosedLoop => format!(
+                "{} c{} {:?}",
+                self.protocol, self.connections, self.topology
+            ),
             Pacing::FixedRate { requests_per_sec } => format!(
                 "{} c{} @{requests_per_sec}/s {:?}",
                 self.protocol, self.connections, self.topology
@@ -196,10 +199,15 @@ mod tests {
             topology: Topology::Pair,
             protocol: Protocol::H2,
             connections: 16,
-            pacing: Pacing::FixedRate { requests_per_sec: 500.0 },
+            pacing: Pacing::FixedRate {
+                requests_per_sec: 500.0,
+            },
         };
         let direct = pair.direct();
         assert_eq!(direct.topology, Topology::Direct);
-        assert_eq!((direct.protocol, direct.connections, direct.pacing), (pair.protocol, 16, pair.pacing));
+        assert_eq!(
+            (direct.protocol, direct.connections, direct.pacing),
+            (pair.protocol, 16, pair.pacing)
+        );
     }
 }

@@ -23,7 +23,12 @@ impl FixedRateSchedule {
     /// Connection `index` of `connections` sharing `rate_per_sec` requests per
     /// second: each runs at `rate / connections`, staggered by `1 / rate` so the
     /// requests of all connections together are evenly spaced.
-    pub fn for_connection(start: Instant, rate_per_sec: f64, connections: usize, index: usize) -> Self {
+    pub fn for_connection(
+        start: Instant,
+        rate_per_sec: f64,
+        connections: usize,
+        index: usize,
+    ) -> Self {
         let spacing = 1.0 / rate_per_sec;
         Self {
             start,
@@ -46,7 +51,11 @@ impl FixedRateSchedule {
 /// delay, charged as wrk2 does). Late although the connection was idle in time:
 /// from the actual send (our timer's millisecond granularity, not the server's).
 pub fn latency_origin(intended: Instant, previous_done: Instant, sent_at: Instant) -> Instant {
-    if previous_done > intended { intended } else { sent_at }
+    if previous_done > intended {
+        intended
+    } else {
+        sent_at
+    }
 }
 
 #[cfg(test)]
@@ -87,7 +96,8 @@ mod tests {
         let connections = 4;
         let mut all: Vec<Duration> = (0..connections)
             .flat_map(|index| {
-                let mut schedule = FixedRateSchedule::for_connection(start, 1_000.0, connections, index);
+                let mut schedule =
+                    FixedRateSchedule::for_connection(start, 1_000.0, connections, index);
                 (0..250).map(move |_| schedule.next_send_time() - start)
             })
             .collect();
@@ -97,7 +107,10 @@ mod tests {
         for (i, at) in all.iter().enumerate() {
             let expected = Duration::from_millis(i as u64);
             let error = at.abs_diff(expected);
-            assert!(error < Duration::from_micros(1), "request {i} at {at:?}, expected {expected:?}");
+            assert!(
+                error < Duration::from_micros(1),
+                "request {i} at {at:?}, expected {expected:?}"
+            );
         }
     }
 

@@ -83,7 +83,13 @@ impl UpstreamProcess {
     pub async fn spawn(threads: usize) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the xtask executable")?;
         let mut child = Command::new(exe)
-            .args(["bench-upstream", "--addr", "127.0.0.1:0", "--threads", &threads.to_string()])
+            .args([
+                "bench-upstream",
+                "--addr",
+                "127.0.0.1:0",
+                "--threads",
+                &threads.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -91,7 +97,10 @@ impl UpstreamProcess {
             .spawn()
             .context("starting the bench upstream")?;
         let pid = child.id().context("the bench upstream exited at once")?;
-        let stdout = child.stdout.take().context("the bench upstream has no stdout")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the bench upstream has no stdout")?;
         let mut line = String::new();
         timeout(START_TIMEOUT, BufReader::new(stdout).read_line(&mut line))
             .await
@@ -107,6 +116,9 @@ impl UpstreamProcess {
     }
 
     pub async fn stop(mut self) -> Result<()> {
-        self.child.kill().await.context("stopping the bench upstream")
+        self.child
+            .kill()
+            .await
+            .context("stopping the bench upstream")
     }
 }

@@ -24,6 +24,7 @@ mod topology;
 mod traffic;
 mod waterfalls;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +37,7 @@ use probe::Probe;
 use processes::Processes;
 use sidecar::{SidecarPlan, sidecar_env};
 use topology::{NAMESPACE, Pod, Role, Topology};
-use waterfalls::TraceStore;
+use waterfalls::{TraceStore, WATERFALL_WIDTH};
 
 use crate::workspace::{Workspace, cargo};
 
@@ -44,7 +45,6 @@ use crate::workspace::{Workspace, cargo};
 const READY_WITHIN: Duration = Duration::from_secs(30);
 /// How long spans may take to reach the receiver after the traffic (batch export).
 const TRACES_WITHIN: Duration = Duration::from_secs(10);
-const WATERFALL_WIDTH: usize = 40;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DemoArgs {
@@ -96,10 +96,15 @@ async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut processes = Processes::new(&work_dir.join("logs"))?;
 
     // Everything started below is stopped when `processes` is dropped: on success, on
-    // error and on Ctrl-C alike.
+    // error and on Ctrl-C alike. After the summary, Ctrl-C is how `--keep-running` ends.
+    let summarised = Cell::new(false);
     let outcome = tokio::select! {
-        result = demo(&args, &topology, &bin, &work_dir, &mut processes) => result,
-        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        result = demo(&args, &topology, &bin, &work_dir, &mut processes, &summarised) => result,
+        _ = tokio::signal::ctrl_c() => if summarised.get() {
+            Ok(())
+        } else {
+            Err(anyhow::anyhow!("interrupted"))
+        },
     };
     processes.stop_all().await;
     match outcome {
@@ -121,6 +126,7 @@ async fn demo(
     bin: &Path,
     work_dir: &Path,
     processes: &mut Processes,
+    summarised: &Cell<bool>,
 ) -> anyhow::Result<()> {
     let probe = Probe::new();
 
@@ -239,8 +245,14 @@ async fn demo(
         print_waterfalls(&store, &outcomes).await;
     }
 
+    summarised.set(true);
+
     if args.keep_running {
         print_keep_running_help(topology, &otlp_endpoint);
+        if args.otlp_endpoint.is_none() {
+            println!("\nEach new trace is printed below as it arrives.");
+            store.print_live();
+        }
         // Runs until Ctrl-C (the caller's select) or until a component dies.
         loop {
             processes.check_alive()?;
@@ -350,10 +362,11 @@ async fn collect_stats(probe: &Probe, topology: &Topology) -> Vec<(Pod, app::App
     let mut stats = Vec::new();
     for pod in topology.pods() {
         let answer = probe.get(pod.app_addr(), "/stats").await;
-        if let Ok((status, body)) = answer {
-            if let (true, Ok(s)) = (status.is_success(), serde_json::from_slice(&body)) {
-                stats.push((pod.clone(), s));
-            }
+        if let Ok((status, body)) = answer
+            && status.is_success()
+            && let Ok(s) = serde_json::from_slice(&body)
+        {
+            stats.push((pod.clone(), s));
         }
     }
     stats
@@ -391,13 +404,14 @@ fn print_keep_running_help(topology: &Topology, otlp_endpoint: &str) {
     println!("  curl -s http://{}/config", frontend.admin_addr());
     println!("  curl -s http://{}/metrics", frontend.admin_addr());
     println!("\nSpans go to {otlp_endpoint} (OTLP/gRPC, PLEXUS_OTLP_ENDPOINT of every sidecar).");
-    println!("To read them in Jaeger or an OpenTelemetry Collector instead, start one with its");
-    println!("OTLP/gRPC port on a free address and rerun with that endpoint, e.g.:");
+    println!("To read them in Jaeger or an OpenTelemetry Collector instead, start one with an");
+    println!("OTLP/gRPC receiver and rerun the demo with that endpoint; for Jaeger:");
     println!(
         "  docker run --rm -p 127.0.0.1:14317:4317 -p 127.0.0.1:16686:16686 jaegertracing/all-in-one"
     );
     println!("  cargo xtask demo --keep-running --otlp-endpoint http://127.0.0.1:14317");
-    println!("  (then open http://127.0.0.1:16686)");
+    println!("  (then open http://127.0.0.1:16686); for a Collector, an `otlp` receiver with");
+    println!("  `protocols: grpc: endpoint: 127.0.0.1:14317` and the same --otlp-endpoint.");
 }
 
 /// Stops the trace collector when the demo returns, whichever way.

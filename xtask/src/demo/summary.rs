@@ -102,7 +102,8 @@ pub struct Retries {
     pub refused_by_budget: Option<u64>,
     /// Backend requests beyond one per frontend call: the retries as the apps saw them.
     pub seen_by_apps: Option<u64>,
-    /// The most the default budget allows over the run.
+    /// About the most the default budgets allow over the run: each backend of the split
+    /// has its own (20 % of its requests + 10/s).
     pub allowed: u64,
 }
 
@@ -135,8 +136,8 @@ impl Retries {
                 .or_else(|| metric(RETRIES_METRIC).map(|_| 0)),
             seen_by_apps: frontend_calls.map(|calls| backend_requests.saturating_sub(calls)),
             allowed: (DEFAULT_BUDGET_RATIO * requests
-                + DEFAULT_BUDGET_PER_SECOND * inputs.duration.as_secs_f64())
-            .floor() as u64,
+                + DEFAULT_BUDGET_PER_SECOND * inputs.duration.as_secs_f64() * SPLIT.len() as f64)
+                .floor() as u64,
         }
     }
 }
@@ -190,16 +191,16 @@ pub fn render(inputs: &Inputs<'_>) -> String {
             behaviour_note(pod),
         );
     }
-    if let Some(flaky) = inputs.topology.flaky() {
-        if let Some((_, stats)) = inputs.stats.iter().find(|(p, _)| p.name == flaky.name) {
-            let _ = writeln!(
-                out,
-                "  raw failure rate of {}: {:.1} %; the application saw {:.1} % failures",
-                flaky.name,
-                100.0 * ratio(stats.failures, stats.requests),
-                100.0 * (1.0 - view.success_rate()),
-            );
-        }
+    if let Some(flaky) = inputs.topology.flaky()
+        && let Some((_, stats)) = inputs.stats.iter().find(|(p, _)| p.name == flaky.name)
+    {
+        let _ = writeln!(
+            out,
+            "  raw failure rate of {}: {:.1} %; the application saw {:.1} % failures",
+            flaky.name,
+            100.0 * ratio(stats.failures, stats.requests),
+            100.0 * (1.0 - view.success_rate()),
+        );
     }
     if let Some(line) = slow_replica_share(inputs) {
         let _ = writeln!(out, "  {line}");
@@ -215,7 +216,7 @@ pub fn render(inputs: &Inputs<'_>) -> String {
             let _ = writeln!(
                 out,
                 "  the frontend's sidecar retried {spent} times ({:.1} % of requests); \
-                 the budget allowed up to {} (20 % of requests + 10/s){}",
+                 the budgets allowed about {} (per backend: 20 % of its requests + 10/s){}",
                 100.0 * ratio(spent, view.requests),
                 retries.allowed,
                 retries
@@ -435,8 +436,8 @@ mod tests {
         assert_eq!(retries.spent, Some(40));
         assert_eq!(retries.refused_by_budget, Some(0));
         assert_eq!(retries.seen_by_apps, Some(40));
-        // 20 % of 1000 + 10/s over 20 s.
-        assert_eq!(retries.allowed, 400);
+        // 20 % of 1000 + 10/s over 20 s, for each of the two backends.
+        assert_eq!(retries.allowed, 600);
 
         let text = render(&inputs);
         assert!(

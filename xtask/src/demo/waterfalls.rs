@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use plexusctl::traces::{Receiver, Trace};
+use plexusctl::traces::{Receiver, Trace, render_waterfall};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -15,24 +16,39 @@ use super::traffic::Outcome;
 /// Traces kept at most: the demo sends about a thousand requests.
 const MAX_TRACES: usize = 20_000;
 
+/// Width of the timeline column of a printed waterfall.
+pub const WATERFALL_WIDTH: usize = 40;
+
 /// Finished traces by trace id, filled by a background task.
 #[derive(Clone, Default)]
 pub struct TraceStore {
     traces: Arc<Mutex<HashMap<String, Trace>>>,
+    /// Print each trace as it arrives (`--keep-running`, after the summary).
+    live: Arc<AtomicBool>,
 }
 
 impl TraceStore {
     /// Moves every finished trace of `receiver` into the store until the task is aborted.
     pub fn collect_from(&self, mut receiver: Receiver) -> JoinHandle<()> {
         let traces = self.traces.clone();
+        let live = self.live.clone();
         tokio::spawn(async move {
             while let Some(trace) = receiver.next_trace().await {
+                if live.load(Ordering::Relaxed) {
+                    println!("\ntrace {}", trace.trace_id);
+                    print!("{}", render_waterfall(&trace, WATERFALL_WIDTH));
+                }
                 let mut traces = traces.lock().await;
                 if traces.len() < MAX_TRACES {
                     traces.insert(trace.trace_id.clone(), trace);
                 }
             }
         })
+    }
+
+    /// From now on, print every trace as it arrives.
+    pub fn print_live(&self) {
+        self.live.store(true, Ordering::Relaxed);
     }
 
     pub async fn len(&self) -> usize {

@@ -18,8 +18,10 @@ use super::Ingest;
 const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 pub(super) async fn serve(listener: TcpListener, ingest: Arc<Ingest>) {
-    let service =
-        TraceServiceServer::new(OtlpGrpc { ingest }).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let service = TraceServiceServer::new(OtlpGrpc { ingest })
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        // The OpenTelemetry Collector's OTLP exporter compresses by default.
+        .accept_compressed(CompressionEncoding::Gzip);
     let served = tonic::transport::Server::builder()
         .add_service(service)
         .serve_with_incoming(TcpListenerStream::new(listener))

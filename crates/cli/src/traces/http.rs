@@ -101,9 +101,9 @@ async fn handle(req: Request<Incoming>, ingest: &Ingest) -> Response<Full<Bytes>
         }
     };
     let body = if gzip {
-        match gunzip(&body) {
+        match gunzip(&body, MAX_BODY_BYTES) {
             Ok(body) => body,
-            Err(response) => return response,
+            Err((status, message)) => return text(status, &message),
         }
     } else {
         body
@@ -126,22 +126,22 @@ async fn handle(req: Request<Incoming>, ingest: &Ingest) -> Response<Full<Bytes>
     res
 }
 
-/// Inflates at most `MAX_BODY_BYTES`, so a small bomb cannot take the memory.
-fn gunzip(compressed: &[u8]) -> Result<Bytes, Response<Full<Bytes>>> {
+/// Inflates at most `max` bytes, so a small bomb cannot take the memory.
+fn gunzip(compressed: &[u8], max: usize) -> Result<Bytes, (StatusCode, String)> {
     let mut inflated = Vec::new();
-    let limit = MAX_BODY_BYTES as u64 + 1;
+    let limit = max as u64 + 1;
     match GzDecoder::new(compressed)
         .take(limit)
         .read_to_end(&mut inflated)
     {
-        Ok(_) if inflated.len() > MAX_BODY_BYTES => Err(text(
+        Ok(_) if inflated.len() > max => Err((
             StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the inflated body is larger than {MAX_BODY_BYTES} bytes"),
+            format!("the inflated body is larger than {max} bytes"),
         )),
         Ok(_) => Ok(Bytes::from(inflated)),
-        Err(e) => Err(text(
+        Err(e) => Err((
             StatusCode::BAD_REQUEST,
-            &format!("the body is not valid gzip: {e}"),
+            format!("the body is not valid gzip: {e}"),
         )),
     }
 }
@@ -154,4 +154,26 @@ fn text(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(data).expect("compress");
+        encoder.finish().expect("compress")
+    }
+
+    #[test]
+    fn inflation_is_capped() {
+        let bomb = gzip(&[0; 10_000]);
+        assert!(bomb.len() < 1_000);
+        assert_eq!(gunzip(&bomb, 10_000).map(|b| b.len()), Ok(10_000));
+        let (status, message) = gunzip(&bomb, 9_999).expect_err("over the cap");
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(message.contains("9999"), "{message}");
+    }
 }

@@ -134,8 +134,9 @@ fn read<T: serde::de::DeserializeOwned>(
 }
 
 /// Loads `path` into the index now and whenever its modification time
-/// changes; marks `ready` after the first successful load. Runs until dropped.
-pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness) {
+/// changes; marks `ready` after the first successful load, and calls
+/// `on_load` with the index after each. Runs until dropped.
+pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: impl Fn(&Index)) {
     let mut loaded: Option<SystemTime> = None;
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,6 +157,7 @@ pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness) {
         }
         match load(&path, &index).await {
             Ok(()) => {
+                on_load(&index.lock());
                 loaded = Some(modified);
                 ready.set_ready();
             }
@@ -243,7 +245,7 @@ items:
         std::fs::write(&path, FILE).unwrap();
         let index = SharedIndex::new(Default::default());
         let ready = Readiness::default();
-        let feed = tokio::spawn(run(path.clone(), index.clone(), ready.clone()));
+        let feed = tokio::spawn(run(path.clone(), index.clone(), ready.clone(), |_| ()));
         let mut rx = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if ready.is_ready() {

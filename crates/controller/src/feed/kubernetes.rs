@@ -23,8 +23,8 @@ use crate::index::{IndexedResource, ObjectRef, SharedIndex};
 /// The kinds watched; `/ready` waits until each has been listed once.
 const KINDS: usize = 6;
 
-/// Watches every kind until the process ends; `ready` is set once all kinds
-/// have completed their first list.
+/// Watches every kind, and writes route statuses, until the process ends;
+/// `ready` is set once all kinds have completed their first list.
 pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
     let synced = Arc::new(AtomicUsize::new(0));
     let on_synced = move || {
@@ -55,7 +55,8 @@ pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
             &index,
             on_synced.clone()
         ),
-        watch(Api::<GrpcRoute>::all(client), &index, on_synced),
+        watch(Api::<GrpcRoute>::all(client.clone()), &index, on_synced),
+        super::route_status::run(client, index.clone()),
     );
 }
 

@@ -3,6 +3,7 @@
 
 pub mod file;
 pub mod kubernetes;
+pub mod route_status;
 
 use std::path::PathBuf;
 use std::str::FromStr;

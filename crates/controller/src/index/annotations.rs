@@ -120,7 +120,7 @@ impl<'a> Annotations<'a> {
             "a whole number of requests (0 = unlimited)",
         );
         let max_queue = self.number(MAX_QUEUE, "a whole number of requests");
-        let retry_budget = (ratio.is_some() || min_per_second.is_some()).then(|| RetryBudget {
+        let retry_budget = (ratio.is_some() || min_per_second.is_some()).then_some(RetryBudget {
             ratio,
             min_per_second,
             ttl_ms: None,
@@ -128,7 +128,7 @@ impl<'a> Annotations<'a> {
         let failure_accrual = (consecutive.is_some()
             || min_backoff.is_some()
             || max_backoff.is_some())
-        .then(|| FailureAccrual {
+        .then_some(FailureAccrual {
             consecutive_failures: consecutive,
             min_backoff_ms: min_backoff,
             max_backoff_ms: max_backoff,

@@ -29,7 +29,7 @@ use serde::Serialize;
 
 pub use self::lookup::{Lookup, TargetError};
 pub use self::resources::IndexedResource;
-pub use self::routes::{ParentStatus, RouteStatus};
+pub use self::routes::{CONTROLLER_NAME, ParentStatus, RouteStatus};
 pub use self::views::{MeshedTarget, TargetView, Versioned};
 
 use self::model::{PodInfo, ServiceInfo, SliceInfo, WorkloadAnnotations};
@@ -190,6 +190,8 @@ pub struct Index {
     routes_by_service: HashMap<ObjectRef, BTreeSet<RouteKey>>,
     /// Status of every route with a Service parent, accepted or not.
     route_status: BTreeMap<RouteKey, RouteStatus>,
+    /// Bumped whenever a route status changes, for the status writer.
+    route_status_version: tokio::sync::watch::Sender<u64>,
     problems: BTreeMap<(Kind, ObjectRef), Vec<Problem>>,
     feed_problems: Vec<Problem>,
     watches: Watches,
@@ -210,6 +212,7 @@ impl Index {
             routes: HashMap::new(),
             routes_by_service: HashMap::new(),
             route_status: BTreeMap::new(),
+            route_status_version: tokio::sync::watch::Sender::new(0),
             problems: BTreeMap::new(),
             feed_problems: Vec::new(),
             watches: Watches::default(),
@@ -325,6 +328,21 @@ impl Index {
     /// The status of every route that names a Service parent.
     pub fn route_statuses(&self) -> Vec<RouteStatus> {
         self.route_status.values().cloned().collect()
+    }
+
+    /// Changes whenever a route's status does.
+    pub fn watch_route_statuses(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.route_status_version.subscribe()
+    }
+
+    fn set_route_status(&mut self, key: RouteKey, status: Option<RouteStatus>) {
+        let changed = match status {
+            Some(status) => self.route_status.insert(key, status.clone()).as_ref() != Some(&status),
+            None => self.route_status.remove(&key).is_some(),
+        };
+        if changed {
+            self.route_status_version.send_modify(|v| *v += 1);
+        }
     }
 
     pub fn sizes(&self) -> IndexSizes {

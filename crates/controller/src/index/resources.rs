@@ -301,10 +301,7 @@ fn apply_route(
 ) {
     let key = RouteKey { kind, route };
     index.set_problems(kind, &key.route, converted.problems);
-    match converted.status {
-        Some(status) => index.route_status.insert(key.clone(), status),
-        None => index.route_status.remove(&key),
-    };
+    index.set_route_status(key.clone(), converted.status);
     if index.routes.get(&key) == converted.info.as_ref() {
         return;
     }
@@ -328,7 +325,7 @@ fn delete_route(index: &mut Index, kind: Kind, route: &ObjectRef, changes: &mut 
         route: route.clone(),
     };
     index.set_problems(kind, route, Vec::new());
-    index.route_status.remove(&key);
+    index.set_route_status(key.clone(), None);
     remove_route(index, &key, changes);
 }
 

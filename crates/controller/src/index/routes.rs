@@ -11,6 +11,7 @@ use plexus_api::v1::{
     Timeouts, WeightedBackend,
 };
 use serde::Serialize;
+use serde_json::Value;
 
 use super::annotations::parse_duration_ms;
 use super::lookup::canonical_name;
@@ -67,11 +68,17 @@ impl RouteInfo {
     }
 }
 
+/// The controller name Plexus writes in `status.parents[].controllerName`.
+pub const CONTROLLER_NAME: &str = "plexus.io/mesh-controller";
+
 /// What one parent says of a route, as in `status.parents[]` of Gateway API.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ParentStatus {
     /// The parentRef as written: `Service namespace/name[:port]`.
     pub parent: String,
+    /// The parentRef as in the route (JSON), to echo in the status.
+    #[serde(skip)]
+    pub parent_ref: Value,
     pub accepted: bool,
     pub reason: String,
     pub message: String,
@@ -82,6 +89,12 @@ pub struct RouteStatus {
     pub kind: Kind,
     pub route: ObjectRef,
     pub parents: Vec<ParentStatus>,
+    /// `metadata.generation` the status is about.
+    #[serde(skip)]
+    pub generation: Option<i64>,
+    /// `status.parents` as the object carried it (every controller's).
+    #[serde(skip)]
+    pub existing: Vec<Value>,
 }
 
 /// The result of reading a route: the route if any parent accepts it, its
@@ -106,12 +119,19 @@ fn error(field: String, message: impl Into<String>) -> FieldError {
 }
 
 /// The fields of a parentRef, the same in HTTPRoute and GRPCRoute.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
 struct ParentRef<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
     group: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     kind: Option<&'a str>,
     name: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
     namespace: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     port: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     section_name: Option<&'a str>,
 }
 
@@ -157,6 +177,7 @@ pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
         parents,
         converted,
         backends,
+        serde_json::to_value(&route.status).ok(),
     )
 }
 
@@ -191,6 +212,7 @@ pub fn grpc_route(route: &GRPCRoute, cluster_domain: &str) -> Converted {
         parents,
         converted,
         backends,
+        serde_json::to_value(&route.status).ok(),
     )
 }
 
@@ -207,7 +229,12 @@ fn convert<'a>(
     parent_refs: impl Iterator<Item = ParentRef<'a>>,
     rules: Result<RouteRules, FieldError>,
     backends: BTreeSet<(ObjectRef, u16)>,
+    status: Option<Value>,
 ) -> Converted {
+    let existing = match status.as_ref().and_then(|s| s.get("parents")) {
+        Some(Value::Array(parents)) => parents.clone(),
+        _ => Vec::new(),
+    };
     let key = object_ref(meta);
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
@@ -219,6 +246,7 @@ fn convert<'a>(
         if !is_service {
             continue;
         }
+        let parent_ref = serde_json::to_value(&p).unwrap_or(Value::Null);
         let namespace = p.namespace.unwrap_or(&key.namespace);
         let port = p.port.and_then(|p| u16::try_from(p).ok());
         let parent = match port {
@@ -228,8 +256,9 @@ fn convert<'a>(
         let refusal = if namespace != key.namespace {
             Some((
                 REASON_NOT_ALLOWED,
+                format!("spec.parentRefs[{i}]"),
                 format!(
-                    "spec.parentRefs[{i}]: Service {namespace}/{} is in another namespace; \
+                    "Service {namespace}/{} is in another namespace; \
                      routes for a Service must live in its namespace",
                     p.name
                 ),
@@ -237,29 +266,26 @@ fn convert<'a>(
         } else if p.port.is_some() && port.is_none_or(|p| p == 0) {
             Some((
                 REASON_UNSUPPORTED_VALUE,
-                format!("spec.parentRefs[{i}].port: not a port number"),
+                format!("spec.parentRefs[{i}].port"),
+                "not a port number".to_string(),
             ))
         } else if let Err(e) = &rules {
-            Some((
-                REASON_UNSUPPORTED_VALUE,
-                format!("{}: {}", e.field, e.message),
-            ))
+            Some((REASON_UNSUPPORTED_VALUE, e.field.clone(), e.message.clone()))
         } else {
             None
         };
         let status = match refusal {
-            Some((reason, message)) => {
-                problems.push(Problem::new(
-                    kind,
-                    &key,
-                    format!("spec.parentRefs[{i}]"),
-                    message.clone(),
-                ));
+            Some((reason, field, message)) => {
+                let problem = Problem::new(kind, &key, field.clone(), message.clone());
+                if !problems.contains(&problem) {
+                    problems.push(problem);
+                }
                 ParentStatus {
                     parent,
+                    parent_ref,
                     accepted: false,
                     reason: reason.to_string(),
-                    message,
+                    message: format!("{field}: {message}"),
                 }
             }
             None => {
@@ -270,6 +296,7 @@ fn convert<'a>(
                 });
                 ParentStatus {
                     parent,
+                    parent_ref,
                     accepted: true,
                     reason: REASON_ACCEPTED.to_string(),
                     message: String::new(),
@@ -285,8 +312,6 @@ fn convert<'a>(
             problems,
         };
     }
-    // One problem per invalid field, not one per parent.
-    problems.dedup_by(|a, b| a.message == b.message);
     let info = match rules {
         Ok(rules) if !accepted.is_empty() => Some(RouteInfo {
             created: meta.creation_timestamp.as_ref().map(|t| t.0),
@@ -302,6 +327,8 @@ fn convert<'a>(
             kind,
             route: key,
             parents: statuses,
+            generation: meta.generation,
+            existing,
         }),
         problems,
     }

@@ -439,6 +439,11 @@ fn invalid_route_is_not_accepted_and_names_the_field() {
         .unwrap();
     assert!(!broken.parents[0].accepted);
     assert_eq!(broken.parents[0].reason, "UnsupportedValue");
+    let problem = &index.problems()[0];
+    assert_eq!(
+        (problem.object.as_str(), problem.field.as_str()),
+        ("shop/broken", "spec.rules[0].timeouts.request")
+    );
     assert!(
         broken.parents[0]
             .message
@@ -597,4 +602,14 @@ fn dropped_watchers_are_swept() {
         (index.sizes().target_watches, index.sizes().server_watches),
         (0, 0)
     );
+}
+
+#[test]
+fn meshed_identities_list_meshed_pods_only() {
+    let mut index = index();
+    index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
+    index.apply(pod("shop", "web-2", "10.0.0.2", "web-sa", true));
+    index.apply(pod("shop", "db-1", "10.0.0.3", "db", false));
+    let ids: Vec<String> = index.meshed_identities().into_iter().collect();
+    assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/web-sa"]);
 }

@@ -244,9 +244,8 @@ impl Index {
             }
             for (backend, backend_port) in &route.backends {
                 let key = canonical_name(backend, *backend_port, &self.config.cluster_domain);
-                if !backends.contains_key(&key) {
-                    let value = self.backend(backend, *backend_port, deps);
-                    backends.insert(key, value);
+                if let std::collections::hash_map::Entry::Vacant(slot) = backends.entry(key) {
+                    slot.insert(self.backend(backend, *backend_port, deps));
                 }
             }
         }
@@ -408,6 +407,23 @@ impl Index {
             .opaque_ports
             .as_ref()
             .or_else(|| self.namespaces.get(namespace)?.opaque_ports.as_ref())
+    }
+
+    /// The SPIFFE IDs of every meshed pod (outside a cluster the controller
+    /// issues each a bootstrap token).
+    pub fn meshed_identities(&self) -> std::collections::BTreeSet<String> {
+        self.pods
+            .iter()
+            .filter(|(key, pod)| self.is_meshed(&key.namespace, pod))
+            .map(|(key, pod)| {
+                spiffe_id(
+                    &self.config.trust_domain,
+                    &key.namespace,
+                    &pod.service_account,
+                )
+            })
+            .filter(|id| !id.is_empty())
+            .collect()
     }
 
     /// A workload's inbound policy: the pod's annotations win over its namespace's.

@@ -1,5 +1,7 @@
 //! Mesh-wide injection defaults: the `inject.yaml` key of the chart's `plexus-config` ConfigMap.
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
 /// What every injected pod gets unless its `plexus.io/*` annotations say otherwise.
@@ -11,6 +13,8 @@ pub struct InjectConfig {
     pub image_pull_policy: String,
     /// `host:port` of the controller's Destination + Identity gRPC (TLS) service.
     pub controller_addr: String,
+    /// The controller's SPIFFE ID, which proxies require of the server at `controller_addr`.
+    pub controller_identity: String,
     /// OTLP/gRPC endpoint the proxies export spans to; empty disables export.
     pub otlp_endpoint: String,
     pub trust_domain: String,
@@ -37,12 +41,44 @@ pub struct ProxyResources {
     pub memory_limit: String,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum InjectConfigError {
+    #[error("injector config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("injector config {path}: {source}")]
+    Parse {
+        path: String,
+        source: serde_yaml::Error,
+    },
+}
+
+impl InjectConfig {
+    /// Reads the YAML file (the chart mounts `inject.yaml` of ConfigMap `plexus-config`);
+    /// absent keys keep their defaults, unknown keys are an error naming the key.
+    pub fn load(path: &Path) -> Result<Self, InjectConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| InjectConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| InjectConfigError::Parse {
+            path: shown,
+            source,
+        })
+    }
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
         Self {
             proxy_image: concat!("plexus/proxy:", env!("CARGO_PKG_VERSION")).to_string(),
             image_pull_policy: "IfNotPresent".to_string(),
             controller_addr: "plexus-controller.plexus.svc.cluster.local:8090".to_string(),
+            controller_identity: "spiffe://cluster.local/ns/plexus/sa/plexus-controller"
+                .to_string(),
             otlp_endpoint: String::new(),
             trust_domain: "cluster.local".to_string(),
             trust_anchors_config_map: "plexus-trust-anchors".to_string(),
@@ -65,5 +101,40 @@ impl Default for ProxyResources {
             memory_request: "32Mi".to_string(),
             memory_limit: "128Mi".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_overrides_some_keys_and_unknown_keys_are_named() {
+        let dir = std::env::temp_dir().join(format!("plexus-inject-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yaml");
+        std::fs::write(
+            &good,
+            "trustDomain: example.org\nproxyResources:\n  cpuLimit: 500m\n",
+        )
+        .unwrap();
+        let config = InjectConfig::load(&good).unwrap();
+        assert_eq!(config.trust_domain, "example.org");
+        assert_eq!(config.proxy_resources.cpu_limit, "500m");
+        assert_eq!(config.proxy_resources.memory_request, "32Mi");
+        assert_eq!(config.proxy_image, InjectConfig::default().proxy_image);
+
+        let typo = dir.join("typo.yaml");
+        std::fs::write(&typo, "trustDomian: example.org\n").unwrap();
+        let error = InjectConfig::load(&typo).unwrap_err().to_string();
+        assert!(
+            error.contains("typo.yaml") && error.contains("trustDomian"),
+            "{error}"
+        );
+        let missing = InjectConfig::load(&dir.join("absent.yaml"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("absent.yaml"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@ mod overrides;
 mod pod;
 pub mod webhook;
 
-pub use config::{InjectConfig, ProxyResources};
+pub use config::{InjectConfig, InjectConfigError, ProxyResources};
 pub use pod::{Injection, Skip, plan};
 
 /// Annotation (on a namespace or pod) that turns injection on (`enabled`) or off (`disabled`).

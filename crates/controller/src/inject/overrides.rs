@@ -61,7 +61,7 @@ pub fn settings(
         skip_inbound_ports: pick(SKIP_INBOUND_PORTS, &config.skip_inbound_ports, port_list),
         skip_outbound_ports: pick(SKIP_OUTBOUND_PORTS, &config.skip_outbound_ports, port_list),
         skip_outbound_cidrs: pick(SKIP_OUTBOUND_CIDRS, &config.skip_outbound_cidrs, cidr_list),
-        opaque_ports: pick(OPAQUE_PORTS, "", port_list),
+        opaque_ports: pick(OPAQUE_PORTS, "", single_ports),
         resources: ProxyResources {
             cpu_request: pick(PROXY_CPU_REQUEST, &r.cpu_request, quantity),
             cpu_limit: pick(PROXY_CPU_LIMIT, &r.cpu_limit, quantity),
@@ -80,6 +80,15 @@ fn port_list(s: &str) -> Result<(), String> {
     parse_list::<PortRange>(s)
         .map(drop)
         .map_err(|e| e.to_string())
+}
+
+/// Ports without ranges: the proxy's opaque-port list takes single ports.
+fn single_ports(s: &str) -> Result<(), String> {
+    let ports = parse_list::<PortRange>(s).map_err(|e| e.to_string())?;
+    match ports.iter().find(|p| p.first != p.last) {
+        Some(range) => Err(format!("{range} is a range; list single ports")),
+        None => Ok(()),
+    }
 }
 
 fn cidr_list(s: &str) -> Result<(), String> {
@@ -173,16 +182,18 @@ mod tests {
             &InjectConfig::default(),
             &annotations(&[
                 (SKIP_OUTBOUND_PORTS, "53,dns"),
+                (OPAQUE_PORTS, "3306,8000-8100"),
                 (PROXY_MEMORY_LIMIT, "lots"),
                 (TRACE_SAMPLING, "2"),
                 (LOG_LEVEL, "debug please"),
             ]),
         );
         assert_eq!(s.skip_outbound_ports, "");
+        assert_eq!(s.opaque_ports, "");
         assert_eq!(s.resources.memory_limit, "128Mi");
         assert_eq!(s.trace_sampling, 1.0);
         assert_eq!(s.log_level, "info");
-        assert_eq!(warnings.len(), 4, "{warnings:?}");
+        assert_eq!(warnings.len(), 5, "{warnings:?}");
         assert!(warnings[0].contains(SKIP_OUTBOUND_PORTS) && warnings[0].contains("dns"));
     }
 

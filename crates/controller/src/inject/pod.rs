@@ -83,7 +83,7 @@ pub fn plan(meta: &ObjectMeta, spec: &PodSpec, config: &InjectConfig) -> Result<
     Ok(Injection {
         init_containers: vec![
             init_container(config, &settings),
-            proxy_container(config, &settings),
+            proxy_container(config, &settings, workload_label(meta)),
         ],
         volumes: volumes(config),
         warnings,
@@ -172,7 +172,15 @@ fn init_container(config: &InjectConfig, s: &Settings) -> Container {
     }
 }
 
-fn proxy_container(config: &InjectConfig, s: &Settings) -> Container {
+/// The label that names the pod's workload, for the proxy's trace service name.
+fn workload_label(meta: &ObjectMeta) -> Option<&'static str> {
+    let labels = meta.labels.as_ref()?;
+    ["app.kubernetes.io/name", "app"]
+        .into_iter()
+        .find(|key| labels.contains_key(*key))
+}
+
+fn proxy_container(config: &InjectConfig, s: &Settings, workload_label: Option<&str>) -> Container {
     let r = &s.resources;
     Container {
         name: PROXY_CONTAINER.to_string(),
@@ -180,7 +188,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings) -> Container {
         image_pull_policy: Some(config.image_pull_policy.clone()),
         // A native sidecar: started before the app, stopped after it, not awaited by Jobs.
         restart_policy: Some("Always".to_string()),
-        env: Some(proxy_env(config, s)),
+        env: Some(proxy_env(config, s, workload_label)),
         ports: Some(vec![
             port("plexus-inbound", INBOUND_PORT),
             port("plexus-admin", ADMIN_PORT),
@@ -217,7 +225,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings) -> Container {
     }
 }
 
-fn proxy_env(config: &InjectConfig, s: &Settings) -> Vec<EnvVar> {
+fn proxy_env(config: &InjectConfig, s: &Settings, workload_label: Option<&str>) -> Vec<EnvVar> {
     let mut env = vec![
         field_env("PLEXUS_POD_NAME", "metadata.name"),
         field_env("PLEXUS_POD_NAMESPACE", "metadata.namespace"),
@@ -237,10 +245,19 @@ fn proxy_env(config: &InjectConfig, s: &Settings) -> Vec<EnvVar> {
             "PLEXUS_IDENTITY_TRUST_ANCHORS",
             &format!("{TRUST_ANCHORS_DIR}/{TRUST_ANCHORS_KEY}"),
         ),
+        // One gRPC service serves both the Destination and the Identity API.
         value_env("PLEXUS_CONTROLLER_ADDR", &config.controller_addr),
+        value_env("PLEXUS_IDENTITY_ADDR", &config.controller_addr),
+        value_env("PLEXUS_CONTROLLER_IDENTITY", &config.controller_identity),
         value_env("PLEXUS_LOG", &s.log_level),
         value_env("PLEXUS_TRACE_SAMPLING", &s.trace_sampling.to_string()),
     ];
+    if let Some(label) = workload_label {
+        env.push(field_env(
+            "PLEXUS_WORKLOAD",
+            &format!("metadata.labels['{label}']"),
+        ));
+    }
     if !config.otlp_endpoint.is_empty() {
         env.push(value_env("PLEXUS_OTLP_ENDPOINT", &config.otlp_endpoint));
     }

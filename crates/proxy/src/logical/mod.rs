@@ -1,6 +1,6 @@
 //! The logical side of the proxy: everything between "an HTTP request for a
 //! known target" and "an attempt sent to one endpoint". A request is routed
-//! (`routes`), a backend drawn from the rule's weighted split, admitted by the
+//! (`routes`), a backend drawn from the rule's weighted split (`split`), admitted by the
 //! backend's concurrency limit (`concurrency`), sent to an endpoint picked by
 //! the balancer (`balance`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
@@ -19,6 +19,7 @@ mod permit_body;
 mod replay;
 mod retry;
 mod routes;
+mod split;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};

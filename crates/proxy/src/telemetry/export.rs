@@ -19,7 +19,7 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider, Span, SpanData,
     SpanExporter, SpanProcessor,
 };
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
@@ -38,15 +38,22 @@ struct DropLabels {
     reason: DropReason,
 }
 
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, prometheus_client::encoding::EncodeLabelValue,
-)]
-#[allow(non_camel_case_types)] // label values are snake_case on the wire
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum DropReason {
     /// The export queue was full (the collector is slow, dead, or far).
-    queue_full,
+    QueueFull,
     /// The collector refused the batch or could not be reached in time.
-    export_failed,
+    ExportFailed,
+}
+
+impl EncodeLabelValue for DropReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let value = match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::ExportFailed => "export_failed",
+        };
+        EncodeLabelValue::encode(&value, encoder)
+    }
 }
 
 impl SpanCounters {
@@ -63,8 +70,8 @@ impl SpanCounters {
             counters.dropped.clone(),
         );
         // Both series exist from the start, so dashboards see zeros, not gaps.
-        counters.dropped(DropReason::queue_full);
-        counters.dropped(DropReason::export_failed);
+        counters.dropped(DropReason::QueueFull);
+        counters.dropped(DropReason::ExportFailed);
         counters
     }
 
@@ -108,7 +115,7 @@ pub(super) fn tracer_provider(
             inner: exporter,
             gate: gate.clone(),
             exported: counters.exported.clone(),
-            failed: counters.dropped(DropReason::export_failed),
+            failed: counters.dropped(DropReason::ExportFailed),
         },
         BatchConfigBuilder::default()
             .with_max_queue_size(queue_size)
@@ -134,7 +141,7 @@ pub(super) fn tracer_provider(
         .with_span_processor(GatedProcessor {
             inner: batches,
             gate,
-            queue_full: counters.dropped(DropReason::queue_full),
+            queue_full: counters.dropped(DropReason::QueueFull),
         })
         .with_resource(resource.build())
         .build())

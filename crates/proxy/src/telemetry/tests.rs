@@ -126,6 +126,14 @@ fn disabled_tracing_leaves_requests_alone() {
     );
 }
 
+#[test]
+fn spans_can_travel_with_a_response_body_across_tasks() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<Telemetry>();
+    send_sync::<RequestSpan>();
+    send_sync::<AttemptSpan>();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hops_with_a_retry_form_one_trace() {
     let mut receiver = receiver().await;

@@ -4,8 +4,10 @@
 //!
 //! Use: [`MeshTls::start`] once at start (inside the tokio runtime), gate
 //! `/ready` on [`MeshTls::ready`], then
-//! - outbound to a meshed endpoint: `TlsConnector::from(mesh.client_config(&endpoint_identity))`;
-//! - inbound: `TlsAcceptor::from(mesh.server_config(ClientAuth::Required))`,
+//! - outbound to a meshed endpoint: `TlsConnector::from(mesh.client_config(&endpoint_identity))`
+//!   connecting with the server name [`mesh_server_name`]`(&endpoint_identity)`;
+//! - inbound: [`peek_client_hello`] on the buffered first bytes; for
+//!   [`PeekedHello::Mesh`], `TlsAcceptor::from(mesh.server_config(ClientAuth::Required))`,
 //!   then [`peer_identity`] on the accepted connection;
 //! - metrics: [`MeshTls::expiry`], and [`HandshakeFailure::of_io`] on a failed
 //!   handshake for the `reason` label.
@@ -30,9 +32,11 @@ use tonic::transport::Channel;
 
 pub use current::{Credential, CurrentCredential};
 pub use plexus_identity::HandshakeFailure;
-pub use plexus_identity::tls::{ALPN_H2, ClientAuth, peer_identity};
+pub use plexus_identity::tls::{
+    ALPN_H2, ClientAuth, PeekedHello, mesh_server_name, peek_client_hello, peer_identity,
+};
 pub use renew::CertifyError;
-pub use settings::IdentitySettings;
+pub use settings::{IdentitySettings, TrustAnchors};
 
 use current::CurrentCertificate;
 use renew::Certifier;
@@ -45,15 +49,24 @@ pub enum IdentityStartError {
         path: String,
         source: std::io::Error,
     },
-    #[error("PLEXUS_IDENTITY_TRUST_ANCHORS {path}: {source}")]
-    TrustAnchors {
-        path: String,
-        source: plexus_identity::tls::TlsError,
-    },
+    #[error("PLEXUS_IDENTITY_TRUST_ANCHORS: {0}")]
+    TrustAnchors(plexus_identity::tls::TlsError),
     #[error("PLEXUS_IDENTITY_ADDR: {0}")]
     ControllerAddr(#[from] tonic::transport::Error),
     #[error("TLS configuration: {0}")]
     Tls(#[from] plexus_identity::tls::TlsError),
+}
+
+/// The identity part of `/config`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct IdentityStatus {
+    pub identity: String,
+    /// A valid certificate is in hand.
+    pub ready: bool,
+    /// Expiry of the current certificate, seconds since the Unix epoch.
+    pub not_after_unix: Option<u64>,
+    /// Serial of the current certificate, hex.
+    pub serial: Option<String>,
 }
 
 /// The proxy's identity: its current certificate and the TLS configurations
@@ -86,15 +99,12 @@ impl MeshTls {
     /// Reads the trust anchors, and starts obtaining and renewing the
     /// certificate in the background. Must run inside a tokio runtime.
     pub fn start(settings: &IdentitySettings) -> Result<Self, IdentityStartError> {
-        let path = settings.trust_anchors.display().to_string();
-        let pem = std::fs::read(&settings.trust_anchors).map_err(|source| {
-            IdentityStartError::TrustAnchorsFile {
-                path: path.clone(),
-                source,
-            }
-        })?;
+        let pem = settings
+            .trust_anchors
+            .load()
+            .map_err(|(path, source)| IdentityStartError::TrustAnchorsFile { path, source })?;
         let roots = plexus_identity::tls::trust_anchors_from_pem(&pem)
-            .map_err(|source| IdentityStartError::TrustAnchors { path, source })?;
+            .map_err(IdentityStartError::TrustAnchors)?;
 
         let to_controller = plexus_identity::tls::client_config(
             roots.clone(),
@@ -164,6 +174,24 @@ impl MeshTls {
     /// The current certificate, if any (for `/config` and diagnostics).
     pub fn credential(&self) -> Option<Arc<Credential>> {
         self.inner.current.borrow().clone()
+    }
+
+    /// What `/config` shows about this proxy's identity.
+    pub fn status(&self) -> IdentityStatus {
+        let credential = self.credential();
+        IdentityStatus {
+            identity: self.inner.identity.to_string(),
+            ready: self.ready(),
+            not_after_unix: credential.as_ref().and_then(|c| {
+                c.not_after
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .ok()
+                    .map(|d| d.as_secs())
+            }),
+            serial: credential
+                .as_ref()
+                .map(|c| c.serial.iter().map(|b| format!("{b:02x}")).collect()),
+        }
     }
 
     /// A receiver that sees every new certificate (rotation metrics, tests).

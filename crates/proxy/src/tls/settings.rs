@@ -16,13 +16,32 @@ pub struct IdentitySettings {
     /// `PLEXUS_IDENTITY_TOKEN_FILE`: the projected ServiceAccount token (or a
     /// bootstrap token file). Re-read before every Certify: kubelet rotates it.
     pub token_file: PathBuf,
-    /// `PLEXUS_IDENTITY_TRUST_ANCHORS`: PEM file of the roots to trust.
-    pub trust_anchors: PathBuf,
+    /// `PLEXUS_IDENTITY_TRUST_ANCHORS`: the roots to trust.
+    pub trust_anchors: TrustAnchors,
     /// `PLEXUS_IDENTITY_ADDR`: the controller's Identity API, `host:port`.
     pub controller_addr: String,
     /// `PLEXUS_CONTROLLER_IDENTITY`: the controller's SPIFFE ID, checked on
     /// every connection to it. Default `spiffe://<our trust domain>/ns/plexus/sa/plexus-controller`.
     pub controller_identity: SpiffeId,
+}
+
+/// Where the trust anchors come from. The variable holds either a path or,
+/// if it starts with `-----BEGIN`, the PEM itself: the injector inlines it,
+/// since a pod cannot mount a ConfigMap from the controller's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustAnchors {
+    File(PathBuf),
+    Pem(String),
+}
+
+impl TrustAnchors {
+    /// The PEM text; reads the file if it is one.
+    pub fn load(&self) -> Result<Vec<u8>, (String, std::io::Error)> {
+        match self {
+            Self::Pem(pem) => Ok(pem.clone().into_bytes()),
+            Self::File(path) => std::fs::read(path).map_err(|e| (path.display().to_string(), e)),
+        }
+    }
 }
 
 impl IdentitySettings {
@@ -70,7 +89,17 @@ impl IdentitySettings {
         Ok(Some(Self {
             identity,
             token_file: required("PLEXUS_IDENTITY_TOKEN_FILE", "a token file path")?.into(),
-            trust_anchors: required("PLEXUS_IDENTITY_TRUST_ANCHORS", "a PEM file path")?.into(),
+            trust_anchors: {
+                let value = required(
+                    "PLEXUS_IDENTITY_TRUST_ANCHORS",
+                    "a PEM file path, or PEM text",
+                )?;
+                if value.starts_with("-----BEGIN") {
+                    TrustAnchors::Pem(value)
+                } else {
+                    TrustAnchors::File(value.into())
+                }
+            },
             controller_addr,
             controller_identity,
         }))
@@ -121,6 +150,17 @@ mod tests {
             "spiffe://td/ns/plexus/sa/plexus-controller"
         );
         assert_eq!(settings.token_file, PathBuf::from("/var/run/token"));
+        assert_eq!(
+            settings.trust_anchors,
+            TrustAnchors::File("/etc/plexus/ca.crt".into())
+        );
+        let mut inline = env.clone();
+        inline.insert(
+            "PLEXUS_IDENTITY_TRUST_ANCHORS",
+            "-----BEGIN CERTIFICATE-----\nMII=\n-----END CERTIFICATE-----\n",
+        );
+        let settings = IdentitySettings::from_env(&inline).unwrap().unwrap();
+        assert!(matches!(settings.trust_anchors, TrustAnchors::Pem(_)));
     }
 
     #[test]

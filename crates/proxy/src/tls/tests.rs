@@ -195,8 +195,9 @@ async fn round_trip(mesh: &MeshTls, addr: std::net::SocketAddr) -> Result<Vec<u8
     config.resumption = rustls::client::Resumption::disabled();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = mesh_server_name(&web()).ok_or("no mesh server name")?;
     let mut tls = connector
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
+        .connect(name, tcp)
         .await
         .map_err(|e| format!("{e} ({})", HandshakeFailure::of_io(&e)))?;
     tls.write_all(b"x").await.map_err(|e| e.to_string())?;
@@ -332,6 +333,14 @@ async fn a_refused_token_leaves_the_proxy_unready_until_the_file_is_fixed() {
         .await
         .expect("ready once the token is good");
     assert!(h.mesh.ready());
+    let status = serde_json::to_value(h.mesh.status()).unwrap();
+    assert_eq!(status["identity"], "spiffe://td/ns/shop/sa/web");
+    assert_eq!(status["ready"], true);
+    assert_eq!(
+        status["serial"].as_str().unwrap().len(),
+        32,
+        "128-bit serial, hex"
+    );
     let expiry = h.mesh.expiry().unwrap();
     let lifetime = expiry.duration_since(std::time::SystemTime::now()).unwrap();
     assert!(lifetime > Duration::from_secs(3500), "{lifetime:?}");

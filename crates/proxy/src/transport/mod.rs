@@ -11,7 +11,7 @@ mod connector;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -35,7 +35,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub struct HttpEndpointClient {
     connect_timeout: Duration,
     /// Endpoints are few and stable; entries are small and live as long as the proxy.
-    pools: RwLock<HashMap<PoolKey, Client<EndpointConnector, Body>>>,
+    pools: RwLock<HashMap<PoolKey, Arc<Client<EndpointConnector, Body>>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,7 +52,7 @@ impl HttpEndpointClient {
         }
     }
 
-    fn pool(&self, key: PoolKey) -> Client<EndpointConnector, Body> {
+    fn pool(&self, key: PoolKey) -> Arc<Client<EndpointConnector, Body>> {
         if let Some(client) = self.pools.read().ok().and_then(|p| p.get(&key).cloned()) {
             return client;
         }
@@ -65,13 +65,14 @@ impl HttpEndpointClient {
             .entry(key)
             .or_insert_with(|| {
                 let connector = EndpointConnector::new(key.addr, self.connect_timeout);
-                Client::builder(TokioExecutor::new())
+                let client = Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .http2_only(key.http2)
                     .http2_adaptive_window(true)
-                    .build(connector)
+                    .build(connector);
+                Arc::new(client)
             })
             .clone()
     }

@@ -1,0 +1,376 @@
+//! Choosing a route rule for a request, with Gateway API HTTPRoute / GRPCRoute
+//! semantics. The proto's route table is compiled once per update (regexes
+//! included) into candidates sorted by the spec's precedence; a request takes
+//! the first candidate that matches, else the table's default backend.
+//!
+//! HTTP precedence, across all rules of all routes: exact path, then regex
+//! path, then the longest prefix; then a method match; then most header
+//! matches; then most query param matches (`http_match`). gRPC: longest exact
+//! service, longest exact method, most header matches (`grpc_match`). Ties keep
+//! the controller's order of routes, then rule order.
+
+mod grpc_match;
+mod http_match;
+
+use std::cmp::Reverse;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, HeaderName};
+use http::{HeaderMap, Request};
+use plexus_api::v1 as proto;
+use regex::Regex;
+
+use super::RouteLabel;
+use super::retry::RetryPolicy;
+use super::split::BackendSplit;
+
+/// What a matched rule says about the request.
+#[derive(Debug)]
+pub struct Rule {
+    pub label: RouteLabel,
+    pub split: BackendSplit,
+    /// Whole request, retries included.
+    pub request_timeout: Option<Duration>,
+    /// One attempt.
+    pub try_timeout: Option<Duration>,
+    pub retry: RetryPolicy,
+}
+
+/// A compiled route table.
+#[derive(Debug)]
+pub struct RouteTable {
+    http: Vec<Candidate<http_match::HttpMatcher>>,
+    grpc: Vec<Candidate<grpc_match::GrpcMatcher>>,
+    default: Arc<Rule>,
+}
+
+#[derive(Debug)]
+struct Candidate<M> {
+    matcher: M,
+    rule: Arc<Rule>,
+}
+
+/// What HTTP and gRPC rules of the proto have in common.
+trait ProtoRule {
+    type Matcher: Matcher;
+    /// One matcher per match of the rule; an error names the field.
+    fn matchers(&self, field: &str) -> Result<Vec<Self::Matcher>, String>;
+    fn backends(&self) -> &[proto::WeightedBackend];
+    fn timeouts(&self) -> Option<&proto::Timeouts>;
+    fn retry(&self) -> Option<&proto::RetryPolicy>;
+}
+
+trait Matcher {
+    /// Larger is more specific.
+    type Precedence: Ord;
+    fn precedence(&self) -> Self::Precedence;
+    fn matches<B>(&self, request: &Request<B>) -> bool;
+}
+
+impl RouteTable {
+    /// Compiles `table`; a rule that cannot be compiled is skipped with an
+    /// error naming the route and field. `default_backend` serves requests
+    /// that match nothing.
+    pub fn compile(table: &proto::RouteTable, default_backend: &str) -> RouteTable {
+        let default = Arc::new(Rule {
+            label: RouteLabel(Arc::from("default")),
+            split: BackendSplit::single(default_backend),
+            request_timeout: None,
+            try_timeout: None,
+            retry: RetryPolicy::none(),
+        });
+        let http = table
+            .http
+            .iter()
+            .map(|r| (r.name.as_str(), r.rules.as_slice()));
+        let grpc = table
+            .grpc
+            .iter()
+            .map(|r| (r.name.as_str(), r.rules.as_slice()));
+        RouteTable {
+            http: candidates("http", http, default_backend),
+            grpc: candidates("grpc", grpc, default_backend),
+            default,
+        }
+    }
+
+    /// The rule for `request`: gRPC requests try GRPCRoutes first, then
+    /// HTTPRoutes; nothing matching means the default backend.
+    pub fn route<B>(&self, request: &Request<B>) -> &Arc<Rule> {
+        if is_grpc(request.headers())
+            && let Some(rule) = first_match(&self.grpc, request)
+        {
+            return rule;
+        }
+        first_match(&self.http, request).unwrap_or(&self.default)
+    }
+}
+
+/// The compiled rules of `routes`, most specific first; equal precedence
+/// keeps route order, then rule order (the sort is stable).
+fn candidates<'a, R: ProtoRule + 'a>(
+    kind: &str,
+    routes: impl Iterator<Item = (&'a str, &'a [R])>,
+    default_backend: &str,
+) -> Vec<Candidate<R::Matcher>> {
+    let mut candidates = Vec::new();
+    for (name, rules) in routes {
+        for (r, rule) in rules.iter().enumerate() {
+            let field = format!("routes.{kind}[{name}].rules[{r}]");
+            match rule.matchers(&field) {
+                Ok(matchers) => {
+                    let compiled = Arc::new(Rule::new(name, rule, default_backend));
+                    candidates.extend(matchers.into_iter().map(|matcher| Candidate {
+                        matcher,
+                        rule: compiled.clone(),
+                    }));
+                }
+                Err(error) => tracing::error!(%error, "route rule skipped"),
+            }
+        }
+    }
+    candidates.sort_by_key(|c| Reverse(c.matcher.precedence()));
+    candidates
+}
+
+fn first_match<'a, M: Matcher, B>(
+    candidates: &'a [Candidate<M>],
+    request: &Request<B>,
+) -> Option<&'a Arc<Rule>> {
+    candidates
+        .iter()
+        .find(|c| c.matcher.matches(request))
+        .map(|c| &c.rule)
+}
+
+pub fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+impl Rule {
+    fn new(route: &str, rule: &impl ProtoRule, default_backend: &str) -> Rule {
+        let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        let timeouts = rule.timeouts();
+        Rule {
+            label: RouteLabel(Arc::from(route)),
+            split: if rule.backends().is_empty() {
+                // A rule naming no backend sends to the target itself.
+                BackendSplit::single(default_backend)
+            } else {
+                BackendSplit::new(rule.backends())
+            },
+            request_timeout: timeouts.and_then(|t| millis(t.request_ms)),
+            try_timeout: timeouts.and_then(|t| millis(t.backend_request_ms)),
+            retry: RetryPolicy::from_proto(rule.retry()),
+        }
+    }
+}
+
+// ===== matchers shared by HTTP and gRPC =====
+
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: HeaderName,
+    value: ValueMatcher,
+}
+
+#[derive(Debug)]
+enum ValueMatcher {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl HeaderMatcher {
+    /// Any value of a repeated header may match.
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        headers
+            .get_all(&self.name)
+            .iter()
+            .any(|v| v.to_str().is_ok_and(|v| self.value.matches(v)))
+    }
+}
+
+fn compile_headers(
+    headers: &[proto::HeaderMatch],
+    field: &str,
+) -> Result<Vec<HeaderMatcher>, String> {
+    headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let field = format!("{field}[{i}]");
+            // HeaderName parsing lowercases: header names match case-insensitively.
+            let name = HeaderName::from_bytes(h.name.as_bytes())
+                .map_err(|_| format!("{field}.name: invalid header name {:?}", h.name))?;
+            Ok(HeaderMatcher {
+                name,
+                value: ValueMatcher::compile(&h.r#type, &h.value, &field)?,
+            })
+        })
+        .collect()
+}
+
+impl ValueMatcher {
+    fn compile(kind: &str, value: &str, field: &str) -> Result<ValueMatcher, String> {
+        match kind {
+            "" | "Exact" => Ok(ValueMatcher::Exact(value.to_owned())),
+            "RegularExpression" => full_match_regex(value, field).map(ValueMatcher::Regex),
+            other => Err(format!("{field}.type: unknown match type {other:?}")),
+        }
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatcher::Exact(v) => v == value,
+            ValueMatcher::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// Gateway API regexes match the whole value.
+fn full_match_regex(pattern: &str, field: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("{field}.value: invalid regular expression {pattern:?}: {e}"))
+}
+
+/// Helpers shared by the route tests.
+#[cfg(test)]
+mod test_support {
+    use super::*;
+
+    pub fn path(kind: &str, value: &str) -> Option<proto::PathMatch> {
+        Some(proto::PathMatch {
+            r#type: kind.into(),
+            value: value.into(),
+        })
+    }
+
+    pub fn header(kind: &str, name: &str, value: &str) -> proto::HeaderMatch {
+        proto::HeaderMatch {
+            r#type: kind.into(),
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn weighted(backend: &str) -> Vec<proto::WeightedBackend> {
+        vec![proto::WeightedBackend {
+            backend: backend.into(),
+            weight: None,
+        }]
+    }
+
+    pub fn rule(matches: Vec<proto::HttpMatch>, backend: &str) -> proto::HttpRouteRule {
+        proto::HttpRouteRule {
+            matches,
+            backends: weighted(backend),
+            ..Default::default()
+        }
+    }
+
+    pub fn route(name: &str, rules: Vec<proto::HttpRouteRule>) -> proto::HttpRoute {
+        proto::HttpRoute {
+            name: name.into(),
+            rules,
+        }
+    }
+
+    pub fn table(http: Vec<proto::HttpRoute>) -> RouteTable {
+        RouteTable::compile(
+            &proto::RouteTable {
+                http,
+                ..Default::default()
+            },
+            "default-svc",
+        )
+    }
+
+    /// The backend a request is routed to.
+    pub fn backend(t: &RouteTable, request: Request<()>) -> String {
+        t.route(&request)
+            .split
+            .pick()
+            .map(|b| b.to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn get(uri: &str) -> Request<()> {
+        Request::get(uri).body(()).unwrap()
+    }
+
+    pub fn m(path: Option<proto::PathMatch>) -> proto::HttpMatch {
+        proto::HttpMatch {
+            path,
+            ..Default::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn a_rule_with_an_invalid_regex_is_skipped_and_the_others_still_route() {
+        let t = table(vec![route(
+            "r",
+            vec![
+                rule(vec![m(path("RegularExpression", "/(unclosed"))], "broken"),
+                rule(vec![m(path("PathPrefix", "/"))], "fine"),
+            ],
+        )]);
+        assert_eq!(backend(&t, get("/(unclosed")), "fine");
+        assert_eq!(t.http.len(), 1);
+    }
+
+    #[test]
+    fn unknown_match_types_and_bad_header_names_skip_the_rule() {
+        let mut bad_header = rule(vec![m(None)], "bad-header");
+        bad_header.matches[0].headers = vec![header("Exact", "bad header", "x")];
+        let t = table(vec![route(
+            "r",
+            vec![
+                rule(vec![m(path("Glob", "/*"))], "glob"),
+                bad_header,
+                rule(vec![], "fine"),
+            ],
+        )]);
+        assert_eq!(t.http.len(), 1);
+        assert_eq!(backend(&t, get("/x")), "fine");
+    }
+
+    #[test]
+    fn rules_without_backends_use_the_default_and_zero_weights_get_nothing() {
+        let mut empty = rule(vec![m(path("Exact", "/empty"))], "unused");
+        empty.backends.clear();
+        let mut zero = rule(vec![m(path("Exact", "/zero"))], "unused");
+        zero.backends[0].weight = Some(0);
+        let t = table(vec![route("r", vec![empty, zero])]);
+        assert_eq!(backend(&t, get("/empty")), "default-svc");
+        assert!(t.route(&get("/zero")).split.pick().is_none());
+        assert_eq!(t.route(&get("/other")).label.0.as_ref(), "default");
+    }
+
+    #[test]
+    fn timeouts_and_retries_come_from_the_rule() {
+        let mut timed = rule(vec![], "b");
+        timed.timeouts = Some(proto::Timeouts {
+            request_ms: 1_500,
+            backend_request_ms: 0,
+        });
+        timed.retry = Some(proto::RetryPolicy {
+            attempts: 3,
+            ..Default::default()
+        });
+        let t = table(vec![route("r", vec![timed])]);
+        let rule = t.route(&get("/"));
+        assert_eq!(rule.request_timeout, Some(Duration::from_millis(1_500)));
+        assert_eq!(rule.try_timeout, None);
+        assert_eq!(rule.retry.attempts(), 3);
+    }
+}
