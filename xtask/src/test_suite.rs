@@ -178,3 +178,20 @@ fn describe(command: &Command) -> String {
         .collect::<Vec<_>>()
         .join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_step_is_printed_as_a_command_line() {
+        let mut command = Command::new("cargo");
+        command.args(["nextest", "run", "--workspace"]);
+        assert_eq!(describe(&command), "cargo nextest run --workspace");
+    }
+
+    #[test]
+    fn a_missing_interpreter_has_no_sdk() {
+        assert!(!has_pinned_sdk(Path::new("/nonexistent/plexus/py/bin/python")));
+    }
+}

@@ -74,6 +74,8 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -108,7 +110,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("--admin-addr {}", args.admin_addr))?;
-    tracing::info!(grpc = %args.grpc_addr, admin = %args.admin_addr, feed = ?args.feed, "plexus-controller starting");
+    // The bound addresses, not the flags: port 0 picks a free port (tests).
+    tracing::info!(
+        grpc = %grpc_listener.local_addr()?,
+        admin = %admin_listener.local_addr()?,
+        feed = ?args.feed,
+        "plexus-controller listening"
+    );
 
     let client = match args.feed {
         FeedSource::Kubernetes => Some(

@@ -53,6 +53,19 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: LIST_WATCH,
         used_by: "feed::kubernetes",
     },
+    // feed::route_status: the Accepted condition of routes with Service parents.
+    Permission {
+        api_group: "gateway.networking.k8s.io",
+        resource: "httproutes/status",
+        verbs: &["patch"],
+        used_by: "feed::route_status",
+    },
+    Permission {
+        api_group: "gateway.networking.k8s.io",
+        resource: "grpcroutes/status",
+        verbs: &["patch"],
+        used_by: "feed::route_status",
+    },
     // identity::ca_store: read the Secret plexus-ca, create it when absent.
     Permission {
         api_group: "",

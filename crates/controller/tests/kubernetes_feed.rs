@@ -184,3 +184,72 @@ async fn lists_watches_and_relists_into_the_index() {
 
     feed.abort();
 }
+
+#[tokio::test]
+async fn route_status_is_written_once_beside_other_controllers() {
+    let api = ApiServer::start().await;
+    let refused = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": "other", "name": "consumer", "generation": 2},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "namespace": "shop"}]},
+        "status": {"parents": [{"parentRef": {"name": "gw"}, "controllerName": "example.com/gateway", "conditions": []}]},
+    });
+    api.apply(HTTP_ROUTES, refused);
+    let index = SharedIndex::new(IndexConfig::default());
+    let feed = tokio::spawn(kubernetes::run(
+        api.client(),
+        index.clone(),
+        Readiness::default(),
+    ));
+
+    let written = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(patch) = api.status_patches(HTTP_ROUTES).first() {
+                return patch.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the route status is written");
+    let parents = written["status"]["parents"].as_array().unwrap();
+    assert_eq!(
+        parents[0]["controllerName"], "example.com/gateway",
+        "others' entries kept"
+    );
+    let condition = &parents[1]["conditions"][0];
+    assert_eq!(condition["type"], "Accepted");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "NotAllowedByParent");
+    assert_eq!(condition["observedGeneration"], 2);
+
+    // Another route's status gets written; the first, already as desired
+    // (its MODIFIED event came back), is not written again.
+    api.apply(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"namespace": "shop", "name": "producer"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    let all = tokio::time::timeout(BOUND, async {
+        loop {
+            let patches = api.status_patches(HTTP_ROUTES);
+            let producer = patches
+                .iter()
+                .position(|p| p["status"]["parents"][0]["conditions"][0]["status"] == "True");
+            if producer.is_some() {
+                return patches;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second route's status is written");
+    let consumer_writes = all
+        .iter()
+        .filter(|p| p["status"]["parents"][1]["conditions"][0]["reason"] == "NotAllowedByParent")
+        .count();
+    assert_eq!(consumer_writes, 1, "{all:#?}");
+    feed.abort();
+}

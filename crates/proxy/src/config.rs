@@ -67,7 +67,8 @@ pub struct Config {
     pub inbound_opaque_ports: PortSet,
     /// How long a drain lets in-flight requests and connections finish.
     pub drain_timeout: Duration,
-    /// An opaque TCP connection with no traffic either way for this long is closed.
+    /// An opaque TCP (or upgraded) connection with no traffic either way, or
+    /// an HTTP/1 connection with no request, for this long is closed.
     pub idle_timeout: Duration,
     /// Connecting to an endpoint or an original destination gives up after this.
     pub connect_timeout: Duration,

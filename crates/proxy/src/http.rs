@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -31,18 +32,23 @@ pub struct HttpShared {
     pub targets: Arc<Targets>,
     pub client: Arc<dyn EndpointClient>,
     pub metrics: ProxyMetrics,
-    pub idle_timeout: std::time::Duration,
+    pub idle_timeout: Duration,
 }
 
 impl HttpShared {
     /// hyper's server settings. Oversized heads are answered by hyper itself:
     /// HTTP/1 with `431`, HTTP/2 with `431` then a stream reset (h2's choice),
     /// both without `plexus-error` since no service sees the request.
-    pub fn server(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
+    ///
+    /// `idle`: an HTTP/1 connection waiting longer than this for a request
+    /// head (an idle keep-alive connection included) is closed. hyper's own
+    /// default (30 s) would close apps' pooled connections under them.
+    pub fn server(max_header_bytes: usize, idle: Duration) -> auto::Builder<TokioExecutor> {
         let mut server = auto::Builder::new(TokioExecutor::new());
         server
             .http1()
             .timer(TokioTimer::new())
+            .header_read_timeout(idle)
             .max_buf_size(max_header_bytes.max(MIN_HTTP1_BUF));
         server
             .http2()
@@ -234,7 +240,7 @@ fn is_grpc<B>(request: &Request<B>) -> bool {
 async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    idle: std::time::Duration,
+    idle: Duration,
     mut drain: drain::Watch,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {

@@ -132,7 +132,7 @@ impl ProxyBuilder {
             logical_metrics,
         ));
         let http = Arc::new(HttpShared {
-            server: HttpShared::server(config.max_header_bytes),
+            server: HttpShared::server(config.max_header_bytes, config.idle_timeout),
             targets,
             client,
             metrics,

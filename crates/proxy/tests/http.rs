@@ -4,6 +4,7 @@
 mod support;
 
 use std::convert::Infallible;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -405,4 +406,38 @@ async fn http1_is_carried_over_http2_between_proxies() {
         .unwrap();
     assert_eq!(response.headers()["x-version"], "HTTP/2.0");
     assert_eq!(response.headers()["x-host"], "web");
+}
+
+#[tokio::test]
+async fn idle_http1_connections_are_closed_after_the_idle_timeout() {
+    let upstream = echo_upstream().await;
+    let yaml = static_config(&[(&["web:80"], &[upstream.addr])]);
+    let proxy = proxy()
+        .static_config(yaml)
+        .env("PLEXUS_IDLE_TIMEOUT_MS", 300)
+        .start()
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = bounded("response", stream.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let idle_since = tokio::time::Instant::now();
+    // Keep reading: the proxy closes the idle keep-alive connection.
+    loop {
+        match bounded("close", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    assert!(
+        idle_since.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        idle_since.elapsed()
+    );
 }

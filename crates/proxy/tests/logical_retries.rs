@@ -251,23 +251,198 @@ async fn connection_failures_are_retried_even_for_post() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_body_of_unknown_length_is_streamed_and_not_retried() {
-    let broken = upstream(|_| async { status(503) }).await;
-    let h = Harness::new(target(
+/// What an upstream received in one request: version, whether it carried a
+/// content-length, data and trailers.
+#[derive(Debug, Clone, PartialEq)]
+struct Received {
+    version: http::Version,
+    content_length: bool,
+    data: Bytes,
+    trailers: Option<http::HeaderMap>,
+}
+
+async fn receive(request: http::Request<hyper::body::Incoming>, whole: bool) -> Received {
+    let version = request.version();
+    let content_length = request.headers().contains_key("content-length");
+    let mut body = request.into_body();
+    let (data, trailers) = if whole {
+        match body.collect().await {
+            Ok(collected) => {
+                let trailers = collected.trailers().cloned();
+                (collected.to_bytes(), trailers)
+            }
+            Err(_) => (Bytes::new(), None),
+        }
+    } else {
+        let first = body.frame().await.and_then(|f| f.ok()?.into_data().ok());
+        (first.unwrap_or_default(), None)
+    };
+    Received {
+        version,
+        content_length,
+        data,
+        trailers,
+    }
+}
+
+/// A gRPC trailers-only answer carrying `code`.
+fn grpc_answer(code: &'static str) -> http::Response<http_body_util::Full<Bytes>> {
+    let mut response = http::Response::new(http_body_util::Full::new(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("grpc-status", code.parse().unwrap());
+    response
+}
+
+/// An HTTP/2 gRPC call whose body has no content-length, as tonic and grpc-go send it.
+fn grpc_call(body: body::Body) -> http::Request<body::Body> {
+    let mut call = request("POST", "/shop.Cart/Put", body);
+    *call.version_mut() = http::Version::HTTP_2;
+    call.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    call
+}
+
+type Frame = Result<http_body::Frame<Bytes>, body::BoxError>;
+
+fn streamed(frames: Vec<Frame>) -> body::Body {
+    body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
+}
+
+fn checksum() -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "c0ffee".parse().unwrap());
+    trailers
+}
+
+fn grpc_route(server: &Upstream) -> Harness {
+    Harness::new(target(
         catch_all(proto::HttpRouteRule {
-            backends: vec![weighted("b", 1)],
-            retry: retry(3, vec![503]),
+            backends: vec![weighted("g", 1)],
+            retry: retry(3, vec![]),
             ..Default::default()
         }),
-        vec![("b", backend(vec![endpoint(broken.addr)], resilience(None)))],
+        vec![("g", backend(vec![endpoint(server.addr)], resilience(None)))],
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_without_length_is_retried_with_its_whole_body_and_trailers() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let server = upstream({
+        let seen = seen.clone();
+        move |request| {
+            let seen = seen.clone();
+            async move {
+                let received = receive(request, true).await;
+                let mut seen = seen.lock().unwrap();
+                seen.push(received);
+                grpc_answer(if seen.len() == 1 { "14" } else { "0" })
+            }
+        }
+    })
+    .await;
+    let h = grpc_route(&server);
+    let frames = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"\0\0\0\0\x05"))),
+        Ok(http_body::Frame::data(Bytes::from_static(b"hello"))),
+        Ok(http_body::Frame::trailers(checksum())),
+    ];
+    let answer = h.send(grpc_call(streamed(frames))).await;
+    assert_eq!(answer.header("grpc-status"), Some("0"), "{:?}", answer.body);
+    let expected = Received {
+        version: http::Version::HTTP_2,
+        content_length: false,
+        data: Bytes::from_static(b"\0\0\0\0\x05hello"),
+        trailers: Some(checksum()),
+    };
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen, vec![expected.clone(), expected]);
+    assert_eq!(
+        h.metric(
+            "plexus_proxy_retries_total",
+            &[("backend", "g"), ("reason", "grpc_status")]
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_while_the_client_still_streams_sends_the_rest_of_the_body() {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Received>::new()));
+    let server = upstream({
+        let seen = seen.clone();
+        move |request| {
+            let seen = seen.clone();
+            async move {
+                // The first attempt fails after one frame, the rest unread.
+                let first = seen.lock().unwrap().is_empty();
+                let received = receive(request, !first).await;
+                seen.lock().unwrap().push(received);
+                grpc_answer(if first { "14" } else { "0" })
+            }
+        }
+    })
+    .await;
+    let h = grpc_route(&server);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Frame>(4);
+    let client = async {
+        let data = |b: &'static [u8]| Ok(http_body::Frame::data(Bytes::from_static(b)));
+        tx.send(data(b"first;")).await.unwrap();
+        // The retry has begun before the client sent the rest.
+        eventually(Duration::from_secs(10), "the retry", || {
+            server.requests() == 2
+        })
+        .await;
+        tx.send(data(b"second")).await.unwrap();
+        tx.send(Ok(http_body::Frame::trailers(checksum())))
+            .await
+            .unwrap();
+        drop(tx);
+    };
+    let live = body::boxed(http_body_util::StreamBody::new(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let chunks: Vec<Result<http_body::Frame<Bytes>, body::BoxError>> =
-        vec![Ok(http_body::Frame::data(Bytes::from_static(b"streamed")))];
-    let streamed = body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
-        chunks,
-    )));
-    let answer = h.send(request("PUT", "/", streamed)).await;
-    assert_eq!(answer.status, 503);
-    assert_eq!(broken.requests(), 1);
+    let (answer, ()) = tokio::join!(h.send(grpc_call(live)), client);
+    assert_eq!(answer.header("grpc-status"), Some("0"), "{:?}", answer.body);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].data, "first;");
+    assert_eq!(
+        seen[1].data, "first;second",
+        "the retry sent the whole body"
+    );
+    assert_eq!(seen[1].trailers, Some(checksum()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_larger_than_64_kib_is_not_retried() {
+    let sizes = Arc::new(std::sync::Mutex::new(Vec::<usize>::new()));
+    let server = upstream({
+        let sizes = sizes.clone();
+        move |request| {
+            let sizes = sizes.clone();
+            async move {
+                let received = receive(request, true).await;
+                sizes.lock().unwrap().push(received.data.len());
+                grpc_answer("14")
+            }
+        }
+    })
+    .await;
+    let h = grpc_route(&server);
+    let chunk = Bytes::from(vec![b'x'; 4096]);
+    let frames = (0..20)
+        .map(|_| Ok(http_body::Frame::data(chunk.clone())))
+        .collect();
+    let answer = h.send(grpc_call(streamed(frames))).await;
+    assert_eq!(
+        answer.header("grpc-status"),
+        Some("14"),
+        "the attempt's answer"
+    );
+    assert_eq!(server.requests(), 1);
+    assert_eq!(*sizes.lock().unwrap(), vec![20 * 4096]);
 }

@@ -46,6 +46,8 @@ pub struct LoadOutcome {
     /// Failed requests inside the window (errors, timeouts, non-2xx answers).
     pub errors: u64,
     pub first_error: Option<String>,
+    /// Some connection used up its share of the request cap before the window ended.
+    pub capped: bool,
 }
 
 impl LoadOutcome {
@@ -125,6 +127,7 @@ impl Load {
             let outcome = task.await.context("a load connection task failed")?;
             total.latency.merge(&outcome.latency)?;
             total.errors += outcome.errors;
+            total.capped |= outcome.capped;
             if total.first_error.is_none() {
                 total.first_error = outcome.first_error;
             }
@@ -152,7 +155,11 @@ impl Connection {
         let mut outcome = LoadOutcome::default();
         let mut sent = 0;
         let mut previous_done = Instant::now();
-        while sent < self.cap {
+        loop {
+            if sent == self.cap {
+                outcome.capped = true;
+                break;
+            }
             let now = Instant::now();
             let intended = match &mut self.schedule {
                 Some(schedule) => schedule.next_send_time(),
@@ -311,6 +318,7 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(outcome.errors, 0, "{:?}", outcome.first_error);
+        assert!(!outcome.capped);
         // Even a debug build on a loaded machine does far more than this in 300 ms.
         assert!(
             outcome.completed() >= 20,
@@ -347,6 +355,7 @@ mod tests {
         .expect("the cap, not the 60 s window, must end the run")
         .unwrap();
         assert_eq!(outcome.completed() + outcome.errors, 100);
+        assert!(outcome.capped);
     }
 
     #[tokio::test]

@@ -64,7 +64,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub rss_requests: Option<u64>,
     /// Requests per scenario, all connections together, warm-up included (a hard cap).
-    #[arg(long, default_value_t = 5_000_000)]
+    #[arg(long, default_value_t = 50_000_000)]
     pub max_requests: u64,
     /// A short smoke run: 1 s per scenario, 10,000 requests for the memory figure.
     #[arg(long)]
@@ -78,6 +78,9 @@ pub struct BenchArgs {
     /// Tokio worker threads of the upstream server.
     #[arg(long, default_value_t = 1)]
     pub upstream_threads: usize,
+    /// Proxy data-plane threads (`PLEXUS_WORKER_THREADS`); unset: the proxy's default.
+    #[arg(long)]
+    pub proxy_threads: Option<usize>,
     /// Use this proxy binary instead of building `plexus-proxy` in release mode.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
@@ -186,6 +189,7 @@ impl Settings {
             max_requests: args.max_requests,
             loadgen_threads: args.loadgen_threads.max(1),
             upstream_threads: args.upstream_threads.max(1),
+            proxy_threads: args.proxy_threads,
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
         })
     }
@@ -302,26 +306,23 @@ impl Bench<'_> {
                     endpoint: upstream,
                     meshed: false,
                 };
-                vec![(
-                    "proxy",
-                    ProxyProcess::spawn(binary()?, role, self.workdir, name).await?,
-                )]
+                vec![("proxy", self.spawn_proxy(binary()?, role, name).await?)]
             }
             Topology::Pair => {
-                let server = ProxyProcess::spawn(
-                    binary()?,
-                    ProxyRole::Server { app: upstream },
-                    self.workdir,
-                    &format!("{name}-server"),
-                )
-                .await?;
+                let server = self
+                    .spawn_proxy(
+                        binary()?,
+                        ProxyRole::Server { app: upstream },
+                        &format!("{name}-server"),
+                    )
+                    .await?;
                 let role = ProxyRole::Client {
                     endpoint: server.inbound,
                     meshed: true,
                 };
-                let client =
-                    ProxyProcess::spawn(binary()?, role, self.workdir, &format!("{name}-client"))
-                        .await?;
+                let client = self
+                    .spawn_proxy(binary()?, role, &format!("{name}-client"))
+                    .await?;
                 vec![("client", client), ("server", server)]
             }
         };
@@ -330,6 +331,22 @@ impl Bench<'_> {
             None => upstream,
         };
         Ok(Deployment { target, proxies })
+    }
+
+    async fn spawn_proxy(
+        &self,
+        binary: &std::path::Path,
+        role: ProxyRole,
+        name: &str,
+    ) -> Result<ProxyProcess> {
+        ProxyProcess::spawn(
+            binary,
+            role,
+            self.settings.proxy_threads,
+            self.workdir,
+            name,
+        )
+        .await
     }
 
     async fn measure(&self, scenario: &Scenario) -> Result<Measurement> {
@@ -365,6 +382,12 @@ impl Bench<'_> {
             .await
             .context("the load generator did not stop after the window")?
             .context("the load generator failed")??;
+        // Requests per second over the whole window would be wrong if sending stopped early.
+        ensure!(
+            !outcome.capped,
+            "--max-requests {} was reached before the window ended: raise it or shorten --duration",
+            settings.max_requests
+        );
 
         let cpu = |index: usize| cpu_after[index] - cpu_before[index];
         let mut proxies = Vec::with_capacity(deployment.proxies.len());

@@ -70,7 +70,13 @@ pub struct ProxyProcess {
 
 impl ProxyProcess {
     /// Starts a proxy (logs into `workdir/<name>.log`) and waits until `/ready`.
-    pub async fn spawn(binary: &Path, role: ProxyRole, workdir: &Path, name: &str) -> Result<Self> {
+    pub async fn spawn(
+        binary: &Path,
+        role: ProxyRole,
+        worker_threads: Option<usize>,
+        workdir: &Path,
+        name: &str,
+    ) -> Result<Self> {
         let outbound = free_loopback_port()?;
         let inbound = free_loopback_port()?;
         let admin = free_loopback_port()?;
@@ -90,6 +96,9 @@ impl ProxyProcess {
             .env("PLEXUS_INBOUND_ADDR", inbound.to_string())
             .env("PLEXUS_ADMIN_ADDR", admin.to_string())
             .env("PLEXUS_LOG", "warn");
+        if let Some(threads) = worker_threads {
+            command.env("PLEXUS_WORKER_THREADS", threads.to_string());
+        }
         match role {
             ProxyRole::Client { endpoint, meshed } => {
                 let path = workdir.join(format!("{name}.yaml"));

@@ -20,6 +20,8 @@ pub struct Settings {
     pub max_requests: u64,
     pub loadgen_threads: usize,
     pub upstream_threads: usize,
+    /// `PLEXUS_WORKER_THREADS` given to the proxies; none: their default.
+    pub proxy_threads: Option<usize>,
     pub cpus: usize,
 }
 
@@ -189,12 +191,18 @@ impl Report {
         let _ = writeln!(
             out,
             "plexus bench: {} CPUs shared by everything; {} s per scenario after {} s warm-up; \
-             load generator {} thread(s), upstream {} thread(s)",
-            s.cpus, s.duration_s, s.warmup_s, s.loadgen_threads, s.upstream_threads
+             load generator {} thread(s), upstream {} thread(s), proxy {} thread(s)",
+            s.cpus,
+            s.duration_s,
+            s.warmup_s,
+            s.loadgen_threads,
+            s.upstream_threads,
+            s.proxy_threads.map_or("default".into(), |n| n.to_string())
         );
         let _ = writeln!(
             out,
-            "latency in µs; \"+a r×\" = µs added to direct and ratio to direct; CPU and memory are the proxies' (both, for a pair)"
+            "latency in µs; \"+a r×\" = µs added to direct and ratio to direct; CPU and memory are the \
+             proxies' (both, for a pair); load/up CPU = CPU seconds of the load generator and the upstream"
         );
         let closed: Vec<_> = self
             .scenarios
@@ -268,7 +276,7 @@ impl Report {
 fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
     let _ = writeln!(
         out,
-        "{:<22} {:>9} {:>7} {:>9} {:>14} {:>9} {:>14} {:>9} {:>14} {:>8} {:>13} {:>8} {:>8} {:>6}",
+        "{:<22} {:>9} {:>7} {:>9} {:>14} {:>9} {:>14} {:>9} {:>14} {:>8} {:>13} {:>8} {:>8} {:>11} {:>6}",
         "scenario",
         "req/s",
         "×direct",
@@ -282,6 +290,7 @@ fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
         cpu_header,
         "RSS MiB",
         "peak MiB",
+        "load/up CPU",
         "errors"
     );
     for row in rows {
@@ -300,7 +309,7 @@ fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
         let memory = measured.proxy_memory;
         let _ = writeln!(
             out,
-            "{:<22} {:>9.0} {:>7} {:>9.1} {:>14} {:>9.1} {:>14} {:>9.1} {:>14} {:>8} {:>13} {:>8} {:>8} {:>6}",
+            "{:<22} {:>9.0} {:>7} {:>9.1} {:>14} {:>9.1} {:>14} {:>9.1} {:>14} {:>8} {:>13} {:>8} {:>8} {:>11} {:>6}",
             row.name,
             measured.requests_per_sec,
             dash_or(versus.and_then(|v| v.throughput_ratio), 2),
@@ -314,6 +323,7 @@ fn render_table(out: &mut String, rows: &[&ScenarioReport], cpu_header: &str) {
             dash_or(measured.proxy_cpu_ms_per_1k_requests, 1),
             dash_or(memory.map(|m| mib(m.rss_kib)), 1),
             dash_or(memory.map(|m| mib(m.peak_rss_kib)), 1),
+            format!("{:.2}/{:.2}", m.loadgen_cpu_s, m.upstream_cpu_s),
             m.errors
         );
     }
@@ -348,6 +358,7 @@ mod tests {
             max_requests: 1_000_000,
             loadgen_threads: 1,
             upstream_threads: 1,
+            proxy_threads: None,
             cpus: 2,
         }
     }

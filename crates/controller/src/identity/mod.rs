@@ -24,7 +24,9 @@ use plexus_identity::{Ca, CaError, CsrError, SpiffeId, Validity};
 use tonic::{Request, Response, Status};
 
 pub use ca_store::{CaSettings, CaStoreError, ca_from_dir, ca_from_secret};
-pub use serving::{TlsConnection, controller_server_config, tls_incoming};
+pub use serving::{
+    ServingError, TlsConnectInfo, TlsConnection, controller_server_config, tls_incoming,
+};
 pub use token::{BootstrapTokens, TokenAuthority, TokenError};
 pub use token_review::TokenReviewer;
 

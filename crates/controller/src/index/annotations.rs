@@ -9,7 +9,8 @@ use std::str::FromStr;
 use plexus_api::v1::{Concurrency, FailureAccrual, Resilience, RetryBudget};
 use plexus_identity::{SpiffeId, SpiffeIdError};
 
-pub const INJECT: &str = "plexus.io/inject";
+use crate::inject::INJECT_ANNOTATION;
+
 pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
 pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
 pub const OPAQUE_PORTS: &str = "plexus.io/opaque-ports";
@@ -148,7 +149,7 @@ impl<'a> Annotations<'a> {
 
     /// `plexus.io/inject`: `enabled` / `disabled`.
     pub fn inject(&mut self) -> Option<bool> {
-        self.get(INJECT, |v| match v {
+        self.get(INJECT_ANNOTATION, |v| match v {
             "enabled" => Ok(true),
             "disabled" => Ok(false),
             _ => Err("enabled or disabled".to_string()),

@@ -10,9 +10,8 @@ use plexus_api::v1::Resilience;
 
 use super::annotations::{Annotations, MtlsMode, PortSet};
 use super::{Kind, ObjectRef, Problem};
+use crate::inject::PROXY_CONTAINER;
 
-/// The container the injector adds; its presence means the pod is meshed.
-pub const PROXY_CONTAINER: &str = "plexus-proxy";
 /// The label of an EndpointSlice naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
@@ -257,12 +256,15 @@ pub fn pod(pod: &Pod, key: &ObjectRef, trust_domain: &str) -> (PodInfo, Vec<Prob
         .iter()
         .chain(spec.init_containers.iter().flatten())
         .any(|c| c.name == PROXY_CONTAINER);
+    // No Ready condition at all (a hand-written pod in a file) counts as ready;
+    // an explicit Ready=False does not.
+    let ready_condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Ready");
     let ready = pod.metadata.deletion_timestamp.is_none()
-        && status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
+        && ready_condition.is_none_or(|c| c.status == "True");
     let mut a = Annotations::new(pod.metadata.annotations.as_ref());
     let annotations = WorkloadAnnotations::read(&mut a, trust_domain);
     let info = PodInfo {

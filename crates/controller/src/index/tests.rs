@@ -1,5 +1,6 @@
 //! The index driven directly with objects built in the test.
 
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -612,4 +613,49 @@ fn meshed_identities_list_meshed_pods_only() {
     index.apply(pod("shop", "db-1", "10.0.0.3", "db", false));
     let ids: Vec<String> = index.meshed_identities().into_iter().collect();
     assert_eq!(ids, ["spiffe://cluster.local/ns/shop/sa/web-sa"]);
+}
+
+#[test]
+fn grpc_routes_attach_and_bad_regexes_are_refused() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    let grpc = |name: &str, method: Value| -> GrpcRoute {
+        from(json!({
+            "metadata": {"namespace": "shop", "name": name},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 9090}],
+                "rules": [{"matches": [{"method": method}], "backendRefs": [{"name": "web", "port": 9090}]}],
+            },
+        }))
+    };
+    index.apply(grpc(
+        "orders",
+        json!({"type": "Exact", "service": "shop.Orders", "method": "Get"}),
+    ));
+    index.apply(grpc(
+        "broken",
+        json!({"type": "RegularExpression", "service": "shop.(", "method": "Get"}),
+    ));
+
+    let target = meshed_target(&mut index, "web:9090", "shop");
+    let routes = &target.routes.value.grpc;
+    assert_eq!(routes.len(), 1);
+    let m = &routes[0].rules[0].matches[0];
+    assert_eq!(
+        (m.r#type.as_str(), m.service.as_str(), m.method.as_str()),
+        ("Exact", "shop.Orders", "Get")
+    );
+    let broken = index
+        .route_statuses()
+        .into_iter()
+        .find(|s| s.route.name == "broken")
+        .unwrap();
+    assert!(!broken.parents[0].accepted);
+    assert!(
+        broken.parents[0]
+            .message
+            .starts_with("spec.rules[0].matches[0].method.service:"),
+        "{}",
+        broken.parents[0].message
+    );
 }

@@ -38,6 +38,8 @@ struct Collection {
     watchers: Vec<WatchSender>,
     lists: usize,
     watches: usize,
+    /// Bodies of the status patches received, in order.
+    status_patches: Vec<Value>,
 }
 
 #[derive(Default)]
@@ -81,9 +83,14 @@ impl ApiServer {
             while let Ok((stream, _)) = listener.accept().await {
                 let server = accepting.clone();
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let server = server.clone();
-                        async move { Ok::<_, Infallible>(server.handle(req)) }
+                        async move {
+                            if req.method() == http::Method::PATCH {
+                                return Ok::<_, Infallible>(server.patch_status(req).await);
+                            }
+                            Ok(server.handle(req))
+                        }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
@@ -195,6 +202,68 @@ impl ApiServer {
             .map_or((0, 0), |c| (c.lists, c.watches))
     }
 
+    /// The status patches (JSON merge patches) `path` has received.
+    pub fn status_patches(&self, path: &str) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or_else(Vec::new, |c| c.status_patches.clone())
+    }
+
+    /// `PATCH /apis/<group>/<version>/namespaces/<ns>/<resource>/<name>/status`
+    /// with a JSON merge patch: applied to the object, a MODIFIED event sent.
+    async fn patch_status(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let Some(
+            [
+                prefix @ ..,
+                "namespaces",
+                namespace,
+                resource,
+                name,
+                "status",
+            ],
+        ) = Some(parts.as_slice())
+        else {
+            return respond(StatusCode::NOT_FOUND, Full::new(Bytes::new()).boxed());
+        };
+        let collection_path = format!("/{}/{resource}", prefix.join("/"));
+        let key = (namespace.to_string(), name.to_string());
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return respond(StatusCode::BAD_REQUEST, Full::new(Bytes::new()).boxed()),
+        };
+        let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            return respond(StatusCode::BAD_REQUEST, Full::new(Bytes::new()).boxed());
+        };
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(collection_path).or_default();
+        let Some(object) = collection.objects.get_mut(&key) else {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+            return respond(
+                StatusCode::NOT_FOUND,
+                Full::new(Bytes::from(status.to_string())).boxed(),
+            );
+        };
+        collection.status_patches.push(patch.clone());
+        // Only the status subresource may change through this endpoint.
+        if let Some(status) = patch.get("status") {
+            merge(&mut object["status"], status);
+        }
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let object = object.clone();
+        collection.log.push((version, "MODIFIED", object.clone()));
+        broadcast(collection, line("MODIFIED", &object));
+        respond(
+            StatusCode::OK,
+            Full::new(Bytes::from(object.to_string())).boxed(),
+        )
+    }
+
     fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
         let query: HashMap<String, String> = req
@@ -237,6 +306,26 @@ impl ApiServer {
             StatusCode::OK,
             StreamBody::new(ReceiverStream::new(rx)).boxed(),
         )
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(object) = target {
+        for (key, value) in fields {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                merge(object.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
     }
 }
 

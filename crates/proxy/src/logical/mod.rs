@@ -247,7 +247,7 @@ async fn send_with_retries(
     };
     let replay = match replay {
         Ok(replay) => replay,
-        // Not replayable: exactly one attempt, streamed.
+        // Known to exceed the replay limit: exactly one attempt, streamed, no copy.
         Err(body) => {
             let request = Request::from_parts(parts, body);
             let outcome = attempt(backend, rule, request, deadline).await;
@@ -267,6 +267,8 @@ async fn send_with_retries(
         let Some(reason) = reason else {
             return final_result(outcome, backend);
         };
+        // A body still arriving counts as replayable: the retry replays the copy,
+        // then continues with the client's remaining frames.
         if attempts >= policy.attempts() || !replay.replayable() {
             return final_result(outcome, backend);
         }

@@ -1,0 +1,161 @@
+//! The `plexus-controller` binary on a file feed: it reports where it
+//! listens, becomes ready, answers Destination watches, and with a CA
+//! directory serves the Identity API (TLS) and issues bootstrap tokens.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use plexus_api::v1::WatchRequest;
+use plexus_api::v1::destination_client::DestinationClient;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, annotations: {plexus.io/inject: enabled}}
+spec: {serviceAccountName: web, containers: [{name: app}]}
+status: {podIP: 10.0.0.1}
+"#;
+
+/// Starts the binary and returns it with its (gRPC, admin) addresses, read
+/// from its "listening" log line.
+async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String) {
+    let objects = dir.join("objects.yaml");
+    std::fs::write(&objects, OBJECTS).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plexus-controller"))
+        .arg(format!("--feed=file:{}", objects.display()))
+        .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
+        .args(extra)
+        .env("PLEXUS_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the controller binary starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let field = |line: &str, name: &str| -> Option<String> {
+        let rest = line.split(&format!("{name}=")).nth(1)?;
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    let addrs = tokio::time::timeout(BOUND, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.contains("plexus-controller listening") {
+                return (
+                    field(&line, "grpc").unwrap(),
+                    field(&line, "admin").unwrap(),
+                );
+            }
+        }
+        panic!("the controller exited before listening");
+    })
+    .await
+    .expect("the controller reports its addresses");
+    // Keep draining its logs so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addrs.0, addrs.1)
+}
+
+async fn get(admin: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+async fn until_ready(admin: &str) {
+    let ready = tokio::time::timeout(BOUND, async {
+        while !get(admin, "/ready").await.starts_with("HTTP/1.1 200") {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "the controller became ready");
+}
+
+fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("plexus-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn plaintext_destination_api_from_a_file() {
+    let dir = temp_dir("controller-plaintext");
+    let (mut child, grpc, admin) = start(&dir, &["--grpc-plaintext"]).await;
+    until_ready(&admin).await;
+
+    let mut client = DestinationClient::connect(format!("http://{grpc}"))
+        .await
+        .unwrap();
+    let mut stream = client
+        .watch(WatchRequest {
+            target: "web.shop.svc.cluster.local:80".into(),
+            ..WatchRequest::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(BOUND, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.snapshot && !first.not_meshed);
+    assert_eq!(first.target.unwrap().name, "web.shop.svc.cluster.local:80");
+
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn identity_mode_makes_a_ca_and_bootstrap_tokens() {
+    let dir = temp_dir("controller-identity");
+    let (ca, tokens) = (dir.join("ca"), dir.join("tokens"));
+    let (mut child, _grpc, admin) = start(
+        &dir,
+        &[
+            &format!("--ca-dir={}", ca.display()),
+            &format!("--bootstrap-token-dir={}", tokens.display()),
+        ],
+    )
+    .await;
+    until_ready(&admin).await;
+    assert!(ca.join("ca.crt").exists() && ca.join("tls.key").exists());
+    // The token is issued right after the load that made the controller ready.
+    let token = tokens.join("shop.web.token");
+    let issued = tokio::time::timeout(BOUND, async {
+        while !token.exists() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(issued.is_ok(), "a bootstrap token for the meshed pod");
+
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn file_feed_without_a_ca_needs_plaintext() {
+    let dir = temp_dir("controller-no-ca");
+    let output = Command::new(env!("CARGO_BIN_EXE_plexus-controller"))
+        .arg(format!("--feed=file:{}", dir.join("none.yaml").display()))
+        .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
+        .output();
+    let output = tokio::time::timeout(BOUND, output).await.unwrap().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--ca-dir"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
