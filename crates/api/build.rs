@@ -18,7 +18,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ".plexus.v1",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
         )
-        .enum_attribute(".plexus.v1", "#[derive(serde::Serialize, serde::Deserialize)]")
+        .enum_attribute(
+            ".plexus.v1",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
         .compile_protos(&files, &[proto_dir])?;
     for file in files {
         println!("cargo:rerun-if-changed={file}");

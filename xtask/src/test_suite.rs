@@ -192,6 +192,8 @@ mod tests {
 
     #[test]
     fn a_missing_interpreter_has_no_sdk() {
-        assert!(!has_pinned_sdk(Path::new("/nonexistent/plexus/py/bin/python")));
+        assert!(!has_pinned_sdk(Path::new(
+            "/nonexistent/plexus/py/bin/python"
+        )));
     }
 }

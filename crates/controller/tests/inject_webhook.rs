@@ -34,12 +34,21 @@ fn no_namespaces() -> Namespaces {
     Namespaces(BTreeMap::new())
 }
 
+/// What the controller's CA gives the webhook (the text only has to reach the proxy as is).
+const TRUST_ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+fn config() -> InjectConfig {
+    InjectConfig {
+        trust_anchors: TRUST_ANCHORS.to_string(),
+        ..InjectConfig::default()
+    }
+}
+
 /// The `response` of the review the webhook answers to `request`.
 fn respond(request: &Value, namespaces: &Namespaces) -> Value {
     let body = serde_json::to_vec(request).unwrap();
-    let answer: Value =
-        serde_json::from_slice(&review(&body, namespaces, &InjectConfig::default()))
-            .expect("the webhook answers JSON");
+    let answer: Value = serde_json::from_slice(&review(&body, namespaces, &config()))
+        .expect("the webhook answers JSON");
     assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
     assert_eq!(answer["kind"], "AdmissionReview");
     let response = answer["response"].clone();
@@ -177,29 +186,22 @@ fn a_pod_in_an_enabled_namespace_gets_init_and_the_native_sidecar() {
         Some("metadata.labels['app']")
     );
     let token_file = env(proxy, "PLEXUS_IDENTITY_TOKEN_FILE").unwrap();
-    let anchors_file = env(proxy, "PLEXUS_IDENTITY_TRUST_ANCHORS").unwrap();
     let mounts = proxy.volume_mounts.as_ref().unwrap();
-    for (file, volume) in [
-        (token_file, "plexus-identity-token"),
-        (anchors_file, "plexus-trust-anchors"),
-    ] {
-        let mount = mounts.iter().find(|m| m.name == volume).unwrap();
-        assert!(
-            file.starts_with(&format!("{}/", mount.mount_path)),
-            "{file} in {volume}"
-        );
-    }
+    let mount = mounts
+        .iter()
+        .find(|m| m.name == "plexus-identity-token")
+        .unwrap();
+    assert!(token_file.starts_with(&format!("{}/", mount.mount_path)));
+    // Inline PEM: a pod cannot mount anything from the controller's namespace.
+    assert_eq!(
+        env(proxy, "PLEXUS_IDENTITY_TRUST_ANCHORS"),
+        Some(TRUST_ANCHORS)
+    );
+    assert_eq!(mounts.len(), 1, "{mounts:?}");
 
     let volumes = spec.volumes.unwrap();
     let names: Vec<&str> = volumes.iter().map(|v| v.name.as_str()).collect();
-    assert_eq!(
-        names,
-        [
-            "kube-api-access-x7k2p",
-            "plexus-identity-token",
-            "plexus-trust-anchors"
-        ]
-    );
+    assert_eq!(names, ["kube-api-access-x7k2p", "plexus-identity-token"]);
     let token = volumes[1]
         .projected
         .as_ref()
@@ -211,10 +213,6 @@ fn a_pod_in_an_enabled_namespace_gets_init_and_the_native_sidecar() {
         .as_ref()
         .unwrap();
     assert_eq!(token.audience.as_deref(), Some("plexus-identity"));
-    assert_eq!(
-        volumes[2].config_map.as_ref().unwrap().name,
-        "plexus-trust-anchors"
-    );
 }
 
 #[test]

@@ -8,7 +8,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivatePkcs8KeyDer};
 
 use crate::SpiffeId;
 use crate::csr::{CsrError, KEY_ALGORITHM, check_csr};
@@ -228,6 +228,54 @@ impl Ca {
             not_after: truncate_to_second(validity.not_after),
             serial,
         })
+    }
+
+    /// A TLS server certificate for DNS names, with a fresh key made here (the
+    /// controller's own HTTPS endpoints, e.g. the admission webhook, which the
+    /// API server reaches by Service DNS name and checks against this CA).
+    /// Server use only: it carries no SPIFFE ID, so no mesh peer accepts it.
+    pub fn issue_dns(
+        &self,
+        dns_names: &[String],
+        validity: Validity,
+    ) -> Result<(IssuedCertificate, PrivatePkcs8KeyDer<'static>), CaError> {
+        let key = new_key()?;
+        let serial = random_serial();
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        if let Some(first) = dns_names.first() {
+            name.push(DnType::CommonName, first.as_str());
+        }
+        params.distinguished_name = name;
+        params.subject_alt_names = dns_names
+            .iter()
+            .map(|n| {
+                n.as_str()
+                    .try_into()
+                    .map(SanType::DnsName)
+                    .map_err(|source| CaError::Material {
+                        field: "DNS name",
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        params.not_before = validity.not_before.into();
+        params.not_after = validity.not_after.into();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(&key, &self.issuer)
+            .map_err(CaError::Sign)?;
+        let issued = IssuedCertificate {
+            leaf: leaf.der().clone(),
+            chain: self.chain(),
+            not_after: truncate_to_second(validity.not_after),
+            serial,
+        };
+        Ok((issued, PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 }
 

@@ -100,31 +100,10 @@ impl ProxyBuilder {
         let metrics = ProxyMetrics::register(&mut registry);
         let logical_metrics = LogicalMetrics::register(&mut registry);
 
-        let outbound = bind("outbound", config.outbound_addr).await?;
-        let inbound = bind("inbound", config.inbound_addr).await?;
-        let admin_listener = std::net::TcpListener::bind(config.admin_addr)
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(|source| StartError::Bind {
-                listener: "admin",
-                addr: config.admin_addr,
-                source,
-            })?;
-        let addr = |l: &TcpListener, name, fallback| {
-            l.local_addr().map_err(|source| StartError::Bind {
-                listener: name,
-                addr: fallback,
-                source,
-            })
-        };
-        let outbound_addr = addr(&outbound, "outbound", config.outbound_addr)?;
-        let inbound_addr = addr(&inbound, "inbound", config.inbound_addr)?;
-        let admin_addr = admin_listener
-            .local_addr()
-            .map_err(|source| StartError::Bind {
-                listener: "admin",
-                addr: config.admin_addr,
-                source,
-            })?;
+        let (outbound, outbound_addr) = bind("outbound", config.outbound_addr).await?;
+        let (inbound, inbound_addr) = bind("inbound", config.inbound_addr).await?;
+        // A std listener: it moves to the admin thread's own runtime.
+        let (admin_listener, admin_addr) = bind_admin(config.admin_addr)?;
 
         let targets = Arc::new(Targets::new(
             destinations.clone(),
@@ -170,7 +149,7 @@ impl ProxyBuilder {
             shutdown: shutdown.clone(),
         });
         let (stopped_tx, stopped) = watch::channel(false);
-        admin::spawn(admin_listener, admin.clone(), stopped.clone()).map_err(StartError::Admin)?;
+        admin::spawn(admin_listener, admin.clone(), stopped).map_err(StartError::Admin)?;
 
         let drain_timeout = config.drain_timeout;
         let (drained_tx, drained) = watch::channel(None);
@@ -195,14 +174,30 @@ impl ProxyBuilder {
     }
 }
 
-async fn bind(listener: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            listener,
-            addr,
-            source,
-        })
+async fn bind(
+    listener: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind {
+        listener,
+        addr,
+        source,
+    };
+    let bound = TcpListener::bind(addr).await.map_err(error)?;
+    let local = bound.local_addr().map_err(error)?;
+    Ok((bound, local))
+}
+
+fn bind_admin(addr: SocketAddr) -> Result<(std::net::TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Bind {
+        listener: "admin",
+        addr,
+        source,
+    };
+    let bound = std::net::TcpListener::bind(addr).map_err(error)?;
+    bound.set_nonblocking(true).map_err(error)?;
+    let local = bound.local_addr().map_err(error)?;
+    Ok((bound, local))
 }
 
 /// A proxy serving on its listeners.

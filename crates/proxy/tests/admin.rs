@@ -103,33 +103,50 @@ async fn drain_finishes_in_flight_requests_and_stops_accepting() {
 
 #[tokio::test]
 async fn http2_clients_get_goaway_and_finish_their_streams() {
-    let upstream = slow_upstream(Duration::from_millis(300)).await;
-    let yaml = static_config(&[(&["slow:80"], &[upstream.addr])]);
+    let slow = slow_upstream(Duration::from_secs(1)).await;
+    let fast = echo_upstream().await;
+    let yaml = static_config(&[(&["slow:80"], &[slow.addr]), (&["fast:80"], &[fast.addr])]);
     let mut proxy = proxy().static_config(yaml).start().await;
-    let mut client = http2(proxy.outbound_addr).await;
-    let request = Request::builder()
-        .uri("http://slow/")
-        .body(body::empty())
-        .unwrap();
-    let in_flight = tokio::spawn(client.send_request(request));
+    let client = http2(proxy.outbound_addr).await;
+    let request = |host: &str| {
+        Request::builder()
+            .uri(format!("http://{host}/"))
+            .body(body::empty())
+            .unwrap()
+    };
+    let in_flight = tokio::spawn(client.clone().send_request(request("slow")));
     bounded("request reaches upstream", async {
-        while upstream.connections() == 0 {
+        while slow.connections() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
     // POST /shutdown starts the drain, as a Job's last step would.
     let mut admin = http1(proxy.admin_addr).await;
-    let request = Request::builder()
+    let shutdown = Request::builder()
         .method("POST")
         .uri("/shutdown")
         .header("host", "admin")
         .body(body::empty())
         .unwrap();
-    let response = admin.send_request(request).await.unwrap();
+    let response = admin.send_request(shutdown).await.unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    // GOAWAY: the connection refuses new streams while the old one is still
+    // being served (a plain close would have ended the in-flight one too).
+    bounded("new streams refused", async {
+        while client.clone().send_request(request("fast")).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "refused before the slow stream ended"
+    );
     let response = bounded("in-flight h2", in_flight).await.unwrap().unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "slow but done");
     assert!(bounded("drained", proxy.drained()).await);
 }
 

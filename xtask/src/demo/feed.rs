@@ -179,55 +179,64 @@ fn backend_route() -> Value {
     })
 }
 
-/// The problems the controller reports about the feed on its admin `/status`
-/// (`{"problems": [{"kind", "object", "field", "message"}]}`), one line each.
-pub fn controller_problems(status: &Value) -> Vec<String> {
-    let text = |p: &Value, key: &str| p.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
-    status
-        .get("problems")
-        .and_then(Value::as_array)
-        .map(|problems| {
-            problems
-                .iter()
-                .map(|p| {
-                    format!(
-                        "{} {} {}: {}",
-                        text(p, "kind"),
-                        text(p, "object"),
-                        text(p, "field"),
-                        text(p, "message")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// What the controller made of the feed, from its admin `/status`:
+/// `{"problems": [{kind, object, field, message}],
+///   "routes": [{kind, route: {namespace, name}, parents: [{parent, accepted, reason, message}]}]}`.
+#[derive(Debug, Default, PartialEq)]
+pub struct ControllerVerdict {
+    /// "HTTPRoute demo/backend-split: Accepted by Service demo/backend:8080".
+    pub accepted: Vec<String>,
+    /// Objects or fields it could not use, and route parents that refused a route.
+    pub problems: Vec<String>,
+}
+
+pub fn controller_verdict(status: &Value) -> ControllerVerdict {
+    let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).unwrap_or("").to_owned();
+    let list = |v: &Value, key: &str| {
+        v.get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let mut verdict = ControllerVerdict::default();
+    for p in list(status, "problems") {
+        verdict.problems.push(format!(
+            "{} {} {}: {}",
+            text(&p, "kind"),
+            text(&p, "object"),
+            text(&p, "field"),
+            text(&p, "message")
+        ));
+    }
+    for route in list(status, "routes") {
+        let name = format!(
+            "{} {}/{}",
+            text(&route, "kind"),
+            text(&route["route"], "namespace"),
+            text(&route["route"], "name")
+        );
+        for parent in list(&route, "parents") {
+            let line = format!(
+                "{name}: {} by {}",
+                text(&parent, "reason"),
+                text(&parent, "parent")
+            );
+            if parent["accepted"] == true {
+                verdict.accepted.push(line);
+            } else {
+                verdict
+                    .problems
+                    .push(format!("{line} ({})", text(&parent, "message")));
+            }
+        }
+    }
+    verdict
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_controllers_problems_are_read_from_its_status() {
-        let status = json!({
-            "ready": true,
-            "routes": [],
-            "problems": [{
-                "kind": "HTTPRoute",
-                "object": "demo/backend-split",
-                "field": "spec.rules[0].retry.backoff",
-                "message": "\"25ms\" is not a duration",
-            }],
-        });
-        assert_eq!(
-            controller_problems(&status),
-            [
-                "HTTPRoute demo/backend-split spec.rules[0].retry.backoff: \"25ms\" is not a duration"
-            ]
-        );
-        assert!(controller_problems(&json!({ "problems": [] })).is_empty());
-        assert!(controller_problems(&json!({})).is_empty());
-    }
+    use serde::Deserialize;
 
     fn parse_all(yaml: &str) -> Vec<Value> {
         serde_yaml::Deserializer::from_str(yaml)
@@ -235,10 +244,56 @@ mod tests {
             .collect()
     }
 
-    use serde::Deserialize;
-
     fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
         objects.iter().filter(|o| o["kind"] == kind).collect()
+    }
+
+    #[test]
+    fn the_controllers_verdict_is_read_from_its_status() {
+        let status = json!({
+            "ready": true,
+            "routes": [
+                {
+                    "kind": "HTTPRoute",
+                    "route": { "namespace": "demo", "name": "backend-split" },
+                    "parents": [{
+                        "parent": "Service demo/backend:8080",
+                        "accepted": true,
+                        "reason": "Accepted",
+                        "message": "",
+                    }],
+                },
+                {
+                    "kind": "HTTPRoute",
+                    "route": { "namespace": "demo", "name": "orphan" },
+                    "parents": [{
+                        "parent": "Service demo/nothing:80",
+                        "accepted": false,
+                        "reason": "BackendNotFound",
+                        "message": "no such Service",
+                    }],
+                },
+            ],
+            "problems": [{
+                "kind": "HTTPRoute",
+                "object": "demo/backend-split",
+                "field": "spec.rules[0].retry.backoff",
+                "message": "\"25ms\" is not a duration",
+            }],
+        });
+        let verdict = controller_verdict(&status);
+        assert_eq!(
+            verdict.accepted,
+            ["HTTPRoute demo/backend-split: Accepted by Service demo/backend:8080"]
+        );
+        assert_eq!(
+            verdict.problems,
+            [
+                "HTTPRoute demo/backend-split spec.rules[0].retry.backoff: \"25ms\" is not a duration",
+                "HTTPRoute demo/orphan: BackendNotFound by Service demo/nothing:80 (no such Service)",
+            ]
+        );
+        assert_eq!(controller_verdict(&json!({})), ControllerVerdict::default());
     }
 
     #[test]

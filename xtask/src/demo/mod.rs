@@ -35,7 +35,7 @@ use tokio::process::Command;
 pub use app::AppArgs;
 use probe::Probe;
 use processes::Processes;
-use sidecar::{SidecarPlan, sidecar_env};
+use sidecar::{IdentityPlan, SidecarPlan, sidecar_env};
 use topology::{NAMESPACE, Pod, Role, Topology};
 use waterfalls::{TraceStore, WATERFALL_WIDTH};
 
@@ -153,6 +153,11 @@ async fn demo(
     std::fs::write(&feed_path, feed::feed_yaml(topology)?)
         .with_context(|| format!("writing {}", feed_path.display()))?;
     eprintln!("starting the controller on {}", feed_path.display());
+    let identity = IdentityPlan {
+        controller: topology.controller_grpc_addr(),
+        token_dir: work_dir.join("tokens"),
+        ca_dir: work_dir.join("ca"),
+    };
     let mut controller = Command::new(bin.join("plexus-controller"));
     controller
         .arg("--feed")
@@ -161,8 +166,12 @@ async fn demo(
         .arg(topology.controller_grpc_addr().to_string())
         .arg("--admin-addr")
         .arg(topology.controller_admin_addr().to_string())
-        // The controller serves its gRPC API in plaintext until its TLS is wired in.
-        .arg("--grpc-plaintext")
+        // Its own CA (created on first start) and a bootstrap token per workload
+        // identity of the feed: the Identity API outside a cluster.
+        .arg("--ca-dir")
+        .arg(&identity.ca_dir)
+        .arg("--bootstrap-token-dir")
+        .arg(&identity.token_dir)
         .env("PLEXUS_OTLP_ENDPOINT", &otlp_endpoint);
     processes.spawn("controller", controller)?;
     probe
@@ -175,8 +184,9 @@ async fn demo(
         )
         .await?;
     check_feed_accepted(&probe, topology.controller_admin_addr(), &feed_path).await?;
+    check_identity_issued(&identity, topology)?;
 
-    let plan = sidecar_plan(topology, work_dir, otlp_endpoint.clone())?;
+    let plan = sidecar_plan(topology, work_dir, identity, otlp_endpoint.clone())?;
     eprintln!(
         "starting {} pods (an app and a sidecar each)",
         topology.pods().len()
@@ -292,13 +302,39 @@ async fn check_feed_accepted(
     let (_, body) = probe.get(admin, "/status").await?;
     let status: serde_json::Value =
         serde_json::from_slice(&body).context("reading the controller's /status as JSON")?;
-    let problems = feed::controller_problems(&status);
-    if !problems.is_empty() {
+    let verdict = feed::controller_verdict(&status);
+    if !verdict.problems.is_empty() {
         anyhow::bail!(
             "the controller refused parts of {}:\n  {}",
             feed_path.display(),
-            problems.join("\n  ")
+            verdict.problems.join("\n  ")
         );
+    }
+    if verdict.accepted.is_empty() {
+        anyhow::bail!(
+            "the controller accepted no route of {}",
+            feed_path.display()
+        );
+    }
+    for line in verdict.accepted {
+        eprintln!("  controller: {line}");
+    }
+    Ok(())
+}
+
+/// The controller writes its CA and the workloads' bootstrap tokens when it loads the
+/// feed, before it reports ready: a missing file means the sidecars could not get
+/// certificates.
+fn check_identity_issued(identity: &IdentityPlan, topology: &Topology) -> anyhow::Result<()> {
+    let mut expected = vec![identity.trust_anchors()];
+    expected.extend(topology.pods().iter().map(|pod| identity.token_file(pod)));
+    for path in expected {
+        if !path.is_file() {
+            anyhow::bail!(
+                "the controller is ready but did not write {} (CA and bootstrap tokens)",
+                path.display()
+            );
+        }
     }
     Ok(())
 }
@@ -319,6 +355,7 @@ fn check_addresses_free(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::
 fn sidecar_plan(
     topology: &Topology,
     work_dir: &Path,
+    identity: IdentityPlan,
     otlp_endpoint: String,
 ) -> anyhow::Result<SidecarPlan> {
     let static_path: PathBuf = work_dir.join("static-destinations.yaml");
@@ -333,6 +370,7 @@ fn sidecar_plan(
         static_path.display()
     );
     Ok(SidecarPlan {
+        identity: Some(identity),
         controller: None,
         static_config: Some(static_path),
         otlp_endpoint,

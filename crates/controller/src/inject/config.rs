@@ -18,8 +18,10 @@ pub struct InjectConfig {
     /// OTLP/gRPC endpoint the proxies export spans to; empty disables export.
     pub otlp_endpoint: String,
     pub trust_domain: String,
-    /// ConfigMap (in every meshed namespace) holding the trust anchors under `ca.crt`.
-    pub trust_anchors_config_map: String,
+    /// PEM of the roots proxies trust, given to each proxy inline in
+    /// `PLEXUS_IDENTITY_TRUST_ANCHORS`. The webhook fills it from the controller's CA at
+    /// run time; `plexusctl inject` from `--trust-anchors`. Empty in the chart's file.
+    pub trust_anchors: String,
     pub proxy_uid: i64,
     pub log_level: String,
     /// Fraction of new traces the proxies sample, 0.0 to 1.0.
@@ -81,7 +83,7 @@ impl Default for InjectConfig {
                 .to_string(),
             otlp_endpoint: String::new(),
             trust_domain: "cluster.local".to_string(),
-            trust_anchors_config_map: "plexus-trust-anchors".to_string(),
+            trust_anchors: String::new(),
             proxy_uid: 2102,
             log_level: "info".to_string(),
             trace_sampling: 1.0,

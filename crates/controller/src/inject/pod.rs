@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use json_patch::jsonptr::Pointer;
 use json_patch::{AddOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSpec, Probe, ProjectedVolumeSource,
-    ResourceRequirements, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -25,10 +24,6 @@ const ADMIN_PORT: i32 = 15020;
 const TOKEN_AUDIENCE: &str = "plexus-identity";
 const TOKEN_VOLUME: &str = "plexus-identity-token";
 const TOKEN_DIR: &str = "/var/run/secrets/plexus.io/identity";
-const TRUST_ANCHORS_VOLUME: &str = "plexus-trust-anchors";
-const TRUST_ANCHORS_DIR: &str = "/var/run/plexus.io/trust-anchors";
-/// Key of the trust-anchors ConfigMap holding the PEM bundle.
-const TRUST_ANCHORS_KEY: &str = "ca.crt";
 
 /// Why a pod is left as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +80,7 @@ pub fn plan(meta: &ObjectMeta, spec: &PodSpec, config: &InjectConfig) -> Result<
             init_container(config, &settings),
             proxy_container(config, &settings, workload_label(meta)),
         ],
-        volumes: volumes(config),
+        volumes: volumes(),
         warnings,
     })
 }
@@ -217,10 +212,7 @@ fn proxy_container(config: &InjectConfig, s: &Settings, workload_label: Option<&
             }),
             ..SecurityContext::default()
         }),
-        volume_mounts: Some(vec![
-            mount(TOKEN_VOLUME, TOKEN_DIR),
-            mount(TRUST_ANCHORS_VOLUME, TRUST_ANCHORS_DIR),
-        ]),
+        volume_mounts: Some(vec![mount(TOKEN_VOLUME, TOKEN_DIR)]),
         ..Container::default()
     }
 }
@@ -241,10 +233,9 @@ fn proxy_env(config: &InjectConfig, s: &Settings, workload_label: Option<&str>) 
             ),
         ),
         value_env("PLEXUS_IDENTITY_TOKEN_FILE", &format!("{TOKEN_DIR}/token")),
-        value_env(
-            "PLEXUS_IDENTITY_TRUST_ANCHORS",
-            &format!("{TRUST_ANCHORS_DIR}/{TRUST_ANCHORS_KEY}"),
-        ),
+        // The PEM itself: a pod cannot mount a ConfigMap of the controller's namespace, and
+        // the anchors change only with the CA, which re-injection picks up.
+        value_env("PLEXUS_IDENTITY_TRUST_ANCHORS", &config.trust_anchors),
         // One gRPC service serves both the Destination and the Identity API.
         value_env("PLEXUS_CONTROLLER_ADDR", &config.controller_addr),
         value_env("PLEXUS_IDENTITY_ADDR", &config.controller_addr),
@@ -267,32 +258,22 @@ fn proxy_env(config: &InjectConfig, s: &Settings, workload_label: Option<&str>) 
     env
 }
 
-fn volumes(config: &InjectConfig) -> Vec<Volume> {
-    vec![
-        Volume {
-            name: TOKEN_VOLUME.to_string(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(TOKEN_AUDIENCE.to_string()),
-                        expiration_seconds: Some(3600),
-                        path: "token".to_string(),
-                    }),
-                    ..VolumeProjection::default()
-                }]),
-                ..ProjectedVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-        Volume {
-            name: TRUST_ANCHORS_VOLUME.to_string(),
-            config_map: Some(ConfigMapVolumeSource {
-                name: config.trust_anchors_config_map.clone(),
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        },
-    ]
+fn volumes() -> Vec<Volume> {
+    vec![Volume {
+        name: TOKEN_VOLUME.to_string(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(TOKEN_AUDIENCE.to_string()),
+                    expiration_seconds: Some(3600),
+                    path: "token".to_string(),
+                }),
+                ..VolumeProjection::default()
+            }]),
+            ..ProjectedVolumeSource::default()
+        }),
+        ..Volume::default()
+    }]
 }
 
 fn field_env(name: &str, field_path: &str) -> EnvVar {
