@@ -44,33 +44,42 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
 
     let python = chart_test_python(&workspace)?;
 
+    println!("xtask: PLEXUS_BIN_DIR={}", bin_dir.display());
+    println!("xtask: PLEXUS_PYTHON={}", python.display());
+    let with_env = |command: &mut Command| {
+        command
+            .current_dir(&workspace.root)
+            .env("PLEXUS_BIN_DIR", &bin_dir)
+            .env("PLEXUS_PYTHON", &python);
+    };
+
     let nextest = nextest_installed();
+    // nextest does not run doc tests: run them too unless the caller narrowed the
+    // run, and first, so the log closes on the main runner's summary.
+    let mut doc_outcome = None;
+    if nextest && args.extra.is_empty() {
+        let mut doc = cargo();
+        doc.args(["test", "--workspace", "--doc"]);
+        with_env(&mut doc);
+        doc_outcome = Some(run_step(
+            "run the doc tests (nextest skips them)",
+            &mut doc,
+        )?);
+    }
+
     let mut tests = cargo();
     if nextest {
         tests.args(["nextest", "run", "--workspace"]);
     } else {
         tests.args(["test", "--workspace"]);
     }
-    tests
-        .args(&args.extra)
-        .current_dir(&workspace.root)
-        .env("PLEXUS_BIN_DIR", &bin_dir)
-        .env("PLEXUS_PYTHON", &python);
-    println!("xtask: PLEXUS_BIN_DIR={}", bin_dir.display());
-    println!("xtask: PLEXUS_PYTHON={}", python.display());
+    tests.args(&args.extra);
+    with_env(&mut tests);
     let mut outcome = run_step("run the workspace tests", &mut tests)?;
-
-    // nextest does not run doc tests; run them too unless the caller narrowed the run.
-    if nextest && args.extra.is_empty() {
-        let mut doc = cargo();
-        doc.args(["test", "--workspace", "--doc"])
-            .current_dir(&workspace.root)
-            .env("PLEXUS_BIN_DIR", &bin_dir)
-            .env("PLEXUS_PYTHON", &python);
-        let doc_outcome = run_step("run the doc tests (nextest skips them)", &mut doc)?;
-        if outcome.success() {
-            outcome = doc_outcome;
-        }
+    if let Some(doc_outcome) = doc_outcome
+        && outcome.success()
+    {
+        outcome = doc_outcome;
     }
 
     // The tests' own exit code; a signal-killed runner has none and counts as 1.

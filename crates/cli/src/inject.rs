@@ -299,7 +299,9 @@ spec:
             .as_array()
             .unwrap();
         assert_eq!(volumes[0]["name"], "data");
-        assert_eq!(volumes.len(), 3);
+        // The token is the only volume added: trust anchors travel inline.
+        assert_eq!(volumes[1]["name"], "plexus-identity-token");
+        assert_eq!(volumes.len(), 2);
         // The annotation on the template reaches the proxy.
         let env = &after[1]
             .pointer("/spec/template/spec/initContainers/1/env")

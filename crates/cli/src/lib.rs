@@ -3,9 +3,10 @@
 //! (e.g. [`traces::Receiver`] as their OTLP collector).
 //!
 //! It talks to Plexus over its public interfaces (OTLP, the proxy's admin
-//! HTTP, Kubernetes YAML) and reuses the controller's injector so offline and
+//! HTTP, Kubernetes YAML, the Kubernetes API for `check`) and reuses the controller's injector so offline and
 //! webhook injection cannot drift. It must not depend on the proxy crate: the
 //! proxy's tests use this crate's trace receiver.
 
+pub mod check;
 pub mod inject;
 pub mod traces;

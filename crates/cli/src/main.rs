@@ -21,6 +21,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Inject(InjectCommand),
+    Check(plexusctl::check::CheckCommand),
     Traces(plexusctl::traces::TracesCommand),
 }
 
@@ -45,7 +46,16 @@ struct InjectCommand {
     /// SPIFFE trust domain.
     #[arg(long)]
     trust_domain: Option<String>,
+    /// PEM file of the mesh's trust anchors (the `ca.crt` of Secret `plexus-ca`),
+    /// given to each proxy inline. Required.
+    #[arg(long, value_name = "FILE")]
+    trust_anchors: Option<PathBuf>,
 }
+
+/// How to get the trust anchors, for the error when `--trust-anchors` is missing.
+const TRUST_ANCHORS_HINT: &str = "--trust-anchors FILE is required: the proxies need the mesh's \
+trust anchors. In a cluster with Plexus installed: kubectl -n plexus get secret plexus-ca \
+-o jsonpath='{.data.ca\\.crt}' | base64 -d > ca.crt";
 
 impl InjectCommand {
     fn run(self) -> anyhow::Result<()> {
@@ -69,6 +79,14 @@ impl InjectCommand {
         if let Some(domain) = self.trust_domain {
             config.trust_domain = domain;
         }
+        let anchors = self.trust_anchors.context(TRUST_ANCHORS_HINT)?;
+        config.trust_anchors = std::fs::read_to_string(&anchors)
+            .with_context(|| format!("--trust-anchors {}", anchors.display()))?;
+        anyhow::ensure!(
+            config.trust_anchors.trim_start().starts_with("-----BEGIN"),
+            "--trust-anchors {}: not a PEM file (expected -----BEGIN CERTIFICATE-----)",
+            anchors.display()
+        );
         let input = match self.file.as_deref() {
             None => read_stdin()?,
             Some(path) if path.as_os_str() == "-" => read_stdin()?,
@@ -98,6 +116,7 @@ fn read_stdin() -> anyhow::Result<String> {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Inject(inject) => inject.run(),
+        Command::Check(check) => check.run().await,
         Command::Traces(traces) => traces.run().await,
     }
 }

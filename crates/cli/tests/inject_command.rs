@@ -1,6 +1,7 @@
 //! `plexusctl inject` as a user runs it: YAML in, injected YAML out.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 const POD: &str = "apiVersion: v1
@@ -10,14 +11,29 @@ spec:
   containers: [{name: app, image: nginx}]
 ";
 
+const TRUST_ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+/// A trust-anchors file of its own for each test (they run in parallel).
+fn anchors_file(test: &str, text: &str) -> PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "plexusctl-anchors-{}-{test}.pem",
+        std::process::id()
+    ));
+    std::fs::write(&path, text).expect("write trust anchors");
+    path
+}
+
 #[test]
 fn injects_yaml_from_stdin_with_flag_overrides() {
+    let anchors = anchors_file("stdin", TRUST_ANCHORS);
     let mut child = Command::new(env!("CARGO_BIN_EXE_plexusctl"))
         .args([
             "inject",
             "--proxy-image=registry.local/proxy:dev",
             "--otlp-endpoint=http://collector:4317",
         ])
+        .arg("--trust-anchors")
+        .arg(&anchors)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -38,16 +54,60 @@ fn injects_yaml_from_stdin_with_flag_overrides() {
         yaml.contains("name: app"),
         "the app container is kept: {yaml}"
     );
+    // The PEM reaches the proxy inline.
+    let docs: serde_json::Value = serde_yaml::from_str(&yaml).expect("YAML out");
+    let proxy = &docs["spec"]["initContainers"][1];
+    assert_eq!(proxy["name"], "plexus-proxy");
+    let anchors_env = proxy["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|e| e["name"] == "PLEXUS_IDENTITY_TRUST_ANCHORS")
+        .expect("trust anchors variable");
+    assert_eq!(anchors_env["value"], TRUST_ANCHORS);
     let notes = String::from_utf8(output.stderr).expect("utf-8");
     assert!(notes.contains("shop/web"), "{notes}");
+    std::fs::remove_file(anchors).expect("remove trust anchors");
+}
+
+#[test]
+fn trust_anchors_are_required_and_must_be_pem() {
+    let output = Command::new(env!("CARGO_BIN_EXE_plexusctl"))
+        .args(["inject", "/dev/null"])
+        .output()
+        .expect("run plexusctl");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--trust-anchors FILE is required") && stderr.contains("plexus-ca"),
+        "{stderr}"
+    );
+
+    let not_pem = anchors_file("not-pem", "hello");
+    let output = Command::new(env!("CARGO_BIN_EXE_plexusctl"))
+        .arg("inject")
+        .arg("--trust-anchors")
+        .arg(&not_pem)
+        .arg("/dev/null")
+        .output()
+        .expect("run plexusctl");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a PEM file"), "{stderr}");
+    std::fs::remove_file(not_pem).expect("remove file");
 }
 
 #[test]
 fn a_missing_file_is_named() {
+    let anchors = anchors_file("missing-input", TRUST_ANCHORS);
     let output = Command::new(env!("CARGO_BIN_EXE_plexusctl"))
-        .args(["inject", "/nonexistent/app.yaml"])
+        .arg("inject")
+        .arg("--trust-anchors")
+        .arg(&anchors)
+        .arg("/nonexistent/app.yaml")
         .output()
         .expect("run plexusctl");
+    std::fs::remove_file(anchors).expect("remove trust anchors");
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("/nonexistent/app.yaml"), "{stderr}");

@@ -7,6 +7,7 @@
 //! must not depend on the proxy.
 
 pub mod admin;
+pub mod admission;
 pub mod destination;
 pub mod feed;
 pub mod grpc;

@@ -1,5 +1,5 @@
 //! `plexus-controller`: discovery feed, Destination and Identity APIs on
-//! :8090, admin on :9990.
+//! :8090, the injector webhook on :8443, admin on :9990.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,20 +7,25 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use plexus_controller::admission::{Injector, ca_bundle, service_dns_names};
 use plexus_controller::feed::{self, FeedSource, Readiness};
 use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::identity::ca_store::DEFAULT_CA_LIFETIME;
 use plexus_controller::identity::{
     BootstrapTokens, CaSettings, IdentityService, TokenAuthority, TokenReviewer, ca_from_dir,
-    ca_from_secret, controller_server_config,
+    ca_from_secret, controller_server_config, webhook_server_config,
 };
 use plexus_controller::index::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
 };
+use plexus_controller::inject::InjectConfig;
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
-use plexus_identity::SpiffeId;
+use plexus_identity::{Ca, SpiffeId};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
+
+const DEFAULT_WEBHOOK_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 8443);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,6 +41,27 @@ struct Args {
     /// Destination and Identity gRPC APIs.
     #[arg(long, env = "PLEXUS_GRPC_ADDR", default_value = "0.0.0.0:8090")]
     grpc_addr: SocketAddr,
+    /// The injector webhook (HTTPS). Default 0.0.0.0:8443 with `--feed kubernetes`;
+    /// with `--feed file:` it is served only when given.
+    #[arg(long, env = "PLEXUS_WEBHOOK_ADDR")]
+    webhook_addr: Option<SocketAddr>,
+    /// Injection defaults (the chart's `inject.yaml`); built-in defaults when absent.
+    #[arg(long, env = "PLEXUS_INJECT_CONFIG")]
+    inject_config: Option<PathBuf>,
+    /// The MutatingWebhookConfiguration whose `caBundle` the controller keeps current.
+    #[arg(
+        long,
+        env = "PLEXUS_WEBHOOK_CONFIGURATION",
+        default_value = "plexus-injector"
+    )]
+    webhook_configuration: String,
+    /// The Service in front of the webhook: its DNS names go in the serving certificate.
+    #[arg(
+        long,
+        env = "PLEXUS_WEBHOOK_SERVICE",
+        default_value = "plexus-injector"
+    )]
+    webhook_service: String,
     /// `/live`, `/ready`, `/metrics`, `/status`.
     #[arg(long, env = "PLEXUS_ADMIN_ADDR", default_value = "0.0.0.0:9990")]
     admin_addr: SocketAddr,
@@ -90,6 +116,8 @@ fn main() -> anyhow::Result<()> {
 
 /// The Identity API and the TLS it is served with.
 struct Identity {
+    /// Also signs the webhook's certificate; its trust anchor goes to proxies.
+    ca: Arc<Ca>,
     service: IdentityService,
     transport: GrpcTransport,
     /// Outside a cluster: tokens to issue for the file's workloads.
@@ -110,10 +138,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let admin_listener = TcpListener::bind(args.admin_addr)
         .await
         .with_context(|| format!("--admin-addr {}", args.admin_addr))?;
+    let webhook_addr = match (&args.feed, args.webhook_addr) {
+        (_, Some(addr)) => Some(addr),
+        (FeedSource::Kubernetes, None) => Some(DEFAULT_WEBHOOK_ADDR),
+        (FeedSource::File(_), None) => None,
+    };
+    let webhook_listener = match webhook_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--webhook-addr {addr}"))?,
+        ),
+        None => None,
+    };
     // The bound addresses, not the flags: port 0 picks a free port (tests).
     tracing::info!(
         grpc = %grpc_listener.local_addr()?,
         admin = %admin_listener.local_addr()?,
+        webhook = %match &webhook_listener {
+            Some(listener) => listener.local_addr()?.to_string(),
+            None => "off".to_string(),
+        },
         feed = ?args.feed,
         "plexus-controller listening"
     );
@@ -134,6 +179,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         Some(identity(&args, client.clone()).await?)
     };
+
+    match (webhook_listener, &identity) {
+        (Some(listener), Some(identity)) => start_injector(
+            &args,
+            listener,
+            identity.ca.clone(),
+            index.clone(),
+            client.clone(),
+        )?,
+        (Some(_), None) => anyhow::bail!(
+            "the injector webhook needs the CA: drop --grpc-plaintext, or with --feed file: \
+             leave out --webhook-addr"
+        ),
+        (None, _) => {}
+    }
 
     let feed_task = match (&args.feed, client) {
         (FeedSource::File(path), _) => {
@@ -219,10 +279,40 @@ async fn identity(args: &Args, client: Option<kube::Client>) -> anyhow::Result<I
     let tls =
         controller_server_config(ca.clone(), own).context("the controller's TLS certificate")?;
     Ok(Identity {
+        ca: ca.clone(),
         service: IdentityService::new(ca, tokens),
         transport: GrpcTransport::Tls(tls),
         bootstrap,
     })
+}
+
+/// The webhook on `listener` with a certificate from `ca` for the injector
+/// Service's names and, in a cluster, the loop that keeps the webhook
+/// configuration's `caBundle` equal to `ca`'s trust anchor.
+fn start_injector(
+    args: &Args,
+    listener: TcpListener,
+    ca: Arc<Ca>,
+    index: SharedIndex,
+    client: Option<kube::Client>,
+) -> anyhow::Result<()> {
+    let mut config = match &args.inject_config {
+        Some(path) => InjectConfig::load(path)?,
+        None => InjectConfig::default(),
+    };
+    config.trust_anchors = ca.trust_anchor_pem().to_owned();
+    let names = service_dns_names(&args.webhook_service, &args.namespace);
+    let tls = webhook_server_config(ca.clone(), names).context("the webhook's certificate")?;
+    tokio::spawn(Injector { index, config }.serve(listener, tls));
+    if let Some(client) = client {
+        tokio::spawn(ca_bundle::keep_current(
+            client,
+            args.webhook_configuration.clone(),
+            ca.trust_anchor_pem().to_owned(),
+            ca_bundle::DEFAULT_INTERVAL,
+        ));
+    }
+    Ok(())
 }
 
 /// Outside a cluster, every meshed pod of the file gets a bootstrap token.

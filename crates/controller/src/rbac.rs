@@ -80,6 +80,14 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["create"],
         used_by: "identity::token_review",
     },
+    // admission::ca_bundle: read the injector's webhook configuration and
+    // patch its caBundle (the chart narrows this to `plexus-injector`).
+    Permission {
+        api_group: "admissionregistration.k8s.io",
+        resource: "mutatingwebhookconfigurations",
+        verbs: &["get", "patch"],
+        used_by: "admission::ca_bundle",
+    },
 ];
 
 #[cfg(test)]

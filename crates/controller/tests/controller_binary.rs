@@ -26,9 +26,9 @@ spec: {serviceAccountName: web, containers: [{name: app}]}
 status: {podIP: 10.0.0.1}
 "#;
 
-/// Starts the binary and returns it with its (gRPC, admin) addresses, read
-/// from its "listening" log line.
-async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String) {
+/// Starts the binary and returns it with its (gRPC, admin, webhook)
+/// addresses, read from its "listening" log line (webhook `off` when not served).
+async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String, String) {
     let objects = dir.join("objects.yaml");
     std::fs::write(&objects, OBJECTS).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_plexus-controller"))
@@ -51,6 +51,7 @@ async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String) {
                 return (
                     field(&line, "grpc").unwrap(),
                     field(&line, "admin").unwrap(),
+                    field(&line, "webhook").unwrap(),
                 );
             }
         }
@@ -60,7 +61,7 @@ async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String) {
     .expect("the controller reports its addresses");
     // Keep draining its logs so it never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs.0, addrs.1)
+    (child, addrs.0, addrs.1, addrs.2)
 }
 
 async fn get(admin: &str, path: &str) -> String {
@@ -92,8 +93,9 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 #[tokio::test]
 async fn plaintext_destination_api_from_a_file() {
     let dir = temp_dir("controller-plaintext");
-    let (mut child, grpc, admin) = start(&dir, &["--grpc-plaintext"]).await;
+    let (mut child, grpc, admin, webhook) = start(&dir, &["--grpc-plaintext"]).await;
     until_ready(&admin).await;
+    assert_eq!(webhook, "off", "no webhook on the file feed unless asked");
 
     let mut client = DestinationClient::connect(format!("http://{grpc}"))
         .await
@@ -122,7 +124,7 @@ async fn plaintext_destination_api_from_a_file() {
 async fn identity_mode_makes_a_ca_and_bootstrap_tokens() {
     let dir = temp_dir("controller-identity");
     let (ca, tokens) = (dir.join("ca"), dir.join("tokens"));
-    let (mut child, _grpc, admin) = start(
+    let (mut child, _grpc, admin, _webhook) = start(
         &dir,
         &[
             &format!("--ca-dir={}", ca.display()),
@@ -141,6 +143,69 @@ async fn identity_mode_makes_a_ca_and_bootstrap_tokens() {
     })
     .await;
     assert!(issued.is_ok(), "a bootstrap token for the meshed pod");
+
+    child.kill().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn the_webhook_serves_https_with_a_certificate_from_the_ca_dir() {
+    let dir = temp_dir("controller-webhook");
+    let (ca, tokens) = (dir.join("ca"), dir.join("tokens"));
+    let (mut child, _grpc, admin, webhook) = start(
+        &dir,
+        &[
+            &format!("--ca-dir={}", ca.display()),
+            &format!("--bootstrap-token-dir={}", tokens.display()),
+            "--webhook-addr=127.0.0.1:0",
+            "--namespace=mesh",
+        ],
+    )
+    .await;
+    until_ready(&admin).await;
+    let anchors = std::fs::read_to_string(ca.join("ca.crt")).unwrap();
+    let roots = plexus_identity::tls::trust_anchors_from_pem(anchors.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(plexus_identity::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(&webhook).await.unwrap();
+    // The names follow --namespace: the API server dials plexus-injector.<ns>.svc.
+    let name = rustls::pki_types::ServerName::try_from("plexus-injector.mesh.svc").unwrap();
+    let mut tls = tokio::time::timeout(
+        BOUND,
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .unwrap()
+    .expect("the webhook's certificate verifies against the CA for the Service name");
+    let mut review: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/admission/pod-create.json")).unwrap();
+    review["request"]["object"]["metadata"]["annotations"] =
+        serde_json::json!({"plexus.io/inject": "enabled"});
+    let body = review.to_string();
+    let head = format!(
+        "POST /inject HTTP/1.1\r\nhost: plexus-injector.mesh.svc\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(body.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut response))
+        .await
+        .unwrap();
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let (_, json) = response.split_once("\r\n\r\n").unwrap();
+    let answer: serde_json::Value = serde_json::from_str(json).unwrap();
+    let k8s_openapi::ByteString(patch) =
+        serde_json::from_value(answer["response"]["patch"].clone()).unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    // The proxy gets the very PEM of --ca-dir (JSON-escaped inside the patch).
+    let escaped = serde_json::to_string(&anchors).unwrap();
+    assert!(patch.contains(escaped.trim_matches('"')), "{patch}");
 
     child.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);

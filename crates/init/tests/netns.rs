@@ -5,118 +5,46 @@
 //! Needs root, `ip`, `iptables`, `setpriv` and `bash`; skipped (with a message) otherwise,
 //! unless `PLEXUS_REQUIRE_ROOT_TESTS=1`, which turns the skip into a failure (CI sets it).
 
-use std::fs::File;
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// A network namespace deleted when the test ends, pass or fail.
-struct Netns(String);
+use plexus_tests::netns::{Netns, run, skip_unless_able};
 
-impl Netns {
-    /// `role` tells apart the namespaces of tests running at the same time.
-    fn create(role: &str) -> Result<Self, String> {
-        let name = format!("plexus-init-test-{}-{role}", std::process::id());
-        run("ip", &["netns", "add", &name])?;
-        let ns = Self(name);
-        ns.exec("ip", &["link", "set", "lo", "up"])?;
-        Ok(ns)
-    }
+const TOOLS: &[&str] = &["ip", "iptables-save", "iptables-restore", "setpriv", "bash"];
 
-    /// A listening socket inside this namespace (bound from a thread that joined it).
-    fn listen(&self, addr: &str) -> TcpListener {
-        let path = format!("/run/netns/{}", self.0);
-        let addr = addr.to_string();
-        std::thread::spawn(move || {
-            let ns = File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-            // SAFETY: a valid namespace fd; setns only moves this short-lived thread.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-            }
-            let listener = TcpListener::bind(&addr).map_err(|e| format!("bind {addr}: {e}"))?;
-            listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-            Ok::<_, String>(listener)
-        })
-        .join()
-        .expect("listener thread")
-        .unwrap()
-    }
-
-    /// Connects to `ip:port` from this namespace as `uid`, then closes (bash's /dev/tcp).
-    fn connect_as(&self, uid: u32, ip: &str, port: u16) {
-        let uid_flag = format!("--reuid={uid}");
-        let gid_flag = format!("--regid={uid}");
-        let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
-        self.exec(
-            "setpriv",
-            &[
-                &uid_flag,
-                &gid_flag,
-                "--clear-groups",
-                "timeout",
-                "5",
-                "bash",
-                "-c",
-                &script,
-            ],
-        )
-        .unwrap_or_else(|e| panic!("uid {uid} -> {ip}:{port} did not connect: {e}"));
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> Result<String, String> {
-        let mut all = vec!["netns", "exec", self.0.as_str(), program];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
+/// A namespace for this test run; `role` tells apart those of tests running at the same time.
+fn netns(role: &str) -> Netns {
+    Netns::create(format!("plexus-init-test-{}-{role}", std::process::id())).unwrap()
 }
 
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
+/// A non-blocking listening socket inside `ns`.
+fn listen(ns: &Netns, addr: &str) -> TcpListener {
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = ns.socket().unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.into()
 }
 
-fn run(program: &str, args: &[&str]) -> Result<String, String> {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| format!("{program}: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "{program} {args:?}: {status}: {}",
-            String::from_utf8_lossy(&stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&stdout).into_owned())
-}
-
-/// Why this machine cannot run the test, if it cannot.
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root".into());
-    }
-    ["ip", "iptables-save", "iptables-restore", "setpriv", "bash"]
-        .into_iter()
-        .find(|tool| Command::new(tool).arg("--version").output().is_err())
-        .map(|tool| format!("`{tool}` not installed (apt-get install iproute2 iptables)"))
-}
-
-fn skip_or_fail() -> bool {
-    let Some(why) = missing_prerequisite() else {
-        return false;
-    };
-    assert!(
-        std::env::var("PLEXUS_REQUIRE_ROOT_TESTS").as_deref() != Ok("1"),
-        "PLEXUS_REQUIRE_ROOT_TESTS=1 but this test cannot run: {why}"
-    );
-    eprintln!("skipping network-namespace test: {why}");
-    true
+/// Connects to `ip:port` from `ns` as `uid`, then closes (bash's /dev/tcp).
+fn connect_as(ns: &Netns, uid: u32, ip: &str, port: u16) {
+    let uid_flag = format!("--reuid={uid}");
+    let gid_flag = format!("--regid={uid}");
+    let script = format!("exec 3<>/dev/tcp/{ip}/{port}");
+    ns.exec(
+        "setpriv",
+        &[
+            &uid_flag,
+            &gid_flag,
+            "--clear-groups",
+            "timeout",
+            "5",
+            "bash",
+            "-c",
+            &script,
+        ],
+    )
+    .unwrap_or_else(|e| panic!("uid {uid} -> {ip}:{port} did not connect: {e}"));
 }
 
 /// The nat table without the comment lines that carry a timestamp.
@@ -131,10 +59,10 @@ fn nat_rules(ns: &Netns) -> String {
 
 #[test]
 fn rules_apply_in_a_namespace_and_a_second_run_changes_nothing() {
-    if skip_or_fail() {
+    if skip_unless_able("rules_apply_in_a_namespace", TOOLS) {
         return;
     }
-    let ns = Netns::create("idem").unwrap();
+    let ns = netns("idem");
     let init = env!("CARGO_BIN_EXE_plexus-init");
     let flags = [
         "--skip-inbound-ports",
@@ -209,13 +137,13 @@ const REMOTE_IP: &str = "10.99.2.9";
 
 #[test]
 fn connections_land_where_the_design_says() {
-    if skip_or_fail() {
+    if skip_unless_able("connections_land_where_the_design_says", TOOLS) {
         return;
     }
     // Two namespaces joined by a veth pair: the pod (10.99.1.2) and a peer (10.99.1.1,
     // also serving 10.99.2.9 as "somewhere else" for the pod's outbound calls).
-    let pod = Netns::create("pod").unwrap();
-    let peer = Netns::create("peer").unwrap();
+    let pod = netns("pod");
+    let peer = netns("peer");
     let (pod_if, peer_if) = (
         format!("pxp{}", std::process::id()),
         format!("pxq{}", std::process::id()),
@@ -227,8 +155,8 @@ fn connections_land_where_the_design_says() {
         ],
     )
     .unwrap();
-    run("ip", &["link", "set", &pod_if, "netns", &pod.0]).unwrap();
-    run("ip", &["link", "set", &peer_if, "netns", &peer.0]).unwrap();
+    run("ip", &["link", "set", &pod_if, "netns", pod.name()]).unwrap();
+    run("ip", &["link", "set", &peer_if, "netns", peer.name()]).unwrap();
     for (ns, ifname, addrs) in [
         (&pod, &pod_if, &["10.99.1.2/24"][..]),
         (&peer, &peer_if, &["10.99.1.1/24", "10.99.2.9/32"][..]),
@@ -256,13 +184,13 @@ fn connections_land_where_the_design_says() {
     .unwrap();
 
     let listeners = Listeners(vec![
-        ("outbound", pod.listen("127.0.0.1:15001")),
-        ("inbound", pod.listen("0.0.0.0:15006")),
-        ("admin", pod.listen("0.0.0.0:15020")),
-        ("app", pod.listen("0.0.0.0:8080")),
-        ("app-skipped-port", pod.listen("0.0.0.0:2222")),
-        ("remote", peer.listen("10.99.2.9:80")),
-        ("remote-skipped-port", peer.listen("10.99.2.9:5432")),
+        ("outbound", listen(&pod, "127.0.0.1:15001")),
+        ("inbound", listen(&pod, "0.0.0.0:15006")),
+        ("admin", listen(&pod, "0.0.0.0:15020")),
+        ("app", listen(&pod, "0.0.0.0:8080")),
+        ("app-skipped-port", listen(&pod, "0.0.0.0:2222")),
+        ("remote", listen(&peer, "10.99.2.9:80")),
+        ("remote-skipped-port", listen(&peer, "10.99.2.9:5432")),
     ]);
     let cases: [(&str, &Netns, u32, &str, u16, &str); 10] = [
         ("app calls out", &pod, APP_UID, REMOTE_IP, 80, "outbound"),
@@ -326,7 +254,7 @@ fn connections_land_where_the_design_says() {
         ),
     ];
     for (what, ns, uid, ip, port, expected) in cases {
-        ns.connect_as(uid, ip, port);
+        connect_as(ns, uid, ip, port);
         assert_eq!(
             listeners.reached(),
             [expected],

@@ -16,11 +16,14 @@ use tokio::sync::watch;
 
 use crate::body::{self, Body};
 use crate::destinations::Destinations;
+use crate::tls::{IdentityStatus, MeshTls};
 
 pub struct Admin {
     pub ready: AtomicBool,
     pub registry: Registry,
     pub destinations: Destinations,
+    /// This proxy's identity: `/ready` waits for its certificate, `/config` shows it.
+    pub identity: Option<MeshTls>,
     /// Set to `true` to ask the proxy to drain.
     pub shutdown: watch::Sender<bool>,
 }
@@ -72,12 +75,15 @@ pub fn spawn(
 fn handle(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
     match (request.method(), request.uri().path()) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (&Method::GET, "/ready") if admin.ready.load(Ordering::Acquire) => {
+        (&Method::GET, "/ready")
+            if admin.ready.load(Ordering::Acquire)
+                && admin.identity.as_ref().is_none_or(MeshTls::ready) =>
+        {
             text(StatusCode::OK, "ready\n")
         }
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (&Method::GET, "/metrics") => metrics(&admin.registry),
-        (&Method::GET, "/config") => config(&admin.destinations),
+        (&Method::GET, "/config") => config(admin),
         (&Method::POST, "/shutdown") => {
             admin.shutdown.send_replace(true);
             text(StatusCode::ACCEPTED, "draining\n")
@@ -104,13 +110,16 @@ fn metrics(registry: &Registry) -> Response<Body> {
     response
 }
 
-fn config(destinations: &Destinations) -> Response<Body> {
+fn config(admin: &Admin) -> Response<Body> {
     #[derive(Serialize)]
     struct Config<'a> {
+        /// `null` when the proxy runs without an identity (no mTLS).
+        identity: Option<IdentityStatus>,
         destinations: Vec<&'a plexus_api::v1::Target>,
     }
-    let known = destinations.known();
+    let known = admin.destinations.known();
     let config = Config {
+        identity: admin.identity.as_ref().map(MeshTls::status),
         destinations: known.iter().map(|t| t.as_ref()).collect(),
     };
     match serde_json::to_vec_pretty(&config) {

@@ -10,6 +10,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use plexus_api::v1::ServerPolicy;
+
+use crate::inbound_policy;
+use crate::telemetry::TelemetryConfig;
+use crate::tls::IdentitySettings;
+
 /// Where variables come from: the process environment or a test's map.
 pub trait Env {
     fn get(&self, name: &str) -> Option<String>;
@@ -79,6 +85,22 @@ pub struct Config {
     /// Data-plane threads: 1 (default, like Linkerd's one core) runs a
     /// single-threaded runtime; 0 means one per CPU.
     pub worker_threads: usize,
+    /// `PLEXUS_CONTROLLER_ADDR` (`host:port`): the Destination API, the
+    /// source of destinations and of the inbound policy. Exclusive with
+    /// `PLEXUS_STATIC_CONFIG`.
+    pub controller_addr: Option<String>,
+    /// This workload's identity; `None` (no `PLEXUS_IDENTITY`): no mTLS.
+    pub identity: Option<IdentitySettings>,
+    /// The inbound policy until (or without) the controller's:
+    /// `PLEXUS_INBOUND_MTLS_MODE`, `PLEXUS_INBOUND_ALLOWED_IDENTITIES`.
+    pub inbound_policy: ServerPolicy,
+    /// Who the proxy serves (`PLEXUS_POD_NAMESPACE`, `PLEXUS_POD_NAME`,
+    /// `PLEXUS_SERVICE_ACCOUNT`): the controller's watches name them.
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub service_account: Option<String>,
+    /// Tracing: `PLEXUS_OTLP_ENDPOINT`, `PLEXUS_TRACE_SAMPLING` and the span resource.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Ports of server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis,
@@ -88,11 +110,31 @@ const DEFAULT_OPAQUE_PORTS: &str = "25,587,3306,4444,5432,6379,9300,11211";
 impl Config {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let v = Vars(env);
+        let static_config: Option<PathBuf> = v.optional("PLEXUS_STATIC_CONFIG", "a file path")?;
+        let controller_addr: Option<String> =
+            v.optional("PLEXUS_CONTROLLER_ADDR", "host:port of the controller")?;
+        if let Some(addr) = &controller_addr {
+            if static_config.is_some() {
+                return Err(ConfigError {
+                    name: "PLEXUS_CONTROLLER_ADDR",
+                    value: addr.clone(),
+                    expected: "unset while PLEXUS_STATIC_CONFIG is set: \
+                               destinations come from one of the two",
+                });
+            }
+            if !is_host_port(addr) {
+                return Err(ConfigError {
+                    name: "PLEXUS_CONTROLLER_ADDR",
+                    value: addr.clone(),
+                    expected: "host:port of the controller",
+                });
+            }
+        }
         Ok(Self {
             outbound_addr: v.parse("PLEXUS_OUTBOUND_ADDR", "127.0.0.1:15001", "ip:port")?,
             inbound_addr: v.parse("PLEXUS_INBOUND_ADDR", "0.0.0.0:15006", "ip:port")?,
             admin_addr: v.parse("PLEXUS_ADMIN_ADDR", "0.0.0.0:15020", "ip:port")?,
-            static_config: v.optional("PLEXUS_STATIC_CONFIG", "a file path")?,
+            static_config,
             inbound_app_addr: v.optional("PLEXUS_INBOUND_APP_ADDR", "ip:port")?,
             detect_timeout: v.millis("PLEXUS_DETECT_TIMEOUT_MS", 5_000)?,
             opaque_ports: v.parse("PLEXUS_OPAQUE_PORTS", DEFAULT_OPAQUE_PORTS, PORTS)?,
@@ -111,6 +153,13 @@ impl Config {
                 "1",
                 "a thread count (0: one per CPU)",
             )?,
+            controller_addr,
+            identity: IdentitySettings::from_env(env)?,
+            inbound_policy: inbound_policy::from_env(env)?,
+            pod_namespace: v.optional("PLEXUS_POD_NAMESPACE", "a namespace")?,
+            pod_name: v.optional("PLEXUS_POD_NAME", "a pod name")?,
+            service_account: v.optional("PLEXUS_SERVICE_ACCOUNT", "a service account")?,
+            telemetry: TelemetryConfig::from_env(env)?,
         })
     }
 
@@ -121,6 +170,13 @@ impl Config {
 }
 
 const PORTS: &str = "comma-separated ports, e.g. 3306,5432";
+
+/// `host:port` with a non-empty host and a valid port.
+pub(crate) fn is_host_port(value: &str) -> bool {
+    value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
 
 /// Typed access to variables; one call per variable keeps `from_env` a list.
 struct Vars<'a>(&'a dyn Env);
@@ -190,7 +246,13 @@ impl FromStr for PortSet {
 
 impl<const N: usize> From<[u16; N]> for PortSet {
     fn from(ports: [u16; N]) -> Self {
-        let mut ports = ports.to_vec();
+        ports.into_iter().collect()
+    }
+}
+
+impl FromIterator<u16> for PortSet {
+    fn from_iter<T: IntoIterator<Item = u16>>(iter: T) -> Self {
+        let mut ports: Vec<u16> = iter.into_iter().collect();
         ports.sort_unstable();
         ports.dedup();
         Self(ports)
@@ -250,6 +312,28 @@ mod tests {
         assert_eq!(
             Config::from_env(&env).unwrap_err().name,
             "PLEXUS_INBOUND_APP_ADDR"
+        );
+    }
+
+    #[test]
+    fn the_controller_and_the_static_file_exclude_each_other() {
+        let env = HashMap::from([("PLEXUS_CONTROLLER_ADDR", "controller.plexus:8090")]);
+        let config = Config::from_env(&env).unwrap();
+        assert_eq!(
+            config.controller_addr.as_deref(),
+            Some("controller.plexus:8090")
+        );
+        let env = HashMap::from([
+            ("PLEXUS_CONTROLLER_ADDR", "controller.plexus:8090"),
+            ("PLEXUS_STATIC_CONFIG", "/etc/plexus/destinations.yaml"),
+        ]);
+        let message = Config::from_env(&env).unwrap_err().to_string();
+        assert!(message.contains("PLEXUS_CONTROLLER_ADDR"), "{message}");
+        assert!(message.contains("PLEXUS_STATIC_CONFIG"), "{message}");
+        let env = HashMap::from([("PLEXUS_CONTROLLER_ADDR", "controller")]);
+        assert_eq!(
+            Config::from_env(&env).unwrap_err().name,
+            "PLEXUS_CONTROLLER_ADDR"
         );
     }
 }

@@ -18,8 +18,10 @@ use crate::connect::EndpointClient;
 use crate::drain;
 use crate::error::ProxyError;
 use crate::hop_by_hop;
+use crate::inbound_policy::{Admission, CLIENT_ID_HEADER};
 use crate::logical::RouteLabel;
 use crate::metrics::{Direction, ProxyMetrics};
+use crate::telemetry::{Direction as SpanDirection, RequestSpan, SpanBody, Telemetry};
 use crate::transport::ORIG_PROTO_HEADER;
 use crate::upstream::{Targets, Upstream};
 
@@ -33,6 +35,8 @@ pub struct HttpShared {
     pub client: Arc<dyn EndpointClient>,
     pub metrics: ProxyMetrics,
     pub idle_timeout: Duration,
+    /// Spans of proxied requests; disabled, it costs a branch per request.
+    pub telemetry: Telemetry,
 }
 
 impl HttpShared {
@@ -76,6 +80,7 @@ pub async fn serve<I>(
     shared: Arc<HttpShared>,
     direction: Direction,
     upstream: ConnUpstream,
+    admission: Admission,
     mut drain: drain::Watch,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -84,6 +89,7 @@ pub async fn serve<I>(
         shared: shared.clone(),
         direction,
         upstream,
+        admission,
         drain: drain.clone(),
     }));
     let conn = shared
@@ -110,6 +116,8 @@ struct Connection {
     shared: Arc<HttpShared>,
     direction: Direction,
     upstream: ConnUpstream,
+    /// The inbound policy's decision on this connection's client.
+    admission: Admission,
     drain: drain::Watch,
 }
 
@@ -140,18 +148,32 @@ impl Connection {
             // The client proxy upgraded an HTTP/1 request for the hop between proxies.
             *request.version_mut() = http::Version::HTTP_11;
         }
+        let (mut request, mut span) = self.start_span(request);
+        if let Err(error) = self.admission.apply(request.headers_mut()) {
+            // A refused client is a 403: not the server's failure, so the span
+            // only records the status (HTTP conventions for server spans).
+            let response = error.into_response(grpc);
+            self.record(&UNKNOWN, &response, started);
+            return end_span_with_body(span, response);
+        }
+        if self.direction == Direction::Inbound && span.is_recording() {
+            // Set from the verified certificate by `apply`, never by the client.
+            let client = request.headers().get(CLIENT_ID_HEADER);
+            span.set_identities(client.and_then(|id| id.to_str().ok()), None);
+        }
 
         let upstream = match self.upstream_for(&request).await {
             Ok(upstream) => upstream,
             Err(error) => {
+                span.record_error(&error);
                 let response = error.into_response(grpc);
                 self.record(&UNKNOWN, &response, started);
-                return response;
+                return end_span_with_body(span, response);
             }
         };
         let request = request.map(body::boxed);
         let mut response = upstream
-            .send(self.shared.client.as_ref(), request, grpc)
+            .send(self.shared.client.as_ref(), request, grpc, &mut span)
             .await;
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -169,7 +191,23 @@ impl Connection {
         }
         hop_by_hop::strip(response.headers_mut(), switched);
         self.record(upstream.name(), &response, started);
-        response
+        end_span_with_body(span, response)
+    }
+
+    /// The request's span (server span inbound, client span outbound), and
+    /// the request carrying it to the next hop in `traceparent`.
+    fn start_span<B>(&self, request: Request<B>) -> (Request<B>, RequestSpan) {
+        let telemetry = &self.shared.telemetry;
+        if !telemetry.is_enabled() {
+            return (request, RequestSpan::default());
+        }
+        let direction = match self.direction {
+            Direction::Inbound => SpanDirection::Inbound,
+            Direction::Outbound => SpanDirection::Outbound,
+        };
+        let (mut head, body) = request.into_parts();
+        let span = telemetry.start_request(direction, &mut head);
+        (Request::from_parts(head, body), span)
     }
 
     async fn upstream_for(&self, request: &Request<Incoming>) -> Result<Upstream, ProxyError> {
@@ -215,6 +253,19 @@ impl Connection {
 static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
 /// The `route` label when the upstream named none (passthrough).
 static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
+
+/// Records the response head into `span` and lets the response body carry
+/// it, so the span ends when the body has been sent (or the client left).
+fn end_span_with_body(span: RequestSpan, response: Response<Body>) -> Response<Body> {
+    if !span.is_recording() {
+        // Off or not sampled: nothing to record, no body wrapper to allocate.
+        return response;
+    }
+    let (head, body) = response.into_parts();
+    span.record_response(&head);
+    drop(SpanBody::new(body::empty(), span));
+    Response::from_parts(head, body)
+}
 
 /// `:authority` (HTTP/2, absolute-form) or else `Host`.
 fn authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {

@@ -12,6 +12,7 @@ pub mod logical;
 pub mod config;
 pub mod control;
 pub mod destinations;
+pub mod inbound_policy;
 pub mod static_config;
 pub mod tls;
 

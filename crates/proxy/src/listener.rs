@@ -1,19 +1,28 @@
 //! The outbound and inbound listeners: accept, find the target, detect the
-//! protocol, then serve HTTP or copy opaque TCP.
+//! protocol (inbound: terminate mesh TLS first and apply the policy), then
+//! serve HTTP or copy opaque TCP.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use plexus_identity::SpiffeId;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::PortSet;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain;
 use crate::http::{self, ConnUpstream, HttpShared};
+use crate::inbound_policy::{Admission, PolicyWatch};
 use crate::metrics::Direction;
 use crate::orig_dst::OriginalDst;
+use crate::tls::{
+    ClientAuth, HandshakeFailure, MeshTls, PeekedHello, TlsMetrics, peek_client_hello,
+    peer_identity,
+};
 use crate::upstream::Upstream;
 
 /// What one listener's connections share.
@@ -27,7 +36,15 @@ pub struct Listener {
     pub connect_timeout: Duration,
     /// Inbound, local mode: where a connection that was not redirected goes.
     pub app_addr: Option<SocketAddr>,
+    /// Inbound: who may connect (unused outbound).
+    pub policy: PolicyWatch,
+    /// This proxy's identity: inbound mesh TLS is terminated with it.
+    pub mesh: Option<MeshTls>,
+    pub tls_metrics: TlsMetrics,
 }
+
+/// A ClientHello larger than this is not a mesh client's (ours are well under 1 KiB).
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
 /// Where a connection goes before any byte is read.
 struct Route {
@@ -77,15 +94,53 @@ impl Listener {
             }
         };
         match protocol {
-            Protocol::Http1 | Protocol::Http2 => {
-                let io = PrefixedIo::new(prefix, stream);
-                http::serve(io, self.http.clone(), self.direction, route.http, drain).await;
-            }
             Protocol::Tls if self.direction == Direction::Inbound => {
-                self.inbound_tls(stream, prefix, route.addr, drain).await;
+                self.inbound_tls(stream, prefix, route, drain).await;
+            }
+            _ => {
+                self.forward(stream, prefix, protocol, route, None, drain)
+                    .await;
+            }
+        }
+    }
+
+    /// Serves a connection whose protocol is known, after the inbound policy
+    /// judged its client: `client` is the mTLS identity, `None` for plaintext.
+    async fn forward<I>(
+        &self,
+        io: I,
+        prefix: Bytes,
+        protocol: Protocol,
+        route: Route,
+        client: Option<SpiffeId>,
+        drain: drain::Watch,
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let admission = match self.direction {
+            Direction::Outbound => Admission::Outbound,
+            Direction::Inbound => Admission::inbound(&self.policy.borrow(), client.as_ref()),
+        };
+        match protocol {
+            Protocol::Http1 | Protocol::Http2 => {
+                // A refused HTTP client still gets an answer: 403 `forbidden`.
+                let io = PrefixedIo::new(prefix, io);
+                http::serve(
+                    io,
+                    self.http.clone(),
+                    self.direction,
+                    route.http,
+                    admission,
+                    drain,
+                )
+                .await;
             }
             Protocol::Tls | Protocol::Opaque => {
-                self.opaque(stream, prefix, route.addr, drain).await;
+                if let Admission::Refused(why) = admission {
+                    tracing::debug!(%why, "inbound TCP connection refused by policy: closed");
+                    return;
+                }
+                self.opaque(io, prefix, route.addr, drain).await;
             }
         }
     }
@@ -110,9 +165,13 @@ impl Listener {
             },
             Direction::Inbound => {
                 let addr = original.or(self.app_addr);
+                let policy = self.policy.borrow();
                 Route {
                     addr,
-                    opaque: addr.is_some_and(|a| self.opaque_ports.contains(a.port())),
+                    opaque: addr.is_some_and(|a| {
+                        self.opaque_ports.contains(a.port())
+                            || policy.opaque_ports.contains(a.port())
+                    }),
                     http: match addr {
                         Some(addr) => ConnUpstream::Fixed(Upstream::passthrough(addr)),
                         None => ConnUpstream::Nowhere,
@@ -122,26 +181,115 @@ impl Listener {
         }
     }
 
-    /// HOOK for mTLS (the TLS work fills this): an inbound connection that
-    /// starts with a TLS ClientHello. Until then it is passed on as opaque
-    /// TCP, so TLS between apps still works end to end.
+    /// An inbound connection that starts with a TLS ClientHello. Mesh TLS
+    /// (the SNI names this workload) is terminated here: the client's
+    /// identity comes from its certificate, then the decrypted stream is
+    /// detected and served like any other. An application's own TLS is
+    /// passed through as opaque TCP.
     async fn inbound_tls(
         &self,
-        stream: TcpStream,
-        client_hello: Bytes,
-        addr: Option<SocketAddr>,
+        mut stream: TcpStream,
+        prefix: Bytes,
+        route: Route,
         drain: drain::Watch,
     ) {
-        self.opaque(stream, client_hello, addr, drain).await;
+        let Some(mesh) = &self.mesh else {
+            return self
+                .forward(stream, prefix, Protocol::Opaque, route, None, drain)
+                .await;
+        };
+        let (hello, prefix) = match self
+            .read_client_hello(&mut stream, prefix, mesh.identity())
+            .await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the ClientHello failed");
+                return;
+            }
+        };
+        if hello != PeekedHello::Mesh {
+            return self
+                .forward(stream, prefix, Protocol::Opaque, route, None, drain)
+                .await;
+        }
+        // STRICT needs a client certificate; PERMISSIVE lets a TLS client
+        // without one reach the policy as unauthenticated.
+        let auth = if self.policy.borrow().strict {
+            ClientAuth::Required
+        } else {
+            ClientAuth::Optional
+        };
+        let acceptor = TlsAcceptor::from(mesh.server_config(auth));
+        let handshake = acceptor.accept(PrefixedIo::new(prefix, stream));
+        let mut tls = match tokio::time::timeout(self.detect_timeout, handshake).await {
+            Ok(Ok(tls)) => {
+                self.tls_metrics.handshake(Direction::Inbound);
+                tls
+            }
+            Ok(Err(e)) => {
+                let reason = HandshakeFailure::of_io(&e);
+                self.tls_metrics.failure(Direction::Inbound, reason);
+                tracing::info!(%reason, error = %e, "inbound mTLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.tls_metrics
+                    .failure(Direction::Inbound, HandshakeFailure::Other);
+                tracing::info!("inbound mTLS handshake timed out");
+                return;
+            }
+        };
+        let client = peer_identity(tls.get_ref().1);
+        let (protocol, prefix) = if route.opaque {
+            (Protocol::Opaque, Bytes::new())
+        } else {
+            match detect::detect(&mut tls, self.detect_timeout).await {
+                Ok(detected) => detected,
+                Err(e) => {
+                    tracing::debug!(error = %e, "reading the first decrypted bytes failed");
+                    return;
+                }
+            }
+        };
+        self.forward(tls, prefix, protocol, route, client, drain)
+            .await;
     }
 
-    async fn opaque(
+    /// Reads until the whole ClientHello is buffered (it may span several
+    /// segments), to classify it by its SNI. Returns every byte read.
+    async fn read_client_hello(
         &self,
-        stream: TcpStream,
+        stream: &mut TcpStream,
+        prefix: Bytes,
+        own: &SpiffeId,
+    ) -> std::io::Result<(PeekedHello, Bytes)> {
+        let mut buf = BytesMut::from(prefix);
+        let deadline = tokio::time::Instant::now() + self.detect_timeout;
+        loop {
+            match peek_client_hello(&buf, own) {
+                PeekedHello::Incomplete if buf.len() < MAX_CLIENT_HELLO => {}
+                // Too big to be ours: whatever it is, it is not mesh TLS.
+                PeekedHello::Incomplete => return Ok((PeekedHello::OtherTls, buf.freeze())),
+                peeked => return Ok((peeked, buf.freeze())),
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Err(_) | Ok(Ok(0)) => return Ok((PeekedHello::OtherTls, buf.freeze())),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn opaque<I>(
+        &self,
+        stream: I,
         prefix: Bytes,
         addr: Option<SocketAddr>,
         mut drain: drain::Watch,
-    ) {
+    ) where
+        I: AsyncRead + AsyncWrite + Unpin,
+    {
         let Some(addr) = addr else {
             tracing::debug!(
                 direction = self.direction.as_str(),

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
@@ -12,14 +13,18 @@ use tokio::sync::watch;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::connect::EndpointClient;
+use crate::control::Controller;
 use crate::destinations::{DestinationSource, Destinations, FixedDestinations};
 use crate::drain;
 use crate::http::HttpShared;
+use crate::inbound_policy;
 use crate::listener::Listener;
 use crate::logical::LogicalMetrics;
 use crate::metrics::{Direction, ProxyMetrics};
 use crate::orig_dst::{self, OriginalDst};
 use crate::static_config::{self, StaticConfigError};
+use crate::telemetry::{Telemetry, TelemetryError};
+use crate::tls::{IdentityStartError, MeshTls, TlsMetrics};
 use crate::transport::HttpEndpointClient;
 use crate::upstream::Targets;
 
@@ -36,7 +41,17 @@ pub enum StartError {
     StaticConfig(#[from] StaticConfigError),
     #[error("starting the admin thread: {0}")]
     Admin(std::io::Error),
+    #[error("tracing: {0}")]
+    Telemetry(#[from] TelemetryError),
+    #[error("identity: {0}")]
+    Identity(#[from] IdentityStartError),
+    #[error("PLEXUS_CONTROLLER_ADDR: {0}")]
+    Controller(#[from] tonic::transport::Error),
 }
+
+/// How long an exit waits for the last spans to be exported: a dead
+/// collector must not hold a terminating pod for long.
+const SPAN_FLUSH_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct Proxy;
 
@@ -86,19 +101,36 @@ impl ProxyBuilder {
 
     pub async fn bind(self) -> Result<RunningProxy, StartError> {
         let config = self.config;
-        let source = match (self.source, &config.static_config) {
-            (Some(source), _) => source,
-            (None, Some(path)) => Arc::new(static_config::load(path)?),
-            (None, None) => Arc::new(FixedDestinations::new(Vec::new())),
+        let mesh = config.identity.as_ref().map(MeshTls::start).transpose()?;
+        let controller = Controller::connect(&config, mesh.as_ref())?;
+        let source = match (self.source, &controller, &config.static_config) {
+            (Some(source), _, _) => source,
+            (None, Some(controller), _) => controller.destinations.clone(),
+            (None, None, Some(path)) => Arc::new(static_config::load(path)?),
+            (None, None, None) => Arc::new(FixedDestinations::new(Vec::new())),
         };
         let destinations = Destinations::new(source);
-        let client = self
-            .client
-            .unwrap_or_else(|| Arc::new(HttpEndpointClient::new(config.connect_timeout)));
+        let policy = match &controller {
+            Some(controller) => controller.policy.clone(),
+            None => inbound_policy::fixed(&config.inbound_policy),
+        };
 
         let mut registry = Registry::default();
+        let tls_metrics = TlsMetrics::register(&mut registry);
+        if let Some(mesh) = &mesh {
+            tls_metrics.follow_expiry(mesh);
+        }
+        let client = self.client.unwrap_or_else(|| match &mesh {
+            Some(mesh) => Arc::new(HttpEndpointClient::with_mesh(
+                config.connect_timeout,
+                mesh.clone(),
+                tls_metrics.clone(),
+            )),
+            None => Arc::new(HttpEndpointClient::new(config.connect_timeout)),
+        });
         let metrics = ProxyMetrics::register(&mut registry);
         let logical_metrics = LogicalMetrics::register(&mut registry);
+        let telemetry = Telemetry::new(&config.telemetry, &mut registry)?;
 
         let (outbound, outbound_addr) = bind("outbound", config.outbound_addr).await?;
         let (inbound, inbound_addr) = bind("inbound", config.inbound_addr).await?;
@@ -116,6 +148,7 @@ impl ProxyBuilder {
             client,
             metrics,
             idle_timeout: config.idle_timeout,
+            telemetry: telemetry.clone(),
         });
         let listener = |direction, opaque_ports: &crate::config::PortSet, app_addr| {
             Arc::new(Listener {
@@ -126,6 +159,9 @@ impl ProxyBuilder {
                 detect_timeout: config.detect_timeout,
                 connect_timeout: config.connect_timeout,
                 app_addr,
+                policy: policy.clone(),
+                mesh: mesh.clone(),
+                tls_metrics: tls_metrics.clone(),
             })
         };
         let (trigger, drain) = drain::channel();
@@ -146,6 +182,7 @@ impl ProxyBuilder {
             ready: true.into(),
             registry,
             destinations,
+            identity: mesh,
             shutdown: shutdown.clone(),
         });
         let (stopped_tx, stopped) = watch::channel(false);
@@ -160,6 +197,9 @@ impl ProxyBuilder {
             tracing::info!(?drain_timeout, "draining");
             let in_time = trigger.drain(drain_timeout).await;
             tracing::info!(in_time, "drained");
+            // Spans of the last requests, sent before the process may exit.
+            let _ =
+                tokio::task::spawn_blocking(move || telemetry.shutdown(SPAN_FLUSH_TIMEOUT)).await;
             stopped_tx.send_replace(true);
             drained_tx.send_replace(Some(in_time));
         });

@@ -18,6 +18,7 @@ use crate::connect::{EndpointClient, EndpointTarget, SendError};
 use crate::destinations::{Destinations, Resolution};
 use crate::error::ProxyError;
 use crate::logical::{Logical, LogicalMetrics};
+use crate::telemetry::RequestSpan;
 
 /// The upstream of a connection or of one authority.
 #[derive(Clone)]
@@ -50,26 +51,33 @@ impl Upstream {
     }
 
     /// Sends the request; failures are already responses with `plexus-error`.
+    /// `span` learns the route, backend and attempts (meshed targets) or the
+    /// error (passthrough).
     pub async fn send(
         &self,
         client: &dyn EndpointClient,
         request: Request<Body>,
         grpc: bool,
+        span: &mut RequestSpan,
     ) -> Response<Body> {
         match self {
-            Self::Logical(target) => target.logical.handle(request).await,
+            Self::Logical(target) => target.logical.handle_traced(request, span).await,
             Self::Passthrough { endpoint, .. } => match client.send(endpoint, request).await {
                 Ok(response) => response,
-                Err(SendError::Connect(reason)) => ProxyError::ConnectFailed {
-                    endpoint: endpoint.addr.to_string(),
-                    reason,
+                Err(error) => {
+                    let error = match error {
+                        SendError::Connect(reason) => ProxyError::ConnectFailed {
+                            endpoint: endpoint.addr.to_string(),
+                            reason,
+                        },
+                        SendError::Request(reason) => ProxyError::UpstreamFailed {
+                            endpoint: endpoint.addr.to_string(),
+                            reason,
+                        },
+                    };
+                    span.record_error(&error);
+                    error.into_response(grpc)
                 }
-                .into_response(grpc),
-                Err(SendError::Request(reason)) => ProxyError::UpstreamFailed {
-                    endpoint: endpoint.addr.to_string(),
-                    reason,
-                }
-                .into_response(grpc),
             },
         }
     }

@@ -14,6 +14,7 @@ pub mod proxy;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+pub mod targets;
 pub mod upstream;
 
 use std::path::PathBuf;

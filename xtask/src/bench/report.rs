@@ -8,6 +8,7 @@ use super::compare::{AddedLatency, VersusDirect, cpu_ms_per_1k_requests};
 use super::latency::LatencySummary;
 use super::procfs::Memory;
 use super::scenario::{Pacing, Scenario};
+use super::targets::{self, TargetCheck};
 
 /// The run's settings, as resolved from the flags.
 #[derive(Clone, Debug, Serialize)]
@@ -86,6 +87,8 @@ pub struct Report {
     pub scenarios: Vec<ScenarioReport>,
     /// A fresh proxy's memory after `settings.rss_requests` requests.
     pub rss_after_requests: Option<Outcome<RssAfterRequests>>,
+    /// The project's targets this run has figures for.
+    pub targets: Vec<TargetCheck>,
 }
 
 #[derive(Serialize)]
@@ -167,14 +170,17 @@ impl Report {
                 }
             })
             .collect();
-        Self {
+        let mut report = Self {
             settings,
             scenarios,
             rss_after_requests: rss_after_requests.map(|result| match result {
                 Ok(rss) => Outcome::Measured(rss),
                 Err(error) => Outcome::Failed(error),
             }),
-        }
+            targets: Vec::new(),
+        };
+        report.targets = targets::check(&report);
+        report
     }
 
     /// Every scenario measured, without a failed request.
@@ -248,6 +254,20 @@ impl Report {
                 );
             }
             None => {}
+        }
+        if !self.targets.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ntargets (one run on a shared machine: a single miss may be noise):"
+            );
+            for check in &self.targets {
+                let verdict = if check.met { "met" } else { "MISSED" };
+                let _ = writeln!(
+                    out,
+                    "  {verdict:<6} {:>8.2}  {}",
+                    check.measured, check.target
+                );
+            }
         }
         let problems: Vec<_> = self
             .scenarios
@@ -431,6 +451,10 @@ mod tests {
         assert_eq!(pair.proxy_memory.map(|m| m.rss_kib), Some(16 * 1024));
         assert_eq!(measured(0).proxy_cpu_s, None);
         assert!(report.all_measured());
+        // Throughput 0.6 of direct; the pair's 0.4; no 1-connection run, no memory run.
+        let targets: Vec<(f64, bool)> =
+            report.targets.iter().map(|t| (t.measured, t.met)).collect();
+        assert_eq!(targets, [(0.6, true), (0.4, true)]);
 
         let text = report.render_text();
         assert!(text.contains("h1 c16 proxy"), "{text}");
@@ -465,5 +489,46 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("FAILED: no proxy"), "{text}");
+        assert!(report.targets.is_empty(), "no figure, no verdict");
+    }
+
+    #[test]
+    fn targets_are_judged_on_the_right_figures() {
+        let one_connection = |topology| Scenario {
+            connections: 1,
+            ..scenario(topology)
+        };
+        let report = Report::new(
+            settings(),
+            vec![
+                (
+                    one_connection(Topology::Direct),
+                    Ok(measurement(50_000, 10.0, 0)),
+                ),
+                (
+                    one_connection(Topology::Proxy),
+                    Ok(measurement(40_000, 55.0, 1)),
+                ),
+                (
+                    scenario(Topology::Direct),
+                    Ok(measurement(100_000, 100.0, 0)),
+                ),
+                (scenario(Topology::Proxy), Ok(measurement(45_000, 150.0, 1))),
+            ],
+            Some(Ok(RssAfterRequests {
+                requests: 100_000,
+                errors: 0,
+                connections: 16,
+                memory: Memory {
+                    rss_kib: 7 * 1024,
+                    peak_rss_kib: 8 * 1024,
+                },
+            })),
+        );
+        let verdicts: Vec<(f64, bool)> =
+            report.targets.iter().map(|t| (t.measured, t.met)).collect();
+        assert_eq!(verdicts, [(0.45, false), (45.0, false), (7.0, true)]);
+        let text = report.render_text();
+        assert!(text.contains("MISSED"), "{text}");
     }
 }

@@ -14,6 +14,7 @@
 
 mod app;
 mod feed;
+mod keep_running;
 mod metrics_text;
 mod probe;
 mod processes;
@@ -25,6 +26,7 @@ mod traffic;
 mod waterfalls;
 
 use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,7 +38,7 @@ pub use app::AppArgs;
 use probe::Probe;
 use processes::Processes;
 use sidecar::{IdentityPlan, SidecarPlan, sidecar_env};
-use topology::{NAMESPACE, Pod, Role, Topology};
+use topology::{Pod, Role, Topology};
 use waterfalls::{TraceStore, WATERFALL_WIDTH};
 
 use crate::workspace::{Workspace, cargo};
@@ -239,26 +241,33 @@ async fn demo(
         }
         _ => None,
     };
-    let inputs = summary::Inputs {
+    let mut inputs = summary::Inputs {
         topology,
         outcomes: &outcomes,
         duration: load.duration,
         stats: &stats,
         frontend_metrics: metrics.as_deref(),
+        traced_hops: &BTreeMap::new(),
     };
-    println!();
-    print!("{}", summary::render(&inputs));
-
+    // The summary reads identities from the traces too: let them arrive first.
+    let traced_hops;
     if args.otlp_endpoint.is_none() {
+        eprintln!("waiting for the last spans (at most {TRACES_WITHIN:?})");
         let retried = summary::Retries::of(&inputs).spent.is_some_and(|n| n > 0);
         store.wait_for(&outcomes, retried, TRACES_WITHIN).await;
+        traced_hops = store.hop_identities().await;
+        inputs.traced_hops = &traced_hops;
+    }
+    println!();
+    print!("{}", summary::render(&inputs));
+    if args.otlp_endpoint.is_none() {
         print_waterfalls(&store, &outcomes).await;
     }
 
     summarised.set(true);
 
     if args.keep_running {
-        print_keep_running_help(topology, &otlp_endpoint);
+        keep_running::print_help(topology, &otlp_endpoint);
         if args.otlp_endpoint.is_none() {
             println!("\nEach new trace is printed below as it arrives.");
             store.print_live();
@@ -423,33 +432,6 @@ async fn print_waterfalls(store: &TraceStore, outcomes: &[traffic::Outcome]) {
             plexusctl::traces::render_waterfall(&trace, WATERFALL_WIDTH)
         );
     }
-}
-
-fn print_keep_running_help(topology: &Topology, otlp_endpoint: &str) {
-    let frontend = topology.frontend();
-    println!("\nThe demo keeps running; Ctrl-C stops everything.");
-    println!("\nSend a request to the frontend, through its sidecar:");
-    println!(
-        "  curl -s -H 'Host: frontend.{NAMESPACE}.svc.cluster.local:8080' http://{}/",
-        frontend.inbound_addr()
-    );
-    println!("Call the backend the way the frontend does (its sidecar routes by Host):");
-    println!(
-        "  curl -s -H 'Host: backend.{NAMESPACE}.svc.cluster.local:8080' http://{}/",
-        frontend.outbound_addr()
-    );
-    println!("What a sidecar knows and counts:");
-    println!("  curl -s http://{}/config", frontend.admin_addr());
-    println!("  curl -s http://{}/metrics", frontend.admin_addr());
-    println!("\nSpans go to {otlp_endpoint} (OTLP/gRPC, PLEXUS_OTLP_ENDPOINT of every sidecar).");
-    println!("To read them in Jaeger or an OpenTelemetry Collector instead, start one with an");
-    println!("OTLP/gRPC receiver and rerun the demo with that endpoint; for Jaeger:");
-    println!(
-        "  docker run --rm -p 127.0.0.1:14317:4317 -p 127.0.0.1:16686:16686 jaegertracing/all-in-one"
-    );
-    println!("  cargo xtask demo --keep-running --otlp-endpoint http://127.0.0.1:14317");
-    println!("  (then open http://127.0.0.1:16686); for a Collector, an `otlp` receiver with");
-    println!("  `protocols: grpc: endpoint: 127.0.0.1:14317` and the same --otlp-endpoint.");
 }
 
 /// Stops the trace collector when the demo returns, whichever way.

@@ -28,6 +28,9 @@ pub struct Inputs<'a> {
     pub stats: &'a [(Pod, AppStats)],
     /// The frontend sidecar's `/metrics`; `None` when it could not be read.
     pub frontend_metrics: Option<&'a [Sample]>,
+    /// "client identity -> server identity" on the inbound spans of the traces, with
+    /// their count (see `waterfalls::hop_identities`).
+    pub traced_hops: &'a BTreeMap<String, u64>,
 }
 
 /// What the load driver saw.
@@ -263,16 +266,20 @@ pub fn render(inputs: &Inputs<'_>) -> String {
         .filter(|(id, _)| !id.is_empty())
         .map(|(id, n)| format!("{id} ({n} requests)"))
         .collect();
-    if meshed.is_empty() {
-        let _ = writeln!(
-            out,
-            "  frontend -> backend: mTLS: not enabled in this build"
-        );
-    } else {
+    if !meshed.is_empty() {
         let _ = writeln!(
             out,
             "  frontend -> backend: mTLS, the backends' sidecars saw {}",
             meshed.join(", ")
+        );
+    }
+    for (hop, n) in inputs.traced_hops {
+        let _ = writeln!(out, "  mTLS in the traces: {hop} ({n} spans)");
+    }
+    if meshed.is_empty() && inputs.traced_hops.is_empty() {
+        let _ = writeln!(
+            out,
+            "  frontend -> backend: mTLS: not enabled in this build"
         );
     }
     out
@@ -431,6 +438,7 @@ mod tests {
             duration: Duration::from_secs(20),
             stats: &stats,
             frontend_metrics: Some(&samples),
+            traced_hops: &BTreeMap::new(),
         };
         let retries = Retries::of(&inputs);
         assert_eq!(retries.spent, Some(40));
@@ -482,6 +490,10 @@ mod tests {
             duration: Duration::from_secs(1),
             stats: &stats,
             frontend_metrics: None,
+            traced_hops: &BTreeMap::from([(
+                format!("{id} -> spiffe://cluster.local/ns/demo/sa/backend"),
+                4,
+            )]),
         };
         assert_eq!(identities(&inputs)[id], 11);
         assert_eq!(Retries::of(&inputs).spent, None);

@@ -1,12 +1,12 @@
 //! The demo's traces: collected by plexusctl's in-process OTLP receiver, and the few
 //! worth showing picked from them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use plexusctl::traces::{Receiver, Trace, render_waterfall};
+use plexusctl::traces::{Receiver, SpanKind, Trace, render_waterfall};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -72,6 +72,10 @@ impl TraceStore {
         }
     }
 
+    pub async fn hop_identities(&self) -> BTreeMap<String, u64> {
+        hop_identities(self.traces.lock().await.values())
+    }
+
     /// Up to `n` traces with a caption each: a retried request, a typical one, the slowest.
     pub async fn pick(&self, outcomes: &[Outcome], n: usize) -> Vec<(String, Trace)> {
         let traces = self.traces.lock().await;
@@ -80,6 +84,24 @@ impl TraceStore {
             .map(|(caption, trace)| (caption, trace.clone()))
             .collect()
     }
+}
+
+/// "client identity -> server identity" of every server span that records both
+/// (`plexus.client.identity`, `plexus.server.identity`: the inbound side of an mTLS hop).
+pub fn hop_identities<'a>(traces: impl IntoIterator<Item = &'a Trace>) -> BTreeMap<String, u64> {
+    let mut hops = BTreeMap::new();
+    for span in traces.into_iter().flat_map(|t| &t.spans) {
+        if span.kind != SpanKind::Server {
+            continue;
+        }
+        if let (Some(client), Some(server)) = (
+            span.attr_str("plexus.client.identity"),
+            span.attr_str("plexus.server.identity"),
+        ) {
+            *hops.entry(format!("{client} -> {server}")).or_default() += 1;
+        }
+    }
+    hops
 }
 
 /// Whether a span of the trace records a retry (attributes of crates/proxy's telemetry,
@@ -145,8 +167,7 @@ fn pick<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexusctl::traces::{AttributeValue, Span, SpanKind, Status, StatusCode};
-    use std::collections::BTreeMap;
+    use plexusctl::traces::{AttributeValue, Span, Status, StatusCode};
 
     fn span(id: &str, attributes: &[(&str, i64)]) -> Span {
         Span {
@@ -183,6 +204,37 @@ mod tests {
             plexus_error: None,
             answer: None,
         }
+    }
+
+    #[test]
+    fn hop_identities_come_from_server_spans_that_know_both_ends() {
+        let with = |kind, attributes: &[(&str, &str)]| Span {
+            kind,
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), AttributeValue::String((*v).to_owned())))
+                .collect(),
+            ..span("1", &[])
+        };
+        let (client, server) = (
+            "spiffe://td/ns/demo/sa/frontend",
+            "spiffe://td/ns/demo/sa/backend",
+        );
+        let both = [
+            ("plexus.client.identity", client),
+            ("plexus.server.identity", server),
+        ];
+        let traces = [
+            trace(
+                "a",
+                vec![with(SpanKind::Server, &both), with(SpanKind::Client, &both)],
+            ),
+            trace("b", vec![with(SpanKind::Server, &both[..1])]),
+            trace("c", vec![with(SpanKind::Server, &both)]),
+        ];
+        let hops = hop_identities(&traces);
+        assert_eq!(hops.len(), 1);
+        assert_eq!(hops[&format!("{client} -> {server}")], 2);
     }
 
     #[test]

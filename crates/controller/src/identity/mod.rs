@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 pub use ca_store::{CaSettings, CaStoreError, ca_from_dir, ca_from_secret};
 pub use serving::{
     ServingError, TlsConnectInfo, TlsConnection, controller_server_config, tls_incoming,
+    webhook_server_config,
 };
 pub use token::{BootstrapTokens, TokenAuthority, TokenError};
 pub use token_review::TokenReviewer;

@@ -1,6 +1,9 @@
-//! The controller's own TLS on :8090: a certificate its CA issues to the
+//! The controller's own TLS: on :8090 a certificate its CA issues to the
 //! controller's SPIFFE ID (proxies check it against
-//! `PLEXUS_CONTROLLER_IDENTITY`), and a tonic-ready stream of TLS connections.
+//! `PLEXUS_CONTROLLER_IDENTITY`); on the webhook port :8443 one for the
+//! injector Service's DNS names (the API server checks it against the
+//! `caBundle`). Both renew themselves; [`tls_incoming`] is the stream of TLS
+//! connections either server takes.
 
 use std::io;
 use std::pin::Pin;
@@ -30,9 +33,27 @@ pub fn controller_server_config(
     ca: Arc<Ca>,
     identity: SpiffeId,
 ) -> Result<Arc<ServerConfig>, ServingError> {
-    let resolver = SelfIssued::new(ca.clone(), identity)?;
+    let resolver = SelfIssued::new(ca.clone(), Subject::Spiffe(identity))?;
     let roots = tls::trust_anchors_from_pem(ca.trust_anchor_pem().as_bytes())?;
     let config = tls::server_config(roots, ClientAuth::Optional, Arc::new(resolver))?;
+    Ok(Arc::new(config))
+}
+
+/// The server configuration for the admission webhook: a certificate for
+/// `dns_names` (the injector Service's names) issued by the controller's CA
+/// and renewed at 70 % of its lifetime, no client certificates, HTTP/2 or
+/// HTTP/1.1 as the API server prefers.
+pub fn webhook_server_config(
+    ca: Arc<Ca>,
+    dns_names: Vec<String>,
+) -> Result<Arc<ServerConfig>, ServingError> {
+    let resolver = SelfIssued::new(ca, Subject::Dns(dns_names))?;
+    let mut config = ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServingError::Tls(TlsError::Config(e)))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
@@ -47,13 +68,22 @@ pub enum ServingError {
     Key(#[from] plexus_identity::RcgenError),
 }
 
-/// The controller's certificate, issued by its own CA in memory and renewed
-/// on the first handshake after 70 % of its lifetime.
+/// A certificate of the controller's, issued by its own CA in memory and
+/// renewed on the first handshake after 70 % of its lifetime.
 #[derive(Debug)]
 struct SelfIssued {
     ca: Arc<Ca>,
-    identity: SpiffeId,
+    subject: Subject,
     current: RwLock<Current>,
+}
+
+/// Whom the certificate names.
+#[derive(Debug)]
+enum Subject {
+    /// The controller's workload identity (gRPC).
+    Spiffe(SpiffeId),
+    /// Service DNS names (the webhook).
+    Dns(Vec<String>),
 }
 
 #[derive(Debug)]
@@ -64,21 +94,26 @@ struct Current {
 }
 
 impl SelfIssued {
-    fn new(ca: Arc<Ca>, identity: SpiffeId) -> Result<Self, ServingError> {
-        let current = issue(&ca, &identity)?;
+    fn new(ca: Arc<Ca>, subject: Subject) -> Result<Self, ServingError> {
+        let current = issue(&ca, &subject)?;
         Ok(Self {
             ca,
-            identity,
+            subject,
             current: RwLock::new(current),
         })
     }
 }
 
-fn issue(ca: &Ca, identity: &SpiffeId) -> Result<Current, ServingError> {
-    let request = CertificateRequest::new(identity)?;
+fn issue(ca: &Ca, subject: &Subject) -> Result<Current, ServingError> {
     let validity = Validity::starting_now(DEFAULT_LEAF_LIFETIME);
-    let issued = ca.certify(&request.csr, identity, validity)?;
-    let key = tls::certified_key(&request.key, issued.leaf, issued.chain)?;
+    let (issued, key) = match subject {
+        Subject::Spiffe(identity) => {
+            let request = CertificateRequest::new(identity)?;
+            (ca.certify(&request.csr, identity, validity)?, request.key)
+        }
+        Subject::Dns(names) => ca.issue_dns(names, validity)?,
+    };
+    let key = tls::certified_key(&key, issued.leaf, issued.chain)?;
     Ok(Current {
         key,
         renew_at: SystemTime::now() + DEFAULT_LEAF_LIFETIME.mul_f64(0.7),
@@ -97,9 +132,11 @@ impl ResolvesServerCert for SelfIssued {
         }
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         if now >= current.renew_at {
-            match issue(&self.ca, &self.identity) {
+            match issue(&self.ca, &self.subject) {
                 Ok(fresh) => *current = fresh,
-                Err(e) => tracing::error!(error = %e, "renewing the controller's certificate"),
+                Err(e) => {
+                    tracing::error!(error = %e, subject = ?self.subject, "renewing a controller certificate")
+                }
             }
         }
         (now < current.not_after).then(|| current.key.clone())
@@ -147,7 +184,7 @@ pub fn tls_incoming(
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(error = %e, "accepting a gRPC connection");
+                        tracing::warn!(error = %e, "accepting a TLS connection");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                         continue;
                     }
@@ -163,9 +200,9 @@ pub fn tls_incoming(
                     }
                     Ok(Err(e)) => {
                         let reason = plexus_identity::HandshakeFailure::of_io(&e);
-                        tracing::debug!(%peer, %reason, error = %e, "gRPC TLS handshake failed");
+                        tracing::debug!(%peer, %reason, error = %e, "TLS handshake failed");
                     }
-                    Err(_) => tracing::debug!(%peer, "gRPC TLS handshake timed out"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                 }
             });
         }

@@ -223,6 +223,12 @@ impl Index {
         &self.config
     }
 
+    /// A namespace's `plexus.io/inject`, as read from its annotation: `None` when
+    /// the namespace is unknown, or the annotation absent or invalid.
+    pub fn namespace_inject(&self, namespace: &str) -> Option<bool> {
+        self.namespaces.get(namespace)?.inject
+    }
+
     /// Adds or replaces one object.
     pub fn apply<R: IndexedResource>(&mut self, object: R) {
         let mut changes = Changes::default();

@@ -7,6 +7,11 @@
 //!
 //! Collections are addressed by their URL path, e.g. `/api/v1/services` or
 //! `/apis/discovery.k8s.io/v1/endpointslices` (cluster-wide lists only).
+//! Single objects are read (`GET`) and changed by JSON Patch (`PATCH`) at
+//! their own URLs (`/api/v1/namespaces/shop/pods/web`, or
+//! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped), and
+//! `/version` answers like a Kubernetes 1.32 API server. Used by plexusctl's
+//! tests too (`#[path]` include), so it depends only on crates both have.
 
 #![allow(dead_code)] // each test binary uses a different part
 
@@ -40,6 +45,8 @@ struct Collection {
     watches: usize,
     /// Bodies of the status patches received, in order.
     status_patches: Vec<Value>,
+    /// Bodies of the JSON Patches applied to objects, in order.
+    object_patches: Vec<Value>,
 }
 
 #[derive(Default)]
@@ -87,7 +94,16 @@ impl ApiServer {
                         let server = server.clone();
                         async move {
                             if req.method() == http::Method::PATCH {
-                                return Ok::<_, Infallible>(server.patch_status(req).await);
+                                if req.uri().path().ends_with("/status") {
+                                    return Ok::<_, Infallible>(server.patch_status(req).await);
+                                }
+                                return Ok(server.patch_object(req).await);
+                            }
+                            if req.uri().path() == "/version" {
+                                return Ok(version());
+                            }
+                            if let Some((path, namespace, name)) = object_url(req.uri().path()) {
+                                return Ok(server.get_object(&path, &namespace, &name));
                             }
                             Ok(server.handle(req))
                         }
@@ -211,6 +227,77 @@ impl ApiServer {
             .map_or_else(Vec::new, |c| c.status_patches.clone())
     }
 
+    /// The object as stored now, if any.
+    pub fn object(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.lock();
+        let collection = state.collections.get(path)?;
+        collection
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The JSON Patches that objects of `path` received (applied or refused).
+    pub fn object_patches(&self, path: &str) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or_else(Vec::new, |c| c.object_patches.clone())
+    }
+
+    fn get_object(
+        &self,
+        path: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        match self.object(path, namespace, name) {
+            Some(object) => respond(
+                StatusCode::OK,
+                Full::new(Bytes::from(object.to_string())).boxed(),
+            ),
+            None => failure(StatusCode::NOT_FOUND, "NotFound"),
+        }
+    }
+
+    /// `PATCH` of an object URL with a JSON Patch (RFC 6902): applied whole or
+    /// not at all (a failed `test` answers 422), a MODIFIED event sent.
+    async fn patch_object(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let Some((path, namespace, name)) = object_url(req.uri().path()) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let Ok(body) = req.into_body().collect().await else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(path).or_default();
+        collection.object_patches.push(value.clone());
+        let Ok(patch) = serde_json::from_value::<json_patch::Patch>(value) else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let Some(object) = collection.objects.get_mut(&(namespace, name)) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let mut patched = object.clone();
+        if json_patch::patch(&mut patched, &patch).is_err() {
+            return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+        }
+        patched["metadata"]["resourceVersion"] = json!(version.to_string());
+        *object = patched.clone();
+        collection.log.push((version, "MODIFIED", patched.clone()));
+        broadcast(collection, line("MODIFIED", &patched));
+        respond(
+            StatusCode::OK,
+            Full::new(Bytes::from(patched.to_string())).boxed(),
+        )
+    }
+
     /// `PATCH /apis/<group>/<version>/namespaces/<ns>/<resource>/<name>/status`
     /// with a JSON merge patch: applied to the object, a MODIFIED event sent.
     async fn patch_status(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
@@ -307,6 +394,50 @@ impl ApiServer {
             StreamBody::new(ReceiverStream::new(rx)).boxed(),
         )
     }
+}
+
+/// `(collection path, namespace, name)` of an object's URL: namespaced
+/// `<prefix>/namespaces/<ns>/<resource>/<name>` or cluster-scoped
+/// `<prefix>/<resource>/<name>`, where the prefix is `/api/v1` or
+/// `/apis/<group>/<version>`. Collection URLs give `None`.
+fn object_url(path: &str) -> Option<(String, String, String)> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let prefix_len = match segments.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return None,
+    };
+    let (prefix, rest) = segments.split_at_checked(prefix_len)?;
+    let prefix = prefix.join("/");
+    match rest {
+        ["namespaces", namespace, resource, name] => Some((
+            format!("/{prefix}/{resource}"),
+            namespace.to_string(),
+            name.to_string(),
+        )),
+        [resource, name] => Some((
+            format!("/{prefix}/{resource}"),
+            String::new(),
+            name.to_string(),
+        )),
+        _ => None,
+    }
+}
+
+fn failure(status: StatusCode, reason: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": reason, "reason": reason, "code": status.as_u16()});
+    respond(status, Full::new(Bytes::from(body.to_string())).boxed())
+}
+
+fn version() -> Response<BoxBody<Bytes, Infallible>> {
+    let info = json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0",
+                      "gitCommit": "stand-in", "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z",
+                      "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"});
+    respond(
+        StatusCode::OK,
+        Full::new(Bytes::from(info.to_string())).boxed(),
+    )
 }
 
 /// RFC 7386 JSON merge patch.

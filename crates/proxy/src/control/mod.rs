@@ -7,6 +7,7 @@
 //! known state: a controller restart never empties a proxy's view. Targets
 //! nobody has used for a while are dropped with their stream.
 
+mod server_policy;
 mod update;
 
 use std::collections::HashMap;
@@ -19,8 +20,12 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture};
+use crate::inbound_policy::{self, PolicyWatch};
+use crate::tls::MeshTls;
 
+pub use server_policy::watch_server_policy;
 pub use update::apply_update;
 
 /// How the proxy talks to the controller.
@@ -38,6 +43,78 @@ pub struct ControllerConfig {
     /// A target nobody resolved for this long loses its watch.
     pub idle_timeout: Duration,
 }
+
+/// The controller (`PLEXUS_CONTROLLER_ADDR`) as the proxy's source of
+/// destinations and of its own inbound policy.
+pub struct Controller {
+    pub destinations: Arc<ControllerDestinations>,
+    pub policy: PolicyWatch,
+}
+
+impl Controller {
+    /// `None` without `PLEXUS_CONTROLLER_ADDR`. Over TLS (the controller
+    /// verified as `PLEXUS_CONTROLLER_IDENTITY`) when the proxy has an
+    /// identity, else plaintext (a controller run with `--grpc-plaintext`).
+    pub fn connect(
+        config: &Config,
+        mesh: Option<&MeshTls>,
+    ) -> Result<Option<Self>, tonic::transport::Error> {
+        let Some(addr) = &config.controller_addr else {
+            return Ok(None);
+        };
+        let channel = match mesh {
+            Some(mesh) => mesh.controller_channel_to(addr)?,
+            None => plaintext_channel(&format!("http://{addr}"))?,
+        };
+        let namespace = config
+            .pod_namespace
+            .clone()
+            .or_else(|| mesh.map(|m| m.identity().namespace().to_owned()))
+            .unwrap_or_else(|| "default".to_owned());
+        let pod = config.pod_name.clone().unwrap_or_default();
+        let destinations = ControllerDestinations::with_channel(
+            channel.clone(),
+            ControllerConfig {
+                addr: format!("http://{addr}"),
+                context_namespace: namespace.clone(),
+                proxy_id: if pod.is_empty() {
+                    "plexus-proxy".to_owned()
+                } else {
+                    format!("{namespace}/{pod}")
+                },
+                first_answer_timeout: FIRST_ANSWER_TIMEOUT,
+                idle_timeout: WATCH_IDLE_TIMEOUT,
+            },
+        );
+        let policy = if pod.is_empty() {
+            // WatchServer names the workload by its pod.
+            tracing::warn!(
+                "PLEXUS_POD_NAME unset: the inbound policy comes from the environment only"
+            );
+            inbound_policy::fixed(&config.inbound_policy)
+        } else {
+            watch_server_policy(
+                channel,
+                plexus_api::v1::ServerRequest {
+                    namespace,
+                    pod,
+                    service_account: config.service_account.clone().unwrap_or_default(),
+                },
+                &config.inbound_policy,
+            )
+        };
+        Ok(Some(Self {
+            destinations,
+            policy,
+        }))
+    }
+}
+
+/// How long a first lookup waits for the controller before forwarding the
+/// target as not meshed.
+const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+/// A target nobody used for this long loses its watch.
+const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Targets as the controller describes them, watched on demand.
 pub struct ControllerDestinations {
@@ -71,21 +148,23 @@ impl Drop for Watched {
 }
 
 impl ControllerDestinations {
-    /// Connects lazily: a controller that is down at start only delays the
-    /// first answers, it does not stop the proxy.
+    /// Connects lazily over plaintext (a controller run with
+    /// `--grpc-plaintext`): a controller that is down at start only delays
+    /// the first answers, it does not stop the proxy.
     pub fn new(config: ControllerConfig) -> Result<Arc<Self>, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(config.addr.clone())?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+        let channel = plaintext_channel(&config.addr)?;
+        Ok(Self::with_channel(channel, config))
+    }
+
+    /// Over a given channel: the TLS one of `MeshTls::controller_channel_to`.
+    pub fn with_channel(channel: Channel, config: ControllerConfig) -> Arc<Self> {
         let this = Arc::new(Self {
-            client: DestinationClient::new(endpoint.connect_lazy()),
+            client: DestinationClient::new(channel),
             config,
             watches: Mutex::new(HashMap::new()),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&this)));
-        Ok(this)
+        this
     }
 
     fn status_of(&self, key: &str) -> watch::Receiver<Status> {
@@ -218,6 +297,16 @@ async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
             held || watched.last_used.elapsed() < idle_timeout
         });
     }
+}
+
+/// A lazily connecting plaintext channel to `addr` (`http://host:port`).
+pub fn plaintext_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    let endpoint = Endpoint::from_shared(addr.to_owned())?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5));
+    Ok(endpoint.connect_lazy())
 }
 
 /// Exponential backoff with jitter between reconnection attempts.

@@ -36,8 +36,9 @@ use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
 use self::routes::{RouteTable, Rule};
 use crate::body::{self, Body};
-use crate::connect::{EndpointClient, SendError};
+use crate::connect::EndpointClient;
 use crate::error::ProxyError;
+use crate::telemetry::{AttemptSpan, RequestSpan};
 
 pub use self::metrics::LogicalMetrics;
 
@@ -90,13 +91,27 @@ impl Logical {
     /// Serves one request. Never fails: the proxy's own errors become
     /// responses (gRPC-aware) carrying `plexus-error`.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        self.handle_traced(request, &mut RequestSpan::default())
+            .await
+    }
+
+    /// As [`Logical::handle`], recording into the request's `span`: the
+    /// route, the backend, the proxy's own error, and (on routes that retry)
+    /// one child span per attempt.
+    pub async fn handle_traced(
+        &self,
+        request: Request<Body>,
+        span: &mut RequestSpan,
+    ) -> Response<Body> {
         let grpc = routes::is_grpc(request.headers());
         let compiled = self.inner.current();
         let rule = compiled.routes.route(&request).clone();
-        let mut response = match serve(&compiled, &rule, request).await {
+        span.set_route(&rule.label.0);
+        let mut response = match serve(&compiled, &rule, request, span).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(route = %rule.label.0, %error, "request failed in the proxy");
+                span.record_error(&error);
                 error.into_response(grpc)
             }
         };
@@ -191,11 +206,13 @@ async fn serve(
     compiled: &Compiled,
     rule: &Rule,
     request: Request<Body>,
+    span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     let backend_name = rule
         .split
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(rule.label.0.to_string()))?;
+    span.set_backend(backend_name);
     let backend = compiled
         .backends
         .get(&**backend_name)
@@ -214,7 +231,7 @@ async fn serve(
 
     let admitted = async {
         let permit = backend.admit().await?;
-        let response = send_with_retries(backend, rule, request, deadline).await?;
+        let response = send_with_retries(backend, rule, request, deadline, span).await?;
         Ok(match permit {
             // The slot is held until the response body has been read.
             Some(permit) => response.map(|b| body::boxed(permit_body::PermitBody::new(b, permit))),
@@ -230,12 +247,15 @@ async fn serve(
 }
 
 /// Sends attempts until one is final, the policy's attempts are used up, or
-/// the backend's retry budget refuses a retry.
+/// the backend's retry budget refuses a retry. On a route that retries, every
+/// attempt is a child span of `span` (the first included: whether a retry
+/// follows is only known afterwards).
 async fn send_with_retries(
     backend: &Backend,
     rule: &Rule,
     request: Request<Body>,
     deadline: Option<Instant>,
+    span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     backend.deposit();
     let policy = &rule.retry;
@@ -250,16 +270,23 @@ async fn send_with_retries(
         // Known to exceed the replay limit: exactly one attempt, streamed, no copy.
         Err(body) => {
             let request = Request::from_parts(parts, body);
-            let outcome = attempt(backend, rule, request, deadline).await;
+            let outcome = attempt(backend, rule, request, deadline, None).await;
             return final_result(outcome, backend);
         }
     };
 
     let mut backoff = policy.backoff();
     let mut attempts = 1;
+    // Why the attempt about to be sent is a retry; described only when traced.
+    let mut retry_reason: Option<String> = None;
     loop {
         let request = rebuild(&parts, body::boxed(replay.clone()));
-        let outcome = attempt(backend, rule, request, deadline).await;
+        let trace = span.is_recording().then_some(AttemptTrace {
+            span: &mut *span,
+            n: attempts,
+            reason: retry_reason.as_deref(),
+        });
+        let outcome = attempt(backend, rule, request, deadline, trace).await;
         let reason = match &outcome {
             Ok(response) => policy.retryable_response(response),
             Err(failure) => policy.retryable_failure(failure, &parts.method),
@@ -279,19 +306,33 @@ async fn send_with_retries(
             };
         }
         backend.retried(reason);
+        if span.is_recording() {
+            retry_reason = Some(retry::describe(reason, &outcome));
+        }
         drop(outcome);
         retry::wait(&mut backoff).await;
         attempts += 1;
     }
 }
 
+/// Where an attempt goes in the request's trace.
+struct AttemptTrace<'a> {
+    span: &'a mut RequestSpan,
+    /// 1 for the first try.
+    n: u32,
+    /// Why this attempt is a retry.
+    reason: Option<&'a str>,
+}
+
 /// One attempt on one endpoint, within the per-try timeout; its outcome feeds
-/// the endpoint's failure accrual.
+/// the endpoint's failure accrual. Traced, it is a span of its own, which the
+/// endpoint sees as the parent of its work.
 async fn attempt(
     backend: &Backend,
     rule: &Rule,
     mut request: Request<Body>,
     deadline: Option<Instant>,
+    trace: Option<AttemptTrace<'_>>,
 ) -> Result<Response<Body>, AttemptFailure> {
     let now = Instant::now();
     if request.headers().contains_key(grpc_timeout::GRPC_TIMEOUT) {
@@ -308,6 +349,14 @@ async fn attempt(
         }
     }
     let picked = backend.pick().map_err(|_| AttemptFailure::NoEndpoints)?;
+    let attempt_span = trace.map(|t| {
+        t.span.attempt(
+            t.n,
+            t.reason,
+            &picked.endpoint.target,
+            request.headers_mut(),
+        )
+    });
     let in_flight = InFlight {
         backend,
         picked,
@@ -325,7 +374,29 @@ async fn attempt(
         .as_ref()
         .is_ok_and(|response| !response.status().is_server_error());
     in_flight.finish(success, &outcome);
-    outcome
+    match attempt_span {
+        Some(span) => record_attempt(&span, outcome, backend),
+        None => outcome,
+    }
+}
+
+/// Records how an attempt ended into its span.
+fn record_attempt(
+    span: &AttemptSpan,
+    outcome: Result<Response<Body>, AttemptFailure>,
+    backend: &Backend,
+) -> Result<Response<Body>, AttemptFailure> {
+    match outcome {
+        Ok(response) => {
+            let (head, body) = response.into_parts();
+            span.record_response(&head);
+            Ok(Response::from_parts(head, body))
+        }
+        Err(failure) => {
+            span.record_error(&failure.clone().into_proxy_error(&backend.name));
+            Err(failure)
+        }
+    }
 }
 
 /// An attempt whose outcome is not yet recorded. Dropped unfinished (the
@@ -360,18 +431,7 @@ fn final_result(
     outcome: Result<Response<Body>, AttemptFailure>,
     backend: &Backend,
 ) -> Result<Response<Body>, ProxyError> {
-    outcome.map_err(|failure| match failure {
-        AttemptFailure::Send(SendError::Connect(reason)) => ProxyError::ConnectFailed {
-            endpoint: backend.name.to_string(),
-            reason,
-        },
-        AttemptFailure::Send(SendError::Request(reason)) => ProxyError::UpstreamFailed {
-            endpoint: backend.name.to_string(),
-            reason,
-        },
-        AttemptFailure::TryTimeout(ms) => ProxyError::Timeout(ms),
-        AttemptFailure::NoEndpoints => ProxyError::NoEndpoints(backend.name.to_string()),
-    })
+    outcome.map_err(|failure| failure.into_proxy_error(&backend.name))
 }
 
 /// A copy of the original request for another attempt.
@@ -396,7 +456,7 @@ mod tests {
     use plexus_api::v1 as proto;
 
     use super::*;
-    use crate::connect::{EndpointTarget, ResponseFuture};
+    use crate::connect::{EndpointTarget, ResponseFuture, SendError};
     use crate::logical::metrics::{BackendLabels, RetryReason};
 
     /// An in-memory endpoint client answering every request with `answer`.

@@ -10,6 +10,7 @@ use tower::util::rng::HasherRng;
 
 use super::metrics::RetryReason;
 use crate::connect::SendError;
+use crate::error::ProxyError;
 
 /// A route rule's retry policy, compiled from `plexus_api::v1::RetryPolicy`.
 #[derive(Debug, Clone, Default)]
@@ -22,13 +23,32 @@ pub struct RetryPolicy {
 }
 
 /// How one attempt ended, as far as retrying is concerned.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum AttemptFailure {
     Send(SendError),
     /// The per-try timeout (ms) expired before the response headers arrived.
     TryTimeout(u64),
     /// The backend had no ready endpoint for this attempt.
     NoEndpoints,
+}
+
+impl AttemptFailure {
+    /// The error the client is told about when this was the last attempt
+    /// on `backend`.
+    pub fn into_proxy_error(self, backend: &str) -> ProxyError {
+        match self {
+            AttemptFailure::Send(SendError::Connect(reason)) => ProxyError::ConnectFailed {
+                endpoint: backend.to_owned(),
+                reason,
+            },
+            AttemptFailure::Send(SendError::Request(reason)) => ProxyError::UpstreamFailed {
+                endpoint: backend.to_owned(),
+                reason,
+            },
+            AttemptFailure::TryTimeout(ms) => ProxyError::Timeout(ms),
+            AttemptFailure::NoEndpoints => ProxyError::NoEndpoints(backend.to_owned()),
+        }
+    }
 }
 
 impl RetryPolicy {
@@ -107,6 +127,28 @@ impl RetryPolicy {
     /// A fresh backoff sequence for one request, `None` when retries do not wait.
     pub fn backoff(&self) -> Option<ExponentialBackoff> {
         self.backoff.clone().map(|mut maker| maker.make_backoff())
+    }
+}
+
+/// Why an attempt is retried, for its span: `status 503`, `grpc-status 14`,
+/// `connect failed`, `request failed`, `try timeout`.
+pub fn describe<B>(reason: RetryReason, outcome: &Result<Response<B>, AttemptFailure>) -> String {
+    let response = outcome.as_ref().ok();
+    match reason {
+        RetryReason::status => match response {
+            Some(response) => format!("status {}", response.status().as_u16()),
+            None => "status".to_owned(),
+        },
+        RetryReason::grpc_status => {
+            let code = response
+                .and_then(|r| r.headers().get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            format!("grpc-status {code}").trim_end().to_owned()
+        }
+        RetryReason::connect => "connect failed".to_owned(),
+        RetryReason::request_error => "request failed".to_owned(),
+        RetryReason::timeout => "try timeout".to_owned(),
     }
 }
 
@@ -197,6 +239,19 @@ mod tests {
             p.retryable_failure(&AttemptFailure::TryTimeout(10), &Method::PATCH),
             None
         );
+    }
+
+    #[test]
+    fn retry_reasons_are_described_for_attempt_spans() {
+        let unavailable: Result<_, AttemptFailure> = Ok(response(503, None));
+        assert_eq!(describe(RetryReason::status, &unavailable), "status 503");
+        let grpc: Result<_, AttemptFailure> = Ok(response(200, Some("14")));
+        assert_eq!(describe(RetryReason::grpc_status, &grpc), "grpc-status 14");
+        let refused: Result<Response<()>, _> =
+            Err(AttemptFailure::Send(SendError::Connect("refused".into())));
+        assert_eq!(describe(RetryReason::connect, &refused), "connect failed");
+        let slow: Result<Response<()>, _> = Err(AttemptFailure::TryTimeout(10));
+        assert_eq!(describe(RetryReason::timeout, &slow), "try timeout");
     }
 
     #[test]

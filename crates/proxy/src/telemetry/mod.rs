@@ -12,12 +12,13 @@
 //!     // … send; attempt.record_response(&response_parts) or attempt.record_error(&e)
 //! }
 //! span.record_response(&response_parts);
-//! span.finish(); // or drop it when the response body ends
+//! span.finish(); // or let a `SpanBody` end it with the response body
 //! ```
 //!
 //! With `PLEXUS_OTLP_ENDPOINT` unset, [`Telemetry`] is disabled: requests
 //! pass with their headers untouched and nothing is allocated per request.
 
+mod body;
 mod config;
 mod export;
 mod propagation;
@@ -37,6 +38,7 @@ use opentelemetry_sdk::trace::{
 };
 use prometheus_client::registry::Registry;
 
+pub use body::SpanBody;
 pub use config::{DEFAULT_SAMPLING, TelemetryConfig};
 pub use export::TelemetryError;
 pub use span::{AttemptSpan, Direction, RequestSpan};

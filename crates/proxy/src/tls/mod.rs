@@ -14,6 +14,7 @@
 
 mod controller;
 mod current;
+mod metrics;
 mod renew;
 mod settings;
 #[cfg(test)]
@@ -31,6 +32,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 pub use current::{Credential, CurrentCredential};
+pub use metrics::TlsMetrics;
 pub use plexus_identity::HandshakeFailure;
 pub use plexus_identity::tls::{
     ALPN_H2, ClientAuth, PeekedHello, mesh_server_name, peek_client_hello, peer_identity,
@@ -86,6 +88,8 @@ struct Inner {
     strict: Arc<ServerConfig>,
     permissive: Arc<ServerConfig>,
     controller: Channel,
+    controller_addr: String,
+    to_controller: Arc<ClientConfig>,
     renewal: tokio::task::AbortHandle,
 }
 
@@ -111,7 +115,8 @@ impl MeshTls {
             settings.controller_identity.clone(),
             None,
         )?;
-        let controller = controller::channel(&settings.controller_addr, Arc::new(to_controller))?;
+        let to_controller = Arc::new(to_controller);
+        let controller = controller::channel(&settings.controller_addr, to_controller.clone())?;
 
         let (sender, current) = watch::channel(None);
         let resolver = Arc::new(CurrentCertificate(current.clone()));
@@ -143,6 +148,8 @@ impl MeshTls {
                 strict,
                 permissive,
                 controller,
+                controller_addr: settings.controller_addr.clone(),
+                to_controller,
                 renewal,
             }),
         })
@@ -242,5 +249,15 @@ impl MeshTls {
     /// `PLEXUS_CONTROLLER_IDENTITY`); the Destination client can share it.
     pub fn controller_channel(&self) -> Channel {
         self.inner.controller.clone()
+    }
+
+    /// A TLS channel to the controller at `addr` (`host:port`), verified as
+    /// `PLEXUS_CONTROLLER_IDENTITY`: the Identity API's channel when `addr`
+    /// is the same (one connection for both APIs), else a new one.
+    pub fn controller_channel_to(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
+        if addr == self.inner.controller_addr {
+            return Ok(self.inner.controller.clone());
+        }
+        controller::channel(addr, self.inner.to_controller.clone())
     }
 }

@@ -76,10 +76,7 @@ impl IdentitySettings {
             )?,
         };
         let controller_addr = required("PLEXUS_IDENTITY_ADDR", "host:port of the controller")?;
-        if !controller_addr
-            .rsplit_once(':')
-            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        {
+        if !crate::config::is_host_port(&controller_addr) {
             return Err(ConfigError {
                 name: "PLEXUS_IDENTITY_ADDR",
                 value: controller_addr,

@@ -4,10 +4,12 @@
 //! One hyper-util pooled client per endpoint and protocol, whose connector
 //! always dials that endpoint. The request keeps its own authority, so the
 //! upstream sees the `Host` / `:authority` the app sent, while pooling stays
-//! per endpoint. Meshed endpoints get HTTP/2 (mTLS is added here by the TLS
-//! work); others get the protocol of the request.
+//! per endpoint. Meshed endpoints get HTTP/2, over mTLS when this proxy has
+//! an identity and the Destination API announced the endpoint's (the server
+//! must prove exactly that identity); others get the protocol of the request.
 
 mod connector;
+mod mesh_io;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,10 +20,12 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use plexus_identity::SpiffeId;
 
 use crate::body::{self, Body};
 use crate::connect::{EndpointClient, EndpointTarget, ResponseFuture, SendError};
-use connector::EndpointConnector;
+use crate::tls::{MeshTls, TlsMetrics};
+use connector::{EndpointConnector, MeshConnect};
 
 /// Set on an HTTP/1 request carried over HTTP/2 between proxies (meshed
 /// endpoints always get HTTP/2); the inbound proxy removes it and speaks
@@ -34,37 +38,73 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Sends requests to endpoints over pooled connections.
 pub struct HttpEndpointClient {
     connect_timeout: Duration,
+    /// This proxy's identity: meshed endpoints are reached over mTLS.
+    mesh: Option<(MeshTls, TlsMetrics)>,
     /// Endpoints are few and stable; entries are small and live as long as the proxy.
     pools: RwLock<HashMap<PoolKey, Arc<Client<EndpointConnector, Body>>>>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     addr: SocketAddr,
     http2: bool,
+    /// mTLS to a server that must be this identity.
+    identity: Option<SpiffeId>,
 }
 
 impl HttpEndpointClient {
+    /// Plaintext to every endpoint (no identity).
     pub fn new(connect_timeout: Duration) -> Self {
         Self {
             connect_timeout,
+            mesh: None,
             pools: RwLock::default(),
         }
     }
 
-    fn pool(&self, key: PoolKey) -> Arc<Client<EndpointConnector, Body>> {
-        if let Some(client) = self.pools.read().ok().and_then(|p| p.get(&key).cloned()) {
-            return client;
+    /// mTLS to meshed endpoints with an expected identity.
+    pub fn with_mesh(connect_timeout: Duration, mesh: MeshTls, metrics: TlsMetrics) -> Self {
+        Self {
+            mesh: Some((mesh, metrics)),
+            ..Self::new(connect_timeout)
         }
-        let mut pools = match self.pools.write() {
-            Ok(pools) => pools,
-            // A panic elsewhere while holding the lock leaves the map itself intact.
-            Err(poisoned) => poisoned.into_inner(),
-        };
+    }
+
+    /// The identity a request to `target` must reach over mTLS, if any.
+    /// An identity that does not parse is refused rather than dropped:
+    /// falling back to plaintext would be a silent downgrade.
+    fn mtls_identity(&self, target: &EndpointTarget) -> Result<Option<SpiffeId>, SendError> {
+        match (&self.mesh, target.meshed, &target.identity) {
+            (Some(_), true, Some(identity)) => identity.parse().map(Some).map_err(|_| {
+                SendError::Connect(format!(
+                    "endpoint {}: invalid expected identity {identity:?}",
+                    target.addr
+                ))
+            }),
+            _ => Ok(None),
+        }
+    }
+
+    fn pool(&self, key: PoolKey) -> Arc<Client<EndpointConnector, Body>> {
+        let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = pools.get(&key) {
+            return client.clone();
+        }
+        drop(pools);
+        // A panic elsewhere while holding the lock leaves the map itself intact.
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
         pools
-            .entry(key)
+            .entry(key.clone())
             .or_insert_with(|| {
-                let connector = EndpointConnector::new(key.addr, self.connect_timeout);
+                let tls = match (&self.mesh, key.identity) {
+                    (Some((mesh, metrics)), Some(expected)) => Some(MeshConnect {
+                        mesh: mesh.clone(),
+                        expected,
+                        metrics: metrics.clone(),
+                    }),
+                    _ => None,
+                };
+                let connector = EndpointConnector::new(key.addr, self.connect_timeout, tls);
                 let client = Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
@@ -91,10 +131,14 @@ impl EndpointClient for HttpEndpointClient {
                 http::HeaderValue::from_static("HTTP/1.1"),
             );
         }
-        let client = self.pool(PoolKey {
-            addr: target.addr,
-            http2,
-        });
+        let client = match self.mtls_identity(target) {
+            Ok(identity) => self.pool(PoolKey {
+                addr: target.addr,
+                http2,
+                identity,
+            }),
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let endpoint = target.addr;
         Box::pin(async move {
             absolute_uri(&mut request, endpoint)?;

@@ -1,0 +1,217 @@
+//! The inbound side's policy: who may call this workload, and whether
+//! plaintext is accepted. One model, the Destination API's `ServerPolicy`,
+//! whether it comes from the controller (`WatchServer`) or from the
+//! environment (static mode); compiled once per update, checked per connection.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue};
+use plexus_api::v1::ServerPolicy;
+use plexus_identity::SpiffeId;
+use tokio::sync::watch;
+
+use crate::config::{ConfigError, Env, PortSet};
+use crate::error::ProxyError;
+
+/// The header that tells the application who called it: the client's
+/// SPIFFE ID as mTLS proved it. The inbound side always removes the one the
+/// client sent, and sets it only from a verified certificate.
+pub const CLIENT_ID_HEADER: &str = "plexus-client-id";
+
+/// What the policy decided about one connection, applied to each of its requests.
+#[derive(Debug, Clone)]
+pub enum Admission {
+    /// An outbound connection: no inbound policy, headers untouched.
+    Outbound,
+    /// An inbound client let in; `client_id` is its verified identity.
+    Admitted { client_id: Option<HeaderValue> },
+    /// An inbound client refused: every request gets 403 `forbidden`.
+    Refused(String),
+}
+
+impl Admission {
+    /// The inbound decision for a client (`None`: plaintext).
+    pub fn inbound(policy: &Policy, client: Option<&SpiffeId>) -> Self {
+        match policy.admit(client) {
+            Ok(()) => Self::Admitted {
+                client_id: client.and_then(|id| HeaderValue::from_str(id.as_str()).ok()),
+            },
+            Err(why) => Self::Refused(why),
+        }
+    }
+
+    /// Sets `plexus-client-id` (replacing any the client sent) or refuses.
+    pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+        match self {
+            Self::Outbound => Ok(()),
+            Self::Admitted { client_id } => {
+                headers.remove(CLIENT_ID_HEADER);
+                if let Some(id) = client_id {
+                    headers.insert(CLIENT_ID_HEADER, id.clone());
+                }
+                Ok(())
+            }
+            Self::Refused(why) => Err(ProxyError::Forbidden(why.clone())),
+        }
+    }
+}
+
+/// `PLEXUS_INBOUND_MTLS_MODE` (`permissive` default, or `strict`) and
+/// `PLEXUS_INBOUND_ALLOWED_IDENTITIES` (comma-separated SPIFFE IDs; empty: any).
+pub fn from_env(env: &dyn Env) -> Result<ServerPolicy, ConfigError> {
+    let mode = env
+        .get("PLEXUS_INBOUND_MTLS_MODE")
+        .map(|m| m.trim().to_ascii_lowercase())
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| PERMISSIVE.to_owned());
+    if mode != PERMISSIVE && mode != STRICT {
+        return Err(ConfigError {
+            name: "PLEXUS_INBOUND_MTLS_MODE",
+            value: mode,
+            expected: "permissive or strict",
+        });
+    }
+    let allowed = env
+        .get("PLEXUS_INBOUND_ALLOWED_IDENTITIES")
+        .unwrap_or_default();
+    let allowed_identities = allowed
+        .split(',')
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(|id| {
+            id.parse::<SpiffeId>()
+                .map(|id| id.to_string())
+                .map_err(|_| ConfigError {
+                    name: "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
+                    value: allowed.clone(),
+                    expected: "comma-separated SPIFFE IDs",
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(ServerPolicy {
+        mtls_mode: mode,
+        allowed_identities,
+        opaque_ports: Vec::new(),
+    })
+}
+
+const PERMISSIVE: &str = "permissive";
+const STRICT: &str = "strict";
+
+/// A `ServerPolicy` ready to check connections against.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub strict: bool,
+    /// Empty: any client the mode accepts.
+    allowed: HashSet<String>,
+    pub opaque_ports: PortSet,
+}
+
+impl Policy {
+    /// An unknown mode reads as STRICT: a typo must not open the workload.
+    pub fn compile(policy: &ServerPolicy) -> Self {
+        let mode = policy.mtls_mode.trim().to_ascii_lowercase();
+        Self {
+            strict: !(mode.is_empty() || mode == PERMISSIVE),
+            allowed: policy.allowed_identities.iter().cloned().collect(),
+            opaque_ports: policy
+                .opaque_ports
+                .iter()
+                .filter_map(|p| u16::try_from(*p).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether a client is let in: `client` is its mTLS identity, `None`
+    /// for plaintext (or TLS without a client certificate). `Err` says why not.
+    pub fn admit(&self, client: Option<&SpiffeId>) -> Result<(), String> {
+        match client {
+            None if self.strict => {
+                Err("plaintext client: this workload accepts mTLS only (STRICT)".into())
+            }
+            None if !self.allowed.is_empty() => {
+                Err("plaintext client: this workload allows named identities only".into())
+            }
+            Some(id) if !self.allowed.is_empty() && !self.allowed.contains(id.as_str()) => {
+                Err(id.to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The current policy, shared by every inbound connection.
+pub type PolicyWatch = watch::Receiver<Arc<Policy>>;
+
+/// A policy that never changes (static mode). Connections only `borrow()`
+/// it, so the sender is not needed.
+pub fn fixed(policy: &ServerPolicy) -> PolicyWatch {
+    watch::channel(Arc::new(Policy::compile(policy))).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn id(s: &str) -> SpiffeId {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn environment_defaults_to_permissive_and_names_bad_values() {
+        let policy = from_env(&HashMap::<&str, &str>::new()).unwrap();
+        assert_eq!(policy.mtls_mode, "permissive");
+        assert!(policy.allowed_identities.is_empty());
+
+        let env = HashMap::from([
+            ("PLEXUS_INBOUND_MTLS_MODE", "STRICT"),
+            (
+                "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
+                "spiffe://td/ns/a/sa/b, spiffe://td/ns/c/sa/d",
+            ),
+        ]);
+        let policy = from_env(&env).unwrap();
+        assert_eq!(policy.mtls_mode, "strict");
+        assert_eq!(policy.allowed_identities.len(), 2);
+
+        for (name, value) in [
+            ("PLEXUS_INBOUND_MTLS_MODE", "sometimes"),
+            ("PLEXUS_INBOUND_ALLOWED_IDENTITIES", "web"),
+        ] {
+            let env = HashMap::from([(name, value)]);
+            assert_eq!(from_env(&env).unwrap_err().name, name);
+        }
+    }
+
+    #[test]
+    fn strict_refuses_plaintext_and_allow_lists_refuse_others() {
+        let web = id("spiffe://td/ns/shop/sa/web");
+        let admin = id("spiffe://td/ns/shop/sa/admin");
+        let permissive = Policy::compile(&ServerPolicy::default());
+        assert!(permissive.admit(None).is_ok());
+        assert!(permissive.admit(Some(&web)).is_ok());
+
+        let strict = Policy::compile(&ServerPolicy {
+            mtls_mode: "strict".into(),
+            ..Default::default()
+        });
+        assert!(strict.admit(None).is_err());
+        assert!(strict.admit(Some(&web)).is_ok());
+
+        let only_web = Policy::compile(&ServerPolicy {
+            allowed_identities: vec![web.to_string()],
+            ..Default::default()
+        });
+        assert!(only_web.admit(Some(&web)).is_ok());
+        assert_eq!(only_web.admit(Some(&admin)), Err(admin.to_string()));
+        assert!(only_web.admit(None).is_err());
+
+        let typo = Policy::compile(&ServerPolicy {
+            mtls_mode: "stirct".into(),
+            ..Default::default()
+        });
+        assert!(typo.strict, "an unknown mode fails closed");
+    }
+}
