@@ -263,8 +263,7 @@ fn end_span_with_body(span: RequestSpan, response: Response<Body>) -> Response<B
     }
     let (head, body) = response.into_parts();
     span.record_response(&head);
-    drop(SpanBody::new(body::empty(), span));
-    Response::from_parts(head, body)
+    Response::from_parts(head, body::boxed(SpanBody::new(body, span)))
 }
 
 /// `:authority` (HTTP/2, absolute-form) or else `Host`.

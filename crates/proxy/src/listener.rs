@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use plexus_api::v1::Target;
 use plexus_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::PortSet;
@@ -23,6 +25,7 @@ use crate::tls::{
     ClientAuth, HandshakeFailure, MeshTls, PeekedHello, TlsMetrics, peek_client_hello,
     peer_identity,
 };
+use crate::transport::{MeshConnect, connect_mesh};
 use crate::upstream::Upstream;
 
 /// What one listener's connections share.
@@ -43,6 +46,9 @@ pub struct Listener {
     pub tls_metrics: TlsMetrics,
 }
 
+/// PERMISSIVE opaque ports: the wait for a mesh client's ClientHello.
+const OPAQUE_TLS_WINDOW: Duration = Duration::from_secs(1);
+
 /// A ClientHello larger than this is not a mesh client's (ours are well under 1 KiB).
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
@@ -53,6 +59,8 @@ struct Route {
     http: ConnUpstream,
     /// Skip detection: the port or the target says the protocol is opaque.
     opaque: bool,
+    /// Outbound: the meshed target, for opaque TCP over mTLS.
+    target: Option<watch::Receiver<Arc<Target>>>,
 }
 
 impl Listener {
@@ -83,7 +91,18 @@ impl Listener {
         let _ = stream.set_nodelay(true);
         let route = self.route(&stream).await;
         let (protocol, prefix) = if route.opaque {
-            (Protocol::Opaque, Bytes::new())
+            match self.opaque_tls_window() {
+                Some(window) => match detect::detect(&mut stream, window).await {
+                    // Only mesh TLS is looked for: the port is still never sniffed for HTTP.
+                    Ok((Protocol::Tls, hello)) => (Protocol::Tls, hello),
+                    Ok((_, prefix)) => (Protocol::Opaque, prefix),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "reading the first bytes failed");
+                        return;
+                    }
+                },
+                None => (Protocol::Opaque, Bytes::new()),
+            }
         } else {
             match detect::detect(&mut stream, self.detect_timeout).await {
                 Ok(detected) => detected,
@@ -102,6 +121,22 @@ impl Listener {
                     .await;
             }
         }
+    }
+
+    /// Inbound to an opaque port with mTLS on: how long to wait for a mesh
+    /// client's ClientHello (sent as soon as it connects) before serving the
+    /// connection as plaintext. A plaintext client of a server-speaks-first
+    /// protocol waits that long for its greeting; under STRICT it would be
+    /// refused anyway, so the whole detection timeout applies.
+    fn opaque_tls_window(&self) -> Option<Duration> {
+        if self.direction != Direction::Inbound || self.mesh.is_none() {
+            return None;
+        }
+        Some(if self.policy.borrow().strict {
+            self.detect_timeout
+        } else {
+            OPAQUE_TLS_WINDOW.min(self.detect_timeout)
+        })
     }
 
     /// Serves a connection whose protocol is known, after the inbound policy
@@ -140,7 +175,7 @@ impl Listener {
                     tracing::debug!(%why, "inbound TCP connection refused by policy: closed");
                     return;
                 }
-                self.opaque(io, prefix, route.addr, drain).await;
+                self.opaque(io, prefix, route, drain).await;
             }
         }
     }
@@ -155,11 +190,13 @@ impl Listener {
                         addr: Some(addr),
                         opaque: redirected.opaque || self.opaque_ports.contains(addr.port()),
                         http: ConnUpstream::Fixed(redirected.upstream),
+                        target: redirected.target,
                     }
                 }
                 None => Route {
                     addr: None,
                     opaque: false,
+                    target: None,
                     http: ConnUpstream::ByAuthority(Mutex::new(None)),
                 },
             },
@@ -176,6 +213,7 @@ impl Listener {
                         Some(addr) => ConnUpstream::Fixed(Upstream::passthrough(addr)),
                         None => ConnUpstream::Nowhere,
                     },
+                    target: None,
                 }
             }
         }
@@ -281,30 +319,62 @@ impl Listener {
         }
     }
 
-    async fn opaque<I>(
-        &self,
-        stream: I,
-        prefix: Bytes,
-        addr: Option<SocketAddr>,
-        mut drain: drain::Watch,
-    ) where
+    /// Opaque TCP: outbound to a meshed target, to one of its endpoints'
+    /// proxies over mTLS (never downgraded to plaintext if that fails);
+    /// otherwise to the original destination (inbound: the application).
+    async fn opaque<I>(&self, stream: I, prefix: Bytes, route: Route, drain: drain::Watch)
+    where
         I: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(addr) = addr else {
+        let Some(addr) = route.addr else {
             tracing::debug!(
                 direction = self.direction.as_str(),
                 "opaque connection with no original destination: closed"
             );
             return;
         };
-        let upstream = match crate::opaque::connect(addr, self.connect_timeout).await {
-            Ok(upstream) => upstream,
-            Err(e) => {
-                tracing::debug!(%addr, error = %e, "connecting for opaque TCP failed");
-                return;
+        let meshed = match (&self.mesh, &route.target) {
+            (Some(mesh), Some(target)) => {
+                let endpoint = crate::opaque::meshed_endpoint(&target.borrow());
+                endpoint.map(|(endpoint, expected)| {
+                    let tls = MeshConnect {
+                        mesh: mesh.clone(),
+                        expected,
+                        metrics: self.tls_metrics.clone(),
+                    };
+                    (endpoint, tls)
+                })
             }
+            _ => None,
         };
-        let copy = crate::opaque::proxy(stream, upstream, &prefix, self.http.idle_timeout);
+        match meshed {
+            Some((endpoint, tls)) => {
+                match connect_mesh(endpoint, self.connect_timeout, tls).await {
+                    Ok(upstream) => self.copy(stream, upstream, &prefix, endpoint, drain).await,
+                    Err(e) => {
+                        tracing::info!(%addr, %endpoint, error = %e, "opaque mTLS connection failed")
+                    }
+                }
+            }
+            None => match crate::opaque::connect(addr, self.connect_timeout).await {
+                Ok(upstream) => self.copy(stream, upstream, &prefix, addr, drain).await,
+                Err(e) => tracing::debug!(%addr, error = %e, "connecting for opaque TCP failed"),
+            },
+        }
+    }
+
+    async fn copy<C, S>(
+        &self,
+        client: C,
+        server: S,
+        prefix: &[u8],
+        addr: SocketAddr,
+        mut drain: drain::Watch,
+    ) where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let copy = crate::opaque::proxy(client, server, prefix, self.http.idle_timeout);
         tokio::select! {
             result = copy => if let Err(e) = result {
                 tracing::debug!(%addr, error = %e, "opaque connection ended");

@@ -8,9 +8,35 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use plexus_api::v1::Target;
+use plexus_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+/// An endpoint of a meshed target for opaque TCP over mTLS: a ready one,
+/// with a proxy and an expected identity, chosen at random (connections are
+/// long-lived and few; the logical side's balancing is for requests).
+/// Endpoints of the target's default backend, the target itself.
+pub fn meshed_endpoint(target: &Target) -> Option<(SocketAddr, SpiffeId)> {
+    let default = target.routes.as_ref().map(|r| r.default_backend.as_str());
+    let backends = &target.backends.as_ref()?.backends;
+    let backend = default
+        .and_then(|name| backends.get(name))
+        .or_else(|| backends.values().next())?;
+    let candidates: Vec<(SocketAddr, SpiffeId)> = backend
+        .endpoints
+        .iter()
+        .filter(|e| e.ready && e.meshed)
+        .filter_map(|e| Some((e.address.parse().ok()?, e.identity.parse().ok()?)))
+        .collect();
+    if candidates.is_empty() {
+        return None;
+    }
+    candidates
+        .get(rand::random_range(0..candidates.len()))
+        .cloned()
+}
 
 /// Connects to `addr` within `timeout`, with Nagle off (the proxy forwards as it receives).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {

@@ -113,6 +113,8 @@ pub struct Redirected {
     pub upstream: Upstream,
     /// The target says it carries an opaque protocol: do not sniff.
     pub opaque: bool,
+    /// The meshed target, for opaque TCP to one of its endpoints over mTLS.
+    pub target: Option<watch::Receiver<Arc<Target>>>,
 }
 
 impl Logicals {
@@ -155,13 +157,15 @@ impl Targets {
                     .as_ref()
                     .is_some_and(|p| p.protocol == "opaque");
                 Redirected {
-                    upstream: self.logical(target),
+                    upstream: self.logical(target.clone()),
                     opaque,
+                    target: Some(target),
                 }
             }
             Resolution::NotMeshed => Redirected {
                 upstream: Upstream::passthrough(addr),
                 opaque: false,
+                target: None,
             },
         }
     }

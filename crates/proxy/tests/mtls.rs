@@ -16,8 +16,12 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use plexus_controller::destination::DestinationService;
+use plexus_controller::feed::{self, Readiness};
 use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::identity::{BootstrapTokens, IdentityService, controller_server_config};
+use plexus_controller::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_identity::{Ca, CertificateRequest, SpiffeId, Validity, tls};
 use plexus_proxy::RunningProxy;
 use plexus_proxy::body;
@@ -70,6 +74,16 @@ struct Authority {
 
 impl Authority {
     async fn start(lifetime: Duration) -> Self {
+        Self::serve(lifetime, None).await
+    }
+
+    /// The controller as its binary serves it: the Identity API and, on
+    /// the same TLS port, the Destination API over `index`.
+    async fn controller(index: SharedIndex) -> Self {
+        Self::serve(Duration::from_secs(3600), Some(index)).await
+    }
+
+    async fn serve(lifetime: Duration, destinations: Option<SharedIndex>) -> Self {
         let dir = temp_dir();
         let ca = Arc::new(Ca::new_root(TRUST_DOMAIN, Duration::from_secs(3600)).expect("CA"));
         let trust_anchors = dir.0.join("ca.pem");
@@ -82,11 +96,12 @@ impl Authority {
             .expect("controller TLS");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(grpc::serve(
-            listener,
-            Routes::new(service.into_server()),
-            GrpcTransport::Tls(tls),
-        ));
+        let mut routes = Routes::new(service.into_server());
+        if let Some(index) = destinations {
+            let metrics = Arc::new(plexus_controller::metrics::Metrics::new());
+            routes = routes.add_service(DestinationService::new(index, metrics).into_server());
+        }
+        tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Tls(tls)));
         Self {
             ca,
             addr,
@@ -102,7 +117,10 @@ impl Authority {
         proxy()
             .env("PLEXUS_IDENTITY", identity)
             .env("PLEXUS_IDENTITY_TOKEN_FILE", token.display())
-            .env("PLEXUS_IDENTITY_TRUST_ANCHORS", self.trust_anchors.display())
+            .env(
+                "PLEXUS_IDENTITY_TRUST_ANCHORS",
+                self.trust_anchors.display(),
+            )
             .env("PLEXUS_IDENTITY_ADDR", self.addr)
     }
 }
@@ -118,7 +136,14 @@ async fn app() -> support::Upstream {
             .collect::<Vec<_>>()
             .join(",");
         Response::builder()
-            .header("x-client-id", if client.is_empty() { "-".into() } else { client })
+            .header(
+                "x-client-id",
+                if client.is_empty() {
+                    "-".into()
+                } else {
+                    client
+                },
+            )
             .body(body::full("hello"))
             .expect("response")
     })
@@ -228,9 +253,23 @@ async fn pair(
     server_env: &[(&str, &str)],
 ) -> Pair {
     let app = app().await;
+    pair_for(
+        app.addr, client_ca, server_ca, server_id, expected, server_env,
+    )
+    .await
+}
+
+async fn pair_for(
+    app: SocketAddr,
+    client_ca: &Authority,
+    server_ca: &Authority,
+    server_id: &SpiffeId,
+    expected: &SpiffeId,
+    server_env: &[(&str, &str)],
+) -> Pair {
     let mut server = server_ca
         .sidecar(server_id)
-        .env("PLEXUS_INBOUND_APP_ADDR", app.addr);
+        .env("PLEXUS_INBOUND_APP_ADDR", app);
     for (name, value) in server_env {
         server = server.env(name, value);
     }
@@ -255,7 +294,11 @@ async fn the_app_sees_the_verified_client_identity_and_the_wire_carries_only_tls
     let ca = Authority::start(Duration::from_secs(3600)).await;
     let p = pair(&ca, &ca, &web(), &web(), &[]).await;
 
-    let response = bounded("a request", call(&p.client, Some("spiffe://evil/ns/x/sa/y"))).await;
+    let response = bounded(
+        "a request",
+        call(&p.client, Some("spiffe://evil/ns/x/sa/y")),
+    )
+    .await;
     assert_eq!(response.status(), 200, "{:?}", response.headers());
     assert_eq!(
         header(&response, "x-client-id"),
@@ -269,8 +312,17 @@ async fn the_app_sees_the_verified_client_identity_and_the_wire_carries_only_tls
     let bytes = &first[0];
     assert_eq!(bytes.first(), Some(&0x16), "a TLS handshake record");
     let wire = String::from_utf8_lossy(bytes);
-    for plaintext in ["GET ", "HTTP/1.1", "PRI * HTTP/2.0", "plexus-client-id", "web:80"] {
-        assert!(!wire.contains(plaintext), "{plaintext:?} visible on the wire");
+    for plaintext in [
+        "GET ",
+        "HTTP/1.1",
+        "PRI * HTTP/2.0",
+        "plexus-client-id",
+        "web:80",
+    ] {
+        assert!(
+            !wire.contains(plaintext),
+            "{plaintext:?} visible on the wire"
+        );
     }
 
     // What the proxies report about it.
@@ -384,9 +436,10 @@ async fn a_server_certified_by_another_ca_is_refused() {
 async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
     let mut send = http1(server.inbound_addr).await;
     let mut request = get("/", "web:80");
-    request
-        .headers_mut()
-        .insert("plexus-client-id", "spiffe://forged/ns/a/sa/b".parse().unwrap());
+    request.headers_mut().insert(
+        "plexus-client-id",
+        "spiffe://forged/ns/a/sa/b".parse().unwrap(),
+    );
     bounded("a plaintext request", send.send_request(request))
         .await
         .expect("response")
@@ -605,4 +658,265 @@ async fn traffic_flows_through_certificate_rotations_without_a_failure() {
     )
     .await;
     assert_eq!(failures, 0.0);
+}
+
+/// The file feed's objects: `web-1` (service account `web`) behind the
+/// Service `web`, announced on its sidecar's inbound port (local mode), in a
+/// namespace whose mTLS mode is `mode`; `frontend-1` (service account `frontend`).
+fn objects(mode: &str, inbound_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, annotations: {{plexus.io/inject: enabled, plexus.io/mtls-mode: {mode}}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, targetPort: {inbound_port}}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-local, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports: [{{name: http, port: {inbound_port}, protocol: TCP}}]
+endpoints:
+  - addresses: ["127.0.0.1"]
+    conditions: {{ready: true, serving: true, terminating: false}}
+    targetRef: {{kind: Pod, name: web-1, namespace: shop}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: web-1, namespace: shop, annotations: {{plexus.io/inject: enabled}}}}
+spec: {{serviceAccountName: web, containers: [{{name: app}}]}}
+status: {{podIP: 127.0.0.1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: frontend-1, namespace: shop, annotations: {{plexus.io/inject: enabled}}}}
+spec: {{serviceAccountName: frontend, containers: [{{name: app}}]}}
+status: {{podIP: 127.0.0.2}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
+    let index = SharedIndex::new(IndexConfig {
+        trust_domain: TRUST_DOMAIN.into(),
+        cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+    });
+    let controller = Authority::controller(index.clone()).await;
+    let sidecar = |identity: &SpiffeId, pod: &str| {
+        controller
+            .sidecar(identity)
+            .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
+            .env("PLEXUS_POD_NAMESPACE", "shop")
+            .env("PLEXUS_POD_NAME", pod)
+    };
+    let app = app().await;
+    let server = sidecar(&web(), "web-1")
+        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
+        .start()
+        .await;
+    let client = sidecar(&frontend(), "frontend-1").start().await;
+
+    let dir = temp_dir();
+    let file = dir.0.join("objects.yaml");
+    std::fs::write(&file, objects("strict", server.inbound_addr.port())).expect("feed file");
+    let ready = Readiness::default();
+    tokio::spawn(feed::file::run(
+        file.clone(),
+        index,
+        ready.clone(),
+        |_: &Index| {},
+    ));
+    wait_ready(&server).await;
+    wait_ready(&client).await;
+
+    // STRICT, from the namespace's annotation through WatchServer.
+    bounded("the server proxy applies STRICT", async {
+        while plaintext_get(&server).await.status() != 403 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(plaintext_tcp_is_closed(&server).await);
+
+    // The target, its endpoint and the endpoint's identity come from the
+    // Destination API; the hop is mTLS, which STRICT lets through.
+    let response = bounded("a meshed request through the controller's view", async {
+        loop {
+            let response = call(&client, None).await;
+            if response.status() == 200 {
+                return response;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(header(&response, "x-client-id"), frontend().as_str());
+    let (_, config) = admin_get(client.admin_addr, "/config").await;
+    assert!(config.contains(web().as_str()), "{config}");
+    assert_eq!(
+        metric(
+            &client,
+            "plexus_proxy_tls_handshakes_total{direction=\"outbound\"}"
+        )
+        .await,
+        1.0
+    );
+
+    // A policy change reaches the running proxy.
+    std::fs::write(&file, objects("permissive", server.inbound_addr.port())).expect("feed file");
+    bounded("the server proxy applies PERMISSIVE", async {
+        while plaintext_get(&server).await.status() != 200 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ready.is_ready());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tcp_to_a_meshed_target_travels_inside_mtls() {
+    let ca = Authority::start(Duration::from_secs(3600)).await;
+    // A server-speaks-first database: greets, then echoes.
+    let database = support::tcp_upstream(b"greeting\n").await;
+    let server = ca
+        .sidecar(&web())
+        .env("PLEXUS_INBOUND_APP_ADDR", database)
+        .env("PLEXUS_INBOUND_OPAQUE_PORTS", database.port())
+        .env("PLEXUS_INBOUND_MTLS_MODE", "strict")
+        .start()
+        .await;
+    let (relay, recording) = relay(server.inbound_addr).await;
+    let service: SocketAddr = "10.96.0.10:5432".parse().unwrap();
+    let client = ca
+        .sidecar(&frontend())
+        .static_config(format!(
+            "destinations:\n  - aliases: [\"{service}\"]\n    target:\n      name: db.shop.svc.cluster.local:5432\n      protocol: {{ protocol: opaque }}\n      routes: {{ default_backend: default }}\n      backends:\n        backends:\n          default: {{ endpoints: [{{ address: \"{relay}\", ready: true, meshed: true, identity: \"{}\" }}] }}\n",
+            web()
+        ))
+        // The app's connection to the Service address, as iptables redirects it.
+        .original_dst(service)
+        .start()
+        .await;
+    wait_ready(&server).await;
+    wait_ready(&client).await;
+
+    let mut app = TcpStream::connect(client.outbound_addr)
+        .await
+        .expect("connect");
+    let mut greeting = [0u8; 9];
+    bounded("the server's greeting", app.read_exact(&mut greeting))
+        .await
+        .expect("greeting");
+    assert_eq!(&greeting, b"greeting\n");
+    app.write_all(b"SELECT 1;").await.expect("write");
+    let mut echo = [0u8; 9];
+    bounded("the echo", app.read_exact(&mut echo))
+        .await
+        .expect("echo");
+    assert_eq!(&echo, b"SELECT 1;");
+
+    let first = recording.first_bytes.lock().unwrap().clone();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].first(), Some(&0x16), "a TLS handshake record");
+    assert!(!String::from_utf8_lossy(&first[0]).contains("SELECT"));
+    assert_eq!(
+        metric(
+            &server,
+            "plexus_proxy_tls_handshakes_total{direction=\"inbound\"}"
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http1_upgrade_to_a_meshed_endpoint_stays_http1_inside_mtls() {
+    let ca = Authority::start(Duration::from_secs(3600)).await;
+    let websocket = http_upstream(|mut request: Request<Incoming>| async move {
+        let client = header_of(&request, "plexus-client-id");
+        let on_upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = on_upgrade.await {
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 64];
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("x-client-id", client)
+            .body(body::empty())
+            .expect("response")
+    })
+    .await;
+    let p = pair_for(websocket.addr, &ca, &ca, &web(), &web(), &[]).await;
+
+    let mut send = http1(p.client.outbound_addr).await;
+    let request = Request::builder()
+        .uri("/socket")
+        .header("host", "web:80")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .body(body::empty())
+        .expect("request");
+    let response = bounded("101", send.send_request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 101);
+    assert_eq!(header(&response, "x-client-id"), frontend().as_str());
+    let on_upgrade = hyper::upgrade::on(response);
+    let mut io = TokioIo::new(bounded("upgrade", on_upgrade).await.expect("upgraded"));
+    io.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    bounded("echo", io.read_exact(&mut echoed))
+        .await
+        .expect("echo");
+    assert_eq!(&echoed, b"ping");
+    let first = p.recording.first_bytes.lock().unwrap().clone();
+    assert_eq!(first[0].first(), Some(&0x16), "inside mTLS");
+}
+
+fn header_of<B>(request: &Request<B>, name: &str) -> String {
+    request
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_proxy_without_a_certificate_is_not_ready() {
+    let ca = Authority::start(Duration::from_secs(3600)).await;
+    // Where nothing listens: Certify never answers.
+    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let proxy = ca
+        .sidecar(&web())
+        .env("PLEXUS_IDENTITY_ADDR", nowhere)
+        .start()
+        .await;
+    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, 503);
+    let (_, config) = admin_get(proxy.admin_addr, "/config").await;
+    let config: serde_json::Value = serde_json::from_str(&config).expect("/config JSON");
+    assert_eq!(config["identity"]["identity"], web().as_str());
+    assert_eq!(config["identity"]["ready"], false);
+    assert!(config["identity"]["not_after_unix"].is_null());
+    assert_eq!(
+        metric(&proxy, "plexus_proxy_identity_certificate_expiry_seconds ").await,
+        0.0
+    );
 }

@@ -43,7 +43,7 @@ async fn receiver() -> Receiver {
         AssemblyConfig {
             // A trace whose root is the test's own (unexported) caller is
             // judged finished only after this quiet period.
-            quiet_period: Duration::from_secs(1),
+            quiet_period: Duration::from_secs(2),
             root_settle: Duration::from_millis(300),
             ..AssemblyConfig::default()
         },
@@ -237,9 +237,9 @@ async fn two_meshed_hops_form_one_trace() {
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(text(answer).await, "B said 404: no such item");
     drop(client);
-    for proxy in [proxy_a, proxy_b, proxy_c] {
-        stop(proxy).await;
-    }
+    // Together: the trace has no root here (the caller's span is not
+    // exported), so it is complete only once no span came for a while.
+    futures_util::future::join_all([proxy_a, proxy_b, proxy_c].map(stop)).await;
 
     let trace = next_trace(&mut receiver).await;
     assert_eq!(trace.trace_id, TRACE);
@@ -465,18 +465,26 @@ async fn a_trace_started_by_the_proxy_is_joined_by_the_app() {
         .start()
         .await;
     let mut client = http1(proxy.inbound_addr).await;
-    let answer = bounded("response", client.send_request(get("/page", "web")))
+    let mut request = get("/page", "web");
+    // A plaintext client cannot claim an identity, in the headers or the span.
+    request.headers_mut().insert(
+        "plexus-client-id",
+        http::HeaderValue::from_static("spiffe://cluster.local/ns/shop/sa/admin"),
+    );
+    let answer = bounded("response", client.send_request(request))
         .await
         .expect("response");
     assert_eq!(answer.status(), StatusCode::OK);
     assert_eq!(text(answer).await, "first,second");
     drop(client);
-    stop(proxy).await;
+    // The app's span first: until the root arrives its trace looks
+    // unfinished, so the receiver waits for it.
     let app_provider = provider.clone();
     tokio::task::spawn_blocking(move || app_provider.shutdown())
         .await
         .expect("app tracer shutdown task")
         .expect("app spans exported");
+    stop(proxy).await;
 
     let seen = seen_by_app.all();
     assert_eq!(seen.len(), 1);
@@ -493,6 +501,7 @@ async fn a_trace_started_by_the_proxy_is_joined_by_the_app() {
     assert_eq!(root.kind, SpanKind::Server);
     assert_eq!(root.attr_str("url.path"), Some("/page"));
     assert_eq!(root.attr_i64("http.response.status_code"), Some(200));
+    assert_eq!(root.attr_str("plexus.client.identity"), None);
     assert_eq!(app_span.service, "web-app");
     assert_eq!(app_span.name, "render page");
     assert_eq!(

@@ -14,7 +14,7 @@ const HIGHEST_NS: u64 = 60_000_000_000;
 /// Three significant digits: ±0.1 % of the value.
 const SIGNIFICANT_DIGITS: u8 = 3;
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct LatencyHistogram(Histogram<u64>);
 
 impl LatencyHistogram {

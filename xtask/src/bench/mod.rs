@@ -34,6 +34,7 @@ use crate::workspace::Workspace;
 const MAX_DURATION_SECS: f64 = 60.0;
 const MAX_WARMUP_SECS: f64 = 10.0;
 const MAX_CONNECTIONS: usize = 256;
+const MAX_ROUNDS: usize = 20;
 /// How long the count-bounded memory run may take before it gives up.
 const RSS_RUN_TIME_CAP: Duration = Duration::from_secs(120);
 
@@ -51,6 +52,10 @@ pub struct BenchArgs {
     /// Measured seconds per scenario [default: 5, --quick: 1; at most 60].
     #[arg(long)]
     pub duration: Option<f64>,
+    /// Rounds per scenario, interleaved with the other scenarios of its group
+    /// and merged (evens out a shared machine's noise).
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
     /// Warm-up seconds before each measurement [default: 1, --quick: 0.25; at most 10].
     #[arg(long)]
     pub warmup: Option<f64>,
@@ -93,7 +98,16 @@ pub fn main(args: BenchArgs) -> Result<bool> {
     if cfg!(debug_assertions) {
         return Err(relaunch_optimized());
     }
-    runtime(settings.loadgen_threads)?.block_on(run(args, settings))
+    runtime(settings.loadgen_threads)?.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut terminate = signal(SignalKind::terminate()).context("watching SIGTERM")?;
+        // Dropping `run` drops the child handles, which kills the upstream and proxies.
+        tokio::select! {
+            result = run(args, settings) => result,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted; the upstream and proxies were stopped"),
+            _ = terminate.recv() => bail!("terminated; the upstream and proxies were stopped"),
+        }
+    })
 }
 
 /// `cargo xtask` runs a debug build, whose load generator and upstream would be
@@ -181,9 +195,15 @@ impl Settings {
             !args.connections.is_empty(),
             "--connections: give at least one count"
         );
+        ensure!(
+            (1..=MAX_ROUNDS).contains(&args.rounds),
+            "--rounds {}: expected 1 to {MAX_ROUNDS}",
+            args.rounds
+        );
         Ok(Self {
             duration_s: duration,
             warmup_s: warmup,
+            rounds: args.rounds,
             rate: (args.rate > 0.0).then_some(args.rate),
             rate_connections: args.rate_connections,
             rss_requests,
@@ -229,13 +249,36 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
     };
 
     let mut measurements = Vec::with_capacity(scenarios.len());
-    for scenario in scenarios {
-        eprintln!("bench: {}", scenario.name());
-        let measured = bench.measure(&scenario).await;
-        if let Err(error) = &measured {
-            eprintln!("bench: {} failed: {error:#}", scenario.name());
+    // A group (direct, proxy, pair of one protocol, connection count and pacing)
+    // runs round after round, its scenarios interleaved, so a neighbour's burst
+    // of CPU hits all of them alike rather than one.
+    for group in scenarios.chunk_by(|a, b| a.direct() == b.direct()) {
+        let mut results: Vec<Option<Result<Measurement>>> = group.iter().map(|_| None).collect();
+        for round in 1..=settings.rounds {
+            for (scenario, result) in group.iter().zip(results.iter_mut()) {
+                if matches!(result, Some(Err(_))) {
+                    continue;
+                }
+                eprintln!(
+                    "bench: {} (round {round}/{})",
+                    scenario.name(),
+                    settings.rounds
+                );
+                let measured = bench.measure(scenario).await;
+                if let Err(error) = &measured {
+                    eprintln!("bench: {} failed: {error:#}", scenario.name());
+                }
+                *result = Some(match (result.take(), measured) {
+                    (Some(Ok(mut sum)), Ok(more)) => sum.merge(more).map(|()| sum),
+                    (_, measured) => measured,
+                });
+            }
         }
-        measurements.push((scenario, measured));
+        for (scenario, result) in group.iter().zip(results) {
+            if let Some(result) = result {
+                measurements.push((*scenario, result));
+            }
+        }
     }
 
     let rss = match (
@@ -399,16 +442,15 @@ impl Bench<'_> {
                 memory: procfs::memory(proxy.pid)?,
             });
         }
-        Ok(Measurement {
-            seconds: window.seconds(),
-            completed: outcome.completed(),
-            errors: outcome.errors,
-            first_error: outcome.first_error,
-            latency: outcome.latency.summary(),
-            loadgen_cpu_s: cpu(0),
-            upstream_cpu_s: cpu(1),
+        Ok(Measurement::new(
+            window.seconds(),
+            outcome.latency,
+            outcome.errors,
+            outcome.first_error,
+            cpu(0),
+            cpu(1),
             proxies,
-        })
+        ))
     }
 
     /// This process (the load generator), the upstream, then each proxy.

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::compare::{AddedLatency, VersusDirect, cpu_ms_per_1k_requests};
-use super::latency::LatencySummary;
+use super::latency::{LatencyHistogram, LatencySummary};
 use super::procfs::Memory;
 use super::scenario::{Pacing, Scenario};
 use super::targets::{self, TargetCheck};
@@ -15,6 +15,8 @@ use super::targets::{self, TargetCheck};
 pub struct Settings {
     pub duration_s: f64,
     pub warmup_s: f64,
+    /// Each group's scenarios run this many times, interleaved, and are merged.
+    pub rounds: usize,
     pub rate: Option<f64>,
     pub rate_connections: usize,
     pub rss_requests: u64,
@@ -34,6 +36,9 @@ pub struct Measurement {
     pub errors: u64,
     pub first_error: Option<String>,
     pub latency: LatencySummary,
+    /// What `latency` is read from, kept so rounds can be merged.
+    #[serde(skip)]
+    pub histogram: LatencyHistogram,
     /// CPU of this process: the load generator (and the idle orchestration).
     pub loadgen_cpu_s: f64,
     pub upstream_cpu_s: f64,
@@ -41,6 +46,51 @@ pub struct Measurement {
 }
 
 impl Measurement {
+    pub fn new(
+        seconds: f64,
+        histogram: LatencyHistogram,
+        errors: u64,
+        first_error: Option<String>,
+        loadgen_cpu_s: f64,
+        upstream_cpu_s: f64,
+        proxies: Vec<ProcessCost>,
+    ) -> Self {
+        Self {
+            seconds,
+            completed: histogram.count(),
+            errors,
+            first_error,
+            latency: histogram.summary(),
+            histogram,
+            loadgen_cpu_s,
+            upstream_cpu_s,
+            proxies,
+        }
+    }
+
+    /// Adds another round of the same scenario: times, requests and CPU add
+    /// up, latencies are merged, memory is the larger of the two.
+    pub fn merge(&mut self, round: Measurement) -> anyhow::Result<()> {
+        self.histogram.merge(&round.histogram)?;
+        self.latency = self.histogram.summary();
+        self.completed = self.histogram.count();
+        self.seconds += round.seconds;
+        self.errors += round.errors;
+        if self.first_error.is_none() {
+            self.first_error = round.first_error;
+        }
+        self.loadgen_cpu_s += round.loadgen_cpu_s;
+        self.upstream_cpu_s += round.upstream_cpu_s;
+        for (mine, theirs) in self.proxies.iter_mut().zip(round.proxies) {
+            mine.cpu_s += theirs.cpu_s;
+            mine.memory = Memory {
+                rss_kib: mine.memory.rss_kib.max(theirs.memory.rss_kib),
+                peak_rss_kib: mine.memory.peak_rss_kib.max(theirs.memory.peak_rss_kib),
+            };
+        }
+        Ok(())
+    }
+
     pub fn requests_per_sec(&self) -> f64 {
         if self.seconds > 0.0 {
             self.completed as f64 / self.seconds
@@ -196,9 +246,10 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "plexus bench: {} CPUs shared by everything; {} s per scenario after {} s warm-up; \
+            "plexus bench: {} CPUs shared by everything; {} round(s) of {} s per scenario after {} s warm-up; \
              load generator {} thread(s), upstream {} thread(s), proxy {} thread(s)",
             s.cpus,
+            s.rounds,
             s.duration_s,
             s.warmup_s,
             s.loadgen_threads,
@@ -372,6 +423,7 @@ mod tests {
         Settings {
             duration_s: 5.0,
             warmup_s: 1.0,
+            rounds: 1,
             rate: None,
             rate_connections: 4,
             rss_requests: 100_000,
@@ -405,6 +457,7 @@ mod tests {
                 max_us: p50_us * 4.0,
                 mean_us: p50_us,
             },
+            histogram: LatencyHistogram::new(),
             loadgen_cpu_s: 4.0,
             upstream_cpu_s: 3.0,
             proxies: (0..proxies)
@@ -490,6 +543,48 @@ mod tests {
         );
         assert!(text.contains("FAILED: no proxy"), "{text}");
         assert!(report.targets.is_empty(), "no figure, no verdict");
+    }
+
+    #[test]
+    fn rounds_add_up_and_merge_latencies() {
+        let round = |micros: u64, requests: u64, rss_kib: u64| {
+            let mut histogram = LatencyHistogram::new();
+            for _ in 0..requests {
+                histogram.record(std::time::Duration::from_micros(micros));
+            }
+            let proxy = ProcessCost {
+                role: "proxy",
+                cpu_s: 1.5,
+                memory: Memory {
+                    rss_kib,
+                    peak_rss_kib: rss_kib,
+                },
+            };
+            Measurement::new(5.0, histogram, 1, None, 2.0, 1.0, vec![proxy])
+        };
+        let mut merged = round(100, 300, 7_000);
+        let mut second = round(300, 100, 6_000);
+        second.first_error = Some("answered 502".into());
+        merged.merge(second).unwrap();
+        assert_eq!(
+            (merged.seconds, merged.completed, merged.errors),
+            (10.0, 400, 2)
+        );
+        assert_eq!(merged.requests_per_sec(), 40.0);
+        assert!(
+            (merged.latency.p50_us - 100.0).abs() < 0.1,
+            "{:?}",
+            merged.latency
+        );
+        assert!(
+            (merged.latency.p99_us - 300.0).abs() < 0.5,
+            "{:?}",
+            merged.latency
+        );
+        assert_eq!(merged.first_error.as_deref(), Some("answered 502"));
+        assert_eq!((merged.loadgen_cpu_s, merged.upstream_cpu_s), (4.0, 2.0));
+        assert_eq!(merged.proxy_cpu_s(), Some(3.0));
+        assert_eq!(merged.proxy_memory().map(|m| m.rss_kib), Some(7_000));
     }
 
     #[test]

@@ -19,7 +19,6 @@ mod metrics_text;
 mod probe;
 mod processes;
 mod sidecar;
-mod static_destinations;
 mod summary;
 mod topology;
 mod traffic;
@@ -28,7 +27,7 @@ mod waterfalls;
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -151,68 +150,10 @@ async fn demo(
     };
     let _stop_collector = AbortOnDrop(collector);
 
-    let feed_path = work_dir.join("demo-cluster.yaml");
-    std::fs::write(&feed_path, feed::feed_yaml(topology)?)
-        .with_context(|| format!("writing {}", feed_path.display()))?;
-    eprintln!("starting the controller on {}", feed_path.display());
-    let identity = IdentityPlan {
-        controller: topology.controller_grpc_addr(),
-        token_dir: work_dir.join("tokens"),
-        ca_dir: work_dir.join("ca"),
-    };
-    let mut controller = Command::new(bin.join("plexus-controller"));
-    controller
-        .arg("--feed")
-        .arg(format!("file:{}", feed_path.display()))
-        .arg("--grpc-addr")
-        .arg(topology.controller_grpc_addr().to_string())
-        .arg("--admin-addr")
-        .arg(topology.controller_admin_addr().to_string())
-        // Its own CA (created on first start) and a bootstrap token per workload
-        // identity of the feed: the Identity API outside a cluster.
-        .arg("--ca-dir")
-        .arg(&identity.ca_dir)
-        .arg("--bootstrap-token-dir")
-        .arg(&identity.token_dir)
-        .env("PLEXUS_OTLP_ENDPOINT", &otlp_endpoint);
-    processes.spawn("controller", controller)?;
-    probe
-        .wait_ready(
-            "the controller",
-            topology.controller_admin_addr(),
-            "/ready",
-            READY_WITHIN,
-            processes,
-        )
-        .await?;
-    check_feed_accepted(&probe, topology.controller_admin_addr(), &feed_path).await?;
-    check_identity_issued(&identity, topology)?;
-
-    let plan = sidecar_plan(topology, work_dir, identity, otlp_endpoint.clone())?;
-    eprintln!(
-        "starting {} pods (an app and a sidecar each)",
-        topology.pods().len()
-    );
-    let xtask = std::env::current_exe().context("locating the xtask binary")?;
-    for pod in topology.pods() {
-        processes.spawn(
-            &format!("{}-app", pod.name),
-            app_command(&xtask, topology, pod),
-        )?;
-        let mut sidecar = Command::new(bin.join("plexus-proxy"));
-        sidecar.envs(sidecar_env(pod, &plan));
-        processes.spawn(&format!("{}-proxy", pod.name), sidecar)?;
-    }
-    for pod in topology.pods() {
-        let what = format!("the sidecar of {}", pod.name);
-        probe
-            .wait_ready(&what, pod.admin_addr(), "/ready", READY_WITHIN, processes)
-            .await?;
-        let what = format!("the app of {}", pod.name);
-        probe
-            .wait_ready(&what, pod.app_addr(), "/stats", READY_WITHIN, processes)
-            .await?;
-    }
+    let identity =
+        start_controller(topology, bin, work_dir, &otlp_endpoint, processes, &probe).await?;
+    let plan = sidecar_plan(topology, identity, otlp_endpoint.clone());
+    start_pods(topology, bin, &plan, processes, &probe).await?;
 
     let frontend = topology.frontend();
     let load = traffic::Plan {
@@ -247,16 +188,16 @@ async fn demo(
         duration: load.duration,
         stats: &stats,
         frontend_metrics: metrics.as_deref(),
-        traced_hops: &BTreeMap::new(),
+        verified_servers: &BTreeMap::new(),
     };
     // The summary reads identities from the traces too: let them arrive first.
-    let traced_hops;
+    let verified_servers;
     if args.otlp_endpoint.is_none() {
         eprintln!("waiting for the last spans (at most {TRACES_WITHIN:?})");
         let retried = summary::Retries::of(&inputs).spent.is_some_and(|n| n > 0);
         store.wait_for(&outcomes, retried, TRACES_WITHIN).await;
-        traced_hops = store.hop_identities().await;
-        inputs.traced_hops = &traced_hops;
+        verified_servers = store.verified_servers().await;
+        inputs.verified_servers = &verified_servers;
     }
     println!();
     print!("{}", summary::render(&inputs));
@@ -277,6 +218,84 @@ async fn demo(
             processes.check_alive()?;
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
+    }
+    Ok(())
+}
+
+/// The controller on a feed of the demo's objects, with its CA and a bootstrap token
+/// per workload identity: the Identity API outside a cluster.
+async fn start_controller(
+    topology: &Topology,
+    bin: &Path,
+    work_dir: &Path,
+    otlp_endpoint: &str,
+    processes: &mut Processes,
+    probe: &Probe,
+) -> anyhow::Result<IdentityPlan> {
+    let feed_path = work_dir.join("demo-cluster.yaml");
+    std::fs::write(&feed_path, feed::feed_yaml(topology)?)
+        .with_context(|| format!("writing {}", feed_path.display()))?;
+    eprintln!("starting the controller on {}", feed_path.display());
+    let identity = IdentityPlan {
+        controller: topology.controller_grpc_addr(),
+        token_dir: work_dir.join("tokens"),
+        ca_dir: work_dir.join("ca"),
+    };
+    let mut controller = Command::new(bin.join("plexus-controller"));
+    controller
+        .arg("--feed")
+        .arg(format!("file:{}", feed_path.display()))
+        .arg("--grpc-addr")
+        .arg(topology.controller_grpc_addr().to_string())
+        .arg("--admin-addr")
+        .arg(topology.controller_admin_addr().to_string())
+        // Created on first start, in the demo's own directory.
+        .arg("--ca-dir")
+        .arg(&identity.ca_dir)
+        .arg("--bootstrap-token-dir")
+        .arg(&identity.token_dir)
+        .env("PLEXUS_OTLP_ENDPOINT", otlp_endpoint);
+    processes.spawn("controller", controller)?;
+    let admin = topology.controller_admin_addr();
+    probe
+        .wait_ready("the controller", admin, "/ready", READY_WITHIN, processes)
+        .await?;
+    check_feed_accepted(probe, admin, &feed_path).await?;
+    check_identity_issued(&identity, topology)?;
+    Ok(identity)
+}
+
+/// Every pod's app and sidecar, ready to serve.
+async fn start_pods(
+    topology: &Topology,
+    bin: &Path,
+    plan: &SidecarPlan,
+    processes: &mut Processes,
+    probe: &Probe,
+) -> anyhow::Result<()> {
+    eprintln!(
+        "starting {} pods (an app and a sidecar each)",
+        topology.pods().len()
+    );
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    for pod in topology.pods() {
+        processes.spawn(
+            &format!("{}-app", pod.name),
+            app_command(&xtask, topology, pod),
+        )?;
+        let mut sidecar = Command::new(bin.join("plexus-proxy"));
+        sidecar.envs(sidecar_env(pod, plan));
+        processes.spawn(&format!("{}-proxy", pod.name), sidecar)?;
+    }
+    for pod in topology.pods() {
+        let what = format!("the sidecar of {}", pod.name);
+        probe
+            .wait_ready(&what, pod.admin_addr(), "/ready", READY_WITHIN, processes)
+            .await?;
+        let what = format!("the app of {}", pod.name);
+        probe
+            .wait_ready(&what, pod.app_addr(), "/stats", READY_WITHIN, processes)
+            .await?;
     }
     Ok(())
 }
@@ -361,29 +380,16 @@ fn check_addresses_free(addrs: impl IntoIterator<Item = SocketAddr>) -> anyhow::
     Ok(())
 }
 
-fn sidecar_plan(
-    topology: &Topology,
-    work_dir: &Path,
-    identity: IdentityPlan,
-    otlp_endpoint: String,
-) -> anyhow::Result<SidecarPlan> {
-    let static_path: PathBuf = work_dir.join("static-destinations.yaml");
-    std::fs::write(
-        &static_path,
-        static_destinations::static_config_yaml(topology, false)?,
-    )
-    .with_context(|| format!("writing {}", static_path.display()))?;
+fn sidecar_plan(topology: &Topology, identity: IdentityPlan, otlp_endpoint: String) -> SidecarPlan {
     eprintln!(
-        "the sidecars read their destinations from {} (the same objects as the feed; \
-         this proxy build has no Destination API client yet)",
-        static_path.display()
+        "the sidecars get their certificates and destinations from the controller at {}",
+        topology.controller_grpc_addr()
     );
-    Ok(SidecarPlan {
+    SidecarPlan {
         identity: Some(identity),
-        controller: None,
-        static_config: Some(static_path),
+        controller: Some(topology.controller_grpc_addr()),
         otlp_endpoint,
-    })
+    }
 }
 
 fn app_command(xtask: &Path, topology: &Topology, pod: &Pod) -> Command {
@@ -421,7 +427,10 @@ async fn collect_stats(probe: &Probe, topology: &Topology) -> Vec<(Pod, app::App
 
 async fn print_waterfalls(store: &TraceStore, outcomes: &[traffic::Outcome]) {
     let picked = store.pick(outcomes, 3).await;
-    println!("\nTraces ({} received)", store.len().await);
+    println!(
+        "\nTraces ({} complete so far, by plexusctl's receiver)",
+        store.len().await
+    );
     if picked.is_empty() {
         println!("  no trace of the demo's requests arrived (does this proxy build export spans?)");
     }

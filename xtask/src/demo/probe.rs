@@ -75,3 +75,96 @@ impl Probe {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Response;
+    use http_body_util::Full;
+    use hyper_util::rt::TokioIo;
+    use tokio::net::TcpListener;
+
+    /// A component that is up but never ready.
+    async fn never_ready() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("bound");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let service = hyper::service::service_fn(|_| async {
+                    let mut response = Response::new(Full::new(Bytes::from("not ready\n")));
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    Ok::<_, std::convert::Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .into_owned(),
+                );
+            }
+        });
+        addr
+    }
+
+    fn processes(name: &str) -> (Processes, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("xtask-probe-{name}-{}", std::process::id()));
+        (Processes::new(&dir).expect("log dir"), dir)
+    }
+
+    #[tokio::test]
+    async fn a_component_that_never_gets_ready_fails_with_its_last_answer() {
+        let addr = never_ready().await;
+        let (mut processes, dir) = processes("never");
+        let error = Probe::new()
+            .wait_ready(
+                "the sidecar of x",
+                addr,
+                "/ready",
+                Duration::from_millis(300),
+                &mut processes,
+            )
+            .await
+            .expect_err("never ready");
+        let message = format!("{error:#}");
+        assert!(
+            message.contains("the sidecar of x was not ready within"),
+            "{message}"
+        );
+        assert!(
+            message.contains("503 Service Unavailable not ready"),
+            "{message}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_component_that_exited_fails_the_wait_at_once_naming_it() {
+        let addr = never_ready().await;
+        let (mut processes, dir) = processes("exited");
+        let mut command = tokio::process::Command::new("sh");
+        command.args(["-c", "echo 'PLEXUS_ADMIN_ADDR is invalid' >&2; exit 2"]);
+        processes
+            .spawn("frontend-0-proxy", command)
+            .expect("spawns");
+        // The bound is long: only the exit can end the wait in time.
+        let error = tokio::time::timeout(
+            Duration::from_secs(20),
+            Probe::new().wait_ready(
+                "the sidecar",
+                addr,
+                "/ready",
+                Duration::from_secs(60),
+                &mut processes,
+            ),
+        )
+        .await
+        .expect("ends well before its bound")
+        .expect_err("the process exited");
+        let message = format!("{error:#}");
+        assert!(message.contains("frontend-0-proxy exited"), "{message}");
+        assert!(
+            message.contains("PLEXUS_ADMIN_ADDR is invalid"),
+            "{message}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -12,8 +12,6 @@ pub struct SidecarPlan {
     pub identity: Option<IdentityPlan>,
     /// The controller's Destination API.
     pub controller: Option<SocketAddr>,
-    /// The static destinations file, when the proxy cannot use a controller.
-    pub static_config: Option<PathBuf>,
     /// OTLP/gRPC endpoint, e.g. `http://127.0.10.1:4317`.
     pub otlp_endpoint: String,
 }
@@ -76,9 +74,6 @@ pub fn sidecar_env(pod: &Pod, plan: &SidecarPlan) -> Vec<(&'static str, String)>
     if let Some(controller) = plan.controller {
         env.push(("PLEXUS_CONTROLLER_ADDR", controller.to_string()));
     }
-    if let Some(path) = &plan.static_config {
-        env.push(("PLEXUS_STATIC_CONFIG", path.display().to_string()));
-    }
     env
 }
 
@@ -99,7 +94,6 @@ mod tests {
                 ca_dir: "/tmp/demo/ca".into(),
             }),
             controller: Some(controller),
-            static_config: None,
             otlp_endpoint: "http://127.0.10.1:4317".into(),
         };
         let env: std::collections::HashMap<_, _> = sidecar_env(flaky, &plan).into_iter().collect();
@@ -110,7 +104,6 @@ mod tests {
         assert_eq!(env["PLEXUS_CONTROLLER_ADDR"], "127.0.10.1:8090");
         assert_eq!(env["PLEXUS_WORKLOAD"], "backend-v1");
         assert_eq!(env["PLEXUS_POD_NAME"], "backend-v1-flaky");
-        assert!(!env.contains_key("PLEXUS_STATIC_CONFIG"));
         assert_eq!(
             env["PLEXUS_IDENTITY"],
             "spiffe://cluster.local/ns/demo/sa/backend"

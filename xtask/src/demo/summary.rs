@@ -28,9 +28,9 @@ pub struct Inputs<'a> {
     pub stats: &'a [(Pod, AppStats)],
     /// The frontend sidecar's `/metrics`; `None` when it could not be read.
     pub frontend_metrics: Option<&'a [Sample]>,
-    /// "client identity -> server identity" on the inbound spans of the traces, with
-    /// their count (see `waterfalls::hop_identities`).
-    pub traced_hops: &'a BTreeMap<String, u64>,
+    /// "workload -> server identity" its sidecar verified, with the number of attempts,
+    /// from the traces (see `waterfalls::verified_servers`).
+    pub verified_servers: &'a BTreeMap<String, u64>,
 }
 
 /// What the load driver saw.
@@ -269,14 +269,17 @@ pub fn render(inputs: &Inputs<'_>) -> String {
     if !meshed.is_empty() {
         let _ = writeln!(
             out,
-            "  frontend -> backend: mTLS, the backends' sidecars saw {}",
+            "  frontend -> backend: mTLS; the backends' sidecars saw the client {}",
             meshed.join(", ")
         );
     }
-    for (hop, n) in inputs.traced_hops {
-        let _ = writeln!(out, "  mTLS in the traces: {hop} ({n} spans)");
+    for (hop, n) in inputs.verified_servers {
+        let _ = writeln!(
+            out,
+            "  {hop}: server identity verified by the caller's sidecar ({n} attempts in the traces)"
+        );
     }
-    if meshed.is_empty() && inputs.traced_hops.is_empty() {
+    if meshed.is_empty() && inputs.verified_servers.is_empty() {
         let _ = writeln!(
             out,
             "  frontend -> backend: mTLS: not enabled in this build"
@@ -438,7 +441,7 @@ mod tests {
             duration: Duration::from_secs(20),
             stats: &stats,
             frontend_metrics: Some(&samples),
-            traced_hops: &BTreeMap::new(),
+            verified_servers: &BTreeMap::new(),
         };
         let retries = Retries::of(&inputs);
         assert_eq!(retries.spent, Some(40));
@@ -490,8 +493,8 @@ mod tests {
             duration: Duration::from_secs(1),
             stats: &stats,
             frontend_metrics: None,
-            traced_hops: &BTreeMap::from([(
-                format!("{id} -> spiffe://cluster.local/ns/demo/sa/backend"),
+            verified_servers: &BTreeMap::from([(
+                "frontend -> spiffe://cluster.local/ns/demo/sa/backend".to_owned(),
                 4,
             )]),
         };
@@ -500,10 +503,18 @@ mod tests {
         let text = render(&inputs);
         assert!(
             text.contains(&format!(
-                "mTLS, the backends' sidecars saw {id} (11 requests)"
+                "mTLS; the backends' sidecars saw the client {id} (11 requests)"
             )),
             "{text}"
         );
+        assert!(
+            text.contains(
+                "frontend -> spiffe://cluster.local/ns/demo/sa/backend: server identity \
+                 verified by the caller's sidecar (4 attempts in the traces)"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("not enabled"), "{text}");
         assert!(
             text.contains("this proxy build exports no retry counter"),
             "{text}"

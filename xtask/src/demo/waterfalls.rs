@@ -72,8 +72,8 @@ impl TraceStore {
         }
     }
 
-    pub async fn hop_identities(&self) -> BTreeMap<String, u64> {
-        hop_identities(self.traces.lock().await.values())
+    pub async fn verified_servers(&self) -> BTreeMap<String, u64> {
+        verified_servers(self.traces.lock().await.values())
     }
 
     /// Up to `n` traces with a caption each: a retried request, a typical one, the slowest.
@@ -86,22 +86,21 @@ impl TraceStore {
     }
 }
 
-/// "client identity -> server identity" of every server span that records both
-/// (`plexus.client.identity`, `plexus.server.identity`: the inbound side of an mTLS hop).
-pub fn hop_identities<'a>(traces: impl IntoIterator<Item = &'a Trace>) -> BTreeMap<String, u64> {
-    let mut hops = BTreeMap::new();
+/// The server identities the client side checked, with how many attempts did: the
+/// `plexus.server.identity` of client spans (an mTLS hop, seen from its caller).
+pub fn verified_servers<'a>(traces: impl IntoIterator<Item = &'a Trace>) -> BTreeMap<String, u64> {
+    let mut servers = BTreeMap::new();
     for span in traces.into_iter().flat_map(|t| &t.spans) {
-        if span.kind != SpanKind::Server {
+        if span.kind != SpanKind::Client {
             continue;
         }
-        if let (Some(client), Some(server)) = (
-            span.attr_str("plexus.client.identity"),
-            span.attr_str("plexus.server.identity"),
-        ) {
-            *hops.entry(format!("{client} -> {server}")).or_default() += 1;
+        if let Some(server) = span.attr_str("plexus.server.identity") {
+            *servers
+                .entry(format!("{} -> {server}", span.service))
+                .or_default() += 1;
         }
     }
-    hops
+    servers
 }
 
 /// Whether a span of the trace records a retry (attributes of crates/proxy's telemetry,
@@ -207,7 +206,7 @@ mod tests {
     }
 
     #[test]
-    fn hop_identities_come_from_server_spans_that_know_both_ends() {
+    fn verified_servers_come_from_client_spans() {
         let with = |kind, attributes: &[(&str, &str)]| Span {
             kind,
             attributes: attributes
@@ -216,25 +215,22 @@ mod tests {
                 .collect(),
             ..span("1", &[])
         };
-        let (client, server) = (
-            "spiffe://td/ns/demo/sa/frontend",
-            "spiffe://td/ns/demo/sa/backend",
-        );
-        let both = [
-            ("plexus.client.identity", client),
-            ("plexus.server.identity", server),
-        ];
+        let server = "spiffe://td/ns/demo/sa/backend";
+        let checked = [("plexus.server.identity", server)];
         let traces = [
             trace(
                 "a",
-                vec![with(SpanKind::Server, &both), with(SpanKind::Client, &both)],
+                vec![
+                    with(SpanKind::Client, &checked),
+                    with(SpanKind::Server, &checked),
+                ],
             ),
-            trace("b", vec![with(SpanKind::Server, &both[..1])]),
-            trace("c", vec![with(SpanKind::Server, &both)]),
+            trace("b", vec![with(SpanKind::Client, &[])]),
+            trace("c", vec![with(SpanKind::Client, &checked)]),
         ];
-        let hops = hop_identities(&traces);
-        assert_eq!(hops.len(), 1);
-        assert_eq!(hops[&format!("{client} -> {server}")], 2);
+        let servers = verified_servers(&traces);
+        assert_eq!(servers.len(), 1);
+        assert_eq!(servers[&format!("frontend -> {server}")], 2);
     }
 
     #[test]

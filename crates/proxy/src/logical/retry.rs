@@ -142,9 +142,11 @@ pub fn describe<B>(reason: RetryReason, outcome: &Result<Response<B>, AttemptFai
         RetryReason::grpc_status => {
             let code = response
                 .and_then(|r| r.headers().get("grpc-status"))
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            format!("grpc-status {code}").trim_end().to_owned()
+                .and_then(|v| v.to_str().ok());
+            match code {
+                Some(code) => format!("grpc-status {code}"),
+                None => "grpc-status".to_owned(),
+            }
         }
         RetryReason::connect => "connect failed".to_owned(),
         RetryReason::request_error => "request failed".to_owned(),

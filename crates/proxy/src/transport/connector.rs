@@ -62,6 +62,16 @@ impl tower::Service<Uri> for EndpointConnector {
     }
 }
 
+/// Connects to a meshed endpoint's proxy over mTLS (opaque TCP uses it directly).
+pub async fn connect_mesh(
+    addr: SocketAddr,
+    timeout: Duration,
+    tls: MeshConnect,
+) -> io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = crate::opaque::connect(addr, timeout).await?;
+    handshake(tcp, addr, timeout, tls).await
+}
+
 /// The client side of mesh TLS: the server must prove `expected`.
 async fn handshake(
     tcp: tokio::net::TcpStream,

@@ -15,19 +15,14 @@ pub enum MeshIo {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// Not marked as negotiated HTTP/2 although mesh TLS always agrees on `h2`:
+/// the pool decides the protocol (an HTTP/1 upgrade to a meshed endpoint
+/// stays HTTP/1 inside mTLS; the server proxy detects what it decrypts).
 impl Connection for MeshIo {
     fn connected(&self) -> Connected {
         match self {
             Self::Plain(tcp) => tcp.connected(),
-            Self::Tls(tls) => {
-                let (tcp, conn) = tls.get_ref();
-                let connected = tcp.connected();
-                if conn.alpn_protocol() == Some(crate::tls::ALPN_H2) {
-                    connected.negotiated_h2()
-                } else {
-                    connected
-                }
-            }
+            Self::Tls(tls) => tls.get_ref().0.connected(),
         }
     }
 }

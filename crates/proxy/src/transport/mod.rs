@@ -25,7 +25,8 @@ use plexus_identity::SpiffeId;
 use crate::body::{self, Body};
 use crate::connect::{EndpointClient, EndpointTarget, ResponseFuture, SendError};
 use crate::tls::{MeshTls, TlsMetrics};
-use connector::{EndpointConnector, MeshConnect};
+use connector::EndpointConnector;
+pub use connector::{MeshConnect, connect_mesh};
 
 /// Set on an HTTP/1 request carried over HTTP/2 between proxies (meshed
 /// endpoints always get HTTP/2); the inbound proxy removes it and speaks
