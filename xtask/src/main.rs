@@ -9,6 +9,8 @@
 mod bench;
 #[cfg(feature = "demo")]
 mod demo;
+mod process;
+mod ready;
 mod test_suite;
 mod workspace;
 
@@ -22,7 +24,7 @@ enum Task {
     /// Build the workspace binaries, prepare the chart-test Python venv, run every test.
     Test(test_suite::TestArgs),
     /// Measure direct traffic vs one proxy vs a proxy pair, side by side in one run.
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// The bench's upstream server (started by `bench` as its own process).
     #[command(hide = true)]
     BenchUpstream(bench::upstream::UpstreamArgs),
@@ -38,7 +40,7 @@ enum Task {
 fn main() -> ExitCode {
     let outcome = match Task::parse() {
         Task::Test(args) => test_suite::run(args),
-        Task::Bench(args) => bench::main(args).map(|all_measured| {
+        Task::Bench(args) => bench::main(*args).map(|all_measured| {
             if all_measured {
                 ExitCode::SUCCESS
             } else {

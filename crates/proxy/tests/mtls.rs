@@ -446,8 +446,8 @@ async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
 }
 
 /// Opaque plaintext TCP to the server proxy: returns whether the proxy
-/// closed it without a byte from the app (the app speaks HTTP, so any
-/// answer means the bytes reached it).
+/// closed it without a byte from the app (any answer means the bytes
+/// reached the app).
 async fn plaintext_tcp_is_closed(server: &RunningProxy) -> bool {
     let mut stream = TcpStream::connect(server.inbound_addr)
         .await
@@ -492,7 +492,17 @@ async fn strict_refuses_plaintext_while_permissive_accepts_it() {
         "-",
         "a plaintext client's plexus-client-id is stripped"
     );
-    assert!(!plaintext_tcp_is_closed(&permissive.server).await);
+
+    // Opaque TCP under PERMISSIVE reaches an app that never closes first
+    // (an HTTP app answering garbage may reset the connection).
+    let database = support::tcp_upstream(b"greeting\n").await;
+    let permissive_tcp = ca
+        .sidecar(&web())
+        .env("PLEXUS_INBOUND_APP_ADDR", database)
+        .start()
+        .await;
+    wait_ready(&permissive_tcp).await;
+    assert!(!plaintext_tcp_is_closed(&permissive_tcp).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

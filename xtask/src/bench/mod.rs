@@ -2,13 +2,17 @@
 //!
 //! One upstream process, the load generator in this process, and for each
 //! scenario fresh proxy processes between them: none, one (outbound), or a
-//! pair (client outbound -> server inbound). Every figure is also given as a
+//! pair (client outbound -> server inbound), plaintext or mTLS (with a fresh
+//! controller issuing the certificates). Every figure is also given as a
 //! ratio to the direct scenario of the same group, measured minutes apart on
 //! the same cores.
 
 pub mod compare;
+pub mod handshake;
 pub mod latency;
 pub mod load;
+pub mod mesh;
+pub mod nginx;
 pub mod procfs;
 pub mod proxy;
 pub mod report;
@@ -23,11 +27,15 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use self::handshake::{mesh_client, time_handshakes};
 use self::load::{Load, REQUEST_TIMEOUT, Window};
-use self::proxy::{ProxyProcess, ProxyRole};
-use self::report::{Measurement, ProcessCost, Report, RssAfterRequests, Settings};
+use self::mesh::{CLIENT_ACCOUNT, MeshControl, SERVER_ACCOUNT, spiffe_id};
+use self::proxy::{ProxyPorts, ProxyProcess, ProxyRole, ProxySpec};
+use self::report::{HandshakeCosts, Measurement, ProcessCost, Report, RssAfterRequests, Settings};
 use self::scenario::{Pacing, Protocol, Scenario, Selection, Topology};
 use self::upstream::UpstreamProcess;
+use crate::process::Processes;
+use crate::ready::Probe;
 use crate::workspace::Workspace;
 
 /// Hard caps, whatever the flags say: a bench must always end.
@@ -35,13 +43,18 @@ const MAX_DURATION_SECS: f64 = 60.0;
 const MAX_WARMUP_SECS: f64 = 10.0;
 const MAX_CONNECTIONS: usize = 256;
 const MAX_ROUNDS: usize = 20;
+const MAX_HANDSHAKES: usize = 10_000;
 /// How long the count-bounded memory run may take before it gives up.
 const RSS_RUN_TIME_CAP: Duration = Duration::from_secs(120);
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
     /// Topologies to measure.
-    #[arg(long, value_delimiter = ',', default_value = "direct,proxy,pair")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,proxy,pair,pair-mtls"
+    )]
     pub scenarios: Vec<Topology>,
     /// Protocols the load generator speaks.
     #[arg(long, value_delimiter = ',', default_value = "h1,h2")]
@@ -69,6 +82,10 @@ pub struct BenchArgs {
     /// [default: 100000, --quick: 10000].
     #[arg(long)]
     pub rss_requests: Option<u64>,
+    /// New mTLS connections timed against the server proxy, and TLS 1.3
+    /// connections against nginx (with pair-mtls; 0 skips them).
+    #[arg(long, default_value_t = 500)]
+    pub handshakes: usize,
     /// Requests per scenario, all connections together, warm-up included (a hard cap).
     #[arg(long, default_value_t = 50_000_000)]
     pub max_requests: u64,
@@ -90,6 +107,10 @@ pub struct BenchArgs {
     /// Use this proxy binary instead of building `plexus-proxy` in release mode.
     #[arg(long)]
     pub proxy_bin: Option<PathBuf>,
+    /// Use this controller binary (pair-mtls) instead of building `plexus-controller`
+    /// in release mode.
+    #[arg(long)]
+    pub controller_bin: Option<PathBuf>,
 }
 
 /// The `bench` command.
@@ -185,7 +206,7 @@ impl Settings {
         }
         ensure!(
             !args.scenarios.is_empty(),
-            "--scenarios: name at least one of direct, proxy, pair"
+            "--scenarios: name at least one of direct, proxy, pair, pair-mtls"
         );
         ensure!(
             !args.protocols.is_empty(),
@@ -194,6 +215,11 @@ impl Settings {
         ensure!(
             !args.connections.is_empty(),
             "--connections: give at least one count"
+        );
+        ensure!(
+            args.handshakes <= MAX_HANDSHAKES,
+            "--handshakes {}: expected 0 to {MAX_HANDSHAKES}",
+            args.handshakes
         );
         ensure!(
             (1..=MAX_ROUNDS).contains(&args.rounds),
@@ -230,11 +256,26 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
     let workspace = Workspace::locate()?;
     let workdir = workspace.target_dir.join("xtask-bench");
     std::fs::create_dir_all(&workdir).with_context(|| format!("creating {}", workdir.display()))?;
-    let proxy_binary = match (&args.proxy_bin, needs_proxy) {
+    let needs_controller = args.scenarios.contains(&Topology::PairMtls);
+    let mut to_build = Vec::new();
+    if needs_proxy && args.proxy_bin.is_none() {
+        to_build.push("plexus-proxy");
+    }
+    if needs_controller && args.controller_bin.is_none() {
+        to_build.push("plexus-controller");
+    }
+    let release_dir = if to_build.is_empty() {
+        None
+    } else {
+        Some(proxy::build_release(&workspace, &to_build)?)
+    };
+    let built = |given: &Option<PathBuf>, needed: bool, package: &str| match (given, needed) {
         (_, false) => None,
         (Some(path), true) => Some(path.clone()),
-        (None, true) => Some(proxy::build_release(&workspace)?),
+        (None, true) => release_dir.as_ref().map(|dir| dir.join(package)),
     };
+    let proxy_binary = built(&args.proxy_bin, needs_proxy, "plexus-proxy");
+    let controller_binary = built(&args.controller_bin, needs_controller, "plexus-controller");
 
     let upstream = UpstreamProcess::spawn(settings.upstream_threads).await?;
     eprintln!(
@@ -245,6 +286,7 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
         settings: &settings,
         upstream: &upstream,
         proxy_binary: proxy_binary.as_deref(),
+        controller_binary: controller_binary.as_deref(),
         workdir: &workdir,
     };
 
@@ -300,9 +342,24 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
         }
         _ => None,
     };
+    let handshakes = if needs_controller && args.handshakes > 0 {
+        eprintln!(
+            "bench: {} new mTLS connections to the server proxy, then to nginx",
+            args.handshakes
+        );
+        Some(
+            bench
+                .handshake_costs(args.handshakes)
+                .await
+                .map_err(|e| format!("{e:#}")),
+        )
+    } else {
+        None
+    };
     upstream.stop().await?;
 
-    let report = Report::new(settings, measurements, rss);
+    let mut report = Report::new(settings, measurements, rss);
+    report.set_handshakes(handshakes);
     if args.json {
         println!(
             "{}",
@@ -318,86 +375,124 @@ struct Bench<'a> {
     settings: &'a Settings,
     upstream: &'a UpstreamProcess,
     proxy_binary: Option<&'a std::path::Path>,
+    controller_binary: Option<&'a std::path::Path>,
     workdir: &'a std::path::Path,
 }
 
-/// The proxies of one scenario and where the load generator sends.
+/// The proxies (and controller) of one scenario and where the load generator sends.
 struct Deployment {
     target: std::net::SocketAddr,
     proxies: Vec<(&'static str, ProxyProcess)>,
+    /// The controller of an mTLS pair.
+    mesh: Option<MeshControl>,
+    /// Owns the processes: dropping it kills them.
+    processes: Processes,
 }
 
 impl Deployment {
-    async fn stop(self) -> Result<()> {
-        for (_, proxy) in self.proxies {
-            proxy.stop().await?;
-        }
-        Ok(())
+    async fn stop(mut self) {
+        self.processes.stop_all().await;
     }
 }
 
 impl Bench<'_> {
     async fn deploy(&self, topology: Topology, name: &str) -> Result<Deployment> {
         let upstream = self.upstream.addr;
-        let binary = || {
-            self.proxy_binary
-                .context("no proxy binary for a proxied scenario")
-        };
-        let proxies = match topology {
-            Topology::Direct => Vec::new(),
+        let mut processes = Processes::new(self.workdir)?;
+        let mut proxies = Vec::new();
+        let mut mesh = None;
+        match topology {
+            Topology::Direct => {}
             Topology::Proxy => {
                 let role = ProxyRole::Client {
                     endpoint: upstream,
                     meshed: false,
+                    identity: None,
                 };
-                vec![("proxy", self.spawn_proxy(binary()?, role, name).await?)]
+                let proxy = self
+                    .spawn_proxy(role, None, ProxyPorts::free()?, name, &mut processes)
+                    .await?;
+                proxies.push(("proxy", proxy));
             }
-            Topology::Pair => {
+            Topology::Pair | Topology::PairMtls => {
+                let server_ports = ProxyPorts::free()?;
+                if topology == Topology::PairMtls {
+                    let binary = self
+                        .controller_binary
+                        .context("no controller binary for an mTLS scenario")?;
+                    let dir = self.workdir.join(format!("{name}-controller"));
+                    mesh = Some(
+                        MeshControl::start(binary, &dir, &server_ports, &mut processes).await?,
+                    );
+                }
+                let identity = |account| mesh.as_ref().map(|mesh| mesh.identity(account));
                 let server = self
                     .spawn_proxy(
-                        binary()?,
                         ProxyRole::Server { app: upstream },
+                        identity(SERVER_ACCOUNT),
+                        server_ports,
                         &format!("{name}-server"),
+                        &mut processes,
                     )
                     .await?;
                 let role = ProxyRole::Client {
-                    endpoint: server.inbound,
+                    endpoint: server.ports.inbound,
                     meshed: true,
+                    identity: identity(SERVER_ACCOUNT).map(|id| id.spiffe_id),
                 };
                 let client = self
-                    .spawn_proxy(binary()?, role, &format!("{name}-client"))
+                    .spawn_proxy(
+                        role,
+                        identity(CLIENT_ACCOUNT),
+                        ProxyPorts::free()?,
+                        &format!("{name}-client"),
+                        &mut processes,
+                    )
                     .await?;
-                vec![("client", client), ("server", server)]
+                proxies.push(("client", client));
+                proxies.push(("server", server));
             }
-        };
+        }
         let target = match proxies.first() {
-            Some((_, entry)) => entry.outbound,
+            Some((_, entry)) => entry.ports.outbound,
             None => upstream,
         };
-        Ok(Deployment { target, proxies })
+        Ok(Deployment {
+            target,
+            proxies,
+            mesh,
+            processes,
+        })
     }
 
     async fn spawn_proxy(
         &self,
-        binary: &std::path::Path,
         role: ProxyRole,
+        identity: Option<proxy::ProxyIdentity>,
+        ports: ProxyPorts,
         name: &str,
+        processes: &mut Processes,
     ) -> Result<ProxyProcess> {
-        ProxyProcess::spawn(
-            binary,
+        let spec = ProxySpec {
+            binary: self
+                .proxy_binary
+                .context("no proxy binary for a proxied scenario")?,
             role,
-            self.settings.proxy_threads,
-            self.workdir,
-            name,
-        )
-        .await
+            identity,
+            ports,
+            worker_threads: self.settings.proxy_threads,
+        };
+        ProxyProcess::spawn(spec, name, self.workdir, processes).await
     }
 
     async fn measure(&self, scenario: &Scenario) -> Result<Measurement> {
         let file_name = scenario.name().replace([' ', '@', '/'], "-");
         let deployment = self.deploy(scenario.topology, &file_name).await?;
-        let result = self.measure_on(scenario, &deployment).await;
-        deployment.stop().await?;
+        let mut result = self.measure_on(scenario, &deployment).await;
+        if result.is_ok() && scenario.topology == Topology::PairMtls {
+            result = check_mtls_used(&deployment).await.and(result);
+        }
+        deployment.stop().await;
         result
     }
 
@@ -493,9 +588,72 @@ impl Bench<'_> {
             })
         }
         .await;
-        deployment.stop().await?;
+        deployment.stop().await;
         result
     }
+}
+
+impl Bench<'_> {
+    /// New mTLS connections to a fresh server proxy, then TLS 1.3 connections
+    /// to nginx, `count` each, one after the other.
+    async fn handshake_costs(&self, count: usize) -> Result<HandshakeCosts> {
+        let deployment = self.deploy(Topology::PairMtls, "handshakes").await?;
+        let proxy = async {
+            let mesh = deployment
+                .mesh
+                .as_ref()
+                .context("the mTLS pair has no controller")?;
+            let (config, name) = mesh_client(
+                &mesh.ca_dir,
+                &spiffe_id(CLIENT_ACCOUNT),
+                &spiffe_id(SERVER_ACCOUNT),
+            )?;
+            let (_, server) = deployment
+                .proxies
+                .get(1)
+                .context("the mTLS pair has no server proxy")?;
+            time_handshakes(config, name, server.ports.inbound, count).await
+        }
+        .await;
+        deployment.stop().await;
+        let proxy = proxy.context("timing new connections to the server proxy")?;
+
+        let mut processes = Processes::new(self.workdir)?;
+        let nginx = async {
+            let nginx = nginx::start(&self.workdir.join("nginx"), &mut processes).await?;
+            time_handshakes(nginx.client, nginx.name, nginx.addr, count).await
+        }
+        .await;
+        processes.stop_all().await;
+        Ok(HandshakeCosts::new(
+            proxy,
+            nginx.map_err(|e| format!("{e:#}")),
+        ))
+    }
+}
+
+/// The client proxy counted outbound mTLS handshakes: the figures of
+/// `pair-mtls` are of encrypted traffic, not of a silent plaintext fallback.
+async fn check_mtls_used(deployment: &Deployment) -> Result<()> {
+    let (_, client) = deployment
+        .proxies
+        .first()
+        .context("the mTLS pair has no client proxy")?;
+    let (_, body) = Probe::new().get(client.ports.admin, "/metrics").await?;
+    let text = String::from_utf8_lossy(&body);
+    let handshakes: f64 = text
+        .lines()
+        .filter(|line| {
+            line.starts_with("plexus_proxy_tls_handshakes_total") && line.contains("outbound")
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    ensure!(
+        handshakes > 0.0,
+        "the client proxy's /metrics counts no outbound mTLS handshake \
+         (plexus_proxy_tls_handshakes_total): the pair did not talk mTLS"
+    );
+    Ok(())
 }
 
 fn cpu_seconds(pids: &[u32]) -> Result<Vec<f64>> {

@@ -9,100 +9,149 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use bytes::Bytes;
-use http::{Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
 use plexus_api::v1::{Backend, BackendTable, Endpoint, RouteTable, Target};
 use serde::Serialize;
-use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
-use tokio::time::{Instant, sleep, timeout};
+use tokio::process::Command;
 
 use super::load::BENCH_AUTHORITY;
+use crate::process::Processes;
+use crate::ready::Probe;
 use crate::workspace::{Workspace, cargo};
 
-const READY_TIMEOUT: Duration = Duration::from_secs(20);
-const READY_POLL: Duration = Duration::from_millis(25);
+/// Bounds the wait for `/ready`, which with mTLS includes getting a certificate.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
 const BENCH_SERVICE: &str = "bench.default.svc.cluster.local:80";
 const BENCH_BACKEND: &str = "bench";
 
-/// Builds the proxy with the release profile and returns its path.
-pub fn build_release(workspace: &Workspace) -> Result<PathBuf> {
-    eprintln!("bench: building plexus-proxy (release)");
+/// Builds `packages` with the release profile and returns the directory of
+/// their binaries.
+pub fn build_release(workspace: &Workspace, packages: &[&str]) -> Result<PathBuf> {
+    let mut args = vec!["build", "--release"];
+    for package in packages {
+        args.extend(["-p", package]);
+    }
+    let command_line = format!("cargo {}", args.join(" "));
+    eprintln!("bench: {command_line}");
     let status = cargo()
-        .args(["build", "--release", "-p", "plexus-proxy"])
+        .args(&args)
         .current_dir(&workspace.root)
         // Keep stdout for the report (`--json` must print nothing else there).
         .stdout(Stdio::null())
         .status()
-        .context("running `cargo build --release -p plexus-proxy`")?;
+        .with_context(|| format!("running `{command_line}`"))?;
     if !status.success() {
-        bail!("`cargo build --release -p plexus-proxy` failed ({status})");
+        bail!("`{command_line}` failed ({status})");
     }
-    let binary = workspace.target_dir.join("release").join("plexus-proxy");
-    if !binary.is_file() {
-        bail!(
-            "the build succeeded but {} does not exist",
-            binary.display()
-        );
+    let dir = workspace.target_dir.join("release");
+    for package in packages {
+        let binary = dir.join(package);
+        if !binary.is_file() {
+            bail!(
+                "the build succeeded but {} does not exist",
+                binary.display()
+            );
+        }
     }
-    Ok(binary)
+    Ok(dir)
 }
 
 /// What a proxy does in a scenario.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub enum ProxyRole {
     /// Outbound: routes `bench:80` to one endpoint (the upstream, or a server
-    /// proxy's inbound listener when `meshed`).
-    Client { endpoint: SocketAddr, meshed: bool },
+    /// proxy's inbound listener when `meshed`), expecting the endpoint's proxy
+    /// to prove `identity` when set (mTLS).
+    Client {
+        endpoint: SocketAddr,
+        meshed: bool,
+        identity: Option<String>,
+    },
     /// Inbound: forwards to the app (the upstream), as a server pod's proxy does.
     Server { app: SocketAddr },
 }
 
-pub struct ProxyProcess {
-    child: Child,
-    pub pid: u32,
+/// A proxy's own identity and where it gets its certificate (the
+/// controller's Identity API, with a bootstrap token).
+#[derive(Clone, Debug)]
+pub struct ProxyIdentity {
+    pub spiffe_id: String,
+    pub token_file: PathBuf,
+    pub trust_anchors: PathBuf,
+    pub controller: SocketAddr,
+}
+
+/// The listeners of one proxy, chosen before it starts so that a feed can
+/// name its inbound address.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyPorts {
     pub outbound: SocketAddr,
     pub inbound: SocketAddr,
-    log: PathBuf,
+    pub admin: SocketAddr,
+}
+
+impl ProxyPorts {
+    pub fn free() -> Result<Self> {
+        Ok(Self {
+            outbound: free_loopback_port()?,
+            inbound: free_loopback_port()?,
+            admin: free_loopback_port()?,
+        })
+    }
+}
+
+/// Everything a proxy process is started with.
+pub struct ProxySpec<'a> {
+    pub binary: &'a Path,
+    pub role: ProxyRole,
+    pub identity: Option<ProxyIdentity>,
+    pub ports: ProxyPorts,
+    pub worker_threads: Option<usize>,
+}
+
+/// A started, ready proxy; the process itself belongs to the [`Processes`]
+/// it was started in, which stops it.
+pub struct ProxyProcess {
+    pub pid: u32,
+    pub ports: ProxyPorts,
 }
 
 impl ProxyProcess {
-    /// Starts a proxy (logs into `workdir/<name>.log`) and waits until `/ready`.
+    /// Starts a proxy as `name` in `processes` (its static destinations file
+    /// goes to `workdir/<name>.yaml`) and waits until `/ready`.
     pub async fn spawn(
-        binary: &Path,
-        role: ProxyRole,
-        worker_threads: Option<usize>,
-        workdir: &Path,
+        spec: ProxySpec<'_>,
         name: &str,
+        workdir: &Path,
+        processes: &mut Processes,
     ) -> Result<Self> {
-        let outbound = free_loopback_port()?;
-        let inbound = free_loopback_port()?;
-        let admin = free_loopback_port()?;
-        let log = workdir.join(format!("{name}.log"));
-        let log_file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-
-        let mut command = Command::new(binary);
-        // Only what this scenario sets: a PLEXUS_* of the caller's shell must not leak in.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("PLEXUS_") {
-                command.env_remove(key);
-            }
-        }
+        let ports = spec.ports;
+        let mut command = Command::new(spec.binary);
         command
-            .env("PLEXUS_OUTBOUND_ADDR", outbound.to_string())
-            .env("PLEXUS_INBOUND_ADDR", inbound.to_string())
-            .env("PLEXUS_ADMIN_ADDR", admin.to_string())
+            .env("PLEXUS_OUTBOUND_ADDR", ports.outbound.to_string())
+            .env("PLEXUS_INBOUND_ADDR", ports.inbound.to_string())
+            .env("PLEXUS_ADMIN_ADDR", ports.admin.to_string())
+            // Nothing is in flight when a scenario stops its proxies.
+            .env("PLEXUS_DRAIN_TIMEOUT_MS", "500")
             .env("PLEXUS_LOG", "warn");
-        if let Some(threads) = worker_threads {
+        if let Some(threads) = spec.worker_threads {
             command.env("PLEXUS_WORKER_THREADS", threads.to_string());
         }
-        match role {
-            ProxyRole::Client { endpoint, meshed } => {
+        if let Some(identity) = &spec.identity {
+            command
+                .env("PLEXUS_IDENTITY", &identity.spiffe_id)
+                .env("PLEXUS_IDENTITY_TOKEN_FILE", &identity.token_file)
+                .env("PLEXUS_IDENTITY_TRUST_ANCHORS", &identity.trust_anchors)
+                .env("PLEXUS_IDENTITY_ADDR", identity.controller.to_string());
+        }
+        match spec.role {
+            ProxyRole::Client {
+                endpoint,
+                meshed,
+                identity,
+            } => {
                 let path = workdir.join(format!("{name}.yaml"));
-                let yaml = serde_yaml::to_string(&static_config(endpoint, meshed))
+                let config = static_config(endpoint, meshed, identity.unwrap_or_default());
+                let yaml = serde_yaml::to_string(&config)
                     .context("writing the bench destinations as YAML")?;
                 std::fs::write(&path, yaml)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -112,61 +161,17 @@ impl ProxyProcess {
                 command.env("PLEXUS_INBOUND_APP_ADDR", app.to_string());
             }
         }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().context("sharing the proxy log file")?)
-            .stderr(log_file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let pid = child.id().context("the proxy exited at once")?;
-        let mut proxy = Self {
-            child,
-            pid,
-            outbound,
-            inbound,
-            log,
-        };
-        proxy.wait_ready(admin, name).await?;
-        Ok(proxy)
-    }
-
-    async fn wait_ready(&mut self, admin: SocketAddr, name: &str) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        let mut last = String::from("no answer yet");
-        while Instant::now() < deadline {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .context("checking the proxy process")?
-            {
-                bail!(
-                    "proxy {name} exited ({status}) before it was ready; its log:\n{}",
-                    self.log_tail()
-                );
-            }
-            match timeout(READY_POLL * 4, get_status(admin, "/ready")).await {
-                Ok(Ok(StatusCode::OK)) => return Ok(()),
-                Ok(Ok(status)) => last = format!("GET /ready answered {status}"),
-                Ok(Err(error)) => last = format!("GET /ready: {error:#}"),
-                Err(_) => last = "GET /ready: no answer".into(),
-            }
-            sleep(READY_POLL).await;
-        }
-        bail!(
-            "proxy {name} not ready within {READY_TIMEOUT:?} ({last}); its log:\n{}",
-            self.log_tail()
-        )
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-
-    pub async fn stop(mut self) -> Result<()> {
-        self.child.kill().await.context("stopping a proxy")
+        let pid = processes.spawn(name, command)?;
+        Probe::new()
+            .wait_ready(
+                &format!("proxy {name}"),
+                ports.admin,
+                "/ready",
+                READY_TIMEOUT,
+                processes,
+            )
+            .await?;
+        Ok(Self { pid, ports })
     }
 }
 
@@ -183,11 +188,12 @@ struct StaticDestination {
     target: Target,
 }
 
-fn static_config(endpoint: SocketAddr, meshed: bool) -> StaticConfig {
+fn static_config(endpoint: SocketAddr, meshed: bool, identity: String) -> StaticConfig {
     let backend = Backend {
         name: BENCH_SERVICE.into(),
         endpoints: vec![Endpoint {
             address: endpoint.to_string(),
+            identity,
             ready: true,
             meshed,
             ..Endpoint::default()
@@ -213,21 +219,9 @@ fn static_config(endpoint: SocketAddr, meshed: bool) -> StaticConfig {
 }
 
 /// A loopback port free right now (bound, read, released).
-fn free_loopback_port() -> Result<SocketAddr> {
+pub fn free_loopback_port() -> Result<SocketAddr> {
     let listener = StdTcpListener::bind("127.0.0.1:0").context("binding a loopback port")?;
     listener.local_addr().context("reading a bound port")
-}
-
-/// `GET path` on the admin server, over a fresh HTTP/1.1 connection.
-async fn get_status(addr: SocketAddr, path: &str) -> Result<StatusCode> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(connection);
-    let request = Request::get(path)
-        .header(header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())?;
-    Ok(sender.send_request(request).await?.status())
 }
 
 #[cfg(test)]
@@ -237,7 +231,8 @@ mod tests {
     #[test]
     fn static_config_routes_the_bench_name_to_the_endpoint() {
         let endpoint: SocketAddr = "127.0.0.1:4321".parse().unwrap();
-        let yaml = serde_yaml::to_string(&static_config(endpoint, true)).unwrap();
+        let identity = "spiffe://cluster.local/ns/bench/sa/bench-server";
+        let yaml = serde_yaml::to_string(&static_config(endpoint, true, identity.into())).unwrap();
         let file: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();
         let entry = &file["destinations"][0];
         assert_eq!(entry["aliases"][1].as_str(), Some(BENCH_AUTHORITY));
@@ -249,13 +244,15 @@ mod tests {
         let endpoint = &target["backends"]["backends"][BENCH_BACKEND]["endpoints"][0];
         assert_eq!(endpoint["address"].as_str(), Some("127.0.0.1:4321"));
         assert_eq!(endpoint["meshed"].as_bool(), Some(true));
+        assert_eq!(endpoint["identity"].as_str(), Some(identity));
         assert_eq!(endpoint["ready"].as_bool(), Some(true));
 
         // The proxy reads the target in the proto's shape: it must come back whole.
         let target: Target = serde_yaml::from_value(target.clone()).unwrap();
         assert_eq!(
             target,
-            static_config("127.0.0.1:4321".parse().unwrap(), true).destinations[0].target
+            static_config("127.0.0.1:4321".parse().unwrap(), true, identity.into()).destinations[0]
+                .target
         );
     }
 

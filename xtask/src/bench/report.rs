@@ -5,6 +5,7 @@ use std::fmt::Write;
 use serde::Serialize;
 
 use super::compare::{AddedLatency, VersusDirect, cpu_ms_per_1k_requests};
+use super::handshake::HandshakeTimes;
 use super::latency::{LatencyHistogram, LatencySummary};
 use super::procfs::Memory;
 use super::scenario::{Pacing, Scenario};
@@ -137,8 +138,38 @@ pub struct Report {
     pub scenarios: Vec<ScenarioReport>,
     /// A fresh proxy's memory after `settings.rss_requests` requests.
     pub rss_after_requests: Option<Outcome<RssAfterRequests>>,
+    /// What a new connection costs: to the server proxy (mTLS) and to nginx.
+    pub handshakes: Option<Outcome<HandshakeCosts>>,
     /// The project's targets this run has figures for.
     pub targets: Vec<TargetCheck>,
+}
+
+/// New connections, one after the other: full TLS 1.3 handshakes with client
+/// certificates, to the server proxy and to nginx.
+#[derive(Serialize)]
+pub struct HandshakeCosts {
+    pub proxy: HandshakeTimes,
+    pub nginx: Outcome<HandshakeTimes>,
+    /// Mean time of a new connection to the proxy over one to nginx.
+    pub mean_ratio: Option<f64>,
+}
+
+impl HandshakeCosts {
+    pub fn new(proxy: HandshakeTimes, nginx: Result<HandshakeTimes, String>) -> Self {
+        let mean_ratio = nginx
+            .as_ref()
+            .ok()
+            .filter(|nginx| nginx.mean_us > 0.0)
+            .map(|nginx| proxy.mean_us / nginx.mean_us);
+        Self {
+            proxy,
+            nginx: match nginx {
+                Ok(times) => Outcome::Measured(times),
+                Err(error) => Outcome::Failed(error),
+            },
+            mean_ratio,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -227,10 +258,20 @@ impl Report {
                 Ok(rss) => Outcome::Measured(rss),
                 Err(error) => Outcome::Failed(error),
             }),
+            handshakes: None,
             targets: Vec::new(),
         };
         report.targets = targets::check(&report);
         report
+    }
+
+    /// Adds the new-connection costs (and the target they are judged by).
+    pub fn set_handshakes(&mut self, handshakes: Option<Result<HandshakeCosts, String>>) {
+        self.handshakes = handshakes.map(|result| match result {
+            Ok(costs) => Outcome::Measured(costs),
+            Err(error) => Outcome::Failed(error),
+        });
+        self.targets = targets::check(self);
     }
 
     /// Every scenario measured, without a failed request.
@@ -238,7 +279,9 @@ impl Report {
         let scenarios_ok = self.scenarios.iter().all(|scenario| {
             matches!(&scenario.outcome, Outcome::Measured(measured) if measured.measurement.errors == 0)
         });
-        scenarios_ok && !matches!(self.rss_after_requests, Some(Outcome::Failed(_)))
+        scenarios_ok
+            && !matches!(self.rss_after_requests, Some(Outcome::Failed(_)))
+            && !matches!(self.handshakes, Some(Outcome::Failed(_)))
     }
 
     pub fn render_text(&self) -> String {
@@ -306,6 +349,7 @@ impl Report {
             }
             None => {}
         }
+        render_handshakes(&mut out, self.handshakes.as_ref());
         if !self.targets.is_empty() {
             let _ = writeln!(
                 out,
@@ -341,6 +385,41 @@ impl Report {
             }
         }
         out
+    }
+}
+
+fn render_handshakes(out: &mut String, handshakes: Option<&Outcome<HandshakeCosts>>) {
+    let times = |t: &HandshakeTimes| {
+        format!(
+            "mean {:.0} µs, p50 {:.0} µs, p99 {:.0} µs",
+            t.mean_us, t.p50_us, t.p99_us
+        )
+    };
+    match handshakes {
+        Some(Outcome::Measured(costs)) => {
+            let _ = writeln!(
+                out,
+                "\nnew connections, one after the other (TCP + full TLS 1.3 handshake with client \
+                 certificates + the server's first HTTP/2 bytes), {} each:",
+                costs.proxy.count
+            );
+            let _ = writeln!(out, "  server proxy (mTLS): {}", times(&costs.proxy));
+            match &costs.nginx {
+                Outcome::Measured(nginx) => {
+                    let _ = writeln!(out, "  nginx (TLS 1.3):     {}", times(nginx));
+                }
+                Outcome::Failed(error) => {
+                    let _ = writeln!(out, "  nginx: not measured: {error}");
+                }
+            }
+            if let Some(ratio) = costs.mean_ratio {
+                let _ = writeln!(out, "  proxy / nginx (mean): {ratio:.2}×");
+            }
+        }
+        Some(Outcome::Failed(error)) => {
+            let _ = writeln!(out, "\nnew connections: FAILED: {error}");
+        }
+        None => {}
     }
 }
 
@@ -483,7 +562,10 @@ mod tests {
                     Ok(measurement(50_000, 100.0, 0)),
                 ),
                 (scenario(Topology::Proxy), Ok(measurement(30_000, 150.0, 1))),
-                (scenario(Topology::Pair), Ok(measurement(20_000, 250.0, 2))),
+                (
+                    scenario(Topology::PairMtls),
+                    Ok(measurement(20_000, 250.0, 2)),
+                ),
             ],
             None,
         );
@@ -504,7 +586,7 @@ mod tests {
         assert_eq!(pair.proxy_memory.map(|m| m.rss_kib), Some(16 * 1024));
         assert_eq!(measured(0).proxy_cpu_s, None);
         assert!(report.all_measured());
-        // Throughput 0.6 of direct; the pair's 0.4; no 1-connection run, no memory run.
+        // Throughput 0.6 of direct; the mTLS pair's 0.4; no 1-connection run, no memory run.
         let targets: Vec<(f64, bool)> =
             report.targets.iter().map(|t| (t.measured, t.met)).collect();
         assert_eq!(targets, [(0.6, true), (0.4, true)]);
@@ -543,6 +625,44 @@ mod tests {
         );
         assert!(text.contains("FAILED: no proxy"), "{text}");
         assert!(report.targets.is_empty(), "no figure, no verdict");
+    }
+
+    #[test]
+    fn new_connection_costs_are_compared_with_nginx_and_judged() {
+        let times = |mean_us: f64| HandshakeTimes {
+            count: 500,
+            mean_us,
+            p50_us: mean_us,
+            p99_us: 2.0 * mean_us,
+        };
+        let mut report = Report::new(settings(), Vec::new(), None);
+        report.set_handshakes(Some(Ok(HandshakeCosts::new(
+            times(1_800.0),
+            Ok(times(1_000.0)),
+        ))));
+        assert!(report.all_measured());
+        let targets: Vec<(f64, bool)> =
+            report.targets.iter().map(|t| (t.measured, t.met)).collect();
+        assert_eq!(targets, [(1.8, false)]);
+        let text = report.render_text();
+        assert!(text.contains("server proxy (mTLS): mean 1800 µs"), "{text}");
+        assert!(text.contains("proxy / nginx (mean): 1.80×"), "{text}");
+
+        // Without nginx the proxy's figure stands alone, with no verdict.
+        report.set_handshakes(Some(Ok(HandshakeCosts::new(
+            times(1_800.0),
+            Err("nginx is not installed".into()),
+        ))));
+        assert!(report.targets.is_empty());
+        assert!(report.all_measured());
+        let text = report.render_text();
+        assert!(
+            text.contains("nginx: not measured: nginx is not installed"),
+            "{text}"
+        );
+
+        report.set_handshakes(Some(Err("controller exited".into())));
+        assert!(!report.all_measured());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Which measurements one bench run makes, in which order: every group (same
 //! protocol, connections and pacing) runs direct first, then through one
-//! proxy, then through a pair, back to back, so drift between them is small.
+//! proxy, then through a pair (plaintext, then mTLS), back to back, so drift
+//! between them is small.
 
 use std::fmt;
 
@@ -8,7 +9,7 @@ use serde::Serialize;
 
 /// The path a request takes from the load generator to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum Topology {
     /// Load generator -> upstream.
     Direct,
@@ -16,6 +17,8 @@ pub enum Topology {
     Proxy,
     /// Load generator -> client proxy (outbound) -> server proxy (inbound) -> upstream.
     Pair,
+    /// As `pair`, the proxies talking mTLS with certificates from a real controller.
+    PairMtls,
 }
 
 impl Topology {
@@ -23,8 +26,19 @@ impl Topology {
         match self {
             Topology::Direct => 0,
             Topology::Proxy => 1,
-            Topology::Pair => 2,
+            Topology::Pair | Topology::PairMtls => 2,
         }
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Topology::Direct => "direct",
+            Topology::Proxy => "proxy",
+            Topology::Pair => "pair",
+            Topology::PairMtls => "pair-mtls",
+        })
     }
 }
 
@@ -68,16 +82,14 @@ pub struct Scenario {
 impl Scenario {
     pub fn name(&self) -> String {
         match self.pacing {
-            Pacing::ClosedLoop => format!(
-                "{} c{} {:?}",
-                self.protocol, self.connections, self.topology
-            ),
+            Pacing::ClosedLoop => {
+                format!("{} c{} {}", self.protocol, self.connections, self.topology)
+            }
             Pacing::FixedRate { requests_per_sec } => format!(
-                "{} c{} @{requests_per_sec}/s {:?}",
+                "{} c{} @{requests_per_sec}/s {}",
                 self.protocol, self.connections, self.topology
             ),
         }
-        .to_lowercase()
     }
 
     /// The direct scenario this one is compared with.
@@ -145,9 +157,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn groups_run_direct_first_then_proxy_then_pair() {
+    fn groups_run_direct_first_then_proxy_then_the_pairs() {
         let scenarios = plan(&Selection {
-            topologies: vec![Topology::Pair, Topology::Direct, Topology::Proxy],
+            topologies: vec![
+                Topology::PairMtls,
+                Topology::Pair,
+                Topology::Direct,
+                Topology::Proxy,
+            ],
             protocols: vec![Protocol::H2, Protocol::H1],
             connections: vec![16, 1, 16],
             rate: Some(1_000.0),
@@ -160,21 +177,27 @@ mod tests {
                 "h1 c1 direct",
                 "h1 c1 proxy",
                 "h1 c1 pair",
+                "h1 c1 pair-mtls",
                 "h1 c16 direct",
                 "h1 c16 proxy",
                 "h1 c16 pair",
+                "h1 c16 pair-mtls",
                 "h2 c1 direct",
                 "h2 c1 proxy",
                 "h2 c1 pair",
+                "h2 c1 pair-mtls",
                 "h2 c16 direct",
                 "h2 c16 proxy",
                 "h2 c16 pair",
+                "h2 c16 pair-mtls",
                 "h1 c4 @1000/s direct",
                 "h1 c4 @1000/s proxy",
                 "h1 c4 @1000/s pair",
+                "h1 c4 @1000/s pair-mtls",
                 "h2 c4 @1000/s direct",
                 "h2 c4 @1000/s proxy",
                 "h2 c4 @1000/s pair",
+                "h2 c4 @1000/s pair-mtls",
             ]
         );
     }

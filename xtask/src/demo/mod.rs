@@ -16,8 +16,6 @@ mod app;
 mod feed;
 mod keep_running;
 mod metrics_text;
-mod probe;
-mod processes;
 mod sidecar;
 mod summary;
 mod topology;
@@ -34,12 +32,12 @@ use anyhow::Context;
 use tokio::process::Command;
 
 pub use app::AppArgs;
-use probe::Probe;
-use processes::Processes;
 use sidecar::{IdentityPlan, SidecarPlan, sidecar_env};
 use topology::{Pod, Role, Topology};
 use waterfalls::{TraceStore, WATERFALL_WIDTH};
 
+use crate::process::Processes;
+use crate::ready::Probe;
 use crate::workspace::{Workspace, cargo};
 
 /// How long a component may take to become ready.

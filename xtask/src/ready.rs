@@ -1,4 +1,5 @@
-//! Small HTTP GETs to the demo's components: readiness, `/stats`, `/metrics`.
+//! Small HTTP GETs to the processes a task started: readiness (`/ready`, polled with a
+//! bound), `/stats`, `/metrics`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
-use super::processes::Processes;
+use crate::process::Processes;
 
 /// One GET gives up after this.
 const GET_TIMEOUT: Duration = Duration::from_secs(2);

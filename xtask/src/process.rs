@@ -1,8 +1,10 @@
-//! The processes the demo starts, and the guarantee that it leaves none behind.
+//! The processes a task starts (the demo's controller, apps and sidecars; the bench's
+//! proxies and controller), each logging to its own file, and the guarantee that the
+//! task leaves none behind.
 //!
 //! Every child is killed when [`Processes`] is dropped: on success, on error (`?`), on
 //! Ctrl-C (the caller returns early) and on panic (unwinding drops it). Children also ask
-//! the kernel to kill them if the demo itself dies without unwinding (`SIGKILL`).
+//! the kernel to kill them if the task itself dies without unwinding (`SIGKILL`).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -40,11 +42,12 @@ impl Processes {
         self.log_dir.join(format!("{name}.log"))
     }
 
-    pub fn spawn(&mut self, name: &str, mut command: Command) -> anyhow::Result<()> {
+    /// Starts `command` as `name`, logging to [`Processes::log_path`]; returns its pid.
+    pub fn spawn(&mut self, name: &str, mut command: Command) -> anyhow::Result<u32> {
         let log = File::create(self.log_path(name))
             .with_context(|| format!("creating the log of {name}"))?;
         let log_err = log.try_clone().context("duplicating a log handle")?;
-        // A child gets only the PLEXUS_* settings the demo gives it, never the user's.
+        // A child gets only the PLEXUS_* settings the task gives it, never the user's.
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("PLEXUS_") {
                 command.env_remove(name);
@@ -62,11 +65,14 @@ impl Processes {
                 command.as_std().get_program().to_string_lossy()
             )
         })?;
+        let pid = child
+            .id()
+            .with_context(|| format!("{name} exited at once"))?;
         self.children.push(Running {
             name: name.to_owned(),
             child,
         });
-        Ok(())
+        Ok(pid)
     }
 
     /// An error naming the first child that has exited, with the end of its log.
@@ -130,8 +136,8 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 }
 
 /// Linux: the child gets SIGKILL when the thread that spawned it dies, so even a
-/// `kill -9` of the demo leaves nothing running. (The runtime's worker threads live as
-/// long as the demo.)
+/// `kill -9` of the task leaves nothing running. (The runtime's worker threads live as
+/// long as the task.)
 fn die_with_parent(command: &mut Command) {
     // SAFETY: prctl(2) is async-signal-safe and touches no memory of the parent.
     unsafe {
@@ -193,8 +199,7 @@ mod tests {
         let mut processes = Processes::new(&dir).expect("log dir");
         let mut command = Command::new("sleep");
         command.arg("600");
-        processes.spawn("sleeper", command).expect("spawns");
-        let pid = processes.children[0].child.id().expect("running") as i32;
+        let pid = processes.spawn("sleeper", command).expect("spawns") as i32;
         assert!(alive(pid));
         drop(processes);
         // Killed at once; the zombie is reaped by tokio in the background.
