@@ -2,7 +2,7 @@
 //! protocol (inbound: terminate mesh TLS first and apply the policy), then
 //! serve HTTP or copy opaque TCP.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -44,6 +44,16 @@ pub struct Listener {
     /// This proxy's identity: inbound mesh TLS is terminated with it.
     pub mesh: Option<MeshTls>,
     pub tls_metrics: TlsMetrics,
+}
+
+/// Where inbound traffic for `original` reaches the app: the same port on
+/// the loopback address of the same family.
+fn app_on_localhost(original: SocketAddr) -> SocketAddr {
+    let loopback: IpAddr = match original {
+        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+    };
+    SocketAddr::new(loopback, original.port())
 }
 
 /// PERMISSIVE opaque ports: the wait for a mesh client's ClientHello.
@@ -201,7 +211,10 @@ impl Listener {
                 },
             },
             Direction::Inbound => {
-                let addr = original.or(self.app_addr);
+                // The app is reached on localhost at the port the client
+                // asked for: dialling the pod's own IP as the proxy's UID
+                // would be redirected back to this listener by plexus-init.
+                let addr = original.map(app_on_localhost).or(self.app_addr);
                 let policy = self.policy.borrow();
                 Route {
                     addr,
@@ -381,5 +394,18 @@ impl Listener {
             },
             () = drain.closed() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inbound_reaches_the_app_on_localhost_at_the_original_port() {
+        let pod_v4: SocketAddr = "10.203.0.3:8080".parse().unwrap();
+        let pod_v6: SocketAddr = "[fd00::3]:9090".parse().unwrap();
+        assert_eq!(app_on_localhost(pod_v4), "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(app_on_localhost(pod_v6), "[::1]:9090".parse().unwrap());
     }
 }
