@@ -232,35 +232,62 @@ impl DestinationSource for ControllerDestinations {
 
 /// Keeps one target's watch stream open for as long as the target is watched.
 async fn follow(
-    mut client: DestinationClient<Channel>,
+    client: DestinationClient<Channel>,
     request: WatchRequest,
     status: watch::Sender<Status>,
     target: Arc<watch::Sender<Arc<Target>>>,
 ) {
+    let what = request.target.clone();
+    follow_stream(
+        &what,
+        || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.watch(request).await }
+        },
+        |update| apply(&status, &target, update),
+        || status.is_closed(),
+    )
+    .await;
+}
+
+/// Keeps a server stream of the controller's open: every message goes to
+/// `on_message`; when the stream breaks or cannot be opened it is opened
+/// again after a backoff, and meanwhile the last state keeps applying.
+/// Returns once `closed` says nobody listens any more.
+async fn follow_stream<T, Open, Opening>(
+    what: &str,
+    mut open: Open,
+    mut on_message: impl FnMut(T),
+    closed: impl Fn() -> bool,
+) where
+    Open: FnMut() -> Opening,
+    Opening:
+        std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
+{
     let mut backoff = Backoff::new();
     loop {
-        match client.watch(request.clone()).await {
+        match open().await {
             Ok(response) => {
                 let mut stream = response.into_inner();
                 loop {
                     match stream.message().await {
-                        Ok(Some(update)) => {
+                        Ok(Some(message)) => {
                             backoff.reset();
-                            apply(&status, &target, update);
+                            on_message(message);
                         }
                         Ok(None) => break,
                         Err(error) => {
-                            tracing::debug!(target = request.target, %error, "destination watch broke");
+                            tracing::debug!(what, %error, "controller watch broke");
                             break;
                         }
                     }
                 }
             }
-            Err(error) => {
-                tracing::debug!(target = request.target, %error, "destination watch failed");
-            }
+            Err(error) => tracing::debug!(what, %error, "controller watch failed"),
         }
-        // Keep serving the last state; try again a little later.
+        if closed() {
+            return;
+        }
         tokio::time::sleep(backoff.next_delay()).await;
     }
 }

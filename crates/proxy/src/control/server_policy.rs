@@ -9,7 +9,7 @@ use plexus_api::v1::{ServerPolicy, ServerRequest};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-use super::Backoff;
+use super::follow_stream;
 use crate::inbound_policy::{Policy, PolicyWatch};
 
 /// Follows the policy of the workload `request` names. Until the controller
@@ -25,39 +25,25 @@ pub fn watch_server_policy(
 }
 
 async fn follow(
-    mut client: DestinationClient<Channel>,
+    client: DestinationClient<Channel>,
     request: ServerRequest,
     policy: watch::Sender<Arc<Policy>>,
 ) {
-    let mut backoff = Backoff::new();
-    loop {
-        match client.watch_server(request.clone()).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(update)) => {
-                            backoff.reset();
-                            tracing::info!(
-                                mtls_mode = %update.mtls_mode,
-                                allowed = update.allowed_identities.len(),
-                                "inbound policy"
-                            );
-                            policy.send_replace(Arc::new(Policy::compile(&update)));
-                        }
-                        Ok(None) => break,
-                        Err(error) => {
-                            tracing::debug!(%error, "server policy watch broke");
-                            break;
-                        }
-                    }
-                }
-            }
-            Err(error) => tracing::debug!(%error, "server policy watch failed"),
-        }
-        if policy.is_closed() {
-            return;
-        }
-        tokio::time::sleep(backoff.next_delay()).await;
-    }
+    follow_stream(
+        "server policy",
+        || {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.watch_server(request).await }
+        },
+        |update: ServerPolicy| {
+            tracing::info!(
+                mtls_mode = %update.mtls_mode,
+                allowed = update.allowed_identities.len(),
+                "inbound policy"
+            );
+            policy.send_replace(Arc::new(Policy::compile(&update)));
+        },
+        || policy.is_closed(),
+    )
+    .await;
 }
