@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use plexus_api::v1::{Concurrency, FailureAccrual, Resilience, RetryBudget};
 use plexus_identity::{SpiffeId, SpiffeIdError};
+use plexus_init::ports::{PortRange, parse_list};
 
 use crate::inject::INJECT_ANNOTATION;
 
@@ -213,7 +214,7 @@ pub fn spiffe_id(trust_domain: &str, namespace: &str, service_account: &str) -> 
         .unwrap_or_default()
 }
 
-/// Ports and port ranges, `"3306,5432,4000-4100"`.
+/// Ports and port ranges, `"3306,5432,4000-4100"` (a range may also be written `4000:4100`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PortSet(Vec<RangeInclusive<u16>>);
 
@@ -230,23 +231,12 @@ impl PortSet {
 impl FromStr for PortSet {
     type Err = String;
 
+    // One port-list syntax for the whole mesh: the injector reads its port annotations
+    // with the same parser (`plexus_init::ports`).
     fn from_str(s: &str) -> Result<Self, String> {
-        const EXPECTED: &str = "a comma list of ports or ranges (e.g. 3306,4000-4100)";
-        let port = |p: &str| p.trim().parse::<u16>().ok().filter(|p| *p != 0);
-        s.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|item| match item.split_once('-') {
-                Some((lo, hi)) => match (port(lo), port(hi)) {
-                    (Some(lo), Some(hi)) if lo <= hi => Ok(lo..=hi),
-                    _ => Err(EXPECTED.to_string()),
-                },
-                None => port(item)
-                    .map(|p| p..=p)
-                    .ok_or_else(|| EXPECTED.to_string()),
-            })
-            .collect::<Result<_, _>>()
-            .map(PortSet)
+        parse_list::<PortRange>(s)
+            .map(|ranges| PortSet(ranges.iter().map(|r| r.first..=r.last).collect()))
+            .map_err(|_| "a comma list of ports or ranges (e.g. 3306,4000-4100)".to_string())
     }
 }
 
@@ -355,6 +345,10 @@ mod tests {
         assert_eq!(set.ports().collect::<Vec<_>>(), [3306, 4000, 4001, 4002]);
         assert!("4002-4000".parse::<PortSet>().is_err());
         assert!("http".parse::<PortSet>().is_err());
+        // The injector's syntax (plexus_init::ports) is read here too.
+        let colon: PortSet = "4000:4001".parse().unwrap();
+        assert_eq!(colon.ports().collect::<Vec<_>>(), [4000, 4001]);
+        assert!("0".parse::<PortSet>().is_err());
 
         let map = annotations(&[(ALLOWED_CLIENTS, "shop/web, spiffe://other.td/ns/a/sa/b")]);
         let mut a = Annotations::new(Some(&map));

@@ -3,8 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use gateway_api::experimental::grpcroutes::{GrpcRoute as GRPCRoute, GrpcRouteRules};
-use gateway_api::experimental::httproutes::{HttpRoute as HTTPRoute, HttpRouteRules};
+use gateway_api::experimental::grpcroutes::{
+    GrpcRoute as GRPCRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
+    GrpcRouteRulesMatchesHeaders,
+};
+use gateway_api::experimental::httproutes::{
+    HttpRoute as HTTPRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
+    HttpRouteRulesMatchesHeaders, HttpRouteRulesMatchesQueryParams,
+};
 use k8s_openapi::jiff::Timestamp;
 use plexus_api::v1::{
     GrpcMatch, GrpcRouteRule, HeaderMatch, HttpMatch, HttpRouteRule, PathMatch, RetryPolicy,
@@ -146,72 +152,88 @@ struct BackendRef<'a> {
     has_filters: bool,
 }
 
-pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
-    let parents = route.spec.parent_refs.iter().flatten().map(|p| ParentRef {
+/// The fields of a header or query-param match, the same in HTTPRoute and GRPCRoute.
+struct ValueMatch<'a> {
+    /// The Gateway API spelling of the match type, if given.
+    kind: Option<String>,
+    name: &'a str,
+    value: &'a str,
+}
+
+// The generated Gateway API types repeat these shapes under a name per route kind
+// (and per field): one conversion each, stamped out for every generated type.
+macro_rules! from_generated {
+    (|$v:ident| $target:ident $fields:tt, $($generated:ty),+) => {$(
+        impl<'a> From<&'a $generated> for $target<'a> {
+            fn from($v: &'a $generated) -> Self {
+                $target $fields
+            }
+        }
+    )+};
+}
+
+from_generated!(
+    |p| ParentRef {
         group: p.group.as_deref(),
         kind: p.kind.as_deref(),
         name: &p.name,
         namespace: p.namespace.as_deref(),
         port: p.port,
         section_name: p.section_name.as_deref(),
+    },
+    HttpRouteParentRefs,
+    GrpcRouteParentRefs
+);
+from_generated!(
+    |b| BackendRef {
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+        weight: b.weight,
+        has_filters: b.filters.as_ref().is_some_and(|f| !f.is_empty()),
+    },
+    HttpRouteRulesBackendRefs,
+    GrpcRouteRulesBackendRefs
+);
+from_generated!(
+    |m| ValueMatch {
+        kind: m.r#type.as_ref().map(wire_name),
+        name: &m.name,
+        value: &m.value,
+    },
+    HttpRouteRulesMatchesHeaders,
+    HttpRouteRulesMatchesQueryParams,
+    GrpcRouteRulesMatchesHeaders
+);
+
+pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
+    let mut reader = RuleReader::new(&route.metadata, cluster_domain);
+    let rules = each("spec.rules", &route.spec.rules, |at, rule| {
+        http_rule(&mut reader, at, rule)
     });
-    let rules = route.spec.rules.as_deref().unwrap_or_default();
-    let mut backends = BTreeSet::new();
-    let converted = rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| {
-            http_rule(
-                i,
-                rule,
-                &object_ref(&route.metadata),
-                cluster_domain,
-                &mut backends,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(RouteRules::Http);
     convert(
         Kind::HttpRoute,
         &route.metadata,
-        parents,
-        converted,
-        backends,
+        &route.spec.parent_refs,
+        rules.map(RouteRules::Http),
+        reader.backends,
         serde_json::to_value(&route.status).ok(),
     )
 }
 
 pub fn grpc_route(route: &GRPCRoute, cluster_domain: &str) -> Converted {
-    let parents = route.spec.parent_refs.iter().flatten().map(|p| ParentRef {
-        group: p.group.as_deref(),
-        kind: p.kind.as_deref(),
-        name: &p.name,
-        namespace: p.namespace.as_deref(),
-        port: p.port,
-        section_name: p.section_name.as_deref(),
+    let mut reader = RuleReader::new(&route.metadata, cluster_domain);
+    let rules = each("spec.rules", &route.spec.rules, |at, rule| {
+        grpc_rule(&mut reader, at, rule)
     });
-    let rules = route.spec.rules.as_deref().unwrap_or_default();
-    let mut backends = BTreeSet::new();
-    let converted = rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| {
-            grpc_rule(
-                i,
-                rule,
-                &object_ref(&route.metadata),
-                cluster_domain,
-                &mut backends,
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(RouteRules::Grpc);
     convert(
         Kind::GrpcRoute,
         &route.metadata,
-        parents,
-        converted,
-        backends,
+        &route.spec.parent_refs,
+        rules.map(RouteRules::Grpc),
+        reader.backends,
         serde_json::to_value(&route.status).ok(),
     )
 }
@@ -223,14 +245,17 @@ pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectM
     )
 }
 
-fn convert<'a>(
+fn convert<'a, P: 'a>(
     kind: Kind,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    parent_refs: impl Iterator<Item = ParentRef<'a>>,
+    parent_refs: &'a Option<Vec<P>>,
     rules: Result<RouteRules, FieldError>,
     backends: BTreeSet<(ObjectRef, u16)>,
     status: Option<Value>,
-) -> Converted {
+) -> Converted
+where
+    ParentRef<'a>: From<&'a P>,
+{
     let existing = match status.as_ref().and_then(|s| s.get("parents")) {
         Some(Value::Array(parents)) => parents.clone(),
         _ => Vec::new(),
@@ -239,7 +264,12 @@ fn convert<'a>(
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
     let mut statuses = Vec::new();
-    for (i, p) in parent_refs.enumerate() {
+    for (i, p) in parent_refs
+        .iter()
+        .flatten()
+        .map(ParentRef::from)
+        .enumerate()
+    {
         // GAMMA: a Service parent is group "" (core) and kind Service; other
         // parents (Gateways) belong to other controllers.
         let is_service = matches!(p.group, Some("" | "core")) && p.kind == Some("Service");
@@ -334,107 +364,126 @@ fn convert<'a>(
     }
 }
 
-fn http_rule(
-    i: usize,
-    rule: &HttpRouteRules,
-    route: &ObjectRef,
-    cluster_domain: &str,
-    backends: &mut BTreeSet<(ObjectRef, u16)>,
-) -> Result<HttpRouteRule, FieldError> {
-    let at = format!("spec.rules[{i}]");
-    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+/// What a route's rules are read against, and every backend they name.
+struct RuleReader<'a> {
+    route: ObjectRef,
+    cluster_domain: &'a str,
+    backends: BTreeSet<(ObjectRef, u16)>,
+}
+
+impl<'a> RuleReader<'a> {
+    fn new(
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+        cluster_domain: &'a str,
+    ) -> Self {
+        Self {
+            route: object_ref(meta),
+            cluster_domain,
+            backends: BTreeSet::new(),
+        }
+    }
+
+    /// A rule's backendRefs as weighted backends, noting each backend read.
+    fn backend_refs<'b, B: 'b>(
+        &mut self,
+        at: &str,
+        refs: &'b Option<Vec<B>>,
+    ) -> Result<Vec<WeightedBackend>, FieldError>
+    where
+        BackendRef<'b>: From<&'b B>,
+    {
+        each(&format!("{at}.backendRefs"), refs, |at, b| {
+            self.backend(at, BackendRef::from(b))
+        })
+    }
+
+    fn backend(&mut self, at: &str, b: BackendRef<'_>) -> Result<WeightedBackend, FieldError> {
+        if b.has_filters {
+            return Err(error(format!("{at}.filters"), "filters are not supported"));
+        }
+        if !matches!(b.group, None | Some("" | "core")) || !matches!(b.kind, None | Some("Service"))
+        {
+            return Err(error(
+                format!("{at}.kind"),
+                "only Service backends are supported",
+            ));
+        }
+        if b.namespace.is_some_and(|ns| ns != self.route.namespace) {
+            return Err(error(
+                format!("{at}.namespace"),
+                "backends in another namespace are not supported",
+            ));
+        }
+        let port = match b.port.map(u16::try_from) {
+            Some(Ok(port)) if port != 0 => port,
+            _ => {
+                return Err(error(
+                    format!("{at}.port"),
+                    "a Service backend needs a port",
+                ));
+            }
+        };
+        let weight = match b.weight.map(u32::try_from) {
+            None => None,
+            Some(Ok(w)) => Some(w),
+            Some(Err(_)) => return Err(error(format!("{at}.weight"), "weights are 0 or more")),
+        };
+        let service = ObjectRef::new(self.route.namespace.clone(), b.name);
+        let name = canonical_name(&service, port, self.cluster_domain);
+        self.backends.insert((service, port));
+        Ok(WeightedBackend {
+            backend: name,
+            weight,
+        })
+    }
+}
+
+/// Route filters are not supported: a rule that has any is refused.
+fn no_filters<F>(at: &str, filters: &Option<Vec<F>>) -> Result<(), FieldError> {
+    if filters.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(error(format!("{at}.filters"), "filters are not supported"));
     }
-    let matches = rule
-        .matches
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(j, m)| {
-            let at = format!("{at}.matches[{j}]");
-            let path = match &m.path {
-                Some(path) => {
-                    let kind = path
-                        .r#type
-                        .as_ref()
-                        .map(wire_name)
-                        .unwrap_or_else(|| "PathPrefix".into());
-                    let value = path.value.clone().unwrap_or_else(|| "/".to_string());
-                    if kind == "RegularExpression" {
-                        check_regex(&format!("{at}.path.value"), &value)?;
-                    } else if !value.starts_with('/') {
-                        return Err(error(
-                            format!("{at}.path.value"),
-                            format!("{value:?} does not start with /"),
-                        ));
-                    }
-                    Some(PathMatch {
-                        r#type: kind,
-                        value,
-                    })
+    Ok(())
+}
+
+fn http_rule(
+    reader: &mut RuleReader<'_>,
+    at: &str,
+    rule: &HttpRouteRules,
+) -> Result<HttpRouteRule, FieldError> {
+    no_filters(at, &rule.filters)?;
+    let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
+        let path = match &m.path {
+            Some(path) => {
+                let kind = path
+                    .r#type
+                    .as_ref()
+                    .map(wire_name)
+                    .unwrap_or_else(|| "PathPrefix".into());
+                let value = path.value.clone().unwrap_or_else(|| "/".to_string());
+                if kind == "RegularExpression" {
+                    check_regex(&format!("{at}.path.value"), &value)?;
+                } else if !value.starts_with('/') {
+                    return Err(error(
+                        format!("{at}.path.value"),
+                        format!("{value:?} does not start with /"),
+                    ));
                 }
-                None => None,
-            };
-            let headers = m
-                .headers
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(k, h)| {
-                    header_match(
-                        &format!("{at}.headers[{k}]"),
-                        h.r#type.as_ref(),
-                        &h.name,
-                        &h.value,
-                    )
+                Some(PathMatch {
+                    r#type: kind,
+                    value,
                 })
-                .collect::<Result<_, _>>()?;
-            let query_params = m
-                .query_params
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(k, q)| {
-                    header_match(
-                        &format!("{at}.queryParams[{k}]"),
-                        q.r#type.as_ref(),
-                        &q.name,
-                        &q.value,
-                    )
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(HttpMatch {
-                path,
-                headers,
-                query_params,
-                method: m.method.as_ref().map(wire_name).unwrap_or_default(),
-            })
+            }
+            None => None,
+        };
+        Ok(HttpMatch {
+            path,
+            headers: value_matches(&format!("{at}.headers"), &m.headers)?,
+            query_params: value_matches(&format!("{at}.queryParams"), &m.query_params)?,
+            method: m.method.as_ref().map(wire_name).unwrap_or_default(),
         })
-        .collect::<Result<_, _>>()?;
-    let weighted = rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(j, b)| {
-            let b = BackendRef {
-                group: b.group.as_deref(),
-                kind: b.kind.as_deref(),
-                name: &b.name,
-                namespace: b.namespace.as_deref(),
-                port: b.port,
-                weight: b.weight,
-                has_filters: b.filters.as_ref().is_some_and(|f| !f.is_empty()),
-            };
-            backend(
-                &format!("{at}.backendRefs[{j}]"),
-                b,
-                route,
-                cluster_domain,
-                backends,
-            )
-        })
-        .collect::<Result<_, _>>()?;
+    })?;
+    let weighted = reader.backend_refs(at, &rule.backend_refs)?;
     let timeouts = match &rule.timeouts {
         Some(t) => Some(Timeouts {
             request_ms: duration(&format!("{at}.timeouts.request"), t.request.as_deref())?,
@@ -490,85 +539,36 @@ fn http_rule(
 }
 
 fn grpc_rule(
-    i: usize,
+    reader: &mut RuleReader<'_>,
+    at: &str,
     rule: &GrpcRouteRules,
-    route: &ObjectRef,
-    cluster_domain: &str,
-    backends: &mut BTreeSet<(ObjectRef, u16)>,
 ) -> Result<GrpcRouteRule, FieldError> {
-    let at = format!("spec.rules[{i}]");
-    if rule.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(error(format!("{at}.filters"), "filters are not supported"));
-    }
-    let matches = rule
-        .matches
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(j, m)| {
-            let at = format!("{at}.matches[{j}]");
-            let (kind, service, method) = match &m.method {
-                Some(method) => (
-                    method
-                        .r#type
-                        .as_ref()
-                        .map(wire_name)
-                        .unwrap_or_else(|| "Exact".into()),
-                    method.service.clone().unwrap_or_default(),
-                    method.method.clone().unwrap_or_default(),
-                ),
-                None => ("Exact".to_string(), String::new(), String::new()),
-            };
-            if kind == "RegularExpression" {
-                check_regex(&format!("{at}.method.service"), &service)?;
-                check_regex(&format!("{at}.method.method"), &method)?;
-            }
-            let headers = m
-                .headers
-                .iter()
-                .flatten()
-                .enumerate()
-                .map(|(k, h)| {
-                    header_match(
-                        &format!("{at}.headers[{k}]"),
-                        h.r#type.as_ref(),
-                        &h.name,
-                        &h.value,
-                    )
-                })
-                .collect::<Result<_, _>>()?;
-            Ok(GrpcMatch {
-                r#type: kind,
-                service,
-                method,
-                headers,
-            })
+    no_filters(at, &rule.filters)?;
+    let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
+        let (kind, service, method) = match &m.method {
+            Some(method) => (
+                method
+                    .r#type
+                    .as_ref()
+                    .map(wire_name)
+                    .unwrap_or_else(|| "Exact".into()),
+                method.service.clone().unwrap_or_default(),
+                method.method.clone().unwrap_or_default(),
+            ),
+            None => ("Exact".to_string(), String::new(), String::new()),
+        };
+        if kind == "RegularExpression" {
+            check_regex(&format!("{at}.method.service"), &service)?;
+            check_regex(&format!("{at}.method.method"), &method)?;
+        }
+        Ok(GrpcMatch {
+            r#type: kind,
+            service,
+            method,
+            headers: value_matches(&format!("{at}.headers"), &m.headers)?,
         })
-        .collect::<Result<_, _>>()?;
-    let weighted = rule
-        .backend_refs
-        .iter()
-        .flatten()
-        .enumerate()
-        .map(|(j, b)| {
-            let b = BackendRef {
-                group: b.group.as_deref(),
-                kind: b.kind.as_deref(),
-                name: &b.name,
-                namespace: b.namespace.as_deref(),
-                port: b.port,
-                weight: b.weight,
-                has_filters: b.filters.as_ref().is_some_and(|f| !f.is_empty()),
-            };
-            backend(
-                &format!("{at}.backendRefs[{j}]"),
-                b,
-                route,
-                cluster_domain,
-                backends,
-            )
-        })
-        .collect::<Result<_, _>>()?;
+    })?;
+    let weighted = reader.backend_refs(at, &rule.backend_refs)?;
     Ok(GrpcRouteRule {
         matches,
         backends: weighted,
@@ -577,65 +577,39 @@ fn grpc_rule(
     })
 }
 
-fn backend(
+/// Reads each item of an optional list, naming it `{at}[i]` in errors; the first error wins.
+fn each<'a, T, U>(
     at: &str,
-    b: BackendRef<'_>,
-    route: &ObjectRef,
-    cluster_domain: &str,
-    backends: &mut BTreeSet<(ObjectRef, u16)>,
-) -> Result<WeightedBackend, FieldError> {
-    if b.has_filters {
-        return Err(error(format!("{at}.filters"), "filters are not supported"));
-    }
-    if !matches!(b.group, None | Some("" | "core")) || !matches!(b.kind, None | Some("Service")) {
-        return Err(error(
-            format!("{at}.kind"),
-            "only Service backends are supported",
-        ));
-    }
-    if b.namespace.is_some_and(|ns| ns != route.namespace) {
-        return Err(error(
-            format!("{at}.namespace"),
-            "backends in another namespace are not supported",
-        ));
-    }
-    let port = match b.port.map(u16::try_from) {
-        Some(Ok(port)) if port != 0 => port,
-        _ => {
-            return Err(error(
-                format!("{at}.port"),
-                "a Service backend needs a port",
-            ));
-        }
-    };
-    let weight = match b.weight.map(u32::try_from) {
-        None => None,
-        Some(Ok(w)) => Some(w),
-        Some(Err(_)) => return Err(error(format!("{at}.weight"), "weights are 0 or more")),
-    };
-    let service = ObjectRef::new(route.namespace.clone(), b.name);
-    let name = canonical_name(&service, port, cluster_domain);
-    backends.insert((service, port));
-    Ok(WeightedBackend {
-        backend: name,
-        weight,
-    })
+    list: &'a Option<Vec<T>>,
+    mut read: impl FnMut(&str, &'a T) -> Result<U, FieldError>,
+) -> Result<Vec<U>, FieldError> {
+    list.iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, item)| read(&format!("{at}[{i}]"), item))
+        .collect()
 }
 
-fn header_match<T: Serialize>(
+/// The header (or query-param) matches listed at `at`.
+fn value_matches<'a, M: 'a>(
     at: &str,
-    kind: Option<&T>,
-    name: &str,
-    value: &str,
-) -> Result<HeaderMatch, FieldError> {
-    let kind = kind.map(wire_name).unwrap_or_else(|| "Exact".to_string());
+    list: &'a Option<Vec<M>>,
+) -> Result<Vec<HeaderMatch>, FieldError>
+where
+    ValueMatch<'a>: From<&'a M>,
+{
+    each(at, list, |at, m| header_match(at, ValueMatch::from(m)))
+}
+
+fn header_match(at: &str, m: ValueMatch<'_>) -> Result<HeaderMatch, FieldError> {
+    let kind = m.kind.unwrap_or_else(|| "Exact".to_string());
     if kind == "RegularExpression" {
-        check_regex(&format!("{at}.value"), value)?;
+        check_regex(&format!("{at}.value"), m.value)?;
     }
     Ok(HeaderMatch {
         r#type: kind,
-        name: name.to_string(),
-        value: value.to_string(),
+        name: m.name.to_string(),
+        value: m.value.to_string(),
     })
 }
 
