@@ -1,15 +1,21 @@
 //! Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the
 //! message: they are removed before a message is forwarded.
 
-use http::HeaderMap;
 use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderMap, HeaderName};
 
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
+// Typed names: a `&str` name is parsed and validated on every lookup.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers. With `upgrade`, `Connection: upgrade` and
 /// `Upgrade` stay: they are how an upgrade is asked for and agreed to.
 pub fn strip(headers: &mut HeaderMap, upgrade: bool) {
+    // Runs twice per request; most messages carry none of these, and one
+    // pass over the names is cheaper than six hashed removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(CONNECTION) {
         // Headers the sender named in `Connection` are hop-by-hop too.
         let named: Vec<String> = headers
@@ -40,6 +46,19 @@ pub fn strip(headers: &mut HeaderMap, upgrade: bool) {
     if headers.get(TE).is_some_and(|te| te != "trailers") {
         headers.remove(TE);
     }
+}
+
+/// A header that [`strip`] may remove or rewrite (besides those `Connection` names).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    [
+        &CONNECTION,
+        &UPGRADE,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &TRANSFER_ENCODING,
+        &TE,
+    ]
+    .contains(&name)
 }
 
 /// An HTTP/1 request asking to switch protocols (WebSocket, h2c, …).

@@ -20,7 +20,7 @@ use crate::error::ProxyError;
 use crate::hop_by_hop;
 use crate::inbound_policy::{Admission, CLIENT_ID_HEADER};
 use crate::logical::RouteLabel;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::{Direction, ProxyMetrics, RequestSeries};
 use crate::telemetry::{Direction as SpanDirection, RequestSpan, SpanBody, Telemetry};
 use crate::transport::ORIG_PROTO_HEADER;
 use crate::upstream::{Targets, Upstream};
@@ -91,6 +91,7 @@ pub async fn serve<I>(
         upstream,
         admission,
         drain: drain.clone(),
+        last_series: Mutex::new(None),
     }));
     let conn = shared
         .server
@@ -119,6 +120,8 @@ struct Connection {
     /// The inbound policy's decision on this connection's client.
     admission: Admission,
     drain: drain::Watch,
+    /// The metrics series this connection's last response was recorded in.
+    last_series: Mutex<Option<RequestSeries>>,
 }
 
 #[derive(Clone)]
@@ -239,7 +242,16 @@ impl Connection {
             .extensions()
             .get::<RouteLabel>()
             .map_or_else(|| NO_ROUTE.clone(), |r| r.0.clone());
+        // Uncontended for HTTP/1 (one request at a time); concurrent HTTP/2
+        // requests that find it busy record without the cache.
+        let mut uncached = None;
+        let mut cached = self.last_series.try_lock();
+        let last = match cached.as_deref_mut() {
+            Ok(last) => last,
+            Err(_) => &mut uncached,
+        };
         self.shared.metrics.record_request(
+            last,
             self.direction,
             target,
             &route,

@@ -94,24 +94,38 @@ impl ProxyMetrics {
         }
     }
 
+    /// Counts a request and its latency. `last` is the caller's cache of the
+    /// series it recorded last: a connection's requests mostly share target,
+    /// route and status, and finding a series in a family (hashing its labels
+    /// under a lock) costs more than the recording itself.
     pub fn record_request(
         &self,
+        last: &mut Option<RequestSeries>,
         direction: Direction,
         target: &Arc<str>,
         route: &Arc<str>,
         status: u16,
         started: Instant,
     ) {
-        let labels = RequestLabels {
-            direction,
-            target: target.clone(),
-            route: route.clone(),
-            status,
+        let series = match last {
+            Some(series) if series.is(direction, target, route, status) => series,
+            _ => last.insert(self.series(RequestLabels {
+                direction,
+                target: target.clone(),
+                route: route.clone(),
+                status,
+            })),
         };
-        self.requests.get_or_create(&labels).inc();
-        self.latency
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+        series.requests.inc();
+        series.latency.observe(started.elapsed().as_secs_f64());
+    }
+
+    fn series(&self, labels: RequestLabels) -> RequestSeries {
+        RequestSeries {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            labels,
+        }
     }
 
     /// Counts a connection as open until the returned guard is dropped.
@@ -125,10 +139,71 @@ impl ProxyMetrics {
     }
 }
 
+/// The handles of one request series (see [`ProxyMetrics::record_request`]).
+pub struct RequestSeries {
+    labels: RequestLabels,
+    requests: Counter,
+    latency: Histogram,
+}
+
+impl RequestSeries {
+    fn is(&self, direction: Direction, target: &str, route: &str, status: u16) -> bool {
+        self.labels.direction == direction
+            && self.labels.status == status
+            && *self.labels.target == *target
+            && *self.labels.route == *route
+    }
+}
+
 pub struct OpenConnection(Gauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &ProxyMetrics, target: &str, route: &str, status: u16) -> u64 {
+        let labels = RequestLabels {
+            direction: Direction::Outbound,
+            target: Arc::from(target),
+            route: Arc::from(route),
+            status,
+        };
+        metrics.requests.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn a_cached_series_is_only_reused_for_the_same_labels() {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let (web, api): (Arc<str>, Arc<str>) = (Arc::from("web"), Arc::from("api"));
+        let route: Arc<str> = Arc::from("ns/r");
+        let mut last = None;
+        for (target, status) in [(&web, 200), (&web, 200), (&web, 503), (&api, 200)] {
+            let now = Instant::now();
+            metrics.record_request(&mut last, Direction::Outbound, target, &route, status, now);
+        }
+        // Equal labels in another allocation hit the cached series too.
+        let web_again: Arc<str> = Arc::from("web");
+        let now = Instant::now();
+        metrics.record_request(&mut last, Direction::Outbound, &web_again, &route, 200, now);
+        metrics.record_request(&mut last, Direction::Outbound, &web, &route, 200, now);
+        assert_eq!(count(&metrics, "web", "ns/r", 200), 4);
+        assert_eq!(count(&metrics, "web", "ns/r", 503), 1);
+        assert_eq!(count(&metrics, "api", "ns/r", 200), 1);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        let web_ok = r#"{direction="outbound",target="web",route="ns/r",status="200"}"#;
+        assert!(
+            text.contains(&format!(
+                "plexus_proxy_request_duration_seconds_count{web_ok} 4"
+            )),
+            "{text}"
+        );
     }
 }

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
-pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// Typed: looked up on every request, and a `&str` name is parsed per lookup.
+pub const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The caller's timeout, or `None` when the value is malformed (then it is ignored,
 /// as gRPC servers do).
