@@ -1,14 +1,17 @@
 //! Developer tasks for the Plexus workspace, run as `cargo xtask <task>`:
-//! the test command that the README and CI use, and the proxy benchmark.
+//! the test command that the README and CI use, the proxy benchmark, and the
+//! container images.
 //!
 //! Tools only: no workspace crate depends on this one. The bench and the test
 //! command depend only on `plexus-api` (the proxy's destinations file is in the
-//! proto's shape), never on the proxy or controller code they run; the demo
-//! (feature `demo`, on by default) also uses `plexusctl`.
+//! proto's shape) and `plexus-identity` (the bench's mesh client certificate for
+//! timing new mTLS connections), never on the proxy or controller code they run;
+//! the demo (feature `demo`, on by default) also uses `plexusctl`.
 
 mod bench;
 #[cfg(feature = "demo")]
 mod demo;
+mod images;
 mod process;
 mod ready;
 mod test_suite;
@@ -25,6 +28,8 @@ enum Task {
     Test(test_suite::TestArgs),
     /// Measure direct traffic vs one proxy vs a proxy pair, side by side in one run.
     Bench(Box<bench::BenchArgs>),
+    /// Build the container images of images/ with Docker (`--push REGISTRY` to push them).
+    Images(images::ImagesArgs),
     /// The bench's upstream server (started by `bench` as its own process).
     #[command(hide = true)]
     BenchUpstream(bench::upstream::UpstreamArgs),
@@ -47,6 +52,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }),
+        Task::Images(args) => images::run(args).map(|()| ExitCode::SUCCESS),
         Task::BenchUpstream(args) => bench::upstream::main(args).map(|()| ExitCode::SUCCESS),
         #[cfg(feature = "demo")]
         Task::Demo(args) => demo::main(args).map(|()| ExitCode::SUCCESS),

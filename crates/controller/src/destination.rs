@@ -63,6 +63,49 @@ struct TargetStream {
     rx: watch::Receiver<Arc<TargetView>>,
     last: Option<Arc<TargetView>>,
     open: OpenStream,
+    /// As the proxy named it, and the proxy: for the push spans.
+    target: String,
+    proxy: String,
+}
+
+/// A span per push: to whom, whether a snapshot or a delta, which parts.
+fn traced_push(target: &str, proxy: &str, update: &DestinationUpdate) {
+    let (kind, parts, endpoints) = match &update.target {
+        _ if update.not_meshed => ("not_meshed", String::new(), 0),
+        None => ("empty", String::new(), 0),
+        Some(t) => {
+            let parts: Vec<&str> = [
+                t.protocol.as_ref().map(|_| "protocol"),
+                t.routes.as_ref().map(|_| "routes"),
+                t.backends.as_ref().map(|_| "backends"),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let endpoints: usize = t
+                .backends
+                .iter()
+                .flat_map(|table| table.backends.values())
+                .map(|backend| backend.endpoints.len())
+                .sum();
+            let kind = if update.snapshot { "snapshot" } else { "delta" };
+            (kind, parts.join(","), endpoints)
+        }
+    };
+    let _span = tracing::info_span!(
+        "plexus.destination.push",
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = "plexus.v1.Destination",
+        rpc.method = "Watch",
+        plexus.target = %target,
+        plexus.proxy_id = %proxy,
+        plexus.push.snapshot = update.snapshot,
+        plexus.push.kind = kind,
+        plexus.push.parts = %parts,
+        plexus.push.endpoints = endpoints as i64,
+    )
+    .entered();
 }
 
 struct ServerStream {
@@ -91,6 +134,8 @@ impl Destination for DestinationService {
             rx,
             last: None,
             open: OpenStream::new(self.metrics.clone(), metrics::DESTINATION),
+            target: request.target,
+            proxy: request.proxy_id,
         };
         let stream = futures_util::stream::unfold(state, |mut s| async move {
             loop {
@@ -99,6 +144,7 @@ impl Destination for DestinationService {
                 }
                 let view = s.rx.borrow_and_update().clone();
                 if let Some(update) = view.update_since(s.last.as_deref()) {
+                    traced_push(&s.target, &s.proxy, &update);
                     if s.last.is_some() {
                         s.open
                             .metrics

@@ -19,6 +19,7 @@ use plexus_controller::index::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
 };
 use plexus_controller::inject::InjectConfig;
+use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
 use plexus_identity::{Ca, SpiffeId};
 use tokio::net::TcpListener;
@@ -95,23 +96,28 @@ struct Args {
     /// pod identity of the file (`<namespace>.<service-account>.token`).
     #[arg(long, env = "PLEXUS_BOOTSTRAP_TOKEN_DIR")]
     bootstrap_token_dir: Option<PathBuf>,
+    /// OTLP/gRPC collector for the controller's own spans (pushes, certificate
+    /// signing, feed loads), e.g. `http://otel-collector:4317`; unset: no spans.
+    #[arg(long, env = "PLEXUS_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PLEXUS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?
-        .block_on(run(args))
+        .context("starting the tokio runtime")?;
+    // The OTLP client lives on the runtime, so tracing starts inside it.
+    let settings = TraceSettings::from_env(args.otlp_endpoint.clone());
+    let tracing = {
+        let _inside = runtime.enter();
+        Tracing::install(&settings)?
+    };
+    let result = runtime.block_on(run(args));
+    // After the servers stopped, with the runtime still alive for the exporter.
+    tracing.shutdown();
+    result
 }
 
 /// The Identity API and the TLS it is served with.
@@ -229,10 +235,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let grpc = grpc::serve(grpc_listener, routes, transport);
 
+    // Kubernetes stops a pod with SIGTERM; a terminal with SIGINT.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("watching SIGTERM")?;
     tokio::select! {
         result = grpc => result.context("gRPC server")?,
         _ = feed_task => anyhow::bail!("the feed stopped"),
         signal = tokio::signal::ctrl_c() => signal.context("waiting for a signal")?,
+        _ = terminate.recv() => {}
     }
     tracing::info!("plexus-controller stopping");
     Ok(())

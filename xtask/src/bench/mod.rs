@@ -7,6 +7,7 @@
 //! ratio to the direct scenario of the same group, measured minutes apart on
 //! the same cores.
 
+pub mod collector;
 pub mod compare;
 pub mod handshake;
 pub mod latency;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail, ensure};
 use tokio::time::{Instant, sleep_until, timeout};
 
+use self::collector::{BrokenCollector, Collector, OtlpSetting};
 use self::handshake::{mesh_client, time_handshakes};
 use self::load::{Load, REQUEST_TIMEOUT, Window};
 use self::mesh::{CLIENT_ACCOUNT, MeshControl, SERVER_ACCOUNT, spiffe_id};
@@ -111,6 +113,14 @@ pub struct BenchArgs {
     /// in release mode.
     #[arg(long)]
     pub controller_bin: Option<PathBuf>,
+    /// Trace every request (sampling 1.0) and export to this OTLP/gRPC
+    /// collector (`host:port` or URL); unset: the proxies trace nothing.
+    #[arg(long, value_name = "ADDR", conflicts_with = "otlp")]
+    pub otlp_endpoint: Option<String>,
+    /// Trace every request into a broken collector the bench stands in for:
+    /// `dead` (nothing listens) or `stalled` (accepts, never answers).
+    #[arg(long, value_enum)]
+    pub otlp: Option<BrokenCollector>,
 }
 
 /// The `bench` command.
@@ -238,13 +248,15 @@ impl Settings {
             upstream_threads: args.upstream_threads.max(1),
             proxy_threads: args.proxy_threads,
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            // Known once the collector runs (see `run`).
+            otlp: OtlpSetting::Off,
         })
     }
 }
 
 /// Runs every scenario; `Ok(false)` when some could not be measured (the
 /// report says which and why).
-async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
+async fn run(args: BenchArgs, mut settings: Settings) -> Result<bool> {
     let scenarios = scenario::plan(&Selection {
         topologies: args.scenarios.clone(),
         protocols: args.protocols.clone(),
@@ -277,6 +289,9 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
     let proxy_binary = built(&args.proxy_bin, needs_proxy, "plexus-proxy");
     let controller_binary = built(&args.controller_bin, needs_controller, "plexus-controller");
 
+    let collector = Collector::start(args.otlp_endpoint.as_deref(), args.otlp).await?;
+    settings.otlp = collector.setting.clone();
+    eprintln!("bench: tracing {}", settings.otlp);
     let upstream = UpstreamProcess::spawn(settings.upstream_threads).await?;
     eprintln!(
         "bench: upstream at {} (pid {})",
@@ -288,6 +303,7 @@ async fn run(args: BenchArgs, settings: Settings) -> Result<bool> {
         proxy_binary: proxy_binary.as_deref(),
         controller_binary: controller_binary.as_deref(),
         workdir: &workdir,
+        otlp_endpoint: collector.endpoint(),
     };
 
     let mut measurements = Vec::with_capacity(scenarios.len());
@@ -377,6 +393,8 @@ struct Bench<'a> {
     proxy_binary: Option<&'a std::path::Path>,
     controller_binary: Option<&'a std::path::Path>,
     workdir: &'a std::path::Path,
+    /// The proxies' `PLEXUS_OTLP_ENDPOINT`.
+    otlp_endpoint: Option<&'a str>,
 }
 
 /// The proxies (and controller) of one scenario and where the load generator sends.
@@ -481,6 +499,7 @@ impl Bench<'_> {
             identity,
             ports,
             worker_threads: self.settings.proxy_threads,
+            otlp_endpoint: self.otlp_endpoint,
         };
         ProxyProcess::spawn(spec, name, self.workdir, processes).await
     }

@@ -106,6 +106,8 @@ pub struct ProxySpec<'a> {
     pub identity: Option<ProxyIdentity>,
     pub ports: ProxyPorts,
     pub worker_threads: Option<usize>,
+    /// Trace every request and export there (`PLEXUS_OTLP_ENDPOINT`).
+    pub otlp_endpoint: Option<&'a str>,
 }
 
 /// A started, ready proxy; the process itself belongs to the [`Processes`]
@@ -135,6 +137,11 @@ impl ProxyProcess {
             .env("PLEXUS_LOG", "warn");
         if let Some(threads) = spec.worker_threads {
             command.env("PLEXUS_WORKER_THREADS", threads.to_string());
+        }
+        if let Some(endpoint) = spec.otlp_endpoint {
+            command
+                .env("PLEXUS_OTLP_ENDPOINT", endpoint)
+                .env("PLEXUS_TRACE_SAMPLING", "1.0");
         }
         if let Some(identity) = &spec.identity {
             command

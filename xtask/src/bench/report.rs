@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
+use super::collector::OtlpSetting;
 use super::compare::{AddedLatency, VersusDirect, cpu_ms_per_1k_requests};
 use super::handshake::HandshakeTimes;
 use super::latency::{LatencyHistogram, LatencySummary};
@@ -27,6 +28,8 @@ pub struct Settings {
     /// `PLEXUS_WORKER_THREADS` given to the proxies; none: their default.
     pub proxy_threads: Option<usize>,
     pub cpus: usize,
+    /// Whether the proxies traced, and to what collector.
+    pub otlp: OtlpSetting,
 }
 
 /// What one scenario measured inside its window.
@@ -299,6 +302,7 @@ impl Report {
             s.upstream_threads,
             s.proxy_threads.map_or("default".into(), |n| n.to_string())
         );
+        let _ = writeln!(out, "proxy tracing: {}", s.otlp);
         let _ = writeln!(
             out,
             "latency in µs; \"+a r×\" = µs added to direct and ratio to direct; CPU and memory are the \
@@ -511,6 +515,7 @@ mod tests {
             upstream_threads: 1,
             proxy_threads: None,
             cpus: 2,
+            otlp: OtlpSetting::Off,
         }
     }
 
@@ -599,6 +604,33 @@ mod tests {
             json["scenarios"][1]["measured"]["versus_direct"]["throughput_ratio"],
             0.6
         );
+    }
+
+    #[test]
+    fn the_report_says_where_the_proxies_sent_their_spans() {
+        use crate::bench::collector::BrokenCollector;
+        let measured = || {
+            vec![(
+                scenario(Topology::Direct),
+                Ok(measurement(50_000, 100.0, 0)),
+            )]
+        };
+        let report = Report::new(settings(), measured(), None);
+        assert!(report.render_text().contains("proxy tracing: off"));
+        let mut stalled = settings();
+        stalled.otlp = OtlpSetting::Broken {
+            collector: BrokenCollector::Stalled,
+            endpoint: "http://127.0.0.1:9".into(),
+        };
+        let report = Report::new(stalled, measured(), None);
+        let text = report.render_text();
+        assert!(
+            text.contains("STALLED collector (http://127.0.0.1:9"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["settings"]["otlp"]["mode"], "broken");
+        assert_eq!(json["settings"]["otlp"]["collector"], "stalled");
     }
 
     #[test]

@@ -32,6 +32,20 @@ pub struct Objects {
 }
 
 impl Objects {
+    /// Objects of every kind.
+    pub fn len(&self) -> usize {
+        self.namespaces.len()
+            + self.services.len()
+            + self.endpoint_slices.len()
+            + self.pods.len()
+            + self.http_routes.len()
+            + self.grpc_routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Replaces the index's objects by these, one relist per kind.
     pub fn reset(self, index: &mut Index, problems: Vec<Problem>) {
         index.set_feed_problems(problems);
@@ -172,6 +186,13 @@ pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: i
 pub async fn load(path: &Path, index: &SharedIndex) -> std::io::Result<()> {
     let text = tokio::fs::read_to_string(path).await?;
     let (objects, problems) = parse(&text);
+    let _span = tracing::info_span!(
+        "plexus.feed.file.load",
+        plexus.feed.path = %path.display(),
+        plexus.feed.objects = objects.len() as i64,
+        plexus.feed.problems = problems.len() as i64,
+    )
+    .entered();
     for problem in &problems {
         tracing::warn!(%problem, path = %path.display(), "file feed: object not applied");
     }

@@ -7,7 +7,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -60,6 +60,10 @@ pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
     );
 }
 
+/// Events taken in one go when they are already waiting (a list, a burst of
+/// changes): handled together under one span.
+const MAX_BATCH: usize = 256;
+
 async fn watch<K>(api: Api<K>, index: &SharedIndex, on_synced: impl Fn())
 where
     K: IndexedResource + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
@@ -67,28 +71,66 @@ where
     let kind = K::KIND;
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
-        .boxed();
-    // Listed objects are applied as they arrive and only their keys kept, so a
-    // relist never holds every object of a kind in memory.
-    let mut listed: HashSet<ObjectRef> = HashSet::new();
-    let mut synced = false;
-    while let Some(event) = events.next().await {
+        .boxed()
+        .fuse();
+    let mut state = KindState {
+        listed: HashSet::new(),
+        synced: false,
+    };
+    while let Some(first) = events.next().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match events.next().now_or_never() {
+                Some(Some(event)) => batch.push(event),
+                _ => break,
+            }
+        }
+        let _span = tracing::info_span!(
+            "plexus.feed.kubernetes.events",
+            plexus.kind = %kind,
+            plexus.events = batch.len() as i64,
+        )
+        .entered();
+        for event in batch {
+            state.handle(event, index, &on_synced);
+        }
+    }
+}
+
+/// One kind's progress through its list and watch.
+struct KindState {
+    /// Listed objects are applied as they arrive and only their keys kept, so
+    /// a relist never holds every object of a kind in memory.
+    listed: HashSet<ObjectRef>,
+    synced: bool,
+}
+
+impl KindState {
+    fn handle<K>(
+        &mut self,
+        event: Result<Event<K>, watcher::Error>,
+        index: &SharedIndex,
+        on_synced: &impl Fn(),
+    ) where
+        K: IndexedResource + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let kind = K::KIND;
         match event {
             Ok(Event::Apply(object)) => index.lock().apply(object),
             Ok(Event::Delete(object)) => {
                 let key = object.key();
                 index.lock().delete::<K>(&key);
             }
-            Ok(Event::Init) => listed.clear(),
+            Ok(Event::Init) => self.listed.clear(),
             Ok(Event::InitApply(object)) => {
-                listed.insert(object.key());
+                self.listed.insert(object.key());
                 index.lock().apply(object);
             }
             Ok(Event::InitDone) => {
-                index.lock().retain::<K>(&std::mem::take(&mut listed));
+                index.lock().retain::<K>(&std::mem::take(&mut self.listed));
                 tracing::debug!(%kind, "kubernetes feed: listed");
-                if !synced {
-                    synced = true;
+                if !self.synced {
+                    self.synced = true;
                     on_synced();
                 }
             }
@@ -100,9 +142,9 @@ where
                     ) =>
             {
                 // Gateway API CRDs not installed: no routes, but do not hold readiness.
-                if !synced {
+                if !self.synced {
                     tracing::warn!(%kind, "kubernetes feed: kind not served (Gateway API CRDs missing?); no routes until it is");
-                    synced = true;
+                    self.synced = true;
                     on_synced();
                 }
             }

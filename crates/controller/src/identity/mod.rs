@@ -22,6 +22,7 @@ use plexus_api::v1::{CertifyRequest, CertifyResponse};
 use plexus_identity::ca::DEFAULT_LEAF_LIFETIME;
 use plexus_identity::{Ca, CaError, CsrError, SpiffeId, Validity};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub use ca_store::{CaSettings, CaStoreError, ca_from_dir, ca_from_secret};
 pub use serving::{
@@ -59,6 +60,22 @@ impl IdentityService {
     }
 }
 
+/// Requested identities are recorded on spans up to this length: the field
+/// comes from the network and may be anything.
+const MAX_TRACED_IDENTITY: usize = 256;
+
+/// Why a Certify call ended as it did: the span's `plexus.identity.outcome`.
+struct Refusal {
+    outcome: &'static str,
+    status: Status,
+}
+
+impl Refusal {
+    fn new(outcome: &'static str, status: Status) -> Self {
+        Self { outcome, status }
+    }
+}
+
 #[tonic::async_trait]
 impl Identity for IdentityService {
     async fn certify(
@@ -66,12 +83,52 @@ impl Identity for IdentityService {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let request = request.into_inner();
-        let asked: SpiffeId = request
-            .identity
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("identity: {e}")))?;
+        // The token is never recorded: it is a credential.
+        let span = tracing::info_span!(
+            "plexus.identity.certify",
+            otel.kind = "server",
+            rpc.system = "grpc",
+            rpc.service = "plexus.v1.Identity",
+            rpc.method = "Certify",
+            plexus.identity.requested = %truncated(&request.identity, MAX_TRACED_IDENTITY),
+            plexus.identity.outcome = tracing::field::Empty,
+            plexus.certificate.not_after_unix = tracing::field::Empty,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        let result = self.sign(request).instrument(span.clone()).await;
+        match result {
+            Ok(answer) => {
+                span.record("plexus.identity.outcome", "issued");
+                span.record("plexus.certificate.not_after_unix", answer.not_after_unix);
+                span.record("rpc.grpc.status_code", tonic::Code::Ok as i64);
+                Ok(Response::new(answer))
+            }
+            Err(refusal) => {
+                span.record("plexus.identity.outcome", refusal.outcome);
+                span.record("rpc.grpc.status_code", refusal.status.code() as i64);
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", refusal.status.message());
+                Err(refusal.status)
+            }
+        }
+    }
+}
+
+impl IdentityService {
+    async fn sign(&self, request: CertifyRequest) -> Result<CertifyResponse, Refusal> {
+        let asked: SpiffeId = request.identity.parse().map_err(|e| {
+            Refusal::new(
+                "invalid_identity",
+                Status::invalid_argument(format!("identity: {e}")),
+            )
+        })?;
         if request.token.is_empty() {
-            return Err(Status::unauthenticated("token: empty"));
+            return Err(Refusal::new(
+                "token_missing",
+                Status::unauthenticated("token: empty"),
+            ));
         }
         let proven = self
             .tokens
@@ -80,15 +137,24 @@ impl Identity for IdentityService {
             .map_err(|e| {
                 tracing::warn!(identity = %asked, error = %e, "certify: token not accepted");
                 match e {
-                    TokenError::Refused(why) => Status::unauthenticated(format!("token: {why}")),
-                    TokenError::Unavailable(why) => Status::unavailable(format!("token: {why}")),
+                    TokenError::Refused(why) => Refusal::new(
+                        "token_refused",
+                        Status::unauthenticated(format!("token: {why}")),
+                    ),
+                    TokenError::Unavailable(why) => Refusal::new(
+                        "token_unavailable",
+                        Status::unavailable(format!("token: {why}")),
+                    ),
                 }
             })?;
         if asked != proven {
             tracing::warn!(asked = %asked, proven = %proven, "certify: identity not proven by token");
-            return Err(Status::permission_denied(format!(
-                "identity: the token proves {proven}, not {asked}"
-            )));
+            return Err(Refusal::new(
+                "identity_not_proven",
+                Status::permission_denied(format!(
+                    "identity: the token proves {proven}, not {asked}"
+                )),
+            ));
         }
         let issued = self
             .ca
@@ -101,10 +167,12 @@ impl Identity for IdentityService {
                 tracing::warn!(identity = %proven, error = %e, "certify: CSR refused");
                 match e {
                     CaError::Csr(CsrError::Identity { .. }) => {
-                        Status::permission_denied(e.to_string())
+                        Refusal::new("csr_refused", Status::permission_denied(e.to_string()))
                     }
-                    CaError::Csr(_) => Status::invalid_argument(e.to_string()),
-                    _ => Status::internal(e.to_string()),
+                    CaError::Csr(_) => {
+                        Refusal::new("csr_refused", Status::invalid_argument(e.to_string()))
+                    }
+                    _ => Refusal::new("signing_failed", Status::internal(e.to_string())),
                 }
             })?;
         let not_after_unix = issued
@@ -112,12 +180,24 @@ impl Identity for IdentityService {
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         tracing::info!(identity = %proven, not_after_unix, "certify: issued");
-        Ok(Response::new(CertifyResponse {
+        Ok(CertifyResponse {
             certificate_der: issued.leaf.to_vec(),
             chain_der: issued.chain.iter().map(|c| c.to_vec()).collect(),
             not_after_unix,
-        }))
+        })
     }
+}
+
+/// At most `max` bytes of `text`, cut on a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
