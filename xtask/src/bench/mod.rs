@@ -9,6 +9,7 @@
 
 pub mod collector;
 pub mod compare;
+pub mod controller;
 pub mod handshake;
 pub mod latency;
 pub mod load;
@@ -49,8 +50,20 @@ const MAX_HANDSHAKES: usize = 10_000;
 /// How long the count-bounded memory run may take before it gives up.
 const RSS_RUN_TIME_CAP: Duration = Duration::from_secs(120);
 
+/// What a bench run measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// The proxy: direct traffic vs one proxy vs a proxy pair (the default).
+    Proxy,
+    /// The controller: index size, watch fan-out, snapshot time, memory.
+    Controller,
+}
+
 #[derive(clap::Args)]
 pub struct BenchArgs {
+    /// `proxy` (default) or `controller`.
+    #[arg(value_enum, default_value = "proxy")]
+    pub part: Part,
     /// Topologies to measure.
     #[arg(
         long,
@@ -125,6 +138,9 @@ pub struct BenchArgs {
 
 /// The `bench` command.
 pub fn main(args: BenchArgs) -> Result<bool> {
+    if args.part == Part::Controller {
+        return controller::main();
+    }
     let settings = Settings::resolve(&args)?;
     if cfg!(debug_assertions) {
         return Err(relaunch_optimized());
