@@ -2,13 +2,15 @@
 //! listens, becomes ready, answers Destination watches, and with a CA
 //! directory serves the Identity API (TLS) and issues bootstrap tokens.
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use plexus_api::v1::WatchRequest;
 use plexus_api::v1::destination_client::DestinationClient;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -26,42 +28,16 @@ spec: {serviceAccountName: web, containers: [{name: app}]}
 status: {podIP: 10.0.0.1}
 "#;
 
-/// Starts the binary and returns it with its (gRPC, admin, webhook)
-/// addresses, read from its "listening" log line (webhook `off` when not served).
+/// Starts the binary on [`OBJECTS`] and returns it with its (gRPC, admin,
+/// webhook) addresses.
 async fn start(dir: &Path, extra: &[&str]) -> (Child, String, String, String) {
-    let objects = dir.join("objects.yaml");
-    std::fs::write(&objects, OBJECTS).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plexus-controller"))
-        .arg(format!("--feed=file:{}", objects.display()))
-        .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
-        .args(extra)
-        .env("PLEXUS_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the controller binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let field = |line: &str, name: &str| -> Option<String> {
-        let rest = line.split(&format!("{name}=")).nth(1)?;
-        Some(rest.split_whitespace().next()?.to_string())
-    };
-    let addrs = tokio::time::timeout(BOUND, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("plexus-controller listening") {
-                return (
-                    field(&line, "grpc").unwrap(),
-                    field(&line, "admin").unwrap(),
-                    field(&line, "webhook").unwrap(),
-                );
-            }
-        }
-        panic!("the controller exited before listening");
-    })
-    .await
-    .expect("the controller reports its addresses");
-    // Keep draining its logs so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addrs.0, addrs.1, addrs.2)
+    let controller = binary::start(dir, OBJECTS, extra, &[]).await;
+    (
+        controller.child,
+        controller.grpc,
+        controller.admin,
+        controller.webhook,
+    )
 }
 
 async fn get(admin: &str, path: &str) -> String {

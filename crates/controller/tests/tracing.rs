@@ -3,10 +3,12 @@
 //! a real receiver (`plexusctl traces`'), flushes them on SIGTERM, and never
 //! records a token.
 
+#[path = "support/binary.rs"]
+mod binary;
+
 use std::collections::HashMap;
 use std::io;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,9 +18,8 @@ use plexus_api::v1::identity_client::IdentityClient;
 use plexus_api::v1::{CertifyRequest, WatchRequest};
 use plexus_identity::{CertificateRequest, SpiffeId};
 use plexusctl::traces::{AttributeValue, Receiver, Span, StatusCode};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::transport::{Channel, Endpoint};
 
 const BOUND: Duration = Duration::from_secs(30);
@@ -40,38 +41,20 @@ status: {podIP: 10.0.0.1}
 /// Starts the binary with TLS (a CA directory, bootstrap tokens) and OTLP
 /// export to `otlp`; returns it with its gRPC address.
 async fn start(dir: &Path, otlp: &str) -> (Child, String) {
-    let objects = dir.join("objects.yaml");
-    std::fs::write(&objects, OBJECTS).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_plexus-controller"))
-        .arg(format!("--feed=file:{}", objects.display()))
-        .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
-        .arg(format!("--ca-dir={}", dir.join("ca").display()))
-        .arg(format!(
-            "--bootstrap-token-dir={}",
-            dir.join("tokens").display()
-        ))
-        .arg(format!("--otlp-endpoint={otlp}"))
-        .env("PLEXUS_NAMESPACE", "mesh")
-        .env("PLEXUS_POD_NAME", "plexus-controller-0")
-        .env("PLEXUS_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the controller binary starts");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let grpc = tokio::time::timeout(BOUND, async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if line.contains("plexus-controller listening") {
-                let rest = line.split("grpc=").nth(1).unwrap();
-                return rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-        panic!("the controller exited before listening");
-    })
-    .await
-    .expect("the controller reports its addresses");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, grpc)
+    let ca_dir = format!("--ca-dir={}", dir.join("ca").display());
+    let token_dir = format!("--bootstrap-token-dir={}", dir.join("tokens").display());
+    let otlp = format!("--otlp-endpoint={otlp}");
+    let controller = binary::start(
+        dir,
+        OBJECTS,
+        &[&ca_dir, &token_dir, &otlp],
+        &[
+            ("PLEXUS_NAMESPACE", "mesh"),
+            ("PLEXUS_POD_NAME", "plexus-controller-0"),
+        ],
+    )
+    .await;
+    (controller.child, controller.grpc)
 }
 
 /// A gRPC channel over TLS that accepts only the controller's identity.
