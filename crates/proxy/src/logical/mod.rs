@@ -234,7 +234,7 @@ async fn serve(
         let response = send_with_retries(backend, rule, request, deadline, span).await?;
         Ok(match permit {
             // The slot is held until the response body has been read.
-            Some(permit) => response.map(|b| body::boxed(permit_body::PermitBody::new(b, permit))),
+            Some(permit) => response.map(|b| body::boxed(body::GuardedBody::new(b, permit))),
             None => response,
         })
     };
