@@ -1,8 +1,15 @@
 //! `cargo xtask test`: the project's one test command (the README's and CI's).
 //!
-//! It builds every workspace binary first, because end-to-end tests spawn them
-//! (found through `PLEXUS_BIN_DIR`), prepares the Python environment the chart
-//! tests drive the real Helm engine with (`PLEXUS_PYTHON`), then runs the tests.
+//! It compiles the workspace once — binaries, unit and integration tests in one
+//! cargo invocation, so they share one feature set and the test runner and the
+//! doc tests reuse every artifact — prepares the Python environment the chart
+//! tests drive the real Helm engine with (`PLEXUS_PYTHON`), then runs the doc
+//! tests and the tests. End-to-end tests spawn the binaries (`PLEXUS_BIN_DIR`).
+//!
+//! Root-only tests (network-namespace pods, real iptables) are `#[ignore]`d
+//! with the reason, so a plain `cargo test` reports them as skipped; this
+//! command runs them when the machine can, and with `PLEXUS_REQUIRE_ROOT_TESTS=1`
+//! (CI) fails instead of skipping them.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -18,6 +25,9 @@ use crate::workspace::{Workspace, cargo};
 const HELM_PYTHON_SDK: &str = "helm-python-sdk";
 const HELM_PYTHON_SDK_VERSION: &str = "0.2.2";
 
+/// Set to `1` to fail, rather than skip, when the root-only tests cannot run.
+const REQUIRE_ROOT_TESTS: &str = "PLEXUS_REQUIRE_ROOT_TESTS";
+
 #[derive(clap::Args)]
 pub struct TestArgs {
     /// Passed unchanged to `cargo nextest run` (or `cargo test` without nextest).
@@ -27,18 +37,23 @@ pub struct TestArgs {
 
 pub fn run(args: TestArgs) -> Result<ExitCode> {
     let workspace = Workspace::locate()?;
+    let root_tests = RootTests::probe();
+    if let RootTests::Skip(reason) = &root_tests {
+        if std::env::var_os(REQUIRE_ROOT_TESTS).is_some_and(|value| value == "1") {
+            bail!("{REQUIRE_ROOT_TESTS}=1 but the root-only tests cannot run: {reason}");
+        }
+        println!("xtask: root-only tests will be reported as skipped: {reason}");
+    }
 
+    // `--all-targets` (not `--bins` then the tests) so binaries and tests are
+    // built with one feature resolution: dev-dependencies' features otherwise
+    // split the graph in two and everything above tokio compiles twice.
     let mut build = cargo();
     build
-        .args(["build", "--workspace", "--bins"])
+        .args(["build", "--workspace", "--all-targets"])
         .current_dir(&workspace.root);
-    if !run_step(
-        "build workspace binaries for the end-to-end tests",
-        &mut build,
-    )?
-    .success()
-    {
-        bail!("building the workspace binaries failed");
+    if !run_step("build the workspace and its tests", &mut build)?.success() {
+        bail!("building the workspace failed");
     }
     let bin_dir = workspace.target_dir.join("debug");
 
@@ -70,10 +85,17 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     let mut tests = cargo();
     if nextest {
         tests.args(["nextest", "run", "--workspace"]);
+        if root_tests == RootTests::Run {
+            tests.args(["--run-ignored", "all"]);
+        }
+        tests.args(&args.extra);
     } else {
         tests.args(["test", "--workspace"]);
+        tests.args(&args.extra);
+        if root_tests == RootTests::Run {
+            tests.args(["--", "--include-ignored"]);
+        }
     }
-    tests.args(&args.extra);
     with_env(&mut tests);
     let mut outcome = run_step("run the workspace tests", &mut tests)?;
     if let Some(doc_outcome) = doc_outcome
@@ -88,6 +110,51 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         None => ExitCode::FAILURE,
     })
+}
+
+/// Whether this machine can run the root-only tests: they create network
+/// namespaces and apply iptables rules, so they need root, `ip` and `iptables`.
+#[derive(Debug, PartialEq, Eq)]
+enum RootTests {
+    Run,
+    Skip(String),
+}
+
+impl RootTests {
+    fn probe() -> Self {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        Self::decide(euid, |tool| on_path(tool))
+    }
+
+    fn decide(euid: u32, has_tool: impl Fn(&str) -> bool) -> Self {
+        if euid != 0 {
+            return Self::Skip(format!("not root (effective uid {euid})"));
+        }
+        let missing: Vec<&str> = ["ip", "iptables"]
+            .into_iter()
+            .filter(|tool| !has_tool(tool))
+            .collect();
+        if missing.is_empty() {
+            Self::Run
+        } else {
+            Self::Skip(format!("not on PATH: {}", missing.join(", ")))
+        }
+    }
+}
+
+/// Whether `tool` is an executable file in one of PATH's folders (or the
+/// sbin folders, where Debian puts iptables outside root's PATH).
+fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin"].map(PathBuf::from))
+        .map(|folder| folder.join(tool))
+        .any(|file| {
+            file.metadata()
+                .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// The Python interpreter the chart tests use: `PLEXUS_PYTHON` when the caller
@@ -197,6 +264,19 @@ mod tests {
         let mut command = Command::new("cargo");
         command.args(["nextest", "run", "--workspace"]);
         assert_eq!(describe(&command), "cargo nextest run --workspace");
+    }
+
+    #[test]
+    fn root_tests_run_only_as_root_with_both_tools() {
+        assert_eq!(RootTests::decide(0, |_| true), RootTests::Run);
+        assert_eq!(
+            RootTests::decide(1000, |_| true),
+            RootTests::Skip("not root (effective uid 1000)".into())
+        );
+        assert_eq!(
+            RootTests::decide(0, |tool| tool == "ip"),
+            RootTests::Skip("not on PATH: iptables".into())
+        );
     }
 
     #[test]
