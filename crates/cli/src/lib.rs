@@ -1,5 +1,5 @@
 //! plexusctl, the Plexus command line, as a library: each subcommand lives in
-//! its own module, which `main.rs` dispatches to.
+//! its own module, so the binary and tests run the same code.
 //!
 //! It talks to Plexus over its public interfaces (OTLP, the proxy's admin
 //! HTTP, Kubernetes YAML, the Kubernetes API for `check`) and reuses the

@@ -1,4 +1,4 @@
-//! `plexusctl traces`: run a receiver and print each finished trace.
+//! `plexusctl traces`: run a `plexus-traces` receiver and print each finished trace.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
