@@ -6,7 +6,7 @@
 //! command depend only on `plexus-api` (the proxy's destinations file is in the
 //! proto's shape) and `plexus-identity` (the bench's mesh client certificate for
 //! timing new mTLS connections), never on the proxy or controller code they run;
-//! the demo (feature `demo`, on by default) also uses `plexusctl`.
+//! the demo (feature `demo`, on by default) also uses `plexus-traces`.
 
 mod bench;
 #[cfg(feature = "demo")]

@@ -10,7 +10,8 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
-use plexus_controller::inject::PROXY_CONTAINER;
+use plexus_core::PROXY_CONTAINER;
+use plexus_core::annotations::INJECT;
 
 /// The chart's names.
 const CONTROLLER_DEPLOYMENT: &str = "plexus-controller";
@@ -284,7 +285,7 @@ async fn pod_proxy(client: &kube::Client, namespace: &str, name: &str) -> CheckR
             POD_PROXY,
             format!("{shown} has no {PROXY_CONTAINER} container: not meshed"),
             format!(
-                "kubectl annotate namespace {namespace} plexus.io/inject=enabled, \
+                "kubectl annotate namespace {namespace} {INJECT}=enabled, \
                  then recreate the pod"
             ),
         );

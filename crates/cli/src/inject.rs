@@ -1,7 +1,7 @@
 //! `plexusctl inject`: the injector's mutation applied offline to Kubernetes YAML.
 //!
-//! Uses the controller's own [`plan`] (the same code the admission webhook runs) on every pod
-//! template, so offline and in-cluster injection cannot drift. The namespace's
+//! Uses the injector's [`plan`] (`plexus-inject`, the same code the controller's admission webhook
+//! runs) on every pod template, so offline and in-cluster injection cannot drift. The namespace's
 //! `plexus.io/inject` is not consulted: asking for injection is the user's explicit request;
 //! a pod template's `plexus.io/inject: disabled`, hostNetwork and already injected pods are
 //! still left alone.
@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow};
 use json_patch::jsonptr::{Pointer, PointerBuf};
 use k8s_openapi::api::core::v1::PodSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use plexus_controller::inject::{InjectConfig, plan};
+use plexus_inject::{InjectConfig, plan};
 use serde::Deserialize;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use plexus_controller::inject::InjectConfig;
+use plexus_inject::InjectConfig;
 
 #[derive(Debug, Parser)]
 #[command(

@@ -18,8 +18,8 @@ use plexus_api::v1::WatchRequest;
 use plexus_api::v1::destination_client::DestinationClient;
 use plexus_controller::destination::DestinationService;
 use plexus_controller::grpc::{self, GrpcTransport};
-use plexus_controller::index::{IndexConfig, SharedIndex};
 use plexus_controller::metrics::Metrics;
+use plexus_discovery::index::{IndexConfig, SharedIndex};
 use serde_json::json;
 use tokio::time::Instant;
 

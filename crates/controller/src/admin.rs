@@ -15,9 +15,9 @@ use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
-use crate::feed::Readiness;
-use crate::index::{Problem, RouteStatus, SharedIndex};
 use crate::metrics::Metrics;
+use plexus_discovery::feed::Readiness;
+use plexus_discovery::index::{Problem, RouteStatus, SharedIndex};
 
 #[derive(Clone, Debug)]
 pub struct Admin {

@@ -14,8 +14,8 @@ use plexus_api::v1::{DestinationUpdate, ServerPolicy, ServerRequest, WatchReques
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::index::{SharedIndex, TargetView};
 use crate::metrics::{self, ApiLabels, Metrics};
+use plexus_discovery::index::{SharedIndex, TargetView};
 
 type UpdateStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 

@@ -1,19 +1,16 @@
-//! The Plexus control plane: discovery of Services, endpoints and routes (from
-//! Kubernetes watches or a YAML file), the Destination API that streams them to
-//! proxies, and the controller's admin endpoint.
+//! The Plexus control plane's servers: the Destination API that streams the
+//! discovery index (`plexus-discovery`) to proxies, the Identity API and its CA,
+//! the injector webhook's HTTPS serving and `caBundle` loop (the mutation itself
+//! is `plexus-inject`), and the controller's admin, metrics and telemetry.
 //!
-//! The discovery [`index`] holds no Kubernetes client and no gRPC types beyond
-//! the `plexus-api` messages it produces; feeds and servers wrap it. This crate
-//! must not depend on the proxy.
+//! This crate must not depend on the proxy or on plexusctl: it is the top of the
+//! control-plane side, and nothing below it may import from it.
 
 pub mod admin;
 pub mod admission;
 pub mod destination;
-pub mod feed;
 pub mod grpc;
 pub mod identity;
-pub mod index;
-pub mod inject;
 pub mod metrics;
 pub mod rbac;
 pub mod telemetry;

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use plexus_controller::admission::{Injector, ca_bundle, service_dns_names};
-use plexus_controller::feed::{self, FeedSource, Readiness};
 use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::identity::ca_store::DEFAULT_CA_LIFETIME;
 use plexus_controller::identity::{
     BootstrapTokens, CaSettings, IdentityService, TokenAuthority, TokenReviewer, ca_from_dir,
     ca_from_secret, controller_server_config, webhook_server_config,
 };
-use plexus_controller::index::{
-    DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
-};
-use plexus_controller::inject::InjectConfig;
 use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
+use plexus_discovery::feed::{self, FeedSource, Readiness};
+use plexus_discovery::index::{
+    DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
+};
 use plexus_identity::{Ca, SpiffeId};
+use plexus_inject::InjectConfig;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 

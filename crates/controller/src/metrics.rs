@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::index::IndexSizes;
+use plexus_discovery::index::IndexSizes;
 
 /// Which stream a metric is about.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -16,55 +16,55 @@ pub struct Permission {
 const LIST_WATCH: &[&str] = &["list", "watch"];
 
 pub const PERMISSIONS: &[Permission] = &[
-    // feed::kubernetes: a kube-rs watcher (list + watch) per kind, cluster-wide.
+    // plexus_discovery::feed::kubernetes: a kube-rs watcher (list + watch) per kind, cluster-wide.
     Permission {
         api_group: "",
         resource: "namespaces",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
     Permission {
         api_group: "",
         resource: "services",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
     Permission {
         api_group: "",
         resource: "pods",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
     Permission {
         api_group: "discovery.k8s.io",
         resource: "endpointslices",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
     Permission {
         api_group: "gateway.networking.k8s.io",
         resource: "httproutes",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
     Permission {
         api_group: "gateway.networking.k8s.io",
         resource: "grpcroutes",
         verbs: LIST_WATCH,
-        used_by: "feed::kubernetes",
+        used_by: "plexus_discovery::feed::kubernetes",
     },
-    // feed::route_status: the Accepted condition of routes with Service parents.
+    // plexus_discovery::feed::route_status: the Accepted condition of routes with Service parents.
     Permission {
         api_group: "gateway.networking.k8s.io",
         resource: "httproutes/status",
         verbs: &["patch"],
-        used_by: "feed::route_status",
+        used_by: "plexus_discovery::feed::route_status",
     },
     Permission {
         api_group: "gateway.networking.k8s.io",
         resource: "grpcroutes/status",
         verbs: &["patch"],
-        used_by: "feed::route_status",
+        used_by: "plexus_discovery::feed::route_status",
     },
     // identity::ca_store: read the Secret plexus-ca, create it when absent.
     Permission {

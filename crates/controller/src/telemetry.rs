@@ -6,8 +6,9 @@
 //! Export never holds up the work it traces: ended spans go to the SDK's
 //! batch processor (a bounded queue drained by its own thread; a full queue
 //! drops), and a dead or stalled collector only costs that thread its export
-//! timeout. Only this crate's spans are exported, not those of the libraries
-//! under it (hyper, h2, kube), whose volume would say nothing about the mesh.
+//! timeout. Only the controller's own spans are exported (this crate's, and
+//! those of the discovery feeds it runs, `plexus_discovery`), not those of the
+//! libraries under it (hyper, h2, kube), whose volume would say nothing about the mesh.
 
 use std::time::Duration;
 
@@ -77,7 +78,7 @@ pub struct Tracing {
 
 impl Tracing {
     /// Installs the global subscriber: logs filtered by `PLEXUS_LOG` (default
-    /// `info`) to stderr, plus this crate's spans to `settings.endpoint`.
+    /// `info`) to stderr, plus the controller's own spans to `settings.endpoint`.
     /// Must run inside the tokio runtime when an endpoint is set.
     pub fn install(settings: &TraceSettings) -> Result<Tracing, TelemetryError> {
         let logs = tracing_subscriber::fmt::layer()
@@ -93,7 +94,12 @@ impl Tracing {
         let spans = provider.as_ref().map(|provider| {
             tracing_opentelemetry::layer()
                 .with_tracer(provider.tracer(SERVICE_NAME))
-                .with_filter(Targets::new().with_target("plexus_controller", Level::INFO))
+                .with_filter(
+                    Targets::new()
+                        .with_target("plexus_controller", Level::INFO)
+                        // the feed spans (`plexus.feed.file.load`, `plexus.feed.kubernetes.events`)
+                        .with_target("plexus_discovery", Level::INFO),
+                )
         });
         tracing_subscriber::registry()
             .with(logs)

@@ -1,10 +1,18 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
-//! request crosses a proxy, port sets, and the `plexus.io/` annotation names.
+//! request crosses a proxy, port sets, the `plexus.io/` annotation names and the
+//! proxy's container name.
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
-//! on no Kubernetes, gRPC or async library, so the init container, the injector,
-//! the discovery index and the proxy can all use it without pulling each other in.
+//! on no Kubernetes, gRPC or async library (only std and `thiserror`), so the init
+//! container, the injector, the discovery index and the proxy can all use it
+//! without pulling each other in.
 
+pub mod annotations;
 mod direction;
+pub mod ports;
 
 pub use direction::Direction;
+
+/// Name of the proxy's native-sidecar container: the injector adds it, and its
+/// presence is what marks a pod as meshed to discovery and to `plexusctl check`.
+pub const PROXY_CONTAINER: &str = "plexus-proxy";

@@ -5,10 +5,10 @@
 //! proxy's inbound listener and outbound TCP to its outbound listener, with exclusions for the
 //! proxy's own UID, loopback, the admin port and configured skip ports/CIDRs. Rules are
 //! rendered as `iptables-restore` input (pure, tested as golden text) and applied atomically;
-//! running twice changes nothing. This crate must not depend on any other Plexus crate or on
-//! Kubernetes: it only knows ports, addresses and the iptables text format.
+//! running twice changes nothing. Port sets come from `plexus-core`, the only Plexus crate this
+//! one may depend on; it must not depend on Kubernetes: it only knows ports, addresses and the
+//! iptables text format.
 
 pub mod apply;
 pub mod ipv6;
-pub mod ports;
 pub mod rules;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use plexus_init::ports::{Cidr, ParseError, parse_list};
+use plexus_core::ports::{Cidr, ParseError, parse_list};
 use plexus_init::rules::{Family, Redirect};
 use plexus_init::{apply, ipv6};
 

@@ -4,7 +4,7 @@
 //! restore flushes it, so our chains are rebuilt whole each run; the two jump rules from the
 //! built-in chains are only emitted when `iptables-save` does not already show them.
 
-use crate::ports::{Cidr, PortRange};
+use plexus_core::ports::{Cidr, PortRange};
 
 /// Entry point for inbound TCP, jumped to from `PREROUTING`.
 pub const INBOUND_CHAIN: &str = "PLEXUS_INBOUND";
@@ -164,7 +164,7 @@ impl Redirect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ports::parse_list;
+    use plexus_core::ports::parse_list;
 
     fn configured() -> Redirect {
         Redirect {

@@ -135,12 +135,10 @@ async fn demo(
     let otlp_endpoint = match &args.otlp_endpoint {
         Some(endpoint) => endpoint.clone(),
         None => {
-            let receiver = plexusctl::traces::Receiver::bind(
-                topology.otlp_grpc_addr(),
-                topology.otlp_http_addr(),
-            )
-            .await
-            .context("starting the trace receiver")?;
+            let receiver =
+                plexus_traces::Receiver::bind(topology.otlp_grpc_addr(), topology.otlp_http_addr())
+                    .await
+                    .context("starting the trace receiver")?;
             let endpoint = receiver.grpc_endpoint();
             collector = Some(store.collect_from(receiver));
             endpoint
@@ -436,7 +434,7 @@ async fn print_waterfalls(store: &TraceStore, outcomes: &[traffic::Outcome]) {
         println!("\n{caption}: trace {}", trace.trace_id);
         print!(
             "{}",
-            plexusctl::traces::render_waterfall(&trace, WATERFALL_WIDTH)
+            plexus_traces::render_waterfall(&trace, WATERFALL_WIDTH)
         );
     }
 }

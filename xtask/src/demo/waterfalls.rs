@@ -1,4 +1,4 @@
-//! The demo's traces: collected by plexusctl's in-process OTLP receiver, and the few
+//! The demo's traces: collected by plexus-traces' in-process OTLP receiver, and the few
 //! worth showing picked from them.
 
 use std::collections::{BTreeMap, HashMap};
@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use plexusctl::traces::{Receiver, SpanKind, Trace, render_waterfall};
+use plexus_traces::{Receiver, SpanKind, Trace, render_waterfall};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -104,7 +104,7 @@ pub fn verified_servers<'a>(traces: impl IntoIterator<Item = &'a Trace>) -> BTre
 }
 
 /// Whether a span of the trace records a retry (attributes of crates/proxy's telemetry,
-/// as plexusctl's waterfall prints them).
+/// as plexus-traces' waterfall prints them).
 pub fn was_retried(trace: &Trace) -> bool {
     trace.spans.iter().any(|span| {
         span.attr_i64("plexus.retry.count").is_some_and(|n| n > 0)
@@ -166,7 +166,7 @@ fn pick<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plexusctl::traces::{AttributeValue, Span, Status, StatusCode};
+    use plexus_traces::{AttributeValue, Span, Status, StatusCode};
 
     fn span(id: &str, attributes: &[(&str, i64)]) -> Span {
         Span {

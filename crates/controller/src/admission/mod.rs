@@ -1,9 +1,11 @@
 //! The injector webhook as the API server meets it: HTTPS on :8443 with a
 //! certificate from the controller's CA ([`serve`]), and the
 //! MutatingWebhookConfiguration's `caBundle` kept equal to that CA's trust
-//! anchor ([`ca_bundle`]). The decision itself is [`crate::inject::webhook`].
+//! anchor ([`ca_bundle`]). [`webhook::review`] turns an AdmissionReview into its
+//! answer with the injector's plan (`plexus-inject`).
 
 pub mod ca_bundle;
+pub mod webhook;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,10 +19,12 @@ use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
 
+use plexus_core::annotations::INJECT;
+use plexus_discovery::index::SharedIndex;
+use plexus_inject::InjectConfig;
+
+use self::webhook::{NamespaceAnnotations, review};
 use crate::identity::tls_incoming;
-use crate::index::SharedIndex;
-use crate::inject::webhook::{NamespaceAnnotations, review};
-use crate::inject::{INJECT_ANNOTATION, InjectConfig};
 
 /// The path the MutatingWebhookConfiguration names.
 pub const INJECT_PATH: &str = "/inject";
@@ -46,7 +50,7 @@ pub struct Injector {
 /// The index already watches Namespaces; it keeps `plexus.io/inject` only.
 impl NamespaceAnnotations for SharedIndex {
     fn annotation(&self, namespace: &str, key: &str) -> Option<String> {
-        if key != INJECT_ANNOTATION {
+        if key != INJECT {
             return None;
         }
         let enabled = self.lock().namespace_inject(namespace)?;

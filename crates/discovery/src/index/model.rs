@@ -10,7 +10,7 @@ use plexus_api::v1::Resilience;
 
 use super::annotations::{Annotations, MtlsMode, PortSet};
 use super::{Kind, ObjectRef, Problem};
-use crate::inject::PROXY_CONTAINER;
+use plexus_core::PROXY_CONTAINER;
 
 /// The label of an EndpointSlice naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";

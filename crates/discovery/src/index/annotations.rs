@@ -7,14 +7,12 @@ use std::ops::RangeInclusive;
 use std::str::FromStr;
 
 use plexus_api::v1::{Concurrency, FailureAccrual, Resilience, RetryBudget};
+use plexus_core::annotations::{INJECT, OPAQUE_PORTS};
+use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
-use plexus_init::ports::{PortRange, parse_list};
-
-use crate::inject::INJECT_ANNOTATION;
 
 pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
 pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
-pub const OPAQUE_PORTS: &str = "plexus.io/opaque-ports";
 pub const RETRY_BUDGET_RATIO: &str = "plexus.io/retry-budget-ratio";
 pub const RETRY_BUDGET_MIN_PER_SECOND: &str = "plexus.io/retry-budget-min-per-second";
 pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "plexus.io/failure-accrual-consecutive";
@@ -150,7 +148,7 @@ impl<'a> Annotations<'a> {
 
     /// `plexus.io/inject`: `enabled` / `disabled`.
     pub fn inject(&mut self) -> Option<bool> {
-        self.get(INJECT_ANNOTATION, |v| match v {
+        self.get(INJECT, |v| match v {
             "enabled" => Ok(true),
             "disabled" => Ok(false),
             _ => Err("enabled or disabled".to_string()),
@@ -232,7 +230,7 @@ impl FromStr for PortSet {
     type Err = String;
 
     // One port-list syntax for the whole mesh: the injector reads its port annotations
-    // with the same parser (`plexus_init::ports`).
+    // with the same parser (`plexus_core::ports`).
     fn from_str(s: &str) -> Result<Self, String> {
         parse_list::<PortRange>(s)
             .map(|ranges| PortSet(ranges.iter().map(|r| r.first..=r.last).collect()))
@@ -345,7 +343,7 @@ mod tests {
         assert_eq!(set.ports().collect::<Vec<_>>(), [3306, 4000, 4001, 4002]);
         assert!("4002-4000".parse::<PortSet>().is_err());
         assert!("http".parse::<PortSet>().is_err());
-        // The injector's syntax (plexus_init::ports) is read here too.
+        // The injector's syntax (plexus_core::ports) is read here too.
         let colon: PortSet = "4000:4001".parse().unwrap();
         assert_eq!(colon.ports().collect::<Vec<_>>(), [4000, 4001]);
         assert!("0".parse::<PortSet>().is_err());

@@ -1,23 +1,26 @@
-//! An OTLP trace receiver: OTLP/gRPC and OTLP/HTTP (protobuf) listeners that
-//! assemble spans into finished traces.
+//! Plexus traces: an OTLP trace receiver (OTLP/gRPC and OTLP/HTTP protobuf
+//! listeners) that assembles spans into finished traces, and the waterfall
+//! rendering of a trace.
 //!
-//! It is what `plexusctl traces` prints from, and what tests of other crates
-//! use as their collector:
+//! It is what `plexusctl traces` prints from, what `cargo xtask demo` shows, and
+//! what tests of other crates use as their collector:
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use plexusctl::traces::Receiver;
+//! use plexus_traces::Receiver;
 //! let mut receiver = Receiver::bind("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()).await?;
 //! let endpoint = receiver.grpc_endpoint(); // give this to an OTLP exporter
 //! # let _ = endpoint;
 //! while let Some(trace) = receiver.next_trace().await {
-//!     println!("{}", plexusctl::traces::render_waterfall(&trace, 100));
+//!     println!("{}", plexus_traces::render_waterfall(&trace, 100));
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! It knows OTLP and nothing of Plexus's own crates: it must not depend on the
+//! proxy, the controller or plexusctl, so all of them (and their tests) can use it.
 
 mod assembly;
-mod command;
 mod grpc;
 mod http;
 mod model;
@@ -38,7 +41,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 pub use assembly::{AssemblyConfig, Evictions};
-pub use command::TracesCommand;
 pub use model::{AttributeValue, Span, SpanKind, Status, StatusCode, Trace};
 pub use waterfall::render_waterfall;
 

@@ -6,14 +6,14 @@
 
 use std::collections::BTreeMap;
 
-use plexus_init::ports::{Cidr, PortRange, parse_list};
+use plexus_core::annotations::OPAQUE_PORTS;
+use plexus_core::ports::{Cidr, PortRange, parse_list};
 
-use super::config::{InjectConfig, ProxyResources};
+use crate::config::{InjectConfig, ProxyResources};
 
 pub const SKIP_INBOUND_PORTS: &str = "plexus.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS: &str = "plexus.io/skip-outbound-ports";
 pub const SKIP_OUTBOUND_CIDRS: &str = "plexus.io/skip-outbound-cidrs";
-pub const OPAQUE_PORTS: &str = "plexus.io/opaque-ports";
 pub const PROXY_CPU_REQUEST: &str = "plexus.io/proxy-cpu-request";
 pub const PROXY_CPU_LIMIT: &str = "plexus.io/proxy-cpu-limit";
 pub const PROXY_MEMORY_REQUEST: &str = "plexus.io/proxy-memory-request";

@@ -14,9 +14,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use super::config::InjectConfig;
-use super::overrides::{Settings, settings};
-use super::{INIT_CONTAINER, INJECT_ANNOTATION, PROXY_CONTAINER};
+use plexus_core::PROXY_CONTAINER;
+use plexus_core::annotations::INJECT;
+
+use crate::INIT_CONTAINER;
+use crate::config::InjectConfig;
+use crate::overrides::{Settings, settings};
 
 const INBOUND_PORT: i32 = 15006;
 const OUTBOUND_PORT: i32 = 15001;
@@ -71,7 +74,7 @@ pub fn plan(meta: &ObjectMeta, spec: &PodSpec, config: &InjectConfig) -> Result<
     if spec.host_network == Some(true) {
         return Err(Skip::HostNetwork);
     }
-    if annotations.get(INJECT_ANNOTATION).map(String::as_str) == Some("disabled") {
+    if annotations.get(INJECT).map(String::as_str) == Some("disabled") {
         return Err(Skip::Disabled);
     }
     let (settings, warnings) = settings(config, &annotations);

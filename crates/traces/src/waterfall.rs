@@ -160,7 +160,7 @@ fn format_duration(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::model::{AttributeValue, SpanKind, Status};
+    use crate::model::{AttributeValue, SpanKind, Status};
 
     const MS: u64 = 1_000_000;
     const T0: u64 = 1_700_000_000_000_000_000;

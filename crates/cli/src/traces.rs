@@ -1,4 +1,4 @@
-//! `plexusctl traces`: run a receiver and print each finished trace.
+//! `plexusctl traces`: run a `plexus-traces` receiver and print each finished trace.
 
 use std::io::{self, Write};
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::time::Instant;
 
-use super::{AssemblyConfig, Receiver, Trace, render_waterfall};
+use plexus_traces::{AssemblyConfig, Receiver, Trace, render_waterfall};
 
 /// Receive OTLP traces (gRPC and HTTP/protobuf) and print each finished trace
 /// as a waterfall, or as JSON.

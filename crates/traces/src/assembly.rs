@@ -178,7 +178,7 @@ impl Assembly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traces::model::{SpanKind, Status, StatusCode};
+    use crate::model::{SpanKind, Status, StatusCode};
 
     fn span(trace: &str, id: &str, parent: Option<&str>) -> ReceivedSpan {
         ReceivedSpan {

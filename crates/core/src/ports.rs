@@ -1,4 +1,5 @@
-//! The values of the command-line lists: ports, port ranges and CIDRs.
+//! Port sets and networks as Plexus writes them in flags and annotations: ports,
+//! port ranges and CIDRs, alone or in comma-separated lists.
 
 use std::fmt;
 use std::net::IpAddr;

@@ -9,9 +9,8 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 
-use super::INJECT_ANNOTATION;
-use super::config::InjectConfig;
-use super::pod::plan;
+use plexus_core::annotations::INJECT;
+use plexus_inject::{InjectConfig, plan};
 
 /// Namespace annotations, which the webhook needs but an AdmissionReview does not carry.
 /// The controller answers from its watch of namespaces.
@@ -89,16 +88,11 @@ fn respond(
         .metadata
         .annotations
         .as_ref()
-        .and_then(|a| a.get(INJECT_ANNOTATION));
+        .and_then(|a| a.get(INJECT));
     let enabled = match on_pod.map(String::as_str) {
         Some("enabled") => true,
         Some(_) => false,
-        None => {
-            namespaces
-                .annotation(&namespace, INJECT_ANNOTATION)
-                .as_deref()
-                == Some("enabled")
-        }
+        None => namespaces.annotation(&namespace, INJECT).as_deref() == Some("enabled"),
     };
     let Some(spec) = pod.spec.as_ref().filter(|_| enabled) else {
         return allow;
