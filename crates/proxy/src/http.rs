@@ -10,6 +10,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use plexus_core::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -20,8 +21,8 @@ use crate::error::ProxyError;
 use crate::hop_by_hop;
 use crate::inbound_policy::{Admission, CLIENT_ID_HEADER};
 use crate::logical::RouteLabel;
-use crate::metrics::{Direction, ProxyMetrics, RequestSeries};
-use crate::telemetry::{Direction as SpanDirection, RequestSpan, SpanBody, Telemetry};
+use crate::metrics::{ProxyMetrics, RequestSeries};
+use crate::telemetry::{RequestSpan, SpanBody, Telemetry};
 use crate::transport::ORIG_PROTO_HEADER;
 use crate::upstream::{Targets, Upstream};
 
@@ -204,12 +205,8 @@ impl Connection {
         if !telemetry.is_enabled() {
             return (request, RequestSpan::default());
         }
-        let direction = match self.direction {
-            Direction::Inbound => SpanDirection::Inbound,
-            Direction::Outbound => SpanDirection::Outbound,
-        };
         let (mut head, body) = request.into_parts();
-        let span = telemetry.start_request(direction, &mut head);
+        let span = telemetry.start_request(self.direction, &mut head);
         (Request::from_parts(head, body), span)
     }
 

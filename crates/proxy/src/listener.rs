@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use plexus_api::v1::Target;
+use plexus_core::Direction;
 use plexus_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -19,7 +20,6 @@ use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain;
 use crate::http::{self, ConnUpstream, HttpShared};
 use crate::inbound_policy::{Admission, PolicyWatch};
-use crate::metrics::Direction;
 use crate::orig_dst::OriginalDst;
 use crate::tls::{
     ClientAuth, HandshakeFailure, MeshTls, PeekedHello, TlsMetrics, peek_client_hello,

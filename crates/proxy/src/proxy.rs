@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use plexus_core::Direction;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -20,7 +21,7 @@ use crate::http::HttpShared;
 use crate::inbound_policy;
 use crate::listener::Listener;
 use crate::logical::LogicalMetrics;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{self, OriginalDst};
 use crate::static_config::{self, StaticConfigError};
 use crate::telemetry::{Telemetry, TelemetryError};
