@@ -11,8 +11,8 @@ use plexus_api::v1::ServerPolicy;
 use plexus_identity::SpiffeId;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, Env, PortSet};
 use crate::error::ProxyError;
+use crate::ports::PortSet;
 
 /// The header that tells the application who called it: the client's
 /// SPIFFE ID as mTLS proved it. The inbound side always removes the one the
@@ -57,47 +57,9 @@ impl Admission {
     }
 }
 
-/// `PLEXUS_INBOUND_MTLS_MODE` (`permissive` default, or `strict`) and
-/// `PLEXUS_INBOUND_ALLOWED_IDENTITIES` (comma-separated SPIFFE IDs; empty: any).
-pub fn from_env(env: &dyn Env) -> Result<ServerPolicy, ConfigError> {
-    let mode = env
-        .get("PLEXUS_INBOUND_MTLS_MODE")
-        .map(|m| m.trim().to_ascii_lowercase())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| PERMISSIVE.to_owned());
-    if mode != PERMISSIVE && mode != STRICT {
-        return Err(ConfigError {
-            name: "PLEXUS_INBOUND_MTLS_MODE",
-            value: mode,
-            expected: "permissive or strict",
-        });
-    }
-    let allowed = env
-        .get("PLEXUS_INBOUND_ALLOWED_IDENTITIES")
-        .unwrap_or_default();
-    let allowed_identities = allowed
-        .split(',')
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(|id| {
-            id.parse::<SpiffeId>()
-                .map(|id| id.to_string())
-                .map_err(|_| ConfigError {
-                    name: "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
-                    value: allowed.clone(),
-                    expected: "comma-separated SPIFFE IDs",
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(ServerPolicy {
-        mtls_mode: mode,
-        allowed_identities,
-        opaque_ports: Vec::new(),
-    })
-}
-
-const PERMISSIVE: &str = "permissive";
-const STRICT: &str = "strict";
+/// The mTLS modes of a `ServerPolicy`.
+pub(crate) const PERMISSIVE: &str = "permissive";
+pub(crate) const STRICT: &str = "strict";
 
 /// A `ServerPolicy` ready to check connections against.
 #[derive(Debug, Clone, Default)]
@@ -153,36 +115,9 @@ pub fn fixed(policy: &ServerPolicy) -> PolicyWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn id(s: &str) -> SpiffeId {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn environment_defaults_to_permissive_and_names_bad_values() {
-        let policy = from_env(&HashMap::<&str, &str>::new()).unwrap();
-        assert_eq!(policy.mtls_mode, "permissive");
-        assert!(policy.allowed_identities.is_empty());
-
-        let env = HashMap::from([
-            ("PLEXUS_INBOUND_MTLS_MODE", "STRICT"),
-            (
-                "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
-                "spiffe://td/ns/a/sa/b, spiffe://td/ns/c/sa/d",
-            ),
-        ]);
-        let policy = from_env(&env).unwrap();
-        assert_eq!(policy.mtls_mode, "strict");
-        assert_eq!(policy.allowed_identities.len(), 2);
-
-        for (name, value) in [
-            ("PLEXUS_INBOUND_MTLS_MODE", "sometimes"),
-            ("PLEXUS_INBOUND_ALLOWED_IDENTITIES", "web"),
-        ] {
-            let env = HashMap::from([(name, value)]);
-            assert_eq!(from_env(&env).unwrap_err().name, name);
-        }
     }
 
     #[test]

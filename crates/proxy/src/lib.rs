@@ -17,6 +17,7 @@ pub mod static_config;
 pub mod tls;
 
 pub mod orig_dst;
+pub mod ports;
 pub mod proxy;
 pub mod transport;
 

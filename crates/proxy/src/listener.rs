@@ -15,12 +15,12 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::PortSet;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain;
 use crate::http::{self, ConnUpstream, HttpShared};
 use crate::inbound_policy::{Admission, PolicyWatch};
 use crate::orig_dst::OriginalDst;
+use crate::ports::PortSet;
 use crate::tls::{
     ClientAuth, HandshakeFailure, MeshTls, PeekedHello, TlsMetrics, peek_client_hello,
     peer_identity,

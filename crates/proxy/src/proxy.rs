@@ -102,6 +102,12 @@ impl ProxyBuilder {
 
     pub async fn bind(self) -> Result<RunningProxy, StartError> {
         let config = self.config;
+        if !config.unknown_variables.is_empty() {
+            tracing::warn!(
+                variables = ?config.unknown_variables,
+                "unknown PLEXUS_* variables are ignored (a typo?)"
+            );
+        }
         let mesh = config.identity.as_ref().map(MeshTls::start).transpose()?;
         let controller = Controller::connect(&config, mesh.as_ref())?;
         let source = match (self.source, &controller, &config.static_config) {
@@ -151,7 +157,7 @@ impl ProxyBuilder {
             idle_timeout: config.idle_timeout,
             telemetry: telemetry.clone(),
         });
-        let listener = |direction, opaque_ports: &crate::config::PortSet, app_addr| {
+        let listener = |direction, opaque_ports: &crate::ports::PortSet, app_addr| {
             Arc::new(Listener {
                 direction,
                 http: http.clone(),
