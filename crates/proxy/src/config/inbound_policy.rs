@@ -5,7 +5,7 @@ use plexus_api::v1::ServerPolicy;
 use plexus_identity::SpiffeId;
 
 use super::reader::Reader;
-use crate::inbound_policy::{PERMISSIVE, STRICT};
+use crate::inbound::policy::{PERMISSIVE, STRICT};
 
 /// `PLEXUS_INBOUND_MTLS_MODE` (`permissive` default, or `strict`) and
 /// `PLEXUS_INBOUND_ALLOWED_IDENTITIES` (comma-separated SPIFFE IDs; empty: any).

@@ -24,7 +24,7 @@ use tower::util::rng::HasherRng;
 
 use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture};
-use crate::inbound_policy::{self, PolicyWatch};
+use crate::inbound::policy::{self, PolicyWatch};
 use crate::tls::MeshTls;
 
 pub use server_policy::watch_server_policy;
@@ -93,7 +93,7 @@ impl Controller {
             tracing::warn!(
                 "PLEXUS_POD_NAME unset: the inbound policy comes from the environment only"
             );
-            inbound_policy::fixed(&config.inbound_policy)
+            policy::fixed(&config.inbound_policy)
         } else {
             watch_server_policy(
                 channel,

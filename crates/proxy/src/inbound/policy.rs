@@ -1,5 +1,5 @@
-//! The inbound side's policy: who may call this workload, and whether
-//! plaintext is accepted. One model, the Destination API's `ServerPolicy`,
+//! The policy step: who may call this workload, and whether plaintext is
+//! accepted. One model, the Destination API's `ServerPolicy`,
 //! whether it comes from the controller (`WatchServer`) or from the
 //! environment (static mode); compiled once per update, checked per connection.
 
@@ -22,17 +22,15 @@ pub const CLIENT_ID_HEADER: &str = "plexus-client-id";
 /// What the policy decided about one connection, applied to each of its requests.
 #[derive(Debug, Clone)]
 pub enum Admission {
-    /// An outbound connection: no inbound policy, headers untouched.
-    Outbound,
-    /// An inbound client let in; `client_id` is its verified identity.
+    /// A client let in; `client_id` is its verified identity.
     Admitted { client_id: Option<HeaderValue> },
-    /// An inbound client refused: every request gets 403 `forbidden`.
+    /// A client refused: every request gets 403 `forbidden`.
     Refused(String),
 }
 
 impl Admission {
-    /// The inbound decision for a client (`None`: plaintext).
-    pub fn inbound(policy: &Policy, client: Option<&SpiffeId>) -> Self {
+    /// The decision for a client (`None`: plaintext).
+    pub fn of(policy: &Policy, client: Option<&SpiffeId>) -> Self {
         match policy.admit(client) {
             Ok(()) => Self::Admitted {
                 client_id: client.and_then(|id| HeaderValue::from_str(id.as_str()).ok()),
@@ -44,7 +42,6 @@ impl Admission {
     /// Sets `plexus-client-id` (replacing any the client sent) or refuses.
     pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
         match self {
-            Self::Outbound => Ok(()),
             Self::Admitted { client_id } => {
                 headers.remove(CLIENT_ID_HEADER);
                 if let Some(id) = client_id {
