@@ -6,6 +6,7 @@
 //! the client of a server-speaks-first protocol, is served as opaque TCP.
 
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -50,6 +51,25 @@ where
             Ok(Ok(0)) => return Ok((Protocol::Opaque, buf.freeze())),
             Ok(Ok(_)) => {}
             Ok(Err(e)) => return Err(e),
+        }
+    }
+}
+
+/// [`detect`], with a failed read logged: `None` means the connection is
+/// done for (the client reset it while the proxy was listening).
+pub async fn detect_or_log<I>(
+    io: &mut I,
+    timeout: Duration,
+    peer: SocketAddr,
+) -> Option<(Protocol, Bytes)>
+where
+    I: AsyncRead + Unpin,
+{
+    match detect(io, timeout).await {
+        Ok(detected) => Some(detected),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "reading the first bytes failed");
+            None
         }
     }
 }

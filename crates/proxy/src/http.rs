@@ -1,5 +1,7 @@
-//! Serving HTTP on an accepted connection: hyper-util's server (HTTP/1 with
-//! keep-alive and upgrades, HTTP/2), each request proxied to its upstream.
+//! Serving HTTP on an accepted connection, the same in both directions:
+//! hyper-util's server (HTTP/1 with keep-alive and upgrades, HTTP/2), hop-by-hop
+//! headers stripped, each request proxied to its upstream, metered and traced.
+//! What differs by direction (policy, where a request goes) is a [`RequestPath`].
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +12,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use plexus_core::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
@@ -18,12 +21,10 @@ use crate::connect::EndpointClient;
 use crate::drain;
 use crate::error::ProxyError;
 use crate::hop_by_hop;
-use crate::inbound_policy::{Admission, CLIENT_ID_HEADER};
 use crate::logical::RouteLabel;
-use crate::metrics::{Direction, ProxyMetrics, RequestSeries};
-use crate::telemetry::{Direction as SpanDirection, RequestSpan, SpanBody, Telemetry};
-use crate::transport::ORIG_PROTO_HEADER;
-use crate::upstream::{Targets, Upstream};
+use crate::metrics::{ProxyMetrics, RequestSeries};
+use crate::telemetry::{RequestSpan, SpanBody, Telemetry};
+use crate::upstream::Upstream;
 
 /// hyper refuses smaller HTTP/1 read buffers (it asserts).
 const MIN_HTTP1_BUF: usize = 8 * 1024;
@@ -31,7 +32,6 @@ const MIN_HTTP1_BUF: usize = 8 * 1024;
 /// What every HTTP connection of a proxy shares.
 pub struct HttpShared {
     pub server: auto::Builder<TokioExecutor>,
-    pub targets: Arc<Targets>,
     pub client: Arc<dyn EndpointClient>,
     pub metrics: ProxyMetrics,
     pub idle_timeout: Duration,
@@ -63,33 +63,40 @@ impl HttpShared {
     }
 }
 
-/// Where the requests of one connection go.
-pub enum ConnUpstream {
-    /// Fixed for the connection: a redirected outbound connection's target,
-    /// or inbound's application.
-    Fixed(Upstream),
-    /// Chosen per request from `Host` / `:authority` (outbound, not redirected).
-    ByAuthority(Mutex<Option<(String, Upstream)>>),
-    /// Inbound, neither redirected nor configured with an application address.
-    Nowhere,
+/// What one direction does with each request of a connection, in the order
+/// [`serve`] asks; everything else is the same both ways.
+pub trait RequestPath: Send + Sync + 'static {
+    /// The `direction` of the request metrics and spans.
+    const DIRECTION: Direction;
+
+    /// First, before the span starts: undoes what the previous hop did to
+    /// the request.
+    fn received(&self, request: &mut Request<Incoming>);
+
+    /// Whether the client may send the request. `Err` is answered (403) but
+    /// is not the server's failure, so the span records only the status.
+    fn admit(
+        &self,
+        request: &mut Request<Incoming>,
+        span: &mut RequestSpan,
+    ) -> Result<(), ProxyError>;
+
+    /// Where the request goes.
+    fn upstream(
+        &self,
+        request: &Request<Incoming>,
+    ) -> impl Future<Output = Result<Upstream, ProxyError>> + Send;
 }
 
 /// Serves HTTP on `io` until the client closes, or the drain ends it.
-pub async fn serve<I>(
-    io: I,
-    shared: Arc<HttpShared>,
-    direction: Direction,
-    upstream: ConnUpstream,
-    admission: Admission,
-    mut drain: drain::Watch,
-) where
+pub async fn serve<I, P>(io: I, shared: Arc<HttpShared>, path: P, mut drain: drain::Watch)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: RequestPath,
 {
     let service = ProxyService(Arc::new(Connection {
         shared: shared.clone(),
-        direction,
-        upstream,
-        admission,
+        path,
         drain: drain.clone(),
         last_series: Mutex::new(None),
     }));
@@ -113,21 +120,23 @@ pub async fn serve<I>(
     }
 }
 
-struct Connection {
+struct Connection<P> {
     shared: Arc<HttpShared>,
-    direction: Direction,
-    upstream: ConnUpstream,
-    /// The inbound policy's decision on this connection's client.
-    admission: Admission,
+    path: P,
     drain: drain::Watch,
     /// The metrics series this connection's last response was recorded in.
     last_series: Mutex<Option<RequestSeries>>,
 }
 
-#[derive(Clone)]
-struct ProxyService(Arc<Connection>);
+struct ProxyService<P>(Arc<Connection<P>>);
 
-impl hyper::service::Service<Request<Incoming>> for ProxyService {
+impl<P> Clone for ProxyService<P> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<P: RequestPath> hyper::service::Service<Request<Incoming>> for ProxyService<P> {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
@@ -138,34 +147,24 @@ impl hyper::service::Service<Request<Incoming>> for ProxyService {
     }
 }
 
-impl Connection {
+impl<P: RequestPath> Connection<P> {
     async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(&request);
         let upgrade = hop_by_hop::wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         hop_by_hop::strip(request.headers_mut(), upgrade);
-        if self.direction == Direction::Inbound
-            && request.headers_mut().remove(ORIG_PROTO_HEADER).is_some()
-        {
-            // The client proxy upgraded an HTTP/1 request for the hop between proxies.
-            *request.version_mut() = http::Version::HTTP_11;
-        }
+        self.path.received(&mut request);
         let (mut request, mut span) = self.start_span(request);
-        if let Err(error) = self.admission.apply(request.headers_mut()) {
+        if let Err(error) = self.path.admit(&mut request, &mut span) {
             // A refused client is a 403: not the server's failure, so the span
             // only records the status (HTTP conventions for server spans).
             let response = error.into_response(grpc);
             self.record(&UNKNOWN, &response, started);
             return end_span_with_body(span, response);
         }
-        if self.direction == Direction::Inbound && span.is_recording() {
-            // Set from the verified certificate by `apply`, never by the client.
-            let client = request.headers().get(CLIENT_ID_HEADER);
-            span.set_identities(client.and_then(|id| id.to_str().ok()), None);
-        }
 
-        let upstream = match self.upstream_for(&request).await {
+        let upstream = match self.path.upstream(&request).await {
             Ok(upstream) => upstream,
             Err(error) => {
                 span.record_error(&error);
@@ -204,37 +203,9 @@ impl Connection {
         if !telemetry.is_enabled() {
             return (request, RequestSpan::default());
         }
-        let direction = match self.direction {
-            Direction::Inbound => SpanDirection::Inbound,
-            Direction::Outbound => SpanDirection::Outbound,
-        };
         let (mut head, body) = request.into_parts();
-        let span = telemetry.start_request(direction, &mut head);
+        let span = telemetry.start_request(P::DIRECTION, &mut head);
         (Request::from_parts(head, body), span)
-    }
-
-    async fn upstream_for(&self, request: &Request<Incoming>) -> Result<Upstream, ProxyError> {
-        let cache = match &self.upstream {
-            ConnUpstream::Fixed(upstream) => return Ok(upstream.clone()),
-            ConnUpstream::ByAuthority(cache) => cache,
-            ConnUpstream::Nowhere => {
-                return Err(ProxyError::UnknownTarget(
-                    "inbound connection: not redirected and PLEXUS_INBOUND_APP_ADDR unset".into(),
-                ));
-            }
-        };
-        let authority = authority(request)?;
-        if let Ok(last) = cache.lock()
-            && let Some((cached, upstream)) = last.as_ref()
-            && cached == authority
-        {
-            return Ok(upstream.clone());
-        }
-        let upstream = self.shared.targets.by_authority(authority).await?;
-        if let Ok(mut last) = cache.lock() {
-            *last = Some((authority.to_owned(), upstream.clone()));
-        }
-        Ok(upstream)
     }
 
     fn record(&self, target: &Arc<str>, response: &Response<Body>, started: Instant) {
@@ -252,7 +223,7 @@ impl Connection {
         };
         self.shared.metrics.record_request(
             last,
-            self.direction,
+            P::DIRECTION,
             target,
             &route,
             response.status().as_u16(),
@@ -278,19 +249,6 @@ fn end_span_with_body(span: RequestSpan, response: Response<Body>) -> Response<B
     Response::from_parts(head, body::boxed(SpanBody::new(body, span)))
 }
 
-/// `:authority` (HTTP/2, absolute-form) or else `Host`.
-fn authority<B>(request: &Request<B>) -> Result<&str, ProxyError> {
-    if let Some(authority) = request.uri().authority() {
-        return Ok(authority.as_str());
-    }
-    let host = request
-        .headers()
-        .get(http::header::HOST)
-        .ok_or_else(|| ProxyError::BadRequest("no Host header or :authority".into()))?;
-    host.to_str()
-        .map_err(|_| ProxyError::BadRequest("Host header is not visible ASCII".into()))
-}
-
 fn is_grpc<B>(request: &Request<B>) -> bool {
     request
         .headers()
@@ -303,7 +261,7 @@ async fn splice(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
     idle: Duration,
-    mut drain: drain::Watch,
+    drain: drain::Watch,
 ) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
@@ -312,11 +270,8 @@ async fn splice(
             return;
         }
     };
-    let copy = crate::opaque::proxy(TokioIo::new(client), TokioIo::new(upstream), b"", idle);
-    tokio::select! {
-        result = copy => if let Err(e) = result {
-            tracing::debug!(error = %e, "upgraded connection ended");
-        },
-        () = drain.closed() => {}
+    let (client, upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = crate::opaque::proxy_until_closed(client, upstream, b"", idle, drain).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
     }
 }

@@ -12,22 +12,24 @@ pub mod logical;
 pub mod config;
 pub mod control;
 pub mod destinations;
-pub mod inbound_policy;
+pub mod inbound;
 pub mod static_config;
 pub mod tls;
 
 pub mod orig_dst;
+pub mod ports;
 pub mod proxy;
 pub mod transport;
 
+mod accept;
 mod admin;
 mod detect;
 mod drain;
 mod hop_by_hop;
 mod http;
-mod listener;
 mod metrics;
 mod opaque;
+mod outbound;
 mod upstream;
 
 pub use proxy::{Proxy, ProxyBuilder, RunningProxy, StartError};

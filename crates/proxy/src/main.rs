@@ -15,13 +15,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // `config` checked the filter with the other variables; this only builds it.
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
         Ok(filter) => filter,
         Err(e) => {
-            eprintln!(
-                "plexus-proxy: PLEXUS_LOG={:?} is invalid: expected a tracing filter ({e})",
-                config.log
-            );
+            eprintln!("plexus-proxy: PLEXUS_LOG: {e}");
             return ExitCode::from(2);
         }
     };

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use plexus_core::Direction;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -14,30 +15,20 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
+/// The `direction` label: `plexus_core::Direction` encoded as its `as_str()`.
+/// A local type because the label traits cannot be implemented on a foreign one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    Outbound,
-    Inbound,
-}
+pub struct DirectionLabel(pub Direction);
 
-impl Direction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Outbound => "outbound",
-            Self::Inbound => "inbound",
-        }
-    }
-}
-
-impl EncodeLabelValue for Direction {
+impl EncodeLabelValue for DirectionLabel {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
+        EncodeLabelValue::encode(&self.0.as_str(), encoder)
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
-    direction: Direction,
+    direction: DirectionLabel,
     /// The target's name, or the address for passthrough.
     target: Arc<str>,
     /// The route that matched (from the logical side); empty for passthrough.
@@ -47,7 +38,7 @@ struct RequestLabels {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct DirectionLabels {
-    direction: Direction,
+    direction: DirectionLabel,
 }
 
 type LatencyFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
@@ -85,7 +76,12 @@ impl ProxyMetrics {
             "Client connections currently open, by direction",
             open.clone(),
         );
-        let gauge = |direction| open.get_or_create(&DirectionLabels { direction }).clone();
+        let gauge = |direction| {
+            open.get_or_create(&DirectionLabels {
+                direction: DirectionLabel(direction),
+            })
+            .clone()
+        };
         Self {
             open_outbound: gauge(Direction::Outbound),
             open_inbound: gauge(Direction::Inbound),
@@ -110,7 +106,7 @@ impl ProxyMetrics {
         let series = match last {
             Some(series) if series.is(direction, target, route, status) => series,
             _ => last.insert(self.series(RequestLabels {
-                direction,
+                direction: DirectionLabel(direction),
                 target: target.clone(),
                 route: route.clone(),
                 status,
@@ -148,7 +144,7 @@ pub struct RequestSeries {
 
 impl RequestSeries {
     fn is(&self, direction: Direction, target: &str, route: &str, status: u16) -> bool {
-        self.labels.direction == direction
+        self.labels.direction.0 == direction
             && self.labels.status == status
             && *self.labels.target == *target
             && *self.labels.route == *route
@@ -169,7 +165,7 @@ mod tests {
 
     fn count(metrics: &ProxyMetrics, target: &str, route: &str, status: u16) -> u64 {
         let labels = RequestLabels {
-            direction: Direction::Outbound,
+            direction: DirectionLabel(Direction::Outbound),
             target: Arc::from(target),
             route: Arc::from(route),
             status,

@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use plexus_api::v1::Target;
 use plexus_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+
+use crate::drain;
 
 /// An endpoint of a meshed target for opaque TCP over mTLS: a ready one,
 /// with a proxy and an expected identity, chosen at random (connections are
@@ -45,6 +48,47 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Opaque TCP to `addr` in plaintext: a destination that is not meshed, or
+/// inbound's application. `prefix`: the bytes detection read.
+pub async fn forward<C>(
+    client: C,
+    prefix: Bytes,
+    addr: SocketAddr,
+    connect_timeout: Duration,
+    idle: Duration,
+    drain: drain::Watch,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    match connect(addr, connect_timeout).await {
+        Ok(server) => {
+            if let Err(e) = proxy_until_closed(client, server, &prefix, idle, drain).await {
+                tracing::debug!(%addr, error = %e, "opaque connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(%addr, error = %e, "connecting for opaque TCP failed"),
+    }
+}
+
+/// [`proxy`] until it ends or the drain closes the connection (after the
+/// drain's grace period: an opaque connection has no way to finish sooner).
+pub async fn proxy_until_closed<C, S>(
+    client: C,
+    server: S,
+    prefix: &[u8],
+    idle: Duration,
+    mut drain: drain::Watch,
+) -> io::Result<()>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    tokio::select! {
+        result = proxy(client, server, prefix, idle) => result,
+        () = drain.closed() => Ok(()),
+    }
 }
 
 /// Copies between `client` and `server` until both sides have closed, or

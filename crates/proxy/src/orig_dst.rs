@@ -24,40 +24,21 @@ pub fn kernel() -> OriginalDst {
 
 #[cfg(target_os = "linux")]
 mod sys {
-    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-    use std::os::fd::AsRawFd;
+    use std::net::SocketAddr;
 
+    use socket2::SockRef;
     use tokio::net::TcpStream;
 
+    /// `SO_ORIGINAL_DST` (IPv4) or `IP6T_SO_ORIGINAL_DST` (IPv6): the
+    /// option is per family, so the listener's family picks it.
     pub fn original_dst(stream: &TcpStream, ipv6: bool) -> Option<SocketAddr> {
-        let fd = stream.as_raw_fd();
-        if ipv6 {
-            // SAFETY: an all-zero sockaddr_in6 is a valid value.
-            let mut addr: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            getsockopt(fd, libc::SOL_IPV6, libc::IP6T_SO_ORIGINAL_DST, &mut addr)?;
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(addr.sin6_addr.s6_addr),
-                u16::from_be(addr.sin6_port),
-                addr.sin6_flowinfo,
-                addr.sin6_scope_id,
-            )))
+        let socket = SockRef::from(stream);
+        let original = if ipv6 {
+            socket.original_dst_v6()
         } else {
-            // SAFETY: an all-zero sockaddr_in is a valid value.
-            let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            getsockopt(fd, libc::SOL_IP, libc::SO_ORIGINAL_DST, &mut addr)?;
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                u16::from_be(addr.sin_port),
-            )))
-        }
-    }
-
-    fn getsockopt<T>(fd: i32, level: i32, name: i32, value: &mut T) -> Option<()> {
-        let mut len = std::mem::size_of::<T>() as libc::socklen_t;
-        // SAFETY: `value` is a valid, writable T and `len` is its size; the
-        // kernel writes at most `len` bytes.
-        let rc = unsafe { libc::getsockopt(fd, level, name, (value as *mut T).cast(), &mut len) };
-        (rc == 0).then_some(())
+            socket.original_dst_v4()
+        };
+        original.ok()?.as_socket()
     }
 }
 

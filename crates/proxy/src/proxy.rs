@@ -17,16 +17,15 @@ use crate::control::Controller;
 use crate::destinations::{DestinationSource, Destinations, FixedDestinations};
 use crate::drain;
 use crate::http::HttpShared;
-use crate::inbound_policy;
-use crate::listener::Listener;
+use crate::inbound::{self, Inbound};
 use crate::logical::LogicalMetrics;
-use crate::metrics::{Direction, ProxyMetrics};
+use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{self, OriginalDst};
+use crate::outbound::{Outbound, Targets};
 use crate::static_config::{self, StaticConfigError};
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::tls::{IdentityStartError, MeshTls, TlsMetrics};
 use crate::transport::HttpEndpointClient;
-use crate::upstream::Targets;
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +100,12 @@ impl ProxyBuilder {
 
     pub async fn bind(self) -> Result<RunningProxy, StartError> {
         let config = self.config;
+        if !config.unknown_variables.is_empty() {
+            tracing::warn!(
+                variables = ?config.unknown_variables,
+                "unknown PLEXUS_* variables are ignored (a typo?)"
+            );
+        }
         let mesh = config.identity.as_ref().map(MeshTls::start).transpose()?;
         let controller = Controller::connect(&config, mesh.as_ref())?;
         let source = match (self.source, &controller, &config.static_config) {
@@ -112,7 +117,7 @@ impl ProxyBuilder {
         let destinations = Destinations::new(source);
         let policy = match &controller {
             Some(controller) => controller.policy.clone(),
-            None => inbound_policy::fixed(&config.inbound_policy),
+            None => inbound::policy::fixed(&config.inbound_policy),
         };
 
         let mut registry = Registry::default();
@@ -144,38 +149,35 @@ impl ProxyBuilder {
         ));
         let http = Arc::new(HttpShared {
             server: HttpShared::server(config.max_header_bytes, config.idle_timeout),
-            targets,
             client,
             metrics,
             idle_timeout: config.idle_timeout,
             telemetry: telemetry.clone(),
         });
-        let listener = |direction, opaque_ports: &crate::config::PortSet, app_addr| {
-            Arc::new(Listener {
-                direction,
-                http: http.clone(),
-                original_dst: self.original_dst.clone(),
-                opaque_ports: opaque_ports.clone(),
-                detect_timeout: config.detect_timeout,
-                connect_timeout: config.connect_timeout,
-                app_addr,
-                policy: policy.clone(),
-                mesh: mesh.clone(),
-                tls_metrics: tls_metrics.clone(),
-            })
-        };
+        let outbound_path = Arc::new(Outbound {
+            http: http.clone(),
+            targets,
+            original_dst: self.original_dst.clone(),
+            opaque_ports: config.opaque_ports.clone(),
+            detect_timeout: config.detect_timeout,
+            connect_timeout: config.connect_timeout,
+            mesh: mesh.clone(),
+            tls_metrics: tls_metrics.clone(),
+        });
+        let inbound_path = Arc::new(Inbound {
+            http,
+            original_dst: self.original_dst,
+            opaque_ports: config.inbound_opaque_ports.clone(),
+            detect_timeout: config.detect_timeout,
+            connect_timeout: config.connect_timeout,
+            app_addr: config.inbound_app_addr,
+            policy,
+            mesh: mesh.clone(),
+            tls_metrics,
+        });
         let (trigger, drain) = drain::channel();
-        tokio::spawn(
-            listener(Direction::Outbound, &config.opaque_ports, None).run(outbound, drain.clone()),
-        );
-        tokio::spawn(
-            listener(
-                Direction::Inbound,
-                &config.inbound_opaque_ports,
-                config.inbound_app_addr,
-            )
-            .run(inbound, drain),
-        );
+        tokio::spawn(outbound_path.run(outbound, drain.clone()));
+        tokio::spawn(inbound_path.run(inbound, drain));
 
         let (shutdown, mut shutdown_requested) = watch::channel(false);
         let admin = Arc::new(Admin {

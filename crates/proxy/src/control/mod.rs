@@ -19,10 +19,12 @@ use plexus_api::v1::{Target, WatchRequest};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
+use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::util::rng::HasherRng;
 
 use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture};
-use crate::inbound_policy::{self, PolicyWatch};
+use crate::inbound::policy::{self, PolicyWatch};
 use crate::tls::MeshTls;
 
 pub use server_policy::watch_server_policy;
@@ -91,7 +93,7 @@ impl Controller {
             tracing::warn!(
                 "PLEXUS_POD_NAME unset: the inbound policy comes from the environment only"
             );
-            inbound_policy::fixed(&config.inbound_policy)
+            policy::fixed(&config.inbound_policy)
         } else {
             watch_server_policy(
                 channel,
@@ -264,7 +266,8 @@ async fn follow_stream<T, Open, Opening>(
     Opening:
         std::future::Future<Output = Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>>,
 {
-    let mut backoff = Backoff::new();
+    let mut reconnect = reconnect_backoff();
+    let mut backoff = reconnect.make_backoff();
     loop {
         match open().await {
             Ok(response) => {
@@ -272,7 +275,7 @@ async fn follow_stream<T, Open, Opening>(
                 loop {
                     match stream.message().await {
                         Ok(Some(message)) => {
-                            backoff.reset();
+                            backoff = reconnect.make_backoff();
                             on_message(message);
                         }
                         Ok(None) => break,
@@ -288,7 +291,7 @@ async fn follow_stream<T, Open, Opening>(
         if closed() {
             return;
         }
-        tokio::time::sleep(backoff.next_delay()).await;
+        backoff.next_backoff().await;
     }
 }
 
@@ -336,46 +339,51 @@ pub fn plaintext_channel(addr: &str) -> Result<Channel, tonic::transport::Error>
     Ok(endpoint.connect_lazy())
 }
 
-/// Exponential backoff with jitter between reconnection attempts.
-struct Backoff {
-    next: Duration,
-}
+/// The first wait before reopening a broken watch: short, since a
+/// controller rollout usually has another replica ready at once.
+const RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// The longest wait, jitter included. The hand-written backoff this replaced
+/// doubled up to 5 s and then added up to half again (7.5 s at most); tower's
+/// bound includes the jitter, so 7.5 s keeps the longest wait a proxy can be
+/// without its controller the same.
+const RECONNECT_MAX: Duration = Duration::from_millis(7_500);
+/// Up to half again the doubled delay, as before: enough that proxies whose
+/// streams broke together (a controller restart) do not reconnect in lockstep.
+const RECONNECT_JITTER: f64 = 0.5;
 
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    fn new() -> Self {
-        Self { next: Self::MIN }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        // Up to half again as long, so proxies do not reconnect in lockstep.
-        delay + delay.mul_f64(rand::random::<f64>() / 2.0)
-    }
+/// Exponential backoff with jitter between reconnection attempts; a new
+/// backoff (from the first delay) is made whenever a stream delivers.
+fn reconnect_backoff() -> ExponentialBackoffMaker {
+    ExponentialBackoffMaker::new(
+        RECONNECT_MIN,
+        RECONNECT_MAX,
+        RECONNECT_JITTER,
+        HasherRng::default(),
+    )
+    .expect("the reconnect bounds are constants: min <= max, jitter in 0..=100")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn backoff_grows_to_its_cap_and_resets() {
-        let mut backoff = Backoff::new();
-        let first = backoff.next_delay();
-        assert!(first >= Backoff::MIN && first <= Backoff::MIN.mul_f64(1.5));
+    /// How long the next wait of `backoff` is (tokio's clock is paused).
+    fn next_wait(backoff: &mut impl Backoff<Future = tokio::time::Sleep>) -> Duration {
+        let sleep = backoff.next_backoff();
+        sleep.deadline() - Instant::now()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reconnects_back_off_to_the_cap_and_start_over() {
+        let mut reconnect = reconnect_backoff();
+        let mut backoff = reconnect.make_backoff();
+        let first = next_wait(&mut backoff);
+        assert!(first >= RECONNECT_MIN && first <= RECONNECT_MIN.mul_f64(1.5));
         for _ in 0..20 {
-            let delay = backoff.next_delay();
-            assert!(delay <= Backoff::MAX.mul_f64(1.5));
+            assert!(next_wait(&mut backoff) <= RECONNECT_MAX);
         }
-        assert!(backoff.next_delay() >= Backoff::MAX);
-        backoff.reset();
-        assert!(backoff.next_delay() <= Backoff::MIN.mul_f64(1.5));
+        assert_eq!(next_wait(&mut backoff), RECONNECT_MAX);
+        let mut backoff = reconnect.make_backoff();
+        assert!(next_wait(&mut backoff) <= RECONNECT_MIN.mul_f64(1.5));
     }
 }

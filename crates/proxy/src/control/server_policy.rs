@@ -10,7 +10,7 @@ use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use super::follow_stream;
-use crate::inbound_policy::{Policy, PolicyWatch};
+use crate::inbound::policy::{Policy, PolicyWatch};
 
 /// Follows the policy of the workload `request` names. Until the controller
 /// first answers, `initial` (the environment's policy) applies.

@@ -30,18 +30,19 @@ use std::time::Duration;
 use http::request;
 use opentelemetry::Context;
 use opentelemetry::trace::{
-    SpanContext, SpanKind, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
+    SpanContext, TraceContextExt, TraceFlags, TraceState, TracerProvider as _,
 };
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider,
     ShouldSample,
 };
+use plexus_core::Direction;
 use prometheus_client::registry::Registry;
 
 pub use body::SpanBody;
 pub use config::{DEFAULT_SAMPLING, TelemetryConfig};
 pub use export::TelemetryError;
-pub use span::{AttemptSpan, Direction, RequestSpan};
+pub use span::{AttemptSpan, RequestSpan};
 
 use propagation::{Format, Incoming};
 
@@ -137,10 +138,7 @@ impl Active {
                 span_id,
                 format,
             } => {
-                let kind = match direction {
-                    Direction::Inbound => SpanKind::Server,
-                    Direction::Outbound => SpanKind::Client,
-                };
+                let kind = span::span_kind(direction);
                 let decision = self
                     .ratio
                     .should_sample(None, trace_id, "", &kind, &[], &[])

@@ -10,18 +10,19 @@ use http::{request, response};
 use opentelemetry::trace::{SpanKind, Status, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::SdkTracer;
+use plexus_core::Direction;
 
 use super::propagation::{self, Format};
 use crate::connect::{EndpointTarget, SendError};
 use crate::error::ProxyError;
 
-/// Which side of the proxy a request crosses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
-    /// From a client to the local application: a server span.
-    Inbound,
-    /// From the local application to a service: a client span.
-    Outbound,
+/// The span kind of a request crossing the proxy in `direction`: the proxy
+/// is the server of inbound requests and the client of outbound ones.
+pub(super) fn span_kind(direction: Direction) -> SpanKind {
+    match direction {
+        Direction::Inbound => SpanKind::Server,
+        Direction::Outbound => SpanKind::Client,
+    }
 }
 
 /// The span of one request through the proxy. Ends on [`RequestSpan::finish`]
@@ -63,10 +64,7 @@ impl RequestSpan {
         parts: &mut request::Parts,
     ) -> RequestSpan {
         let grpc = is_grpc(&parts.headers);
-        let kind = match direction {
-            Direction::Inbound => SpanKind::Server,
-            Direction::Outbound => SpanKind::Client,
-        };
+        let kind = span_kind(direction);
         let span = tracer
             .span_builder(span_name(parts, grpc))
             .with_kind(kind.clone())

@@ -12,16 +12,17 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::MeshTls;
-use crate::metrics::Direction;
+use crate::metrics::DirectionLabel;
+use plexus_core::Direction;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct HandshakeLabels {
-    direction: Direction,
+    direction: DirectionLabel,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FailureLabels {
-    direction: Direction,
+    direction: DirectionLabel,
     reason: &'static str,
 }
 
@@ -56,14 +57,16 @@ impl TlsMetrics {
 
     pub fn handshake(&self, direction: Direction) {
         self.handshakes
-            .get_or_create(&HandshakeLabels { direction })
+            .get_or_create(&HandshakeLabels {
+                direction: DirectionLabel(direction),
+            })
             .inc();
     }
 
     pub fn failure(&self, direction: Direction, reason: HandshakeFailure) {
         self.failures
             .get_or_create(&FailureLabels {
-                direction,
+                direction: DirectionLabel(direction),
                 reason: reason.as_str(),
             })
             .inc();

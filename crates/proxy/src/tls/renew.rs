@@ -14,14 +14,25 @@ use plexus_identity::{CertificateRequest, SpiffeId, tls};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tonic::transport::Channel;
+use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
+use tower::util::rng::HasherRng;
 
 use super::current::Credential;
 
 const RENEW_AT: f64 = 0.7;
 const JITTER: f64 = 0.1;
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(10);
+/// The first wait after a failed Certify is 50..100 ms, doubling up to 10 s:
+/// the numbers of the hand-written backoff this replaced, which waited half
+/// to all of 100 ms, 200 ms, … 10 s. Tower's jitter only adds, so the base
+/// is half the old step and the jitter (100 %) doubles it at most; the cap
+/// includes the jitter, so no wait exceeds 10 s, well inside a
+/// certificate's remaining 30 % while the old one keeps serving.
+const RETRY_MIN: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+/// Up to 100 % of the base added: failed proxies do not retry in lockstep.
+const RETRY_JITTER: f64 = 1.0;
 
 /// Why one Certify attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +111,8 @@ pub(crate) async fn renew_forever(
     certifier: Certifier,
     current: watch::Sender<Option<Arc<Credential>>>,
 ) {
-    let mut retry = FIRST_RETRY;
+    let mut retries = retry_backoff();
+    let mut backoff = retries.make_backoff();
     loop {
         match certifier.certify().await {
             Ok(credential) => {
@@ -116,23 +128,22 @@ pub(crate) async fn renew_forever(
                     "certificate issued"
                 );
                 current.send_replace(Some(Arc::new(credential)));
-                retry = FIRST_RETRY;
+                backoff = retries.make_backoff();
                 tokio::time::sleep(renew_in).await;
             }
             Err(e) => {
-                let wait = jittered(retry);
+                let wait = backoff.next_backoff();
                 let expires_in = current
                     .borrow()
                     .as_ref()
                     .and_then(|c| c.not_after.duration_since(SystemTime::now()).ok());
                 tracing::warn!(
                     error = %e,
-                    retry_in = ?wait,
+                    retry_in = ?wait.deadline().saturating_duration_since(Instant::now()),
                     current_expires_in = ?expires_in,
                     "certify failed; keeping the current certificate"
                 );
-                retry = (retry * 2).min(MAX_RETRY);
-                tokio::time::sleep(wait).await;
+                wait.await;
             }
         }
     }
@@ -143,9 +154,10 @@ fn renewal_delay(lifetime: Duration) -> Duration {
     lifetime.mul_f64(RENEW_AT * rand::random_range(1.0 - JITTER..=1.0 + JITTER))
 }
 
-/// Half to all of `retry`, so failed proxies do not retry in lockstep.
-fn jittered(retry: Duration) -> Duration {
-    retry.mul_f64(rand::random_range(0.5..=1.0))
+/// Exponential backoff with jitter between failed Certify attempts.
+fn retry_backoff() -> ExponentialBackoffMaker {
+    ExponentialBackoffMaker::new(RETRY_MIN, RETRY_MAX, RETRY_JITTER, HasherRng::default())
+        .expect("the retry bounds are constants: min <= max, jitter in 0..=100")
 }
 
 #[cfg(test)]
@@ -164,11 +176,17 @@ mod tests {
         }
     }
 
-    #[test]
-    fn retries_are_jittered_below_the_backoff() {
-        for _ in 0..1000 {
-            let wait = jittered(MAX_RETRY);
-            assert!(wait >= MAX_RETRY / 2 && wait <= MAX_RETRY, "{wait:?}");
+    #[tokio::test(start_paused = true)]
+    async fn retries_wait_half_to_all_of_a_doubling_step_up_to_the_cap() {
+        let mut backoff = retry_backoff().make_backoff();
+        let mut step = RETRY_MIN * 2;
+        for _ in 0..20 {
+            let wait = backoff.next_backoff().deadline() - Instant::now();
+            assert!(
+                wait >= (step / 2).min(RETRY_MAX) && wait <= step.min(RETRY_MAX),
+                "{wait:?}"
+            );
+            step *= 2;
         }
     }
 }

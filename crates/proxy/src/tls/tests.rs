@@ -153,7 +153,10 @@ async fn harness(lifetime: Duration, token: &str) -> Harness {
         ),
         ("PLEXUS_IDENTITY_ADDR".to_owned(), addr.to_string()),
     ]);
-    let settings = IdentitySettings::from_env(&env).unwrap().unwrap();
+    let settings = crate::config::Config::from_env(&env)
+        .unwrap()
+        .identity
+        .unwrap();
     let mesh = MeshTls::start(&settings).unwrap();
     Harness {
         mesh,

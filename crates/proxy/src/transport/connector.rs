@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
+use plexus_core::Direction;
 use plexus_identity::SpiffeId;
 use rustls::pki_types::ServerName;
 
 use super::mesh_io::MeshIo;
-use crate::metrics::Direction;
 use crate::tls::{HandshakeFailure, MeshTls, TlsMetrics, mesh_server_name};
 
 #[derive(Clone)]

@@ -1,5 +1,5 @@
-//! The inbound side's policy: who may call this workload, and whether
-//! plaintext is accepted. One model, the Destination API's `ServerPolicy`,
+//! The policy step: who may call this workload, and whether plaintext is
+//! accepted. One model, the Destination API's `ServerPolicy`,
 //! whether it comes from the controller (`WatchServer`) or from the
 //! environment (static mode); compiled once per update, checked per connection.
 
@@ -11,8 +11,8 @@ use plexus_api::v1::ServerPolicy;
 use plexus_identity::SpiffeId;
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, Env, PortSet};
 use crate::error::ProxyError;
+use crate::ports::PortSet;
 
 /// The header that tells the application who called it: the client's
 /// SPIFFE ID as mTLS proved it. The inbound side always removes the one the
@@ -22,17 +22,15 @@ pub const CLIENT_ID_HEADER: &str = "plexus-client-id";
 /// What the policy decided about one connection, applied to each of its requests.
 #[derive(Debug, Clone)]
 pub enum Admission {
-    /// An outbound connection: no inbound policy, headers untouched.
-    Outbound,
-    /// An inbound client let in; `client_id` is its verified identity.
+    /// A client let in; `client_id` is its verified identity.
     Admitted { client_id: Option<HeaderValue> },
-    /// An inbound client refused: every request gets 403 `forbidden`.
+    /// A client refused: every request gets 403 `forbidden`.
     Refused(String),
 }
 
 impl Admission {
-    /// The inbound decision for a client (`None`: plaintext).
-    pub fn inbound(policy: &Policy, client: Option<&SpiffeId>) -> Self {
+    /// The decision for a client (`None`: plaintext).
+    pub fn of(policy: &Policy, client: Option<&SpiffeId>) -> Self {
         match policy.admit(client) {
             Ok(()) => Self::Admitted {
                 client_id: client.and_then(|id| HeaderValue::from_str(id.as_str()).ok()),
@@ -44,7 +42,6 @@ impl Admission {
     /// Sets `plexus-client-id` (replacing any the client sent) or refuses.
     pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
         match self {
-            Self::Outbound => Ok(()),
             Self::Admitted { client_id } => {
                 headers.remove(CLIENT_ID_HEADER);
                 if let Some(id) = client_id {
@@ -57,47 +54,9 @@ impl Admission {
     }
 }
 
-/// `PLEXUS_INBOUND_MTLS_MODE` (`permissive` default, or `strict`) and
-/// `PLEXUS_INBOUND_ALLOWED_IDENTITIES` (comma-separated SPIFFE IDs; empty: any).
-pub fn from_env(env: &dyn Env) -> Result<ServerPolicy, ConfigError> {
-    let mode = env
-        .get("PLEXUS_INBOUND_MTLS_MODE")
-        .map(|m| m.trim().to_ascii_lowercase())
-        .filter(|m| !m.is_empty())
-        .unwrap_or_else(|| PERMISSIVE.to_owned());
-    if mode != PERMISSIVE && mode != STRICT {
-        return Err(ConfigError {
-            name: "PLEXUS_INBOUND_MTLS_MODE",
-            value: mode,
-            expected: "permissive or strict",
-        });
-    }
-    let allowed = env
-        .get("PLEXUS_INBOUND_ALLOWED_IDENTITIES")
-        .unwrap_or_default();
-    let allowed_identities = allowed
-        .split(',')
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(|id| {
-            id.parse::<SpiffeId>()
-                .map(|id| id.to_string())
-                .map_err(|_| ConfigError {
-                    name: "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
-                    value: allowed.clone(),
-                    expected: "comma-separated SPIFFE IDs",
-                })
-        })
-        .collect::<Result<_, _>>()?;
-    Ok(ServerPolicy {
-        mtls_mode: mode,
-        allowed_identities,
-        opaque_ports: Vec::new(),
-    })
-}
-
-const PERMISSIVE: &str = "permissive";
-const STRICT: &str = "strict";
+/// The mTLS modes of a `ServerPolicy`.
+pub(crate) const PERMISSIVE: &str = "permissive";
+pub(crate) const STRICT: &str = "strict";
 
 /// A `ServerPolicy` ready to check connections against.
 #[derive(Debug, Clone, Default)]
@@ -153,36 +112,9 @@ pub fn fixed(policy: &ServerPolicy) -> PolicyWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
 
     fn id(s: &str) -> SpiffeId {
         s.parse().unwrap()
-    }
-
-    #[test]
-    fn environment_defaults_to_permissive_and_names_bad_values() {
-        let policy = from_env(&HashMap::<&str, &str>::new()).unwrap();
-        assert_eq!(policy.mtls_mode, "permissive");
-        assert!(policy.allowed_identities.is_empty());
-
-        let env = HashMap::from([
-            ("PLEXUS_INBOUND_MTLS_MODE", "STRICT"),
-            (
-                "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
-                "spiffe://td/ns/a/sa/b, spiffe://td/ns/c/sa/d",
-            ),
-        ]);
-        let policy = from_env(&env).unwrap();
-        assert_eq!(policy.mtls_mode, "strict");
-        assert_eq!(policy.allowed_identities.len(), 2);
-
-        for (name, value) in [
-            ("PLEXUS_INBOUND_MTLS_MODE", "sometimes"),
-            ("PLEXUS_INBOUND_ALLOWED_IDENTITIES", "web"),
-        ] {
-            let env = HashMap::from([(name, value)]);
-            assert_eq!(from_env(&env).unwrap_err().name, name);
-        }
     }
 
     #[test]
