@@ -1,11 +1,11 @@
 //! The tracer end to end: spans recorded here, exported over OTLP/gRPC into
-//! `plexusctl`'s receiver, and a dead or stalled collector that must cost
+//! the OTLP receiver (plexus-traces), and a dead or stalled collector that must cost
 //! requests nothing.
 
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, request, response};
-use plexusctl::traces::{AssemblyConfig, Receiver, StatusCode as SpanStatus, Trace};
+use plexus_traces::{AssemblyConfig, Receiver, StatusCode as SpanStatus, Trace};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
@@ -244,7 +244,7 @@ async fn two_hops_with_a_retry_form_one_trace() {
         "the server span is the second attempt's child"
     );
     assert_eq!(server[0].service, "backend");
-    assert_eq!(server[0].kind, plexusctl::traces::SpanKind::Server);
+    assert_eq!(server[0].kind, plexus_traces::SpanKind::Server);
     assert_eq!(
         server[0].attr_str("plexus.client.identity"),
         Some("spiffe://cluster.local/ns/shop/sa/frontend")

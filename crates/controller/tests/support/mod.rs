@@ -1,3 +1,0 @@
-//! Test support shared by the controller's integration tests.
-
-pub mod apiserver;

@@ -1,0 +1,116 @@
+//! The controller and the proxies as the real binaries: spawned with their
+//! listeners on ephemeral loopback ports, found from their "listening" log
+//! line, killed (SIGKILL) when dropped.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use plexus_tests::bins::{Process, addr_field, bin};
+use tokio::process::Command;
+
+use super::{eventually, http_get};
+
+/// `plexus-controller --feed file:… --grpc-plaintext`.
+pub struct Controller {
+    process: Process,
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Controller {
+    /// On ephemeral ports.
+    pub async fn start(feed: &Path) -> Self {
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
+        Self::start_on(feed, any, any).await
+    }
+
+    /// On given ports (a restart keeps them: proxies know only the address).
+    pub async fn start_on(feed: &Path, grpc: SocketAddr, admin: SocketAddr) -> Self {
+        let mut command = Command::new(bin("plexus-controller"));
+        command
+            .env_clear()
+            .arg(format!("--feed=file:{}", feed.display()))
+            .arg(format!("--grpc-addr={grpc}"))
+            .arg(format!("--admin-addr={admin}"))
+            // Plaintext keeps the test about discovery; mTLS has its own tests.
+            .arg("--grpc-plaintext")
+            .env("PLEXUS_LOG", "info");
+        let (process, line) =
+            Process::spawn(command, "plexus-controller", "plexus-controller listening").await;
+        let controller = Self {
+            grpc: addr_field(&line, "grpc"),
+            admin: addr_field(&line, "admin"),
+            process,
+        };
+        let admin = controller.admin;
+        eventually("the controller's /ready", || async move {
+            let reply = http_get(admin, "admin", "/ready", &[]).await?;
+            (reply.status == 200)
+                .then_some(())
+                .ok_or(reply.status.to_string())
+        })
+        .await;
+        controller
+    }
+
+    /// `plexus_controller_watchers{api="destination"}`: open Watch streams.
+    pub async fn watchers(&self) -> Result<u64, String> {
+        let reply = http_get(self.admin, "admin", "/metrics", &[]).await?;
+        reply
+            .body
+            .lines()
+            .find_map(|line| line.strip_prefix("plexus_controller_watchers{api=\"destination\"} "))
+            .and_then(|value| value.trim().parse().ok())
+            .ok_or_else(|| "no plexus_controller_watchers in /metrics".to_string())
+    }
+
+    pub async fn kill(&mut self) {
+        self.process.kill().await;
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}
+
+/// `plexus-proxy` with the controller as its source of destinations.
+pub struct Proxy {
+    process: Process,
+    /// Where clients send traffic addressed by `Host` (local mode).
+    pub outbound: SocketAddr,
+}
+
+impl Proxy {
+    pub async fn start(name: &str, controller: SocketAddr, namespace: &str) -> Self {
+        let mut command = Command::new(bin("plexus-proxy"));
+        command
+            .env_clear()
+            .env("PLEXUS_CONTROLLER_ADDR", controller.to_string())
+            .env("PLEXUS_OUTBOUND_ADDR", "127.0.0.1:0")
+            .env("PLEXUS_INBOUND_ADDR", "127.0.0.1:0")
+            .env("PLEXUS_ADMIN_ADDR", "127.0.0.1:0")
+            .env("PLEXUS_POD_NAMESPACE", namespace)
+            // One worker: the machine has two cores for everything in the test.
+            .env("PLEXUS_WORKER_THREADS", "1")
+            .env("PLEXUS_LOG", "info");
+        let what = format!("plexus-proxy {name}");
+        let (process, line) = Process::spawn(command, &what, "proxy listening").await;
+        let proxy = Self {
+            outbound: addr_field(&line, "outbound_addr"),
+            process,
+        };
+        let admin = addr_field(&line, "admin_addr");
+        eventually(&format!("{what}'s /ready"), || async move {
+            let reply = http_get(admin, "admin", "/ready", &[]).await?;
+            (reply.status == 200)
+                .then_some(())
+                .ok_or(reply.status.to_string())
+        })
+        .await;
+        proxy
+    }
+
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
+}

@@ -1,0 +1,197 @@
+//! The Destination API over real gRPC on loopback, with a tonic client from
+//! `plexus-api`: snapshot then deltas, not-meshed targets, server policies,
+//! and a slow watcher that does not hold up the others.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use plexus_api::v1::destination_client::DestinationClient;
+use plexus_api::v1::{DestinationUpdate, ServerRequest, WatchRequest};
+use plexus_controller::destination::DestinationService;
+use plexus_controller::grpc::{self, GrpcTransport};
+use plexus_discovery::index::{IndexConfig, SharedIndex};
+use plexus_controller::metrics::Metrics;
+use serde_json::json;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+const BOUND: Duration = Duration::from_secs(20);
+
+async fn start(index: SharedIndex) -> DestinationClient<Channel> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let routes = tonic::service::Routes::new(
+        DestinationService::new(index, Arc::new(Metrics::new())).into_server(),
+    );
+    tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Plaintext));
+    DestinationClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap()
+}
+
+fn service() -> Service {
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "web"},
+        "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]},
+    }))
+    .unwrap()
+}
+
+fn slice(ips: &[String]) -> EndpointSlice {
+    let endpoints: Vec<_> = ips.iter().map(|ip| json!({"addresses": [ip]})).collect();
+    serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "web-a", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": endpoints,
+    }))
+    .unwrap()
+}
+
+async fn next(stream: &mut Streaming<DestinationUpdate>) -> DestinationUpdate {
+    tokio::time::timeout(BOUND, stream.message())
+        .await
+        .expect("an update in time")
+        .expect("stream ok")
+        .expect("stream open")
+}
+
+fn endpoint_count(update: &DestinationUpdate) -> Option<usize> {
+    let target = update.target.as_ref()?;
+    Some(
+        target
+            .backends
+            .as_ref()?
+            .backends
+            .get(&target.name)?
+            .endpoints
+            .len(),
+    )
+}
+
+async fn watch(
+    client: &mut DestinationClient<Channel>,
+    target: &str,
+) -> Streaming<DestinationUpdate> {
+    client
+        .watch(WatchRequest {
+            target: target.to_string(),
+            context_namespace: "shop".to_string(),
+            proxy_id: "test".to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+#[tokio::test]
+async fn snapshot_then_only_what_changed() {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(service());
+    let mut client = start(index.clone()).await;
+
+    let mut stream = watch(&mut client, "web:80").await;
+    let first = next(&mut stream).await;
+    assert!(first.snapshot && !first.not_meshed);
+    let target = first.target.as_ref().unwrap();
+    assert_eq!(target.name, "web.shop.svc.cluster.local:80");
+    assert!(target.protocol.is_some() && target.routes.is_some());
+    assert_eq!(endpoint_count(&first), Some(0));
+
+    index.lock().apply(slice(&["10.0.0.1".to_string()]));
+    let delta = next(&mut stream).await;
+    assert!(!delta.snapshot && !delta.not_meshed);
+    let target = delta.target.as_ref().unwrap();
+    assert!(
+        target.protocol.is_none() && target.routes.is_none(),
+        "{target:?}"
+    );
+    assert_eq!(endpoint_count(&delta), Some(1));
+}
+
+#[tokio::test]
+async fn unknown_targets_are_not_meshed_and_bad_ones_refused() {
+    let index = SharedIndex::new(IndexConfig::default());
+    let mut client = start(index.clone()).await;
+    for target in ["nothing:80", "api.example.com:443", "10.1.2.3:80"] {
+        let update = next(&mut watch(&mut client, target).await).await;
+        assert!(update.not_meshed && update.snapshot, "{target}");
+    }
+    let status = client
+        .watch(WatchRequest {
+            target: "no-port".to_string(),
+            ..WatchRequest::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn server_policy_stream() {
+    let index = SharedIndex::new(IndexConfig::default());
+    let mut client = start(index.clone()).await;
+    let mut stream = client
+        .watch_server(ServerRequest {
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            service_account: "web".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(BOUND, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.mtls_mode, "permissive");
+    index.lock().apply(
+        serde_json::from_value::<k8s_openapi::api::core::v1::Namespace>(
+            json!({"metadata": {"name": "shop", "annotations": {"plexus.io/mtls-mode": "strict"}}}),
+        )
+        .unwrap(),
+    );
+    let second = tokio::time::timeout(BOUND, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.mtls_mode, "strict");
+}
+
+#[tokio::test]
+async fn a_slow_watcher_skips_to_the_latest_and_holds_up_no_one() {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(service());
+    let mut client = start(index.clone()).await;
+    let mut slow = watch(&mut client, "web:80").await;
+    let mut fast = watch(&mut client, "web.shop.svc.cluster.local:80").await;
+    next(&mut slow).await;
+    next(&mut fast).await;
+
+    // 200 changes while `slow` reads nothing; `fast` keeps up with each.
+    let mut ips = Vec::new();
+    for i in 1..=200u32 {
+        ips.push(format!("10.0.{}.{}", i / 250, i % 250 + 1));
+        index.lock().apply(slice(&ips));
+        let mut seen = endpoint_count(&next(&mut fast).await);
+        while seen != Some(ips.len()) {
+            seen = endpoint_count(&next(&mut fast).await);
+        }
+    }
+    // The slow one then reaches the latest state in far fewer than 200 messages.
+    let mut messages = 0;
+    loop {
+        messages += 1;
+        if endpoint_count(&next(&mut slow).await) == Some(200) {
+            break;
+        }
+        assert!(
+            messages < 200,
+            "the slow watcher replayed every intermediate state"
+        );
+    }
+}

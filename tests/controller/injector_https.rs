@@ -1,0 +1,285 @@
+//! The injector webhook as the API server reaches it: HTTPS with a
+//! certificate for the Service's DNS names from the controller's CA, `POST
+//! /inject` answered from the index's namespaces, the body capped, and the
+//! MutatingWebhookConfiguration's `caBundle` kept current against the API
+//! server stand-in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::ObjectMeta;
+use plexus_controller::admission::ca_bundle::{self, Outcome};
+use plexus_controller::admission::{Injector, MAX_REVIEW_BYTES, service_dns_names};
+use plexus_controller::identity::webhook_server_config;
+use plexus_discovery::index::{IndexConfig, SharedIndex};
+use plexus_inject::InjectConfig;
+use plexus_identity::Ca;
+use plexus_identity::tls::{provider, trust_anchors_from_pem};
+use rustls::pki_types::ServerName;
+use serde_json::{Value, json};
+use plexus_tests::apiserver::ApiServer;
+use tokio::net::{TcpListener, TcpStream};
+
+const POD: &str = include_str!("fixtures/admission/pod-create.json");
+const BOUND: Duration = Duration::from_secs(30);
+const WEBHOOK_CONFIGURATIONS: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+
+/// The webhook on loopback, with namespace `shop` annotated for injection.
+async fn injector(ca: Arc<Ca>) -> std::net::SocketAddr {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(Namespace {
+        metadata: ObjectMeta {
+            name: Some("shop".into()),
+            annotations: Some([("plexus.io/inject".into(), "enabled".into())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    let config = InjectConfig {
+        trust_anchors: ca.trust_anchor_pem().to_owned(),
+        ..InjectConfig::default()
+    };
+    let tls = webhook_server_config(ca, service_dns_names("plexus-injector", "plexus")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(Injector { index, config }.serve(listener, tls));
+    addr
+}
+
+/// An HTTPS client that trusts only `ca` and checks the server's DNS name,
+/// as the API server does with the `caBundle`.
+async fn send(
+    ca: &Ca,
+    addr: std::net::SocketAddr,
+    server_name: &str,
+    request: http::Request<Full<Bytes>>,
+) -> Result<(http::StatusCode, Bytes), String> {
+    let roots = trust_anchors_from_pem(ca.trust_anchor_pem().as_bytes()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
+}
+
+fn post(path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
+    http::Request::post(format!("https://plexus-injector.plexus.svc{path}"))
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_api_server_gets_a_patch_with_the_trust_anchors_over_verified_https() {
+    let ca = Arc::new(Ca::new_root("cluster.local", Duration::from_secs(3600)).unwrap());
+    let addr = injector(ca.clone()).await;
+    for name in service_dns_names("plexus-injector", "plexus") {
+        let (status, body) =
+            tokio::time::timeout(BOUND, send(&ca, addr, &name, post("/inject", POD)))
+                .await
+                .expect("answered within bound")
+                .unwrap();
+        assert_eq!(status, 200, "{name}");
+        let answer: Value = serde_json::from_slice(&body).unwrap();
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true);
+        let ByteString(patch) = serde_json::from_value(response["patch"].clone()).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+        let request: Value = serde_json::from_str(POD).unwrap();
+        let mut object = request["request"]["object"].clone();
+        json_patch::patch(&mut object, &patch).unwrap();
+        let pod: Pod = serde_json::from_value(object).unwrap();
+        let proxy = pod
+            .spec
+            .unwrap()
+            .init_containers
+            .unwrap()
+            .into_iter()
+            .find(|c| c.name == "plexus-proxy")
+            .expect("injected: namespace shop is annotated in the index");
+        let anchors = proxy
+            .env
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "PLEXUS_IDENTITY_TRUST_ANCHORS")
+            .and_then(|e| e.value);
+        assert_eq!(anchors.as_deref(), Some(ca.trust_anchor_pem()));
+    }
+}
+
+#[tokio::test]
+async fn other_paths_are_404_big_bodies_413_and_other_names_fail_the_handshake() {
+    let ca = Arc::new(Ca::new_root("cluster.local", Duration::from_secs(3600)).unwrap());
+    let addr = injector(ca.clone()).await;
+    let name = "plexus-injector.plexus.svc";
+    let exchange = |request| {
+        let ca = ca.clone();
+        async move {
+            tokio::time::timeout(BOUND, send(&ca, addr, name, request))
+                .await
+                .expect("answered within bound")
+        }
+    };
+    let (status, _) = exchange(post("/mutate", POD)).await.unwrap();
+    assert_eq!(status, 404);
+    let get = http::Request::get("https://plexus-injector.plexus.svc/inject")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(exchange(get).await.unwrap().0, 404);
+    let (status, _) = exchange(post("/inject", vec![b' '; MAX_REVIEW_BYTES + 1]))
+        .await
+        .unwrap();
+    assert_eq!(status, 413);
+    // Garbage is still answered with an allowing review: a pod is never blocked.
+    let (status, body) = exchange(post("/inject", "{not json")).await.unwrap();
+    assert_eq!(status, 200);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // The certificate names the Service, nothing else.
+    let wrong = tokio::time::timeout(
+        BOUND,
+        send(
+            &ca,
+            addr,
+            "plexus-injector.default.svc",
+            post("/inject", POD),
+        ),
+    )
+    .await
+    .expect("refused within bound")
+    .unwrap_err();
+    assert!(wrong.contains("certificate"), "{wrong}");
+    // And a client trusting another CA refuses it.
+    let other = Ca::new_root("cluster.local", Duration::from_secs(3600)).unwrap();
+    let foreign = tokio::time::timeout(BOUND, send(&other, addr, name, post("/inject", POD)))
+        .await
+        .expect("refused within bound")
+        .unwrap_err();
+    assert!(foreign.contains("certificate"), "{foreign}");
+}
+
+fn webhook_configuration(bundles: &[Option<&str>]) -> Value {
+    let webhooks: Vec<Value> = bundles
+        .iter()
+        .enumerate()
+        .map(|(i, bundle)| {
+            let mut client_config = json!({"service": {"name": "plexus-injector", "namespace": "plexus", "path": "/inject", "port": 443}});
+            if let Some(bundle) = bundle {
+                client_config["caBundle"] = json!(bundle);
+            }
+            json!({"name": format!("inject{i}.plexus.io"), "admissionReviewVersions": ["v1"],
+                   "sideEffects": "None", "clientConfig": client_config})
+        })
+        .collect();
+    json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+           "metadata": {"name": "plexus-injector"}, "webhooks": webhooks})
+}
+
+fn bundles(server: &ApiServer) -> Vec<Option<Vec<u8>>> {
+    let object = server
+        .object(WEBHOOK_CONFIGURATIONS, "", "plexus-injector")
+        .unwrap();
+    let config: MutatingWebhookConfiguration = serde_json::from_value(object).unwrap();
+    config
+        .webhooks
+        .unwrap()
+        .into_iter()
+        .map(|w| w.client_config.ca_bundle.map(|b| b.0))
+        .collect()
+}
+
+#[tokio::test]
+async fn every_webhook_entry_gets_the_ca_bundle_and_a_current_one_is_left_alone() {
+    let server = ApiServer::start().await;
+    let api = kube::Api::all(server.client());
+    let pem = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    assert_eq!(
+        ca_bundle::reconcile(&api, "plexus-injector", pem)
+            .await
+            .unwrap(),
+        Outcome::Absent
+    );
+
+    // The chart leaves caBundle out; an old CA's bundle may linger in another entry.
+    let old = serde_json::to_value(ByteString(b"old".to_vec())).unwrap();
+    server.apply(
+        WEBHOOK_CONFIGURATIONS,
+        webhook_configuration(&[None, old.as_str()]),
+    );
+    assert_eq!(
+        ca_bundle::reconcile(&api, "plexus-injector", pem)
+            .await
+            .unwrap(),
+        Outcome::Patched(2)
+    );
+    assert_eq!(bundles(&server), [Some(pem.to_vec()), Some(pem.to_vec())]);
+    assert_eq!(
+        ca_bundle::reconcile(&api, "plexus-injector", pem)
+            .await
+            .unwrap(),
+        Outcome::Current
+    );
+    assert_eq!(server.object_patches(WEBHOOK_CONFIGURATIONS).len(), 1);
+}
+
+#[tokio::test]
+async fn the_loop_restores_a_bundle_that_an_upgrade_erased() {
+    let server = ApiServer::start().await;
+    server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
+    let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    tokio::spawn(ca_bundle::keep_current(
+        server.client(),
+        "plexus-injector".into(),
+        pem.into(),
+        Duration::from_millis(50),
+    ));
+    let until = |want: Option<Vec<u8>>| {
+        let server = server.clone();
+        async move {
+            tokio::time::timeout(BOUND, async {
+                while bundles(&server) != [want.clone()] {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await
+            .expect("caBundle patched within bound");
+        }
+    };
+    until(Some(pem.as_bytes().to_vec())).await;
+    // `helm upgrade` re-applies the chart's object, which has no caBundle.
+    server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
+    until(Some(pem.as_bytes().to_vec())).await;
+    assert!(server.object_patches(WEBHOOK_CONFIGURATIONS).len() >= 2);
+}

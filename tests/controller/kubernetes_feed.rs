@@ -1,0 +1,253 @@
+//! The Kubernetes feed against the in-process API server stand-in: initial
+//! lists, watch events, bookmarks, a dropped watch, and a relist after
+//! `410 Gone` that removes what was deleted unseen.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_discovery::feed::{Readiness, kubernetes};
+use plexus_discovery::index::{IndexConfig, SharedIndex, TargetView};
+use serde_json::{Value, json};
+use plexus_tests::apiserver::ApiServer;
+use tokio::sync::watch;
+
+const NAMESPACES: &str = "/api/v1/namespaces";
+const SERVICES: &str = "/api/v1/services";
+const PODS: &str = "/api/v1/pods";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn slice(name: &str, ips: &[&str]) -> Value {
+    let endpoints: Vec<Value> = ips
+        .iter()
+        .map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}}))
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": "shop", "name": name, "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080}],
+        "endpoints": endpoints,
+    })
+}
+
+fn endpoints(view: &TargetView) -> Vec<String> {
+    let Some(target) = &view.meshed else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = target.backends.value.backends[&target.name]
+        .endpoints
+        .iter()
+        .map(|e| e.address.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Waits until the watched view satisfies `done`.
+async fn until(
+    rx: &mut watch::Receiver<Arc<TargetView>>,
+    what: &str,
+    done: impl Fn(&TargetView) -> bool,
+) {
+    let waited = tokio::time::timeout(BOUND, async {
+        loop {
+            if done(&rx.borrow_and_update()) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                panic!("watch closed while waiting for {what}");
+            }
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out waiting for {what}: {:?}",
+        endpoints(&rx.borrow())
+    );
+}
+
+async fn until_requests(
+    api: &ApiServer,
+    path: &str,
+    what: &str,
+    done: impl Fn((usize, usize)) -> bool,
+) {
+    let waited = tokio::time::timeout(BOUND, async {
+        while !done(api.requests(path)) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        waited.is_ok(),
+        "timed out waiting for {what}: {:?}",
+        api.requests(path)
+    );
+}
+
+#[tokio::test]
+async fn lists_watches_and_relists_into_the_index() {
+    let api = ApiServer::start().await;
+    api.apply(
+        NAMESPACES,
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
+    );
+    api.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
+               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
+    );
+    api.apply(SLICES, slice("web-a", &["10.0.0.1"]));
+    api.apply(
+        PODS,
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"namespace": "shop", "name": "web-1"},
+               "spec": {"serviceAccountName": "web", "containers": [{"name": "app"}, {"name": "plexus-proxy"}]},
+               "status": {"podIP": "10.0.0.1", "phase": "Running"}}),
+    );
+
+    let index = SharedIndex::new(IndexConfig::default());
+    let ready = Readiness::default();
+    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
+    let synced = tokio::time::timeout(BOUND, async {
+        while !ready.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        synced.is_ok(),
+        "the feed never reported its initial lists synced"
+    );
+    for path in [NAMESPACES, SERVICES, PODS, SLICES, HTTP_ROUTES, GRPC_ROUTES] {
+        assert!(api.requests(path).0 >= 1, "{path} was listed");
+    }
+
+    let mut rx = index
+        .lock()
+        .watch_target("web.shop.svc.cluster.local:80", "")
+        .unwrap();
+    until(&mut rx, "the initial endpoint", |v| {
+        endpoints(v) == ["10.0.0.1:8080"]
+    })
+    .await;
+
+    // A watch event, and a route.
+    until_requests(&api, SLICES, "the slice watch", |(_, watches)| watches >= 1).await;
+    api.apply(SLICES, slice("web-a", &["10.0.0.1", "10.0.0.2"]));
+    until(&mut rx, "a MODIFIED slice", |v| endpoints(v).len() == 2).await;
+    api.bookmark(SLICES, "discovery.k8s.io/v1", "EndpointSlice");
+    api.apply(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"namespace": "shop", "name": "web-route"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    until(&mut rx, "the route", |v| {
+        v.meshed
+            .as_ref()
+            .is_some_and(|t| t.routes.value.http.len() == 1)
+    })
+    .await;
+
+    // A dropped watch: the feed watches again from where it was and misses nothing.
+    let (_, watches_before) = api.requests(SLICES);
+    api.drop_watches(SLICES);
+    until_requests(&api, SLICES, "a new watch", |(_, w)| w > watches_before).await;
+    api.apply(SLICES, slice("web-b", &["10.0.0.3"]));
+    until(&mut rx, "a slice added after the reconnect", |v| {
+        endpoints(v).len() == 3
+    })
+    .await;
+
+    // 410 Gone: the feed relists, and what was deleted unseen disappears.
+    let (lists_before, _) = api.requests(SLICES);
+    api.delete_unseen(SLICES, "shop", "web-a");
+    api.expire(SLICES);
+    until(&mut rx, "the relist", |v| endpoints(v) == ["10.0.0.3:8080"]).await;
+    assert!(api.requests(SLICES).0 > lists_before, "a relist happened");
+
+    // And a DELETED event after the relist.
+    until_requests(&api, SLICES, "the watch after the relist", |(_, w)| {
+        w > watches_before + 1
+    })
+    .await;
+    api.delete(SLICES, "shop", "web-b");
+    until(&mut rx, "the DELETED slice", |v| endpoints(v).is_empty()).await;
+
+    feed.abort();
+}
+
+#[tokio::test]
+async fn route_status_is_written_once_beside_other_controllers() {
+    let api = ApiServer::start().await;
+    let refused = json!({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"namespace": "other", "name": "consumer", "generation": 2},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "namespace": "shop"}]},
+        "status": {"parents": [{"parentRef": {"name": "gw"}, "controllerName": "example.com/gateway", "conditions": []}]},
+    });
+    api.apply(HTTP_ROUTES, refused);
+    let index = SharedIndex::new(IndexConfig::default());
+    let feed = tokio::spawn(kubernetes::run(
+        api.client(),
+        index.clone(),
+        Readiness::default(),
+    ));
+
+    let written = tokio::time::timeout(BOUND, async {
+        loop {
+            if let Some(patch) = api.status_patches(HTTP_ROUTES).first() {
+                return patch.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the route status is written");
+    let parents = written["status"]["parents"].as_array().unwrap();
+    assert_eq!(
+        parents[0]["controllerName"], "example.com/gateway",
+        "others' entries kept"
+    );
+    let condition = &parents[1]["conditions"][0];
+    assert_eq!(condition["type"], "Accepted");
+    assert_eq!(condition["status"], "False");
+    assert_eq!(condition["reason"], "NotAllowedByParent");
+    assert_eq!(condition["observedGeneration"], 2);
+
+    // Another route's status gets written; the first, already as desired
+    // (its MODIFIED event came back), is not written again.
+    api.apply(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"namespace": "shop", "name": "producer"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    let all = tokio::time::timeout(BOUND, async {
+        loop {
+            let patches = api.status_patches(HTTP_ROUTES);
+            let producer = patches
+                .iter()
+                .position(|p| p["status"]["parents"][0]["conditions"][0]["status"] == "True");
+            if producer.is_some() {
+                return patches;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the second route's status is written");
+    let consumer_writes = all
+        .iter()
+        .filter(|p| p["status"]["parents"][1]["conditions"][0]["reason"] == "NotAllowedByParent")
+        .count();
+    assert_eq!(consumer_writes, 1, "{all:#?}");
+    feed.abort();
+}

@@ -1,0 +1,484 @@
+//! An in-process stand-in for the Kubernetes API server's list/watch HTTP
+//! protocol, for testing clients built on kube-rs against something that
+//! behaves like the real thing: JSON lists carrying a `resourceVersion`,
+//! `?watch=true` streams of ADDED / MODIFIED / DELETED / BOOKMARK lines
+//! replayed from the version asked, `410 Gone` (an ERROR event) when that
+//! version was compacted away, and watch connections the test can drop.
+//!
+//! Collections are addressed by their URL path, e.g. `/api/v1/services` or
+//! `/apis/discovery.k8s.io/v1/endpointslices` (cluster-wide lists only).
+//! Single objects are read (`GET`) and changed by JSON Patch (`PATCH`) at
+//! their own URLs (`/api/v1/namespaces/shop/pods/web`, or
+//! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped), and
+//! `/version` answers like a Kubernetes 1.32 API server. Used by the
+//! controller's feed and injector tests and by `plexusctl check`'s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+type WatchSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+#[derive(Default)]
+struct Collection {
+    /// (namespace, name) -> object, with its current resourceVersion.
+    objects: BTreeMap<(String, String), Value>,
+    /// Every event since `compacted`: (resourceVersion, type, object).
+    log: Vec<(u64, &'static str, Value)>,
+    /// Watches from a version at or below this get `410 Gone`.
+    compacted: u64,
+    watchers: Vec<WatchSender>,
+    lists: usize,
+    watches: usize,
+    /// Bodies of the status patches received, in order.
+    status_patches: Vec<Value>,
+    /// Bodies of the JSON Patches applied to objects, in order.
+    object_patches: Vec<Value>,
+}
+
+#[derive(Default)]
+struct State {
+    version: u64,
+    collections: HashMap<String, Collection>,
+}
+
+/// A running stand-in; dropped with the test's runtime.
+#[derive(Clone)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+fn key_of(object: &Value) -> (String, String) {
+    let meta = &object["metadata"];
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
+    (text(&meta["namespace"]), text(&meta["name"]))
+}
+
+fn line(kind: &str, object: &Value) -> Bytes {
+    let mut text = json!({"type": kind, "object": object}).to_string();
+    text.push('\n');
+    Bytes::from(text)
+}
+
+impl ApiServer {
+    /// Starts serving on an ephemeral loopback port.
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local addr");
+        let server = ApiServer {
+            addr,
+            state: Arc::default(),
+        };
+        let accepting = server.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let server = accepting.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let server = server.clone();
+                        async move {
+                            if req.method() == http::Method::PATCH {
+                                if req.uri().path().ends_with("/status") {
+                                    return Ok::<_, Infallible>(server.patch_status(req).await);
+                                }
+                                return Ok(server.patch_object(req).await);
+                            }
+                            if req.uri().path() == "/version" {
+                                return Ok(version());
+                            }
+                            if let Some((path, namespace, name)) = object_url(req.uri().path()) {
+                                return Ok(server.get_object(&path, &namespace, &name));
+                            }
+                            Ok(server.handle(req))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        server
+    }
+
+    /// `http://127.0.0.1:port`, for `kube::Config::new`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kube client talking to this server.
+    pub fn client(&self) -> kube::Client {
+        let url = self.url().parse().expect("url");
+        kube::Client::try_from(kube::Config::new(url)).expect("kube client")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates or replaces an object (ADDED / MODIFIED to watchers).
+    pub fn apply(&self, path: &str, mut object: Value) {
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let collection = state.collections.entry(path.to_string()).or_default();
+        let kind = if collection
+            .objects
+            .insert(key_of(&object), object.clone())
+            .is_some()
+        {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        collection.log.push((version, kind, object.clone()));
+        broadcast(collection, line(kind, &object));
+    }
+
+    /// Deletes an object (DELETED to watchers).
+    pub fn delete(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        if let Some(mut object) = collection
+            .objects
+            .remove(&(namespace.to_string(), name.to_string()))
+        {
+            object["metadata"]["resourceVersion"] = json!(version.to_string());
+            collection.log.push((version, "DELETED", object.clone()));
+            broadcast(collection, line("DELETED", &object));
+        }
+    }
+
+    /// Removes an object without telling anyone, as if its event was lost in
+    /// compaction; only a relist shows it is gone.
+    pub fn delete_unseen(&self, path: &str, namespace: &str, name: &str) {
+        let mut state = self.lock();
+        state.version += 1;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        collection
+            .objects
+            .remove(&(namespace.to_string(), name.to_string()));
+    }
+
+    /// Compacts the history: open watches get an ERROR `410 Gone` and end, and
+    /// any watch from an older version gets the same, forcing a relist.
+    pub fn expire(&self, path: &str) {
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        collection.compacted = version;
+        collection.log.clear();
+        broadcast(collection, gone());
+        collection.watchers.clear();
+    }
+
+    /// Ends every open watch connection of `path` (a dropped watch).
+    pub fn drop_watches(&self, path: &str) {
+        let mut state = self.lock();
+        if let Some(collection) = state.collections.get_mut(path) {
+            collection.watchers.clear();
+        }
+    }
+
+    /// Sends a BOOKMARK with the current version to the watchers of `path`.
+    pub fn bookmark(&self, path: &str, api_version: &str, kind: &str) {
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path.to_string()).or_default();
+        let object = json!({"apiVersion": api_version, "kind": kind,
+                            "metadata": {"resourceVersion": version.to_string()}});
+        broadcast(collection, line("BOOKMARK", &object));
+    }
+
+    /// How many lists and watches `path` has served.
+    pub fn requests(&self, path: &str) -> (usize, usize) {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or((0, 0), |c| (c.lists, c.watches))
+    }
+
+    /// The status patches (JSON merge patches) `path` has received.
+    pub fn status_patches(&self, path: &str) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or_else(Vec::new, |c| c.status_patches.clone())
+    }
+
+    /// The object as stored now, if any.
+    pub fn object(&self, path: &str, namespace: &str, name: &str) -> Option<Value> {
+        let state = self.lock();
+        let collection = state.collections.get(path)?;
+        collection
+            .objects
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// The JSON Patches that objects of `path` received (applied or refused).
+    pub fn object_patches(&self, path: &str) -> Vec<Value> {
+        let state = self.lock();
+        state
+            .collections
+            .get(path)
+            .map_or_else(Vec::new, |c| c.object_patches.clone())
+    }
+
+    fn get_object(
+        &self,
+        path: &str,
+        namespace: &str,
+        name: &str,
+    ) -> Response<BoxBody<Bytes, Infallible>> {
+        match self.object(path, namespace, name) {
+            Some(object) => respond(
+                StatusCode::OK,
+                Full::new(Bytes::from(object.to_string())).boxed(),
+            ),
+            None => failure(StatusCode::NOT_FOUND, "NotFound"),
+        }
+    }
+
+    /// `PATCH` of an object URL with a JSON Patch (RFC 6902): applied whole or
+    /// not at all (a failed `test` answers 422), a MODIFIED event sent.
+    async fn patch_object(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let Some((path, namespace, name)) = object_url(req.uri().path()) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let Ok(body) = req.into_body().collect().await else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let Ok(value) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(path).or_default();
+        collection.object_patches.push(value.clone());
+        let Ok(patch) = serde_json::from_value::<json_patch::Patch>(value) else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let Some(object) = collection.objects.get_mut(&(namespace, name)) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let mut patched = object.clone();
+        if json_patch::patch(&mut patched, &patch).is_err() {
+            return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+        }
+        patched["metadata"]["resourceVersion"] = json!(version.to_string());
+        *object = patched.clone();
+        collection.log.push((version, "MODIFIED", patched.clone()));
+        broadcast(collection, line("MODIFIED", &patched));
+        respond(
+            StatusCode::OK,
+            Full::new(Bytes::from(patched.to_string())).boxed(),
+        )
+    }
+
+    /// `PATCH /apis/<group>/<version>/namespaces/<ns>/<resource>/<name>/status`
+    /// with a JSON merge patch: applied to the object, a MODIFIED event sent.
+    async fn patch_status(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = req.uri().path().to_string();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let Some(
+            [
+                prefix @ ..,
+                "namespaces",
+                namespace,
+                resource,
+                name,
+                "status",
+            ],
+        ) = Some(parts.as_slice())
+        else {
+            return respond(StatusCode::NOT_FOUND, Full::new(Bytes::new()).boxed());
+        };
+        let collection_path = format!("/{}/{resource}", prefix.join("/"));
+        let key = (namespace.to_string(), name.to_string());
+        let body = match req.into_body().collect().await {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return respond(StatusCode::BAD_REQUEST, Full::new(Bytes::new()).boxed()),
+        };
+        let Ok(patch) = serde_json::from_slice::<Value>(&body) else {
+            return respond(StatusCode::BAD_REQUEST, Full::new(Bytes::new()).boxed());
+        };
+        let mut state = self.lock();
+        state.version += 1;
+        let version = state.version;
+        let collection = state.collections.entry(collection_path).or_default();
+        let Some(object) = collection.objects.get_mut(&key) else {
+            let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404});
+            return respond(
+                StatusCode::NOT_FOUND,
+                Full::new(Bytes::from(status.to_string())).boxed(),
+            );
+        };
+        collection.status_patches.push(patch.clone());
+        // Only the status subresource may change through this endpoint.
+        if let Some(status) = patch.get("status") {
+            merge(&mut object["status"], status);
+        }
+        object["metadata"]["resourceVersion"] = json!(version.to_string());
+        let object = object.clone();
+        collection.log.push((version, "MODIFIED", object.clone()));
+        broadcast(collection, line("MODIFIED", &object));
+        respond(
+            StatusCode::OK,
+            Full::new(Bytes::from(object.to_string())).boxed(),
+        )
+    }
+
+    fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let path = req.uri().path().to_string();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut state = self.lock();
+        let version = state.version;
+        let collection = state.collections.entry(path).or_default();
+        let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        if !watch {
+            collection.lists += 1;
+            let items: Vec<Value> = collection.objects.values().cloned().collect();
+            let list = json!({"apiVersion": "v1", "kind": "List",
+                              "metadata": {"resourceVersion": version.to_string()}, "items": items});
+            return respond(
+                StatusCode::OK,
+                Full::new(Bytes::from(list.to_string())).boxed(),
+            );
+        }
+        collection.watches += 1;
+        let from: u64 = query
+            .get("resourceVersion")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let (tx, rx) = mpsc::channel(1024);
+        if from < collection.compacted {
+            let _ = tx.try_send(Ok(Frame::data(gone())));
+        } else {
+            for (_, kind, object) in collection.log.iter().filter(|(v, _, _)| *v > from) {
+                let _ = tx.try_send(Ok(Frame::data(line(kind, object))));
+            }
+            collection.watchers.push(tx);
+        }
+        respond(
+            StatusCode::OK,
+            StreamBody::new(ReceiverStream::new(rx)).boxed(),
+        )
+    }
+}
+
+/// `(collection path, namespace, name)` of an object's URL: namespaced
+/// `<prefix>/namespaces/<ns>/<resource>/<name>` or cluster-scoped
+/// `<prefix>/<resource>/<name>`, where the prefix is `/api/v1` or
+/// `/apis/<group>/<version>`. Collection URLs give `None`.
+fn object_url(path: &str) -> Option<(String, String, String)> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let prefix_len = match segments.first() {
+        Some(&"api") => 2,
+        Some(&"apis") => 3,
+        _ => return None,
+    };
+    let (prefix, rest) = segments.split_at_checked(prefix_len)?;
+    let prefix = prefix.join("/");
+    match rest {
+        ["namespaces", namespace, resource, name] => Some((
+            format!("/{prefix}/{resource}"),
+            namespace.to_string(),
+            name.to_string(),
+        )),
+        [resource, name] => Some((
+            format!("/{prefix}/{resource}"),
+            String::new(),
+            name.to_string(),
+        )),
+        _ => None,
+    }
+}
+
+fn failure(status: StatusCode, reason: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                      "message": reason, "reason": reason, "code": status.as_u16()});
+    respond(status, Full::new(Bytes::from(body.to_string())).boxed())
+}
+
+fn version() -> Response<BoxBody<Bytes, Infallible>> {
+    let info = json!({"major": "1", "minor": "32", "gitVersion": "v1.32.0",
+                      "gitCommit": "stand-in", "gitTreeState": "clean", "buildDate": "2026-11-01T00:00:00Z",
+                      "goVersion": "go1.23", "compiler": "gc", "platform": "linux/amd64"});
+    respond(
+        StatusCode::OK,
+        Full::new(Bytes::from(info.to_string())).boxed(),
+    )
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(object) = target {
+        for (key, value) in fields {
+            if value.is_null() {
+                object.remove(key);
+            } else {
+                merge(object.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+fn broadcast(collection: &mut Collection, bytes: Bytes) {
+    collection
+        .watchers
+        .retain(|tx| tx.try_send(Ok(Frame::data(bytes.clone()))).is_ok());
+}
+
+fn gone() -> Bytes {
+    let status = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                        "message": "too old resource version", "reason": "Expired", "code": 410});
+    line("ERROR", &status)
+}
+
+fn respond(
+    status: StatusCode,
+    body: BoxBody<Bytes, Infallible>,
+) -> Response<BoxBody<Bytes, Infallible>> {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,176 @@
+//! The workspace's binaries as the tests run them: found in `PLEXUS_BIN_DIR`,
+//! spawned with their output kept (and drained, so they never block on a
+//! full pipe), found listening from their "listening" log line.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a binary may take to report that it listens.
+pub const START_BOUND: Duration = Duration::from_secs(30);
+
+/// Lines of a process's log kept to explain a failure.
+const KEPT_LOG_LINES: usize = 200;
+
+/// `name` in `PLEXUS_BIN_DIR` (set by `cargo xtask test`), else beside the
+/// test binary's own directory (`<target>/debug`, where `cargo build
+/// --workspace --bins` puts them). Panics with what to do when it is not built.
+pub fn bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PLEXUS_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_bin_dir);
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} does not exist: run `cargo build --workspace --bins` first \
+         (or point PLEXUS_BIN_DIR at the directory holding `{name}`)",
+        path.display()
+    );
+    path
+}
+
+/// `<target>/debug` for a test binary at `<target>/debug/deps/<test>-<hash>`.
+fn default_bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug"))
+}
+
+/// A spawned binary; `kill_on_drop` makes sure no test leaves one behind.
+pub struct Process {
+    pub child: Child,
+    log: Arc<Mutex<VecDeque<String>>>,
+}
+
+impl Process {
+    /// Starts `command` and reads its output (stdout and stderr: the
+    /// controller logs to one, the proxy to the other) until a line
+    /// containing `marker`, which it returns; panics with the log when the
+    /// process exits first or takes over [`START_BOUND`].
+    pub async fn spawn(mut command: Command, what: &str, marker: &str) -> (Self, String) {
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let log = Arc::new(Mutex::new(VecDeque::new()));
+        let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(keep_log(out, log.clone(), line_tx.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(keep_log(err, log.clone(), line_tx));
+        }
+        let found = tokio::time::timeout(START_BOUND, async {
+            while let Some(line) = lines.recv().await {
+                if line.contains(marker) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        let process = Self { child, log };
+        match found {
+            Ok(Some(line)) => (process, line),
+            Ok(None) => panic!("{what} exited before listening:\n{}", process.log()),
+            Err(_) => panic!(
+                "{what} did not report listening within {START_BOUND:?}:\n{}",
+                process.log()
+            ),
+        }
+    }
+
+    /// The last lines the process wrote, for failure messages.
+    pub fn log(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub async fn kill(&mut self) {
+        let killed = tokio::time::timeout(START_BOUND, self.child.kill()).await;
+        assert!(matches!(killed, Ok(Ok(()))), "SIGKILL and reap: {killed:?}");
+    }
+}
+
+/// Keeps the last lines of `output` (so the pipe never fills up and blocks
+/// the binary) and passes each on while someone listens.
+async fn keep_log(
+    output: impl AsyncRead + Unpin,
+    log: Arc<Mutex<VecDeque<String>>>,
+    lines_tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    let mut lines = BufReader::new(output).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let _ = lines_tx.send(line.clone());
+        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() == KEPT_LOG_LINES {
+            log.pop_front();
+        }
+        log.push_back(line);
+    }
+}
+
+/// The value of `name=` in a tracing log line (`webhook=off`, say).
+pub fn field(line: &str, name: &str) -> String {
+    line.split(&format!(" {name}="))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        .to_string()
+}
+
+/// The value of `name=` in a tracing log line, as an address.
+pub fn addr_field(line: &str, name: &str) -> std::net::SocketAddr {
+    let value = field(line, name);
+    value
+        .parse()
+        .unwrap_or_else(|e| panic!("{name}={value:?} in {line:?}: {e}"))
+}
+
+/// A running `plexus-controller` and the addresses from its "listening" log
+/// line (`webhook` is `off` when not served).
+pub struct ControllerProcess {
+    pub process: Process,
+    pub grpc: String,
+    pub admin: String,
+    pub webhook: String,
+}
+
+/// Writes `objects` as the feed file in `dir`, starts `plexus-controller` on
+/// it with ephemeral gRPC and admin ports plus `args` and `env`, and waits
+/// (bounded) for it to report where it listens.
+pub async fn start_controller(
+    dir: &Path,
+    objects: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ControllerProcess {
+    let feed = dir.join("objects.yaml");
+    std::fs::write(&feed, objects).expect("write the feed file");
+    let mut command = Command::new(bin("plexus-controller"));
+    command
+        .arg(format!("--feed=file:{}", feed.display()))
+        .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
+        .args(args)
+        .env("PLEXUS_LOG", "info")
+        .envs(env.iter().copied());
+    let (process, line) =
+        Process::spawn(command, "plexus-controller", "plexus-controller listening").await;
+    ControllerProcess {
+        grpc: field(&line, "grpc"),
+        admin: field(&line, "admin"),
+        webhook: field(&line, "webhook"),
+        process,
+    }
+}

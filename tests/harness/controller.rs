@@ -1,0 +1,90 @@
+//! The controller's pieces in-process, as the proxy tests meet them: a CA
+//! with the Identity API (bootstrap tokens, TLS serving) in front of it and,
+//! on the same TLS port, the Destination API over an index.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_controller::destination::DestinationService;
+use plexus_controller::grpc::{self, GrpcTransport};
+use plexus_controller::identity::{BootstrapTokens, IdentityService, controller_server_config};
+use plexus_discovery::index::SharedIndex;
+use plexus_controller::metrics::Metrics;
+use plexus_identity::{Ca, SpiffeId};
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::proxy::{TestProxy, proxy};
+use crate::temp::TempDir;
+
+/// The trust domain of every identity the tests make.
+pub const TRUST_DOMAIN: &str = "cluster.local";
+
+/// `spiffe://cluster.local/ns/<namespace>/sa/<sa>`.
+pub fn id(namespace: &str, sa: &str) -> SpiffeId {
+    SpiffeId::new(TRUST_DOMAIN, namespace, sa).expect("SPIFFE ID")
+}
+
+/// A CA with the controller's Identity API in front of it.
+pub struct Authority {
+    pub ca: Arc<Ca>,
+    pub addr: SocketAddr,
+    pub tokens: Arc<BootstrapTokens>,
+    pub trust_anchors: PathBuf,
+    _dir: TempDir,
+}
+
+impl Authority {
+    /// The Identity API alone, issuing certificates valid for `lifetime`.
+    pub async fn start(lifetime: Duration) -> Self {
+        Self::serve(lifetime, None).await
+    }
+
+    /// The controller as its binary serves it: the Identity API and, on
+    /// the same TLS port, the Destination API over `index`.
+    pub async fn controller(index: SharedIndex) -> Self {
+        Self::serve(Duration::from_secs(3600), Some(index)).await
+    }
+
+    async fn serve(lifetime: Duration, destinations: Option<SharedIndex>) -> Self {
+        let dir = TempDir::new("mtls");
+        let ca = Arc::new(Ca::new_root(TRUST_DOMAIN, Duration::from_secs(3600)).expect("CA"));
+        let trust_anchors = dir.join("ca.pem");
+        std::fs::write(&trust_anchors, ca.trust_anchor_pem()).expect("write trust anchors");
+        let tokens =
+            Arc::new(BootstrapTokens::open(&dir.join("tokens"), TRUST_DOMAIN).expect("token dir"));
+        let service = IdentityService::new(ca.clone(), tokens.clone()).with_lifetime(lifetime);
+        let tls = controller_server_config(ca.clone(), id("plexus", "plexus-controller"))
+            .expect("controller TLS");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut routes = Routes::new(service.into_server());
+        if let Some(index) = destinations {
+            let metrics = Arc::new(Metrics::new());
+            routes = routes.add_service(DestinationService::new(index, metrics).into_server());
+        }
+        tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Tls(tls)));
+        Self {
+            ca,
+            addr,
+            tokens,
+            trust_anchors,
+            _dir: dir,
+        }
+    }
+
+    /// The environment of a sidecar whose workload is `identity`.
+    pub fn sidecar(&self, identity: &SpiffeId) -> TestProxy {
+        let token = self.tokens.ensure(identity).expect("bootstrap token");
+        proxy()
+            .env("PLEXUS_IDENTITY", identity)
+            .env("PLEXUS_IDENTITY_TOKEN_FILE", token.display())
+            .env(
+                "PLEXUS_IDENTITY_TRUST_ANCHORS",
+                self.trust_anchors.display(),
+            )
+            .env("PLEXUS_IDENTITY_ADDR", self.addr)
+    }
+}

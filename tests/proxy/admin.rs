@@ -1,0 +1,232 @@
+//! The admin server and draining.
+
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use plexus_proxy::body;
+use plexus_tests::bins::bin;
+use plexus_tests::http::*;
+use plexus_tests::proxy::*;
+use plexus_tests::temp::TempDir;
+use plexus_tests::upstream::*;
+use plexus_tests::wait::*;
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let upstream = echo_upstream().await;
+    let yaml = static_config(&[(
+        &["web.default.svc.cluster.local:80", "web:80"],
+        &[upstream.addr],
+    )]);
+    let proxy = proxy().static_config(yaml).start().await;
+
+    assert_eq!(admin_get(proxy.admin_addr, "/live").await.0, 200);
+    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, 200);
+    assert_eq!(admin_get(proxy.admin_addr, "/nope").await.0, 404);
+
+    let mut client = http1(proxy.outbound_addr).await;
+    let response = client.send_request(get("/", "web")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let _ = text(response).await;
+
+    let (status, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("plexus_proxy_requests_total{"))
+        .unwrap_or_else(|| panic!("no request counter in:\n{metrics}"));
+    for label in [
+        "direction=\"outbound\"",
+        "target=\"web.default.svc.cluster.local:80\"",
+        "route=\"default\"",
+        "status=\"200\"",
+    ] {
+        assert!(line.contains(label), "{label} missing in {line}");
+    }
+    assert!(line.ends_with(" 1"), "{line}");
+    assert!(
+        metrics.contains("plexus_proxy_request_duration_seconds_bucket{"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("plexus_proxy_open_connections{direction=\"outbound\"} 1"),
+        "{metrics}"
+    );
+
+    let (status, config) = admin_get(proxy.admin_addr, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let target = &config["destinations"][0];
+    assert_eq!(target["name"], "web.default.svc.cluster.local:80");
+    assert_eq!(
+        target["backends"]["backends"]["default"]["endpoints"][0]["address"],
+        upstream.addr.to_string()
+    );
+}
+
+/// A request that takes `delay` to answer, to have something in flight.
+async fn slow_upstream(delay: Duration) -> Upstream {
+    http_upstream(move |_request: Request<Incoming>| async move {
+        tokio::time::sleep(delay).await;
+        Response::new(body::full("slow but done"))
+    })
+    .await
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_requests_and_stops_accepting() {
+    let upstream = slow_upstream(Duration::from_millis(500)).await;
+    let yaml = static_config(&[(&["slow:80"], &[upstream.addr])]);
+    let proxy = proxy().static_config(yaml).start().await;
+    let outbound = proxy.outbound_addr;
+
+    let mut client = http1(outbound).await;
+    let in_flight = tokio::spawn(async move {
+        let response = client.send_request(get("/", "slow")).await.unwrap();
+        (response.status(), text(response).await)
+    });
+    // Wait until the request is in flight at the upstream.
+    bounded("request reaches upstream", async {
+        while upstream.connections() == 0 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    let drained = bounded("drain", proxy.shutdown()).await;
+    assert!(drained, "everything finished within the drain timeout");
+    let (status, body) = bounded("in-flight response", in_flight).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "slow but done");
+    // The listener is closed: new connections are refused.
+    assert!(tokio::net::TcpStream::connect(outbound).await.is_err());
+}
+
+#[tokio::test]
+async fn http2_clients_get_goaway_and_finish_their_streams() {
+    let slow = slow_upstream(Duration::from_secs(1)).await;
+    let fast = echo_upstream().await;
+    let yaml = static_config(&[(&["slow:80"], &[slow.addr]), (&["fast:80"], &[fast.addr])]);
+    let mut proxy = proxy().static_config(yaml).start().await;
+    let client = http2(proxy.outbound_addr).await;
+    let request = |host: &str| {
+        Request::builder()
+            .uri(format!("http://{host}/"))
+            .body(body::empty())
+            .unwrap()
+    };
+    let in_flight = tokio::spawn(client.clone().send_request(request("slow")));
+    bounded("request reaches upstream", async {
+        while slow.connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // POST /shutdown starts the drain, as a Job's last step would.
+    let mut admin = http1(proxy.admin_addr).await;
+    let shutdown = Request::builder()
+        .method("POST")
+        .uri("/shutdown")
+        .header("host", "admin")
+        .body(body::empty())
+        .unwrap();
+    let response = admin.send_request(shutdown).await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+
+    // GOAWAY: the connection refuses new streams while the old one is still
+    // being served (a plain close would have ended the in-flight one too).
+    bounded("new streams refused", async {
+        while client.clone().send_request(request("fast")).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        !in_flight.is_finished(),
+        "refused before the slow stream ended"
+    );
+    let response = bounded("in-flight h2", in_flight).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(text(response).await, "slow but done");
+    assert!(bounded("drained", proxy.drained()).await);
+}
+
+#[tokio::test]
+async fn drain_gives_up_after_the_timeout() {
+    let upstream = slow_upstream(Duration::from_secs(60)).await;
+    let yaml = static_config(&[(&["stuck:80"], &[upstream.addr])]);
+    let proxy = proxy()
+        .static_config(yaml)
+        .env("PLEXUS_DRAIN_TIMEOUT_MS", 200)
+        .start()
+        .await;
+    let mut client = http1(proxy.outbound_addr).await;
+    let in_flight = tokio::spawn(async move { client.send_request(get("/", "stuck")).await });
+    bounded("request reaches upstream", async {
+        while upstream.connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        !bounded("drain", proxy.shutdown()).await,
+        "drain reports the timeout"
+    );
+    // The stuck request's connection was closed by the proxy.
+    assert!(bounded("closed", in_flight).await.unwrap().is_err());
+}
+
+/// The real binary: SIGTERM drains, the in-flight request finishes, exit 0.
+#[tokio::test]
+async fn sigterm_drains_the_binary_and_exits_zero() {
+    let upstream = slow_upstream(Duration::from_millis(400)).await;
+    let dir = TempDir::new("proxy-sigterm");
+    let config = dir.join("static.yaml");
+    std::fs::write(&config, static_config(&[(&["slow:80"], &[upstream.addr])])).unwrap();
+    let (outbound, admin) = (unused_addr().port(), unused_addr().port());
+    let mut child = tokio::process::Command::new(bin("plexus-proxy"))
+        .env("PLEXUS_OUTBOUND_ADDR", format!("127.0.0.1:{outbound}"))
+        .env("PLEXUS_INBOUND_ADDR", "127.0.0.1:0")
+        .env("PLEXUS_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        .env("PLEXUS_STATIC_CONFIG", &config)
+        .env("PLEXUS_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    bounded("ready", async {
+        loop {
+            if let Ok(stream) = tokio::net::TcpStream::connect(admin_addr).await {
+                drop(stream);
+                if admin_get(admin_addr, "/ready").await.0 == 200 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+
+    let mut client = http1(format!("127.0.0.1:{outbound}").parse().unwrap()).await;
+    let in_flight = tokio::spawn(async move {
+        let response = client.send_request(get("/", "slow")).await.unwrap();
+        (response.status(), text(response).await)
+    });
+    bounded("request reaches upstream", async {
+        while upstream.connections() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let pid = child.id().expect("running") as libc::pid_t;
+    // SAFETY: sending a signal to our own child process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+
+    let (status, body) = bounded("in-flight response", in_flight).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "slow but done");
+    let exit = bounded("exit", child.wait()).await.unwrap();
+    assert!(exit.success(), "{exit:?}");
+}

@@ -1,0 +1,104 @@
+//! Routing and traffic splits with real loopback traffic.
+
+use plexus_tests::logical::*;
+use plexus_tests::upstream::*;
+use plexus_api::v1 as proto;
+use plexus_proxy::logical::RouteLabel;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_follows_its_weights_over_2000_requests() {
+    let stable = http_upstream(|_| async { ok() }).await;
+    let canary = http_upstream(|_| async { ok() }).await;
+    let dark = http_upstream(|_| async { ok() }).await;
+    let routes = catch_all(proto::HttpRouteRule {
+        backends: vec![
+            weighted("stable", 4),
+            weighted("canary", 1),
+            weighted("dark", 0),
+        ],
+        ..Default::default()
+    });
+    let h = Harness::new(target(
+        routes,
+        vec![
+            ("stable", backend(vec![endpoint(stable.addr)], None)),
+            ("canary", backend(vec![endpoint(canary.addr)], None)),
+            ("dark", backend(vec![endpoint(dark.addr)], None)),
+        ],
+    ));
+    const N: usize = 2000;
+    for _ in 0..N {
+        let answer = h.get("/").await;
+        assert_eq!(answer.status, 200);
+    }
+    // 80 % expected; 3 % of 2000 is 60, over 3 standard deviations (~18).
+    let share = stable.requests() as f64 / N as f64;
+    assert!((0.77..=0.83).contains(&share), "stable got {share:.3}");
+    assert_eq!(stable.requests() + canary.requests(), N);
+    assert_eq!(dark.requests(), 0, "weight 0 gets nothing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_backend_of_the_most_specific_rule_and_carry_its_label() {
+    let api = http_upstream(|_| async { ok() }).await;
+    let users = http_upstream(|_| async { ok() }).await;
+    let fallback = http_upstream(|_| async { ok() }).await;
+    let rule = |kind: &str, path: &str, backend: &str| proto::HttpRouteRule {
+        matches: vec![proto::HttpMatch {
+            path: Some(proto::PathMatch {
+                r#type: kind.into(),
+                value: path.into(),
+            }),
+            ..Default::default()
+        }],
+        backends: vec![weighted(backend, 1)],
+        ..Default::default()
+    };
+    let routes = proto::RouteTable {
+        http: vec![
+            proto::HttpRoute {
+                name: "test/api".into(),
+                rules: vec![rule("PathPrefix", "/api", "api")],
+            },
+            proto::HttpRoute {
+                name: "test/users".into(),
+                rules: vec![rule("Exact", "/api/users", "users")],
+            },
+        ],
+        grpc: vec![],
+        default_backend: "fallback".into(),
+    };
+    let h = Harness::new(target(
+        routes,
+        vec![
+            ("api", backend(vec![endpoint(api.addr)], None)),
+            ("users", backend(vec![endpoint(users.addr)], None)),
+            ("fallback", backend(vec![endpoint(fallback.addr)], None)),
+        ],
+    ));
+    let label = |a: &Answer| a.extensions.get::<RouteLabel>().map(|l| l.0.to_string());
+    let answer = h.get("/api/users").await;
+    assert_eq!(label(&answer).as_deref(), Some("test/users"));
+    let answer = h.get("/api/orders").await;
+    assert_eq!(label(&answer).as_deref(), Some("test/api"));
+    let answer = h.get("/apiary").await;
+    assert_eq!(label(&answer).as_deref(), Some("default"));
+    assert_eq!(
+        (api.requests(), users.requests(), fallback.requests()),
+        (1, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_without_ready_endpoints_answers_no_endpoints() {
+    let h = Harness::new(target(
+        catch_all(proto::HttpRouteRule {
+            backends: vec![weighted("empty", 1)],
+            ..Default::default()
+        }),
+        vec![("empty", backend(vec![], None))],
+    ));
+    let answer = h.get("/").await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(answer.header("plexus-error"), Some("no-endpoints"));
+}

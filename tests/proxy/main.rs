@@ -1,0 +1,16 @@
+//! The proxy's integration tests: in-process proxies on loopback (HTTP, TCP,
+//! the admin server, mTLS, traces, the Destination client) and `Logical`
+//! (routing, retries, timeouts, balancing, circuit breaking). One module per
+//! suite; the helpers are `plexus_tests`'.
+
+mod admin;
+mod control;
+mod http;
+mod logical_balancing;
+mod logical_circuit;
+mod logical_retries;
+mod logical_routing;
+mod logical_timeouts;
+mod mtls;
+mod tcp;
+mod tracing;
