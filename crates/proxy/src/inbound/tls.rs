@@ -28,8 +28,9 @@ const MAX_CLIENT_HELLO: usize = 16 * 1024;
 pub(super) enum Accepted {
     /// Mesh TLS, terminated: the decrypted stream, its detected protocol and
     /// first bytes, and the client's identity (`None`: no certificate).
+    /// Boxed: a TLS session is ten times the size of a `TcpStream`.
     Mesh {
-        stream: TlsStream<PrefixedIo<TcpStream>>,
+        stream: Box<TlsStream<PrefixedIo<TcpStream>>>,
         client: Option<SpiffeId>,
         protocol: Protocol,
         prefix: Bytes,
@@ -109,7 +110,7 @@ pub(super) async fn accept(
         detect::detect_or_log(&mut tls, inbound.detect_timeout, peer).await?
     };
     Some(Accepted::Mesh {
-        stream: tls,
+        stream: Box::new(tls),
         client,
         protocol,
         prefix,
