@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use plexus_controller::admin::Admin;
-use plexus_discovery::feed::Readiness;
+use plexus_discovery::feed::{self, Readiness};
 use plexus_discovery::index::{IndexConfig, SharedIndex};
 use plexus_controller::metrics::Metrics;
 use plexus_tests::http::raw_get;
@@ -27,7 +27,7 @@ async fn live_ready_metrics_status() {
     ready.set_ready();
     assert!(raw_get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
 
-    let (objects, problems) = plexus_discovery::feed::file::parse(
+    let (objects, problems) = feed::file::parse(
         r#"
 apiVersion: v1
 kind: Service

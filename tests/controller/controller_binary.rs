@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use plexus_api::v1::WatchRequest;
 use plexus_api::v1::destination_client::DestinationClient;
+use plexus_identity::tls as identity_tls;
 use plexus_tests::bins::{bin, start_controller};
 use plexus_tests::http::raw_get;
 use plexus_tests::temp::TempDir;
@@ -124,8 +125,8 @@ async fn the_webhook_serves_https_with_a_certificate_from_the_ca_dir() {
     .await;
     until_ready(&admin).await;
     let anchors = std::fs::read_to_string(ca.join("ca.crt")).unwrap();
-    let roots = plexus_identity::tls::trust_anchors_from_pem(anchors.as_bytes()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(plexus_identity::tls::provider())
+    let roots = identity_tls::trust_anchors_from_pem(anchors.as_bytes()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(identity_tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots)

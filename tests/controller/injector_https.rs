@@ -21,9 +21,9 @@ use plexus_discovery::index::{IndexConfig, SharedIndex};
 use plexus_inject::InjectConfig;
 use plexus_identity::Ca;
 use plexus_identity::tls::{provider, trust_anchors_from_pem};
+use plexus_tests::apiserver::ApiServer;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use plexus_tests::apiserver::ApiServer;
 use tokio::net::{TcpListener, TcpStream};
 
 const POD: &str = include_str!("fixtures/admission/pod-create.json");

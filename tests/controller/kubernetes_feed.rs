@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use plexus_discovery::feed::{Readiness, kubernetes};
 use plexus_discovery::index::{IndexConfig, SharedIndex, TargetView};
-use serde_json::{Value, json};
 use plexus_tests::apiserver::ApiServer;
+use serde_json::{Value, json};
 use tokio::sync::watch;
 
 const NAMESPACES: &str = "/api/v1/namespaces";

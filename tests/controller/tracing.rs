@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use plexus_api::v1::destination_client::DestinationClient;
 use plexus_api::v1::identity_client::IdentityClient;
 use plexus_api::v1::{CertifyRequest, WatchRequest};
+use plexus_identity::tls::{client_config, trust_anchors_from_pem};
 use plexus_identity::{CertificateRequest, SpiffeId};
 use plexus_tests::bins::start_controller;
 use plexus_tests::temp::TempDir;
@@ -58,11 +59,11 @@ async fn start(dir: &Path, otlp: &str) -> (Child, String) {
 
 /// A gRPC channel over TLS that accepts only the controller's identity.
 fn channel(grpc: &str, anchors_pem: &[u8]) -> Channel {
-    let roots = plexus_identity::tls::trust_anchors_from_pem(anchors_pem).unwrap();
+    let roots = trust_anchors_from_pem(anchors_pem).unwrap();
     let controller: SpiffeId = "spiffe://cluster.local/ns/mesh/sa/plexus-controller"
         .parse()
         .unwrap();
-    let config = Arc::new(plexus_identity::tls::client_config(roots, controller, None).unwrap());
+    let config = Arc::new(client_config(roots, controller, None).unwrap());
     let connector = tower::service_fn(move |uri: http::Uri| {
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         async move {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use plexus_api::v1::destination_server::{Destination, DestinationServer};
 use plexus_api::v1::{
-    Backend, BackendTable, DestinationUpdate, RouteTable, ServerPolicy, ServerRequest, Target,
-    WatchRequest,
+    Backend, BackendTable, DestinationUpdate, Endpoint, RouteTable, ServerPolicy, ServerRequest,
+    Target, WatchRequest,
 };
 use plexus_proxy::control::{ControllerConfig, ControllerDestinations};
 use plexus_proxy::destinations::{DestinationSource, Resolution};
@@ -121,7 +121,7 @@ fn target_with_backend(backend: &str, endpoints: &[&str]) -> Target {
                     name: backend.into(),
                     endpoints: endpoints
                         .iter()
-                        .map(|address| plexus_api::v1::Endpoint {
+                        .map(|address| Endpoint {
                             address: address.to_string(),
                             ready: true,
                             ..Default::default()

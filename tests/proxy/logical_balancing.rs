@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use plexus_api::v1 as proto;
 use plexus_tests::logical::*;
 use plexus_tests::upstream::*;
 use plexus_tests::wait::*;
-use plexus_api::v1 as proto;
 
 fn one_backend(endpoints: Vec<proto::Endpoint>) -> proto::Target {
     target(

@@ -4,10 +4,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use plexus_api::v1 as proto;
 use plexus_tests::logical::*;
 use plexus_tests::upstream::*;
 use plexus_tests::wait::*;
-use plexus_api::v1 as proto;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ejected_endpoint_comes_back_after_its_backoff() {

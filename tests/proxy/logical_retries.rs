@@ -6,11 +6,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
+use plexus_api::v1 as proto;
+use plexus_proxy::body;
 use plexus_tests::logical::*;
 use plexus_tests::upstream::*;
 use plexus_tests::wait::*;
-use plexus_api::v1 as proto;
-use plexus_proxy::body;
 use rand::Rng;
 
 fn retry(attempts: u32, codes: Vec<u32>) -> Option<proto::RetryPolicy> {

@@ -1,9 +1,9 @@
 //! Routing and traffic splits with real loopback traffic.
 
-use plexus_tests::logical::*;
-use plexus_tests::upstream::*;
 use plexus_api::v1 as proto;
 use plexus_proxy::logical::RouteLabel;
+use plexus_tests::logical::*;
+use plexus_tests::upstream::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_split_follows_its_weights_over_2000_requests() {

@@ -2,10 +2,10 @@
 
 use std::time::{Duration, Instant};
 
-use plexus_tests::logical::*;
-use plexus_tests::upstream::*;
 use plexus_api::v1 as proto;
 use plexus_proxy::body;
+use plexus_tests::logical::*;
+use plexus_tests::upstream::*;
 
 /// An upstream that takes `delay` and echoes the `grpc-timeout` it received.
 async fn slow(delay: Duration) -> Upstream {
