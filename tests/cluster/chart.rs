@@ -17,8 +17,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use plexus_inject::InjectConfig;
 use plexus_controller::rbac::PERMISSIONS;
+use plexus_inject::InjectConfig;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 

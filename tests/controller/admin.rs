@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use plexus_controller::admin::Admin;
+use plexus_controller::metrics::Metrics;
 use plexus_discovery::feed::{self, Readiness};
 use plexus_discovery::index::{IndexConfig, SharedIndex};
-use plexus_controller::metrics::Metrics;
 use plexus_tests::http::raw_get;
 
 #[tokio::test]

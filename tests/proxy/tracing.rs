@@ -27,9 +27,7 @@ use plexus_tests::otlp;
 use plexus_tests::proxy::*;
 use plexus_tests::upstream::*;
 use plexus_tests::wait::*;
-use plexus_traces::{
-    AssemblyConfig, Receiver, Span, SpanKind, StatusCode as SpanStatus, Trace,
-};
+use plexus_traces::{AssemblyConfig, Receiver, Span, SpanKind, StatusCode as SpanStatus, Trace};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
