@@ -40,7 +40,8 @@ metadata: {name: elsewhere, namespace: other}
 spec:
   parentRefs: [{group: "", kind: Service, name: web, namespace: shop}]
 "#,
-    );
+    )
+    .unwrap();
     objects.reset(&mut index.lock(), problems);
     let _watch = index.lock().watch_target("web.shop:80", "").unwrap();
 

@@ -24,7 +24,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Plexus developer tasks")]
 enum Task {
-    /// Build the workspace binaries, prepare the chart-test Python venv, run every test.
+    /// Build the workspace and its tests once, prepare the chart-test Python venv, run every test.
     Test(test_suite::TestArgs),
     /// Measure direct traffic vs one proxy vs a proxy pair, side by side in one run.
     Bench(Box<bench::BenchArgs>),

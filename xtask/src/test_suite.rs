@@ -124,7 +124,7 @@ impl RootTests {
     fn probe() -> Self {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
-        Self::decide(euid, |tool| on_path(tool))
+        Self::decide(euid, on_path)
     }
 
     fn decide(euid: u32, has_tool: impl Fn(&str) -> bool) -> Self {

@@ -58,23 +58,34 @@ impl Objects {
     }
 }
 
+/// A file that is not YAML at all: which objects it holds cannot be known, so
+/// none of it is applied and the index keeps what it had.
+#[derive(Debug, thiserror::Error)]
+#[error("document {document} is not YAML: {message}")]
+pub struct SyntaxError {
+    pub document: usize,
+    pub message: String,
+}
+
 /// Reads every document of `text`; problems name the document's kind and name.
-pub fn parse(text: &str) -> (Objects, Vec<Problem>) {
+pub fn parse(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
     let mut objects = Objects::default();
     let mut problems = Vec::new();
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match Value::deserialize(document) {
             Ok(Value::Null) => {}
             Ok(value) => add(value, &mut objects, &mut problems),
-            Err(e) => problems.push(Problem {
-                kind: String::new(),
-                object: format!("document {}", i + 1),
-                field: String::new(),
-                message: e.to_string(),
-            }),
+            // After a syntax error serde_yaml's document iterator yields the
+            // same error forever: stop at the first one.
+            Err(e) => {
+                return Err(SyntaxError {
+                    document: i + 1,
+                    message: e.to_string(),
+                });
+            }
         }
     }
-    (objects, problems)
+    Ok((objects, problems))
 }
 
 fn add(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
@@ -175,6 +186,11 @@ pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: i
                 loaded = Some(modified);
                 ready.set_ready();
             }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                // Reported once per version of the file, not at every poll.
+                tracing::warn!(path = %path.display(), error = %e, "file feed: file refused; keeping the last objects");
+                loaded = Some(modified);
+            }
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "file feed: cannot read the file")
             }
@@ -182,10 +198,12 @@ pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: i
     }
 }
 
-/// Reads and applies the file once.
+/// Reads and applies the file once; a file that is not YAML is refused whole
+/// (`InvalidData`), leaving the index as it was.
 pub async fn load(path: &Path, index: &SharedIndex) -> std::io::Result<()> {
     let text = tokio::fs::read_to_string(path).await?;
-    let (objects, problems) = parse(&text);
+    let (objects, problems) =
+        parse(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     let _span = tracing::info_span!(
         "plexus.feed.file.load",
         plexus.feed.path = %path.display(),
@@ -235,7 +253,7 @@ items:
 
     #[test]
     fn valid_objects_apply_and_invalid_ones_are_named() {
-        let (objects, problems) = parse(FILE);
+        let (objects, problems) = parse(FILE).unwrap();
         assert_eq!(objects.services.len(), 1);
         assert_eq!(objects.endpoint_slices.len(), 1);
         assert_eq!(problems.len(), 1, "{problems:?}");
@@ -256,6 +274,34 @@ items:
         let backend = &target.backends.value.backends[&target.name];
         assert_eq!(backend.endpoints[0].address, "10.0.0.1:8080");
         assert_eq!(index.problems().len(), 1);
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_is_one_error_not_an_endless_one() {
+        let error = parse("this: is: not: yaml: [").expect_err("refused");
+        assert_eq!(error.document, 1);
+        let error = parse(&format!("{FILE}---\nthis: is: not: yaml: [\n")).expect_err("refused");
+        // FILE holds four documents; the fifth is the bad one.
+        assert_eq!(error.document, 5, "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_file_that_is_not_yaml_leaves_the_index_as_it_was() {
+        let dir = std::env::temp_dir().join(format!("plexus-file-garbage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("objects.yaml");
+        let index = SharedIndex::new(Default::default());
+        std::fs::write(&path, FILE).unwrap();
+        load(&path, &index).await.unwrap();
+        std::fs::write(&path, "this: is: not: yaml: [").unwrap();
+        let refused = load(&path, &index).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            refused.err().map(|e| e.kind()),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+        let rx = index.lock().watch_target("web.shop:80", "").unwrap();
+        assert!(rx.borrow().meshed.is_some(), "the last objects stay");
     }
 
     #[tokio::test]
