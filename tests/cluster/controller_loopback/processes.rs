@@ -1,5 +1,5 @@
 //! The controller and the proxies as the real binaries: spawned with their
-//! listeners on ephemeral loopback ports, found from their "listening" log
+//! listeners on free loopback ports, found from their "listening" log
 //! line, killed (SIGKILL) when dropped.
 
 use std::net::SocketAddr;
@@ -10,6 +10,17 @@ use tokio::process::Command;
 
 use super::{eventually, http_get};
 
+/// A loopback address with a free port in 20000..32768: below Linux's default
+/// ephemeral range (32768..60999), where neither `bind(0)` nor `connect`
+/// picks ports.
+fn port_below_ephemeral() -> SocketAddr {
+    (0..1000)
+        .map(|_| rand::random_range(20_000..32_768))
+        .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .and_then(|listener| listener.local_addr().ok())
+        .expect("a free loopback port below the ephemeral range")
+}
+
 /// `plexus-controller --feed file:… --grpc-plaintext`.
 pub struct Controller {
     process: Process,
@@ -18,10 +29,11 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// On ephemeral ports.
+    /// On free ports below the ephemeral range, so that while a restart test
+    /// has the controller down, no other test's outgoing connection can take
+    /// one of its ports as a source port (bind would then fail, EADDRINUSE).
     pub async fn start(feed: &Path) -> Self {
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("loopback address");
-        Self::start_on(feed, any, any).await
+        Self::start_on(feed, port_below_ephemeral(), port_below_ephemeral()).await
     }
 
     /// On given ports (a restart keeps them: proxies know only the address).
