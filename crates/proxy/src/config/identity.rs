@@ -2,13 +2,12 @@
 
 use plexus_identity::SpiffeId;
 
-use super::is_host_port;
 use super::reader::Reader;
+use super::{CONTROLLER_ADDR, controller_host_port};
 use crate::tls::{IdentitySettings, TrustAnchors};
 
 const SPIFFE_ID: &str = "spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>";
 const CONTROLLER_ID: &str = "the controller's SPIFFE ID";
-const CONTROLLER_ADDR: &str = "host:port of the controller";
 
 /// `None` when `PLEXUS_IDENTITY` is unset (no mTLS) or when a variable is bad
 /// (then recorded in `r`).
@@ -30,14 +29,9 @@ pub(super) fn read(r: &mut Reader) -> Option<IdentitySettings> {
                 TrustAnchors::File(value.into())
             }
         });
-    let controller_addr = match r.required("PLEXUS_IDENTITY_ADDR", CONTROLLER_ADDR) {
-        Some(addr) if is_host_port(&addr) => Some(addr),
-        Some(addr) => {
-            r.bad("PLEXUS_IDENTITY_ADDR", addr, CONTROLLER_ADDR);
-            None
-        }
-        None => None,
-    };
+    let controller_addr = r
+        .required("PLEXUS_IDENTITY_ADDR", CONTROLLER_ADDR)
+        .and_then(|addr| controller_host_port(r, "PLEXUS_IDENTITY_ADDR", addr));
     let controller_identity = match r.present("PLEXUS_CONTROLLER_IDENTITY") {
         Some(value) => r.parse_value("PLEXUS_CONTROLLER_IDENTITY", value, CONTROLLER_ID),
         None => {

@@ -217,11 +217,18 @@ fn controller_addr(r: &mut Reader, static_config: bool) -> Option<String> {
         );
         return None;
     }
-    if !is_host_port(&addr) {
-        r.bad("PLEXUS_CONTROLLER_ADDR", addr, CONTROLLER_ADDR);
-        return None;
+    controller_host_port(r, "PLEXUS_CONTROLLER_ADDR", addr)
+}
+
+/// `addr` (the value of `name`) when it is the controller's `host:port`;
+/// else recorded as bad.
+fn controller_host_port(r: &mut Reader, name: &'static str, addr: String) -> Option<String> {
+    if is_host_port(&addr) {
+        Some(addr)
+    } else {
+        r.bad(name, addr, CONTROLLER_ADDR);
+        None
     }
-    Some(addr)
 }
 
 /// `PLEXUS_LOG`, checked here so a bad filter is reported with the rest.
