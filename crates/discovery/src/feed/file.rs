@@ -186,24 +186,41 @@ pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: i
                 loaded = Some(modified);
                 ready.set_ready();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            Err(LoadError::Refused(e)) => {
                 // Reported once per version of the file, not at every poll.
                 tracing::warn!(path = %path.display(), error = %e, "file feed: file refused; keeping the last objects");
                 loaded = Some(modified);
             }
-            Err(e) => {
+            Err(LoadError::Unreadable(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "file feed: cannot read the file")
             }
         }
     }
 }
 
-/// Reads and applies the file once; a file that is not YAML is refused whole
-/// (`InvalidData`), leaving the index as it was.
-pub async fn load(path: &Path, index: &SharedIndex) -> std::io::Result<()> {
-    let text = tokio::fs::read_to_string(path).await?;
-    let (objects, problems) =
-        parse(&text).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+/// Why a load applied nothing; the index is left as it was either way.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Reading failed (missing, no permission): tried again at the next poll.
+    #[error(transparent)]
+    Unreadable(std::io::Error),
+    /// Read, but not YAML text (not UTF-8, or a syntax error): refused until
+    /// the file changes.
+    #[error(transparent)]
+    Refused(SyntaxError),
+}
+
+/// Reads and applies the file once; a file that is not YAML text is refused
+/// whole, leaving the index as it was.
+pub async fn load(path: &Path, index: &SharedIndex) -> Result<(), LoadError> {
+    let bytes = tokio::fs::read(path).await.map_err(LoadError::Unreadable)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        LoadError::Refused(SyntaxError {
+            document: 1,
+            message: format!("not UTF-8 text: {e}"),
+        })
+    })?;
+    let (objects, problems) = parse(&text).map_err(LoadError::Refused)?;
     let _span = tracing::info_span!(
         "plexus.feed.file.load",
         plexus.feed.path = %path.display(),
@@ -296,10 +313,7 @@ items:
         std::fs::write(&path, "this: is: not: yaml: [").unwrap();
         let refused = load(&path, &index).await;
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(
-            refused.err().map(|e| e.kind()),
-            Some(std::io::ErrorKind::InvalidData)
-        );
+        assert!(matches!(refused, Err(LoadError::Refused(_))), "{refused:?}");
         let rx = index.lock().watch_target("web.shop:80", "").unwrap();
         assert!(rx.borrow().meshed.is_some(), "the last objects stay");
     }
