@@ -19,7 +19,6 @@ mod processes;
 mod traffic;
 mod upstream;
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -225,7 +224,8 @@ impl Mesh {
         // answer; make sure it came before the clients count failures.
         for (via, proxy) in mesh.proxies.iter().enumerate() {
             let outbound = proxy.outbound;
-            eventually(
+            within(
+                BOUND,
                 &format!("a first answer through proxy {}", via + 1),
                 || async move {
                     let reply = http_get(outbound, HOSTS[via], "/", &[("x-via", "9")]).await?;
@@ -371,15 +371,6 @@ async fn start_pod(n: u8) -> Pod {
         upstream: Upstream::start(&format!("{SERVICE}-{n}"), ip).await,
         removed: false,
     }
-}
-
-/// [`within`] the generous [`BOUND`].
-async fn eventually<T, F, Fut>(what: &str, probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    within(BOUND, what, probe).await
 }
 
 /// One GET on a new connection, bounded.

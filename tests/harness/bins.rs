@@ -19,7 +19,7 @@ const KEPT_LOG_LINES: usize = 200;
 
 /// `name` in `PLEXUS_BIN_DIR` (set by `cargo xtask test`), else beside the
 /// test binary's own directory (`<target>/debug`, where `cargo build
-/// --workspace --bins` puts them). Panics with what to do when it is not built.
+/// --workspace --all-targets` puts them). Panics with what to do when it is not built.
 pub fn bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("PLEXUS_BIN_DIR")
         .map(PathBuf::from)
@@ -27,7 +27,7 @@ pub fn bin(name: &str) -> PathBuf {
     let path = dir.join(name);
     assert!(
         path.is_file(),
-        "{} does not exist: run `cargo build --workspace --bins` first \
+        "{} does not exist: run `cargo build --workspace --all-targets` first \
          (or point PLEXUS_BIN_DIR at the directory holding `{name}`)",
         path.display()
     );

@@ -8,7 +8,9 @@ use std::path::Path;
 use plexus_tests::bins::{Process, addr_field, bin};
 use tokio::process::Command;
 
-use super::{eventually, http_get};
+use plexus_tests::wait::within;
+
+use super::{BOUND, http_get};
 
 /// A loopback address with a free port in 20000..32768: below Linux's default
 /// ephemeral range (32768..60999), where neither `bind(0)` nor `connect`
@@ -55,7 +57,7 @@ impl Controller {
             process,
         };
         let admin = controller.admin;
-        eventually("the controller's /ready", || async move {
+        within(BOUND, "the controller's /ready", || async move {
             let reply = http_get(admin, "admin", "/ready", &[]).await?;
             (reply.status == 200)
                 .then_some(())
@@ -112,7 +114,7 @@ impl Proxy {
             process,
         };
         let admin = addr_field(&line, "admin_addr");
-        eventually(&format!("{what}'s /ready"), || async move {
+        within(BOUND, &format!("{what}'s /ready"), || async move {
             let reply = http_get(admin, "admin", "/ready", &[]).await?;
             (reply.status == 200)
                 .then_some(())
