@@ -14,7 +14,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 /// An HTTP upstream on 127.0.0.1:0, counting what it serves.
@@ -148,6 +148,23 @@ pub async fn echo_upstream() -> Upstream {
     .await;
     let _ = own.set(upstream.addr);
     upstream
+}
+
+/// Once `request`'s upgrade (WebSocket, say) completes, echoes every byte
+/// the client sends on the upgraded connection. For handlers answering 101.
+pub fn echo_after_upgrade(request: &mut Request<Incoming>) {
+    let on_upgrade = hyper::upgrade::on(request);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 64];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
 }
 
 /// A TCP server that writes `greeting` as soon as a client connects

@@ -156,18 +156,7 @@ async fn grpc_bidirectional_streaming_keeps_trailers() {
 #[tokio::test]
 async fn websocket_upgrade_is_passed_through() {
     let upstream = http_upstream(|mut request: Request<Incoming>| async move {
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 64];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        echo_after_upgrade(&mut request);
         Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header("connection", "upgrade")

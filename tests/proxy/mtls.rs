@@ -22,7 +22,7 @@ use plexus_proxy::body;
 use plexus_tests::controller::{Authority, TRUST_DOMAIN, id};
 use plexus_tests::http::{admin_get, get, http1, text};
 use plexus_tests::temp::TempDir;
-use plexus_tests::upstream::{Upstream, http_upstream, tcp_upstream};
+use plexus_tests::upstream::{Upstream, echo_after_upgrade, http_upstream, tcp_upstream};
 use plexus_tests::wait::bounded;
 use rustls::sign::SingleCertAndKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -760,18 +760,7 @@ async fn an_http1_upgrade_to_a_meshed_endpoint_stays_http1_inside_mtls() {
     let ca = Authority::start(Duration::from_secs(3600)).await;
     let websocket = http_upstream(|mut request: Request<Incoming>| async move {
         let client = header_of(&request, "plexus-client-id");
-        let on_upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
-            if let Ok(upgraded) = on_upgrade.await {
-                let mut io = TokioIo::new(upgraded);
-                let mut buf = [0u8; 64];
-                while let Ok(n) = io.read(&mut buf).await {
-                    if n == 0 || io.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            }
-        });
+        echo_after_upgrade(&mut request);
         Response::builder()
             .status(101)
             .header("connection", "upgrade")
