@@ -2,6 +2,8 @@
 
 use std::str::FromStr;
 
+use plexus_core::ports::parse_list;
+
 /// A set of TCP ports, e.g. the opaque ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortSet(Vec<u16>);
@@ -15,16 +17,9 @@ impl PortSet {
 impl FromStr for PortSet {
     type Err = std::num::ParseIntError;
 
+    /// `3306, 5432`: the list syntax every Plexus crate reads ports in.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let mut ports = s
-            .split(',')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::parse)
-            .collect::<Result<Vec<u16>, _>>()?;
-        ports.sort_unstable();
-        ports.dedup();
-        Ok(Self(ports))
+        Ok(parse_list::<u16>(s)?.into_iter().collect())
     }
 }
 

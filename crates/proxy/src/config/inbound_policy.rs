@@ -2,6 +2,7 @@
 //! first answer: the mTLS mode and the identities allowed in.
 
 use plexus_api::v1::ServerPolicy;
+use plexus_core::ports::parse_list;
 use plexus_identity::SpiffeId;
 
 use super::reader::Reader;
@@ -24,20 +25,16 @@ pub(super) fn read(r: &mut Reader) -> ServerPolicy {
     let allowed = r
         .raw("PLEXUS_INBOUND_ALLOWED_IDENTITIES")
         .unwrap_or_default();
-    let identities: Result<Vec<String>, _> = allowed
-        .split(',')
-        .map(str::trim)
-        .filter(|id| !id.is_empty())
-        .map(|id| id.parse::<SpiffeId>().map(|id| id.to_string()))
-        .collect();
-    let allowed_identities = identities.unwrap_or_else(|_| {
-        r.bad(
-            "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
-            allowed,
-            "comma-separated SPIFFE IDs",
-        );
-        Vec::new()
-    });
+    let allowed_identities = parse_list::<SpiffeId>(&allowed)
+        .map(|ids| ids.iter().map(ToString::to_string).collect())
+        .unwrap_or_else(|_| {
+            r.bad(
+                "PLEXUS_INBOUND_ALLOWED_IDENTITIES",
+                allowed,
+                "comma-separated SPIFFE IDs",
+            );
+            Vec::new()
+        });
     ServerPolicy {
         mtls_mode: mode,
         allowed_identities,
