@@ -95,6 +95,12 @@ pub async fn raw_get(addr: impl ToSocketAddrs, path: &str) -> String {
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], until: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request).await.expect("write");
+    read_until(&mut stream, until).await
+}
+
+/// Reads from `stream` until the server closes or `until` appears in what
+/// was read (a keep-alive connection's next request can follow).
+pub async fn read_until(stream: &mut TcpStream, until: &str) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
