@@ -11,6 +11,7 @@ use plexus_tests::proxy::*;
 use plexus_tests::temp::TempDir;
 use plexus_tests::upstream::*;
 use plexus_tests::wait::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn admin_endpoints() {
@@ -63,6 +64,48 @@ async fn admin_endpoints() {
         target["backends"]["backends"]["default"]["endpoints"][0]["address"],
         upstream.addr.to_string()
     );
+}
+
+/// The admin port's HTTP edge is the data plane's: Host required in
+/// HTTP/1.1, the head limit applied, hyper's own replies tagged, and a
+/// half-closed client answered.
+#[tokio::test]
+async fn admin_requests_meet_the_same_http_rules() {
+    let proxy = proxy()
+        .env("PLEXUS_MAX_HEADER_BYTES", 16 * 1024)
+        .start()
+        .await;
+    let admin = proxy.admin_addr;
+    let big = "x".repeat(100 * 1024);
+    let oversized = format!("GET /live HTTP/1.1\r\nHost: admin\r\nx-big: {big}\r\n\r\n");
+    for (request, status, reason) in [
+        (&b"GET /live HTTP/1.1\r\n\r\n"[..], "400", "bad-request"),
+        (b"NOT AN HTTP\r\n\r\n", "400", "bad-request"),
+        (oversized.as_bytes(), "431", "headers-too-large"),
+    ] {
+        let response = bounded("admin", raw_exchange(admin, request, "\r\n\r\n")).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{response}"
+        );
+        assert!(
+            response.contains(&format!("\r\nplexus-error: {reason}\r\n")),
+            "{response}"
+        );
+    }
+
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    stream
+        .write_all(b"GET /live HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut response = String::new();
+    bounded("half-closed", stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(response.ends_with("\r\n\r\nlive\n"), "{response}");
 }
 
 /// A request that takes `delay` to answer, to have something in flight.

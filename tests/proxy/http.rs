@@ -2,6 +2,7 @@
 //! trailers, upgrades, passthrough, and the proxy's own error responses.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -182,7 +183,12 @@ async fn websocket_upgrade_is_passed_through() {
     assert_eq!(response.headers()["upgrade"], "websocket");
     let on_upgrade = hyper::upgrade::on(response);
     let mut io = TokioIo::new(bounded("upgrade", on_upgrade).await.unwrap());
-    for message in [&b"ping"[..], b"a longer second message"] {
+    // The last looks like the replies the proxy tags: tunnelled bytes are not.
+    for message in [
+        &b"ping"[..],
+        b"a longer second message",
+        b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+    ] {
         io.write_all(message).await.unwrap();
         let mut echoed = vec![0u8; message.len()];
         bounded("echo", io.read_exact(&mut echoed)).await.unwrap();
@@ -269,32 +275,249 @@ async fn proxy_errors_carry_plexus_error() {
 }
 
 #[tokio::test]
-async fn malformed_requests_get_400() {
+async fn malformed_requests_get_400_with_plexus_error() {
     let proxy = proxy().start().await;
-    // No Host: the proxy cannot tell the target.
-    let response = raw_exchange(proxy.outbound_addr, b"GET / HTTP/1.1\r\n\r\n", "\r\n\r\n").await;
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-    assert!(response.contains("plexus-error: bad-request"), "{response}");
-    // A header line hyper cannot parse: hyper answers 400 itself.
-    let response = raw_exchange(
-        proxy.outbound_addr,
-        b"GET / HTTP/1.1\r\nHost: web\r\nbad header\r\n\r\n",
-        "\r\n\r\n",
-    )
+    for (request, why) in [
+        // The proxy's own checks.
+        (&b"GET / HTTP/1.1\r\n\r\n"[..], "no Host"),
+        (
+            b"GET / HTTP/1.1\r\nHost: web\r\nHost: app\r\n\r\n",
+            "two Hosts",
+        ),
+        (
+            b"GET / HTTP/1.1\r\nHost: web:notaport\r\n\r\n",
+            "an invalid authority",
+        ),
+        // hyper answers these itself; the proxy tags its reply.
+        (
+            b"GET / HTTP/1.1\r\nHost: web\r\nbad header\r\n\r\n",
+            "a header line",
+        ),
+        (b"GET /a b HTTP/1.1\r\nHost: web\r\n\r\n", "a request line"),
+    ] {
+        let response = bounded(why, raw_exchange(proxy.outbound_addr, request, "\r\n\r\n")).await;
+        assert!(response.starts_with("HTTP/1.1 400 "), "{why}: {response}");
+        assert!(
+            response.contains("\r\nplexus-error: bad-request\r\n"),
+            "{why}: {response}"
+        );
+    }
+}
+
+/// hyper's reply is told from the upstream's by whether the service was
+/// called, not by its looks: the upstream's empty 400 is byte for byte
+/// what hyper would write.
+#[tokio::test]
+async fn an_upstreams_400_is_not_tagged_and_a_later_malformed_request_is() {
+    let upstream = http_upstream(|request: Request<Incoming>| async move {
+        let mut response = Response::new(full(""));
+        if request.uri().path() == "/400" {
+            *response.status_mut() = StatusCode::BAD_REQUEST;
+        }
+        response
+    })
     .await;
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-    // An invalid authority.
-    let response = raw_exchange(
-        proxy.outbound_addr,
-        b"GET / HTTP/1.1\r\nHost: web:notaport\r\n\r\n",
-        "\r\n\r\n",
-    )
+    let yaml = static_config(&[(&["web:80"], &[upstream.addr])]);
+    let proxy = proxy().static_config(yaml).start().await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound_addr)
+        .await
+        .unwrap();
+    for (request, status) in [("GET /400", "400 Bad Request"), ("GET /", "200 OK")] {
+        let request = format!("{request} HTTP/1.1\r\nHost: web\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let response = bounded("response", read_until(&mut stream, "\r\n\r\n")).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "{response}"
+        );
+        assert!(!response.contains("plexus-error"), "{response}");
+    }
+    // The same connection, kept alive: now hyper answers.
+    stream
+        .write_all(b"GET /a b HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    let response = bounded("hyper's 400", read_until(&mut stream, "\r\n\r\n")).await;
+    assert!(
+        response.starts_with("HTTP/1.1 400 Bad Request\r\nplexus-error: bad-request\r\n"),
+        "{response}"
+    );
+    assert_eq!(upstream.requests(), 2);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without Host never reaches the app.
+#[tokio::test]
+async fn http11_requests_without_host_get_400_in_both_directions() {
+    let app = http_upstream(|_| async { ok() }).await;
+    let inbound = proxy()
+        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
+        .start()
+        .await;
+    let outbound = proxy().original_dst(app.addr).start().await;
+    for addr in [inbound.inbound_addr, outbound.outbound_addr] {
+        let response = bounded(
+            "no Host",
+            raw_exchange(addr, b"GET / HTTP/1.1\r\n\r\n", "\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert!(
+            response.contains("\r\nplexus-error: bad-request\r\n"),
+            "{response}"
+        );
+    }
+    assert_eq!(app.requests(), 0, "the app saw none");
+    // HTTP/1.0 has no such rule.
+    for addr in [inbound.inbound_addr, outbound.outbound_addr] {
+        let response = bounded(
+            "HTTP/1.0",
+            raw_exchange(addr, b"GET / HTTP/1.0\r\n\r\n", "\r\n\r\nok"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.0 200 "), "{response}");
+    }
+    assert_eq!(app.requests(), 2);
+}
+
+/// hyper's HTTP/1 client takes a GET for bodyless unless it is told the
+/// body is chunked: the body must reach the upstream whatever the path.
+#[tokio::test]
+async fn a_chunked_get_keeps_its_body() {
+    const CHUNKED_GET: &[u8] = b"GET /chunked HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\
+        Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let app = echo_upstream().await;
+
+    // Straight to an address (passthrough), and to a target (its `Logical`).
+    let passthrough = proxy().original_dst(app.addr).start().await;
+    let yaml = static_config(&[(&["web:80"], &[app.addr])]);
+    let logical = proxy().static_config(yaml).start().await;
+    // Between proxies over HTTP/2, then HTTP/1 again to the app.
+    let server = proxy()
+        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
+        .start()
+        .await;
+    let yaml = static_config_with(&[(&["web:80"], &[server.inbound_addr])], true);
+    let meshed = proxy().static_config(yaml).start().await;
+
+    for (addr, path) in [
+        (passthrough.outbound_addr, "passthrough"),
+        (logical.outbound_addr, "a target"),
+        (meshed.outbound_addr, "a meshed hop"),
+    ] {
+        let response = bounded(path, raw_exchange(addr, CHUNKED_GET, "abc")).await;
+        assert!(response.starts_with("HTTP/1.1 200 "), "{path}: {response}");
+        assert!(
+            response.ends_with("abc"),
+            "{path}: the body is lost: {response}"
+        );
+    }
+    assert_eq!(app.requests(), 3);
+}
+
+/// A retried chunked GET: every attempt carries the body.
+#[tokio::test]
+async fn a_retried_chunked_get_sends_its_body_on_every_attempt() {
+    let bodies = Arc::new(Mutex::new(Vec::new()));
+    let seen = bodies.clone();
+    let upstream = http_upstream(move |request: Request<Incoming>| {
+        let seen = seen.clone();
+        async move {
+            let body = request.into_body().collect().await.unwrap().to_bytes();
+            let mut seen = seen.lock().unwrap();
+            seen.push(body.clone());
+            // The first attempt fails, the retry is echoed.
+            let mut response = Response::new(full(body));
+            if seen.len() == 1 {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            response
+        }
+    })
     .await;
-    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    let yaml = format!(
+        r#"destinations:
+  - aliases: ["web:80"]
+    target:
+      name: "web.default.svc.cluster.local:80"
+      routes:
+        default_backend: web
+        http:
+          - name: "default/web"
+            rules:
+              - backends: [{{ backend: web }}]
+                retry: {{ attempts: 2, codes: [503], backoff_base_ms: 1, backoff_max_ms: 5 }}
+      backends:
+        backends:
+          web: {{ endpoints: [{{ address: "{}", ready: true }}] }}
+"#,
+        upstream.addr
+    );
+    let proxy = proxy().static_config(yaml).start().await;
+    let request = b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\
+        Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let response = bounded("retried", raw_exchange(proxy.outbound_addr, request, "abc")).await;
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(response.ends_with("abc"), "{response}");
+    assert_eq!(*bodies.lock().unwrap(), ["abc", "abc"]);
+}
+
+/// A chunk size that does not parse is the client's fault, on the path to a
+/// target (`Logical`) as on a passthrough: 400, and not an upstream failure
+/// in the metrics.
+#[tokio::test]
+async fn a_malformed_request_body_gets_400_not_an_upstream_error() {
+    const BAD_CHUNK: &[u8] = b"POST / HTTP/1.1\r\nHost: web\r\n\
+        Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nabc\r\n0\r\n\r\n";
+    let app = echo_upstream().await;
+    let yaml = static_config(&[(&["web:80"], &[app.addr])]);
+    let logical = proxy().static_config(yaml).start().await;
+    let passthrough = proxy().original_dst(app.addr).start().await;
+    for proxy in [&logical, &passthrough] {
+        let response = bounded(
+            "bad chunk",
+            raw_exchange(proxy.outbound_addr, BAD_CHUNK, "\r\n\r\n"),
+        )
+        .await;
+        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
+        assert!(
+            response.contains("\r\nplexus-error: bad-request\r\n"),
+            "{response}"
+        );
+        let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
+        let requests: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.starts_with("plexus_proxy_requests_total{"))
+            .collect();
+        assert_eq!(requests.len(), 1, "{metrics}");
+        assert!(requests[0].contains("status=\"400\""), "{}", requests[0]);
+    }
+}
+
+/// A client that sends its request and shuts its side down (as `nc -N`
+/// does) still gets the response.
+#[tokio::test]
+async fn a_half_closed_client_gets_its_response() {
+    let upstream = http_upstream(|_| async { ok() }).await;
+    let yaml = static_config(&[(&["web:80"], &[upstream.addr])]);
+    let proxy = proxy().static_config(yaml).start().await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.outbound_addr)
+        .await
+        .unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut response = String::new();
+    bounded("response", stream.read_to_string(&mut response))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200 "), "{response}");
+    assert!(response.ends_with("\r\n\r\nok"), "{response}");
 }
 
 #[tokio::test]
-async fn oversized_headers_get_431() {
+async fn oversized_headers_get_431_with_plexus_error() {
     let upstream = echo_upstream().await;
     let yaml = static_config(&[(&["web:80"], &[upstream.addr])]);
     let proxy = proxy()
@@ -302,14 +525,22 @@ async fn oversized_headers_get_431() {
         .env("PLEXUS_MAX_HEADER_BYTES", 16 * 1024)
         .start()
         .await;
+    // HTTP/1: hyper's 431, tagged.
     let big = "x".repeat(64 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: web\r\nx-big: {big}\r\n\r\n");
-    let response = raw_exchange(proxy.outbound_addr, request.as_bytes(), "\r\n\r\n").await;
-    assert!(response.starts_with("HTTP/1.1 431"), "{response}");
+    let response = bounded(
+        "h1 431",
+        raw_exchange(proxy.outbound_addr, request.as_bytes(), "\r\n\r\n"),
+    )
+    .await;
+    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
+    assert!(
+        response.contains("\r\nplexus-error: headers-too-large\r\n"),
+        "{response}"
+    );
 
-    // HTTP/2: a header list over the limit gets 431 (h2 sends it, then
-    // resets the stream). One far over it (h2: twice the limit) ends the
-    // connection with GOAWAY instead, to protect the HPACK decoder.
+    // HTTP/2: up to twice the limit h2 lets the proxy answer (beyond it, h2
+    // answers 431 itself and resets the stream; far beyond, GOAWAY).
     let mut client = http2(proxy.outbound_addr).await;
     let request = Request::builder()
         .uri("http://web/")
@@ -323,6 +554,18 @@ async fn oversized_headers_get_431() {
         response.status(),
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
     );
+    assert_eq!(response.headers()["plexus-error"], "headers-too-large");
+    // Just under the limit passes, on the same connection.
+    let request = Request::builder()
+        .uri("http://web/")
+        .header("x-big", "y".repeat(15 * 1024))
+        .body(body::empty())
+        .unwrap();
+    let response = bounded("h2 under", client.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.requests(), 1);
     // A normal request on a new connection still works.
     let mut client = http1(proxy.outbound_addr).await;
     let response = client.send_request(get("/", "web")).await.unwrap();

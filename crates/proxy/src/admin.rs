@@ -1,7 +1,9 @@
 //! The admin server: `/live`, `/ready`, `/metrics`, `/config`, `POST /shutdown`.
 //!
 //! It runs on its own thread with a single-threaded runtime, so scraping
-//! metrics never takes time from the data plane's workers.
+//! metrics never takes time from the data plane's workers. Its HTTP edge is
+//! the data plane's: the same head limit, `Host` required in HTTP/1.1, and
+//! hyper's own replies tagged with `plexus-error`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -14,8 +16,10 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::auto_reply::{Replies, TagAutoReplies};
 use crate::body::{self, Body};
 use crate::destinations::Destinations;
+use crate::http::{check_host, http1_buf_size};
 use crate::tls::{IdentityStatus, MeshTls};
 
 pub struct Admin {
@@ -28,10 +32,12 @@ pub struct Admin {
     pub shutdown: watch::Sender<bool>,
 }
 
-/// Serves on its own thread until `stop` changes or its sender is dropped.
+/// Serves on its own thread until `stop` changes or its sender is dropped;
+/// request heads over `max_header_bytes` get `431`.
 pub fn spawn(
     listener: std::net::TcpListener,
     admin: Arc<Admin>,
+    max_header_bytes: usize,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -57,14 +63,23 @@ pub fn spawn(
                         _ = stop.wait_for(|stop| *stop) => return,
                     };
                     let admin = admin.clone();
+                    let replies = Arc::new(Replies::default());
+                    let io = TagAutoReplies::new(stream, Some(replies.clone()));
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
-                            let response = handle(&admin, &request);
+                            replies.called();
+                            let response = match check_host(&request) {
+                                Ok(()) => handle(&admin, &request),
+                                Err(error) => error.into_response(false),
+                            };
                             async move { Ok::<_, Infallible>(response) }
                         });
                         let _ = hyper::server::conn::http1::Builder::new()
                             .timer(TokioTimer::new())
-                            .serve_connection(TokioIo::new(stream), service)
+                            .max_buf_size(http1_buf_size(max_header_bytes))
+                            .half_close(true)
+                            .writev(true)
+                            .serve_connection(TokioIo::new(io), service)
                             .await;
                     });
                 }

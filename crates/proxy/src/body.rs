@@ -1,8 +1,15 @@
 //! The one body type that flows through the proxy: boxed, streamed, never
 //! buffered whole (replay buffering for retries is bounded, in `logical`).
 
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
 use bytes::Bytes;
+use http_body::Body as _;
 use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use tokio::sync::Notify;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -86,5 +93,130 @@ impl<G: BodyGuard> http_body::Body for GuardedBody<G> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The client's HTTP/1 request body, watched for failing: a chunk size hyper
+/// cannot decode, a client gone mid-body. The request's upstream then fails
+/// too, because its request body broke; [`ClientBodyFailure::failed`] lets
+/// the proxy answer `400` first, and the upstream is not blamed.
+pub struct ClientBody {
+    inner: Incoming,
+    failure: Arc<ClientBodyFailure>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, failure: Arc<ClientBodyFailure>) -> Self {
+        Self { inner, failure }
+    }
+}
+
+/// How a client's request body failed. One per HTTP/1 connection: after a
+/// failed body hyper reads no further request from it.
+#[derive(Debug, Default)]
+pub struct ClientBodyFailure {
+    notify: Notify,
+    reason: OnceLock<String>,
+}
+
+impl ClientBodyFailure {
+    /// Waits for the body to fail; what went wrong.
+    pub async fn failed(&self) -> &str {
+        self.notify.notified().await;
+        self.reason.get().map_or("", String::as_str)
+    }
+
+    fn fail(&self, error: &hyper::Error) {
+        // hyper's own message is generic; its source says what was wrong.
+        let chain = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+        let reason = chain.map(ToString::to_string).collect::<Vec<_>>();
+        let _ = self.reason.set(reason.join(": "));
+        // Kept as a permit when nobody waits yet.
+        self.notify.notify_one();
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            self.failure.fail(error);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Keeps the body of a `GET` or `HEAD` of unknown length (sent chunked, or
+/// over HTTP/2 without `content-length`) on its way to an HTTP/1 upstream:
+/// hyper's HTTP/1 client takes these methods for bodyless and drops such a
+/// body unless the request says `transfer-encoding: chunked`.
+pub fn keep_unsized_body(request: &mut http::Request<Body>) {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let body = request.body();
+    let assumed_bodyless = matches!(*request.method(), http::Method::GET | http::Method::HEAD);
+    if assumed_bodyless
+        && !body.is_end_stream()
+        && body.size_hint().exact().is_none()
+        && !request.headers().contains_key(CONTENT_LENGTH)
+    {
+        request
+            .headers_mut()
+            .insert(TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::StreamBody;
+
+    use super::*;
+
+    fn request(method: &str, body: Body) -> http::Request<Body> {
+        http::Request::builder()
+            .method(method)
+            .body(body)
+            .expect("request")
+    }
+
+    /// A body of unknown length, as a chunked one arrives.
+    fn streamed() -> Body {
+        let frame = http_body::Frame::data(Bytes::from_static(b"abc"));
+        boxed(StreamBody::new(tokio_stream::iter([Ok::<
+            _,
+            std::convert::Infallible,
+        >(frame)])))
+    }
+
+    #[test]
+    fn only_gets_and_heads_of_unknown_length_are_marked_chunked() {
+        for (method, body, chunked) in [
+            ("GET", streamed(), true),
+            ("HEAD", streamed(), true),
+            ("GET", full("abc"), false),
+            ("GET", empty(), false),
+            // hyper chunks these itself.
+            ("POST", streamed(), false),
+        ] {
+            let mut request = request(method, body);
+            keep_unsized_body(&mut request);
+            let te = request.headers().get(http::header::TRANSFER_ENCODING);
+            assert_eq!(te.is_some(), chunked, "{method}");
+        }
     }
 }

@@ -1,14 +1,16 @@
 //! Serving HTTP on an accepted connection, the same in both directions:
-//! hyper-util's server (HTTP/1 with keep-alive and upgrades, HTTP/2), hop-by-hop
-//! headers stripped, each request proxied to its upstream, metered and traced.
-//! What differs by direction (policy, where a request goes) is a [`RequestPath`].
+//! hyper-util's server (HTTP/1 with keep-alive and upgrades, HTTP/2), heads
+//! checked, hop-by-hop headers stripped, each request proxied to its
+//! upstream, metered and traced. What differs by direction (policy, where a
+//! request goes) is a [`RequestPath`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -16,8 +18,10 @@ use plexus_core::Direction;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use crate::body::{self, Body};
+use crate::auto_reply::{Replies, TagAutoReplies};
+use crate::body::{self, Body, ClientBody, ClientBodyFailure};
 use crate::connect::EndpointClient;
+use crate::detect::Protocol;
 use crate::drain;
 use crate::error::ProxyError;
 use crate::hop_by_hop;
@@ -32,6 +36,9 @@ const MIN_HTTP1_BUF: usize = 8 * 1024;
 /// What every HTTP connection of a proxy shares.
 pub struct HttpShared {
     pub server: auto::Builder<TokioExecutor>,
+    /// `PLEXUS_MAX_HEADER_BYTES`; HTTP/2 heads are checked against it by
+    /// the proxy itself, HTTP/1 heads by hyper ([`HttpShared::server`]).
+    pub max_header_bytes: usize,
     pub client: Arc<dyn EndpointClient>,
     pub metrics: ProxyMetrics,
     pub idle_timeout: Duration,
@@ -40,9 +47,11 @@ pub struct HttpShared {
 }
 
 impl HttpShared {
-    /// hyper's server settings. Oversized heads are answered by hyper itself:
-    /// HTTP/1 with `431`, HTTP/2 with `431` then a stream reset (h2's choice),
-    /// both without `plexus-error` since no service sees the request.
+    /// hyper's server settings. An HTTP/1 head over `max_header_bytes` is
+    /// answered `431` by hyper, tagged on its way out ([`crate::auto_reply`]).
+    /// HTTP/2 gets twice the limit from h2, and the proxy answers heads
+    /// between the two itself (`431`, `plexus-error`); beyond that h2 answers
+    /// `431` itself, untagged, and far beyond it sends GOAWAY.
     ///
     /// `idle`: an HTTP/1 connection waiting longer than this for a request
     /// head (an idle keep-alive connection included) is closed. hyper's own
@@ -53,13 +62,43 @@ impl HttpShared {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(idle)
-            .max_buf_size(max_header_bytes.max(MIN_HTTP1_BUF));
+            .max_buf_size(http1_buf_size(max_header_bytes))
+            // A client that sent its request and shut its side down still
+            // gets the response.
+            .half_close(true)
+            // hyper's queued writes start each response head on a write of
+            // its own, where `TagAutoReplies` looks for hyper's replies.
+            .writev(true);
+        let h2_limit = max_header_bytes.saturating_mul(2);
         server
             .http2()
             .timer(TokioTimer::new())
             .adaptive_window(true)
-            .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(h2_limit).unwrap_or(u32::MAX));
         server
+    }
+}
+
+/// hyper's HTTP/1 read buffer, which bounds a request head: `max_header_bytes`.
+pub fn http1_buf_size(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(MIN_HTTP1_BUF)
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request has exactly one `Host` (the proxy and
+/// the app would otherwise disagree on where it goes); a server answers 400.
+pub fn check_host<B>(request: &Request<B>) -> Result<(), ProxyError> {
+    if request.version() != Version::HTTP_11 {
+        return Ok(());
+    }
+    let mut hosts = request.headers().get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => Ok(()),
+        (None, _) => Err(ProxyError::BadRequest(
+            "HTTP/1.1 request without Host".into(),
+        )),
+        (Some(_), Some(_)) => Err(ProxyError::BadRequest(
+            "HTTP/1.1 request with more than one Host".into(),
+        )),
     }
 }
 
@@ -88,17 +127,26 @@ pub trait RequestPath: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Upstream, ProxyError>> + Send;
 }
 
-/// Serves HTTP on `io` until the client closes, or the drain ends it.
-pub async fn serve<I, P>(io: I, shared: Arc<HttpShared>, path: P, mut drain: drain::Watch)
-where
+/// Serves HTTP on `io`, whose `protocol` detection found (HTTP/1 or HTTP/2),
+/// until the client closes, or the drain ends it.
+pub async fn serve<I, P>(
+    io: I,
+    protocol: Protocol,
+    shared: Arc<HttpShared>,
+    path: P,
+    mut drain: drain::Watch,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: RequestPath,
 {
+    let http1 = (protocol == Protocol::Http1).then(Http1::default);
+    let io = TagAutoReplies::new(io, http1.as_ref().map(|h| h.replies.clone()));
     let service = ProxyService(Arc::new(Connection {
         shared: shared.clone(),
         path,
         drain: drain.clone(),
         last_series: Mutex::new(None),
+        http1,
     }));
     let conn = shared
         .server
@@ -126,6 +174,17 @@ struct Connection<P> {
     drain: drain::Watch,
     /// The metrics series this connection's last response was recorded in.
     last_series: Mutex<Option<RequestSeries>>,
+    /// `None` for HTTP/2.
+    http1: Option<Http1>,
+}
+
+/// What an HTTP/1 connection's service shares with what hyper does around it.
+#[derive(Default)]
+struct Http1 {
+    /// Tells hyper's own replies from the service's.
+    replies: Arc<Replies>,
+    /// Tells a broken request body from a failing upstream.
+    client_body: Arc<ClientBodyFailure>,
 }
 
 struct ProxyService<P>(Arc<Connection<P>>);
@@ -142,6 +201,9 @@ impl<P: RequestPath> hyper::service::Service<Request<Incoming>> for ProxyService
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if let Some(http1) = &self.0.http1 {
+            http1.replies.called();
+        }
         let conn = self.0.clone();
         Box::pin(async move { Ok(conn.proxy(request).await) })
     }
@@ -151,14 +213,18 @@ impl<P: RequestPath> Connection<P> {
     async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(&request);
+        let connect = request.method() == Method::CONNECT;
+        // As the client sent it, before `received` undoes the previous hop.
+        let head = self.check_head(&request);
         let upgrade = hop_by_hop::wants_upgrade(request.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
         hop_by_hop::strip(request.headers_mut(), upgrade);
         self.path.received(&mut request);
         let (mut request, mut span) = self.start_span(request);
-        if let Err(error) = self.path.admit(&mut request, &mut span) {
-            // A refused client is a 403: not the server's failure, so the span
-            // only records the status (HTTP conventions for server spans).
+        if let Err(error) = head.and_then(|()| self.path.admit(&mut request, &mut span)) {
+            // A malformed head (400, 431) or a refused client (403): not the
+            // server's failure, so the span only records the status (HTTP
+            // conventions for server spans).
             let response = error.into_response(grpc);
             self.record(&UNKNOWN, &response, started);
             return end_span_with_body(span, response);
@@ -173,12 +239,22 @@ impl<P: RequestPath> Connection<P> {
                 return end_span_with_body(span, response);
             }
         };
-        let request = request.map(body::boxed);
-        let mut response = upstream
-            .send(self.shared.client.as_ref(), request, grpc, &mut span)
-            .await;
+        let mut response = match self.send(&upstream, request, grpc, &mut span).await {
+            Ok(response) => response,
+            // The client's fault again: the span records only the status.
+            Err(error) => {
+                let response = error.into_response(grpc);
+                self.record(upstream.name(), &response, started);
+                return end_span_with_body(span, response);
+            }
+        };
 
         let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let Some(http1) = &self.http1
+            && (switched || (connect && response.status().is_success()))
+        {
+            http1.replies.switching();
+        }
         match client_upgrade {
             Some(client) if switched => {
                 let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -194,6 +270,49 @@ impl<P: RequestPath> Connection<P> {
         hop_by_hop::strip(response.headers_mut(), switched);
         self.record(upstream.name(), &response, started);
         end_span_with_body(span, response)
+    }
+
+    /// Sends the request upstream for its response. On HTTP/1 the client's
+    /// body is watched: when it breaks first (a chunk size that does not
+    /// parse, the client gone), the upstream's failure that follows is not
+    /// its own, so the attempt is dropped (cancelled, as far as failure
+    /// accrual goes) and the client's fault answered. An HTTP/2 body that
+    /// fails resets its stream instead: no response is read.
+    async fn send(
+        &self,
+        upstream: &Upstream,
+        request: Request<Incoming>,
+        grpc: bool,
+        span: &mut RequestSpan,
+    ) -> Result<Response<Body>, ProxyError> {
+        let client = self.shared.client.as_ref();
+        let watched = self.http1.as_ref().map(|h| &h.client_body);
+        let Some(failure) = watched.filter(|_| !request.body().is_end_stream()) else {
+            return Ok(upstream
+                .send(client, request.map(body::boxed), grpc, span)
+                .await);
+        };
+        let request = request.map(|b| body::boxed(ClientBody::new(b, failure.clone())));
+        tokio::select! {
+            biased;
+            reason = failure.failed() => {
+                Err(ProxyError::BadRequest(format!("request body: {reason}")))
+            }
+            response = upstream.send(client, request, grpc, span) => Ok(response),
+        }
+    }
+
+    /// What the proxy requires of a head before it goes anywhere: one `Host`
+    /// in HTTP/1.1, HTTP/2 within the size limit (HTTP/1 heads over it never
+    /// reach the service).
+    fn check_head(&self, request: &Request<Incoming>) -> Result<(), ProxyError> {
+        check_host(request)?;
+        if request.version() == Version::HTTP_2
+            && h2_header_list_size(request) > self.shared.max_header_bytes
+        {
+            return Err(ProxyError::HeadersTooLarge);
+        }
+        Ok(())
     }
 
     /// The request's span (server span inbound, client span outbound), and
@@ -247,6 +366,29 @@ fn end_span_with_body(span: RequestSpan, response: Response<Body>) -> Response<B
     let (head, body) = response.into_parts();
     span.record_response(&head);
     Response::from_parts(head, body::boxed(SpanBody::new(body, span)))
+}
+
+/// The size HTTP/2 gives a request's header list (RFC 9113 §6.5.2: name,
+/// value and 32 per field, pseudo-header fields included), as h2 measures it
+/// against its own limit.
+fn h2_header_list_size<B>(request: &Request<B>) -> usize {
+    const PER_FIELD: usize = 32;
+    let uri = request.uri();
+    let pseudo = [
+        ":method".len() + request.method().as_str().len(),
+        ":scheme".len() + uri.scheme_str().map_or(0, str::len),
+        ":authority".len() + uri.authority().map_or(0, |a| a.as_str().len()),
+        ":path".len() + uri.path_and_query().map_or(0, |p| p.as_str().len()),
+    ];
+    let fields = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + PER_FIELD);
+    pseudo
+        .iter()
+        .map(|size| size + PER_FIELD)
+        .chain(fields)
+        .sum()
 }
 
 fn is_grpc<B>(request: &Request<B>) -> bool {

@@ -23,6 +23,7 @@ pub mod transport;
 
 mod accept;
 mod admin;
+mod auto_reply;
 mod detect;
 mod drain;
 mod hop_by_hop;

@@ -149,6 +149,7 @@ impl ProxyBuilder {
         ));
         let http = Arc::new(HttpShared {
             server: HttpShared::server(config.max_header_bytes, config.idle_timeout),
+            max_header_bytes: config.max_header_bytes,
             client,
             metrics,
             idle_timeout: config.idle_timeout,
@@ -188,7 +189,13 @@ impl ProxyBuilder {
             shutdown: shutdown.clone(),
         });
         let (stopped_tx, stopped) = watch::channel(false);
-        admin::spawn(admin_listener, admin.clone(), stopped).map_err(StartError::Admin)?;
+        admin::spawn(
+            admin_listener,
+            admin.clone(),
+            config.max_header_bytes,
+            stopped,
+        )
+        .map_err(StartError::Admin)?;
 
         let drain_timeout = config.drain_timeout;
         let (drained_tx, drained) = watch::channel(None);

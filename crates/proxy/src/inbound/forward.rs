@@ -78,7 +78,7 @@ pub(super) async fn forward<I>(
                 admission,
             };
             let io = PrefixedIo::new(prefix, io);
-            crate::http::serve(io, inbound.http.clone(), requests, drain).await;
+            crate::http::serve(io, protocol, inbound.http.clone(), requests, drain).await;
         }
         Protocol::Tls | Protocol::Opaque => {
             if let Admission::Refused(why) = admission {

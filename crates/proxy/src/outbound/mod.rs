@@ -81,7 +81,7 @@ impl Outbound {
         match protocol {
             Protocol::Http1 | Protocol::Http2 => {
                 let io = PrefixedIo::new(prefix, stream);
-                http::serve(io, self.http.clone(), route.requests, drain).await;
+                http::serve(io, protocol, self.http.clone(), route.requests, drain).await;
             }
             // The application's own TLS is opaque to the proxy.
             Protocol::Tls | Protocol::Opaque => {

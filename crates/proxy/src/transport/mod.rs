@@ -124,6 +124,9 @@ impl EndpointClient for HttpEndpointClient {
         // Upgrades (WebSocket) exist only in HTTP/1, so they stay HTTP/1 even to meshed endpoints.
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
         let http2 = !upgrade && (target.meshed || request.version() == Version::HTTP_2);
+        if !http2 {
+            body::keep_unsized_body(&mut request);
+        }
         if !http2 && request.version() == Version::HTTP_2 {
             *request.version_mut() = Version::HTTP_11;
         } else if http2 && request.version() != Version::HTTP_2 {
