@@ -69,6 +69,32 @@ struct Compiled {
     backends: HashMap<String, Arc<Backend>>,
 }
 
+/// What compiling `target` would skip or replace by a default (a route rule
+/// that does not compile, an unknown load balancer), each naming its field
+/// (`routes.http[0].rules[1]…`, `backends.backends["web"].resilience…`). A
+/// running `Logical` logs these and serves on; a static file is refused.
+pub fn check(target: &Target) -> Vec<String> {
+    let mut problems = target
+        .routes
+        .as_ref()
+        .map(RouteTable::check)
+        .unwrap_or_default();
+    for (name, backend) in target.backends.iter().flat_map(|t| &t.backends) {
+        let load_balancer = backend
+            .resilience
+            .as_ref()
+            .map_or("", |r| r.load_balancer.as_str());
+        if balance::Strategy::parse(load_balancer).is_none() {
+            problems.push(format!(
+                "backends.backends[{name:?}].resilience.load_balancer: unknown load balancer \
+                 {load_balancer:?} (expected {})",
+                balance::Strategy::NAMES
+            ));
+        }
+    }
+    problems
+}
+
 impl Logical {
     pub fn new(
         target: watch::Receiver<Arc<Target>>,
