@@ -1,5 +1,5 @@
 //! An in-process `plexus-proxy` (its `ProxyBuilder`) on 127.0.0.1 ephemeral
-//! ports, with a static destinations config.
+//! ports, with a static destinations config; the real binary's command.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -101,4 +101,32 @@ impl TestProxy {
         }
         running
     }
+}
+
+/// The real `plexus-proxy` binary on 127.0.0.1 ephemeral ports, reading its
+/// destinations from `static_config`, logging at `info`, with no other
+/// `PLEXUS_*` variable (none of the test's own environment); start it with
+/// [`crate::bins::Process::spawn`], which reads stdout and stderr alike.
+pub fn proxy_binary(static_config: &std::path::Path) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(crate::bins::bin("plexus-proxy"));
+    command
+        .env_clear()
+        .env("PLEXUS_OUTBOUND_ADDR", "127.0.0.1:0")
+        .env("PLEXUS_INBOUND_ADDR", "127.0.0.1:0")
+        .env("PLEXUS_ADMIN_ADDR", "127.0.0.1:0")
+        .env("PLEXUS_STATIC_CONFIG", static_config)
+        .env("PLEXUS_LOG", "info");
+    command
+}
+
+/// Waits (bounded) until the proxy's `/ready` answers 200: with mTLS, once
+/// it holds a certificate.
+pub async fn until_ready(proxy: &RunningProxy) {
+    crate::wait::within(crate::wait::BOUND, "the proxy's /ready", || async {
+        match crate::http::admin_get(proxy.admin_addr, "/ready").await.0 {
+            200 => Ok(()),
+            status => Err(format!("status {status}")),
+        }
+    })
+    .await;
 }

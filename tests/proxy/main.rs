@@ -1,5 +1,6 @@
 //! The proxy's integration tests: in-process proxies on loopback (HTTP, TCP,
-//! the admin server, mTLS, traces, the Destination client) and `Logical`
+//! the admin server, mTLS, traces, the Destination client), the real binary
+//! (its static file and environment) and `Logical`
 //! (routing, retries, timeouts, balancing, circuit breaking). One module per
 //! suite; the helpers are `plexus_tests`'.
 
@@ -12,5 +13,6 @@ mod logical_retries;
 mod logical_routing;
 mod logical_timeouts;
 mod mtls;
+mod static_file;
 mod tcp;
 mod tracing;

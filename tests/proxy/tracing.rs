@@ -1,6 +1,8 @@
 //! Traces of real requests through in-process proxies, exported over
-//! OTLP/gRPC into `plexusctl`'s receiver: the parent/child chain across two
-//! meshed hops, retries as attempt spans, traces started by the proxy that an
+//! OTLP/gRPC into `plexusctl`'s receiver (which decodes them with the
+//! official `opentelemetry-proto` types): the parent/child chain across two
+//! meshed hops, the HTTP semantic conventions' attributes over an mTLS hop,
+//! retries as attempt spans, traces started by the proxy that an
 //! application's own spans join, and a dead collector that costs nothing.
 
 use std::collections::HashMap;
@@ -22,6 +24,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use plexus_proxy::RunningProxy;
 use plexus_proxy::body::{self, Body};
+use plexus_tests::controller::{Authority, id};
 use plexus_tests::http::*;
 use plexus_tests::otlp;
 use plexus_tests::proxy::*;
@@ -51,7 +54,12 @@ async fn next_trace(receiver: &mut Receiver) -> Trace {
 
 /// A proxy of workload `workload` that exports to `receiver`.
 fn traced(receiver: &Receiver, workload: &str) -> TestProxy {
-    proxy()
+    traced_as(proxy(), receiver, workload)
+}
+
+/// `proxy` (a sidecar with an identity, say), exporting to `receiver` as `workload`.
+fn traced_as(proxy: TestProxy, receiver: &Receiver, workload: &str) -> TestProxy {
+    proxy
         .env("PLEXUS_OTLP_ENDPOINT", receiver.grpc_endpoint())
         .env("PLEXUS_WORKLOAD", workload)
         .env("PLEXUS_POD_NAMESPACE", "shop")
@@ -287,7 +295,16 @@ async fn two_meshed_hops_form_one_trace() {
         assert_eq!(span.service, service, "{what}");
         assert_eq!(span.kind, kind, "{what}");
         assert_eq!(span.attr_str("http.request.method"), Some("GET"), "{what}");
-        assert_eq!(span.attr_str("url.path"), Some(path), "{what}: no query");
+        match kind {
+            SpanKind::Server => {
+                assert_eq!(span.attr_str("url.path"), Some(path), "{what}: no query")
+            }
+            _ => {
+                let query = if path == "/checkout" { "?item=42" } else { "" };
+                let url = format!("http://{host}{path}{query}");
+                assert_eq!(span.attr_str("url.full"), Some(url.as_str()), "{what}");
+            }
+        }
         assert_eq!(span.attr_str("server.address"), Some(host), "{what}");
         assert_eq!(
             span.attr_i64("http.response.status_code"),
@@ -313,6 +330,121 @@ async fn two_meshed_hops_form_one_trace() {
         (trace_id.as_str(), parent.as_str(), flags.as_str()),
         (TRACE, c_in.span_id.as_str(), "01")
     );
+}
+
+/// app → proxy (outbound, client span) → mTLS → proxy (inbound, server
+/// span) → app, on a route that does not retry: both spans carry the HTTP
+/// conventions' required attributes (and the recommended ones the proxy
+/// knows), without the query in `url.path` or credentials in `url.full`, and
+/// the client span names the identity the server proved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mtls_hop_follows_the_http_semantic_conventions() {
+    let mut receiver = receiver().await;
+    let app = echo_upstream().await;
+    let ca = Authority::start(Duration::from_secs(3600)).await;
+    let (frontend, web) = (id("shop", "frontend"), id("shop", "web"));
+    let server = traced_as(ca.sidecar(&web), &receiver, "web")
+        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
+        .start()
+        .await;
+    let server_port = server.inbound_addr.port();
+    let target = format!(
+        r#"destinations:
+  - aliases: ["web:80"]
+    target:
+      name: web.shop.svc.cluster.local:80
+      routes: {{ default_backend: web }}
+      backends:
+        backends:
+          web: {{ endpoints: [{{ address: "{}", ready: true, meshed: true, identity: "{web}" }}] }}
+"#,
+        server.inbound_addr
+    );
+    let client = traced_as(ca.sidecar(&frontend), &receiver, "frontend")
+        .static_config(target)
+        .start()
+        .await;
+    until_ready(&server).await;
+    until_ready(&client).await;
+
+    let mut send = http1(client.outbound_addr).await;
+    let request = Request::builder()
+        .uri("/items/7?color=blue&sig=s3cr3t")
+        .header("host", "web:80")
+        .header("user-agent", "curl/8.5.0")
+        .header("traceparent", format!("00-{TRACE}-{CALLER_SPAN}-01"))
+        .body(body::empty())
+        .expect("request");
+    let answer = bounded("response", send.send_request(request))
+        .await
+        .expect("response");
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(answer.headers()["x-path"], "/items/7");
+    drop(send);
+    futures_util::future::join_all([client, server].map(stop)).await;
+
+    let trace = next_trace(&mut receiver).await;
+    assert_eq!(
+        trace.spans.len(),
+        2,
+        "no attempt spans without retries: {trace:#?}"
+    );
+    let out = trace.tops().next().expect("the client span");
+    let inbound = only_child(&trace, &out.span_id);
+
+    let text = |span: &Span, key: &str| span.attr_str(key).map(str::to_owned);
+    let int = |span: &Span, key: &str| span.attr_i64(key);
+    assert_eq!(
+        (out.kind, out.service.as_str()),
+        (SpanKind::Client, "frontend")
+    );
+    assert_eq!(out.name, "GET");
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("server.address", "web"),
+        ("url.full", "http://web:80/items/7?color=blue&sig=REDACTED"),
+        ("network.protocol.version", "1.1"),
+        ("network.peer.address", "127.0.0.1"),
+        ("plexus.server.identity", web.as_str()),
+    ] {
+        assert_eq!(
+            text(out, key).as_deref(),
+            Some(value),
+            "client span's {key}"
+        );
+    }
+    assert_eq!(int(out, "server.port"), Some(80));
+    assert_eq!(int(out, "http.response.status_code"), Some(200));
+    assert_eq!(
+        int(out, "network.peer.port"),
+        Some(i64::from(server_port)),
+        "the server proxy's inbound listener"
+    );
+    assert_eq!(out.attr("url.path"), None, "a server span's attribute");
+    assert_eq!(out.attr("error.type"), None);
+
+    assert_eq!(
+        (inbound.kind, inbound.service.as_str()),
+        (SpanKind::Server, "web")
+    );
+    for (key, value) in [
+        ("http.request.method", "GET"),
+        ("url.scheme", "http"),
+        ("url.path", "/items/7"),
+        ("url.query", "color=blue&sig=REDACTED"),
+        ("server.address", "web"),
+        ("user_agent.original", "curl/8.5.0"),
+        ("plexus.client.identity", frontend.as_str()),
+    ] {
+        assert_eq!(
+            text(inbound, key).as_deref(),
+            Some(value),
+            "server span's {key}"
+        );
+    }
+    assert_eq!(int(inbound, "server.port"), Some(80));
+    assert_eq!(int(inbound, "http.response.status_code"), Some(200));
+    assert_eq!(inbound.attr("url.full"), None, "a client span's attribute");
 }
 
 /// A 503 then a 200: the request span has one child per attempt.

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use plexus_api::v1::Target;
 use tokio::sync::watch;
@@ -89,32 +89,78 @@ pub fn authority_key(authority: &str) -> Option<String> {
     Some(key)
 }
 
-/// A fixed set of targets, each known under several aliases (the static file).
+/// A set of targets, each known under several aliases (the static file),
+/// replaced whole when the file changes.
 pub struct FixedDestinations {
+    table: RwLock<Table>,
+}
+
+#[derive(Default)]
+struct Table {
     by_key: HashMap<String, watch::Receiver<Arc<Target>>>,
-    targets: Vec<watch::Sender<Arc<Target>>>,
+    /// The current targets' names, in the file's order (for `/config`).
+    current: Vec<String>,
+    /// One channel per target name ever loaded, kept when a new version
+    /// drops the name: a `Logical` built for a name keeps its receiver, so a
+    /// name that comes back must reach it on the same channel. Bounded by the
+    /// names an operator wrote in the file.
+    channels: HashMap<String, watch::Sender<Arc<Target>>>,
 }
 
 impl FixedDestinations {
     /// `entries`: the aliases of each target and the target itself. Aliases
-    /// must already be normalised (see [`authority_key`]).
+    /// must already be normalised (see [`authority_key`]), target names unique.
     pub fn new(entries: Vec<(Vec<String>, Target)>) -> Self {
+        let destinations = Self {
+            table: RwLock::default(),
+        };
+        destinations.replace(entries);
+        destinations
+    }
+
+    /// Makes `entries` the targets: a target whose name was known before
+    /// changes under the `Logical`s that use it (and is not touched at all
+    /// when equal); an alias no longer listed resolves as not meshed.
+    pub fn replace(&self, entries: Vec<(Vec<String>, Target)>) {
+        let mut table = self.table.write().unwrap_or_else(|p| p.into_inner());
         let mut by_key = HashMap::new();
-        let mut targets = Vec::with_capacity(entries.len());
+        let mut current = Vec::with_capacity(entries.len());
         for (aliases, target) in entries {
-            let (tx, rx) = watch::channel(Arc::new(target));
+            let name = target.name.clone();
+            let rx = match table.channels.get(&name) {
+                Some(tx) => {
+                    tx.send_if_modified(|known| {
+                        let changed = **known != target;
+                        if changed {
+                            *known = Arc::new(target);
+                        }
+                        changed
+                    });
+                    tx.subscribe()
+                }
+                None => {
+                    let (tx, rx) = watch::channel(Arc::new(target));
+                    table.channels.insert(name.clone(), tx);
+                    rx
+                }
+            };
             for alias in aliases {
                 by_key.insert(alias, rx.clone());
             }
-            targets.push(tx);
+            current.push(name);
         }
-        Self { by_key, targets }
+        table.by_key = by_key;
+        table.current = current;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl DestinationSource for FixedDestinations {
     fn resolve<'a>(&'a self, key: &'a str) -> ResolveFuture<'a> {
-        let resolution = match self.by_key.get(key) {
+        let resolution = match self.read().by_key.get(key) {
             Some(rx) => Resolution::Meshed(rx.clone()),
             None => Resolution::NotMeshed,
         };
@@ -122,7 +168,13 @@ impl DestinationSource for FixedDestinations {
     }
 
     fn known(&self) -> Vec<Arc<Target>> {
-        self.targets.iter().map(|tx| tx.borrow().clone()).collect()
+        let table = self.read();
+        table
+            .current
+            .iter()
+            .filter_map(|name| table.channels.get(name))
+            .map(|tx| tx.borrow().clone())
+            .collect()
     }
 }
 
@@ -173,5 +225,73 @@ mod tests {
             Some(Resolution::NotMeshed)
         ));
         assert_eq!(destinations.known().len(), 1);
+    }
+
+    fn named(name: &str, backend: &str) -> Target {
+        Target {
+            name: name.into(),
+            routes: Some(plexus_api::v1::RouteTable {
+                default_backend: backend.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replaced_table_changes_targets_under_their_watchers() {
+        let source = FixedDestinations::new(vec![
+            (vec!["web:80".into()], named("web", "v1")),
+            (vec!["old:80".into()], named("old", "old")),
+        ]);
+        let Resolution::Meshed(mut web) = source.resolve("web:80").await else {
+            panic!("web:80 is known");
+        };
+        let Resolution::Meshed(mut old) = source.resolve("old:80").await else {
+            panic!("old:80 is known");
+        };
+        web.mark_unchanged();
+        old.mark_unchanged();
+
+        source.replace(vec![
+            (vec!["web:80".into(), "www:80".into()], named("web", "v2")),
+            (vec!["new:80".into()], named("new", "new")),
+        ]);
+        // The same channel: a `Logical` holding `web` sees the new version.
+        assert!(web.has_changed().unwrap());
+        assert_eq!(
+            web.borrow_and_update()
+                .routes
+                .as_ref()
+                .unwrap()
+                .default_backend,
+            "v2"
+        );
+        assert!(matches!(
+            source.resolve("www:80").await,
+            Resolution::Meshed(_)
+        ));
+        assert!(matches!(
+            source.resolve("old:80").await,
+            Resolution::NotMeshed
+        ));
+        assert!(matches!(
+            source.resolve("new:80").await,
+            Resolution::Meshed(_)
+        ));
+        let names: Vec<String> = source.known().iter().map(|t| t.name.clone()).collect();
+        assert_eq!(names, ["web", "new"]);
+
+        // An equal version is no change; a name that comes back reuses its channel.
+        source.replace(vec![
+            (vec!["web:80".into()], named("web", "v2")),
+            (vec!["old:80".into()], named("old", "back")),
+        ]);
+        assert!(!web.has_changed().unwrap());
+        assert!(old.has_changed().unwrap());
+        assert_eq!(
+            old.borrow().routes.as_ref().unwrap().default_backend,
+            "back"
+        );
     }
 }

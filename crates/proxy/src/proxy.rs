@@ -100,18 +100,15 @@ impl ProxyBuilder {
 
     pub async fn bind(self) -> Result<RunningProxy, StartError> {
         let config = self.config;
-        if !config.unknown_variables.is_empty() {
-            tracing::warn!(
-                variables = ?config.unknown_variables,
-                "unknown PLEXUS_* variables are ignored (a typo?)"
-            );
+        for unknown in &config.unknown_variables {
+            tracing::warn!("{unknown}");
         }
         let mesh = config.identity.as_ref().map(MeshTls::start).transpose()?;
         let controller = Controller::connect(&config, mesh.as_ref())?;
         let source = match (self.source, &controller, &config.static_config) {
             (Some(source), _, _) => source,
             (None, Some(controller), _) => controller.destinations.clone(),
-            (None, None, Some(path)) => Arc::new(static_config::load(path)?),
+            (None, None, Some(path)) => static_config::load_and_follow(path)?,
             (None, None, None) => Arc::new(FixedDestinations::new(Vec::new())),
         };
         let destinations = Destinations::new(source);

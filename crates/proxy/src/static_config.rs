@@ -12,16 +12,37 @@
 //!           web: { name: web.default.svc.cluster.local:80,
 //!                  endpoints: [{ address: "10.0.0.7:8080", ready: true }] }
 //! ```
+//!
+//! A version of the file is used only when all of it is good: no unknown
+//! field anywhere, values of the right types, valid and unique aliases and
+//! target names, endpoint addresses, backend references, and every route
+//! rule compiled as the proxy compiles it. Each problem names its field
+//! (`destinations[0].target.routes.http[0].rules[1].matches[0].path.type`),
+//! all of them at once (a value of the wrong type stops the reading, so
+//! only the first of those). A bad file stops the proxy at start.
+//!
+//! The file is polled for new versions, as the controller's file feed polls
+//! its file: a good one replaces the destinations (targets change under the
+//! connections that use them), a bad one is logged with its problems and the
+//! last good version stays in force.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
 
 use plexus_api::v1::Target;
 use serde::Deserialize;
 
 use crate::destinations::{FixedDestinations, authority_key};
+use crate::logical;
 
-/// The file could not be used; the message names the entry and the field.
+/// How often the file is checked for a new version.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// The file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum StaticConfigError {
     #[error("reading {path}: {source}")]
@@ -29,121 +50,290 @@ pub enum StaticConfigError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    /// Every problem found, each naming the entry and the field.
+    #[error("{path}: {}", list(.problems))]
+    Invalid { path: String, problems: Vec<String> },
 }
 
+/// One problem as is, several one per line.
+fn list(problems: &[String]) -> String {
+    match problems {
+        [one] => one.clone(),
+        all => {
+            let mut text = format!("{} problems:", all.len());
+            for problem in all {
+                // Writing into a String cannot fail.
+                let _ = write!(text, "\n  {problem}");
+            }
+            text
+        }
+    }
+}
+
+// No `deny_unknown_fields`: unknown fields are collected by `serde_ignored`,
+// all of them, here and inside the proto's types.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct File {
     #[serde(default)]
     destinations: Vec<Entry>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Entry {
     aliases: Vec<String>,
     target: Target,
 }
 
-/// Reads and checks the file at `path`.
-pub fn load(path: &Path) -> Result<FixedDestinations, StaticConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StaticConfigError::Read {
+/// The targets of a good file, each with its normalised aliases.
+pub type Entries = Vec<(Vec<String>, Target)>;
+
+/// Reads and checks the file at `path`, then keeps following it: a new good
+/// version replaces the destinations, a bad one is logged and ignored. The
+/// following ends when the destinations are dropped. Must run inside the
+/// tokio runtime.
+pub fn load_and_follow(path: &Path) -> Result<Arc<FixedDestinations>, StaticConfigError> {
+    // The version before the text: a write in between is seen at the next poll.
+    let version = std::fs::metadata(path).map(|m| Version::of(&m)).ok();
+    let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
+    let entries = check(path, &bytes)?;
+    let destinations = Arc::new(FixedDestinations::new(entries));
+    tokio::spawn(follow(
+        path.to_owned(),
+        version,
+        Arc::downgrade(&destinations),
+    ));
+    Ok(destinations)
+}
+
+fn read_error(path: &Path, source: std::io::Error) -> StaticConfigError {
+    StaticConfigError::Read {
         path: path.display().to_string(),
         source,
-    })?;
-    parse(&text).map_err(|message| StaticConfigError::Invalid {
+    }
+}
+
+/// `bytes` (the file at `path`) checked.
+fn check(path: &Path, bytes: &[u8]) -> Result<Entries, StaticConfigError> {
+    let problems = match std::str::from_utf8(bytes) {
+        Ok(text) => match parse(text) {
+            Ok(entries) => return Ok(entries),
+            Err(problems) => problems,
+        },
+        Err(e) => vec![format!("not UTF-8 text: {e}")],
+    };
+    Err(StaticConfigError::Invalid {
         path: path.display().to_string(),
-        message,
+        problems,
     })
 }
 
-/// Parses the file's text; the error names the entry and field at fault.
-pub fn parse(text: &str) -> Result<FixedDestinations, String> {
-    let file: File = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+/// What tells one version of the file from the next without reading it: a
+/// write in place changes the modification time (and the status change
+/// time, even within one tick of a coarse clock), a rename over the file
+/// (editors, a Kubernetes ConfigMap's symlink swap) the inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Version {
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+    inode: u64,
+}
+
+impl Version {
+    fn of(metadata: &std::fs::Metadata) -> Version {
+        Version {
+            modified: metadata.modified().ok(),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+            len: metadata.len(),
+            inode: metadata.ino(),
+        }
+    }
+}
+
+/// Polls the file every [`POLL_INTERVAL`] while `destinations` lives and
+/// applies each new good version. Each refusal is logged once per version;
+/// an unreadable file once until it is readable again.
+async fn follow(path: PathBuf, mut seen: Option<Version>, destinations: Weak<FixedDestinations>) {
+    let mut interval = tokio::time::interval(POLL_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut unreadable = false;
+    loop {
+        interval.tick().await;
+        let Some(destinations) = destinations.upgrade() else {
+            return;
+        };
+        let read = async {
+            let version = Version::of(&tokio::fs::metadata(&path).await?);
+            if seen == Some(version) {
+                return Ok(None);
+            }
+            let bytes = tokio::fs::read(&path).await?;
+            Ok::<_, std::io::Error>(Some((version, bytes)))
+        };
+        let (version, bytes) = match read.await {
+            Ok(Some(new)) => new,
+            Ok(None) => continue,
+            Err(error) => {
+                if !std::mem::replace(&mut unreadable, true) {
+                    tracing::warn!(path = %path.display(), %error,
+                        "static file: cannot read it; keeping the last good destinations");
+                }
+                // Read again whatever comes back, even the same version.
+                seen = None;
+                continue;
+            }
+        };
+        unreadable = false;
+        seen = Some(version);
+        match check(&path, &bytes) {
+            Ok(entries) => {
+                let targets = entries.len();
+                destinations.replace(entries);
+                tracing::info!(path = %path.display(), targets, "static file: new version applied");
+            }
+            Err(error) => tracing::warn!(%error,
+                "static file: new version refused; keeping the last good destinations"),
+        }
+    }
+}
+
+/// Parses and checks the file's text; every problem names the entry and
+/// field at fault.
+pub fn parse(text: &str) -> Result<Entries, Vec<String>> {
+    if text.trim().is_empty() {
+        // What an editor writing in place leaves for a moment.
+        return Err(vec![
+            "the file is empty (`destinations: []` is a file without destinations)".to_owned(),
+        ]);
+    }
+    let mut problems = Vec::new();
+    let parsed: Result<File, _> =
+        serde_ignored::deserialize(serde_yaml::Deserializer::from_str(text), |path| {
+            problems.push(format!("{}: unknown field", field_path(&path)));
+        });
+    let file = match parsed {
+        Ok(file) => file,
+        Err(e) => {
+            problems.push(e.to_string());
+            return Err(problems);
+        }
+    };
     let mut entries = Vec::with_capacity(file.destinations.len());
-    let mut seen = std::collections::HashSet::new();
+    let mut seen_aliases = std::collections::HashSet::new();
+    let mut seen_names = std::collections::HashMap::new();
     for (i, entry) in file.destinations.into_iter().enumerate() {
         let at = format!("destinations[{i}]");
         let mut aliases = Vec::with_capacity(entry.aliases.len());
         for (j, alias) in entry.aliases.iter().enumerate() {
-            let key = authority_key(alias).ok_or_else(|| {
-                format!("{at}.aliases[{j}]: {alias:?} is not host:port or ip:port")
-            })?;
-            if !seen.insert(key.clone()) {
-                return Err(format!("{at}.aliases[{j}]: {alias:?} is already used"));
+            match authority_key(alias) {
+                None => problems.push(format!(
+                    "{at}.aliases[{j}]: {alias:?} is not host:port or ip:port"
+                )),
+                Some(key) if !seen_aliases.insert(key.clone()) => {
+                    problems.push(format!("{at}.aliases[{j}]: {alias:?} is already used"))
+                }
+                Some(key) => aliases.push(key),
             }
-            aliases.push(key);
         }
         let mut target = entry.target;
-        if aliases.is_empty() {
-            return Err(format!("{at}.aliases: at least one alias is required"));
+        match entry.aliases.first() {
+            None => problems.push(format!("{at}.aliases: at least one alias is required")),
+            Some(first) if target.name.is_empty() => target.name = first.clone(),
+            Some(_) => {}
         }
-        if target.name.is_empty() {
-            target.name = entry.aliases[0].clone();
+        // Connections share one `Logical` per target name.
+        if let Some(other) = seen_names.insert(target.name.clone(), i) {
+            problems.push(format!(
+                "{at}.target.name: {:?} is already the name of destinations[{other}]",
+                target.name
+            ));
         }
-        check_target(&target).map_err(|e| format!("{at}.target.{e}"))?;
+        problems.extend(
+            check_target(&target)
+                .into_iter()
+                .map(|e| format!("{at}.target.{e}")),
+        );
         entries.push((aliases, target));
     }
-    Ok(FixedDestinations::new(entries))
+    if problems.is_empty() {
+        Ok(entries)
+    } else {
+        Err(problems)
+    }
 }
 
-/// Checks what the proxy would otherwise only discover per request.
-fn check_target(target: &Target) -> Result<(), String> {
-    let backends = target
-        .backends
-        .as_ref()
-        .map(|t| &t.backends)
-        .filter(|b| !b.is_empty())
-        .ok_or("backends.backends: at least one backend is required")?;
+/// `destinations[0].target.routes.retriez`: a path as the file spells it.
+fn field_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+/// What the proxy would otherwise only discover per request, or skip.
+fn check_target(target: &Target) -> Vec<String> {
+    let mut problems = Vec::new();
+    let backends = target.backends.as_ref().map(|t| &t.backends);
+    let Some(backends) = backends.filter(|b| !b.is_empty()) else {
+        return vec!["backends.backends: at least one backend is required".to_owned()];
+    };
     for (name, backend) in backends {
         for (k, endpoint) in backend.endpoints.iter().enumerate() {
-            endpoint.address.parse::<SocketAddr>().map_err(|_| {
-                format!(
+            if endpoint.address.parse::<SocketAddr>().is_err() {
+                problems.push(format!(
                     "backends.backends[{name:?}].endpoints[{k}].address: {:?} is not ip:port",
                     endpoint.address
-                )
-            })?;
+                ));
+            }
         }
     }
     let routes = target.routes.clone().unwrap_or_default();
     let known = |backend: &str| backends.contains_key(backend);
     if !routes.default_backend.is_empty() && !known(&routes.default_backend) {
-        return Err(format!(
+        problems.push(format!(
             "routes.default_backend: {:?} is not in backends.backends",
             routes.default_backend
         ));
     }
-    let http = routes.http.iter().map(|r| {
-        (
-            &r.name,
-            r.rules.iter().map(|r| &r.backends).collect::<Vec<_>>(),
-        )
-    });
-    let grpc = routes.grpc.iter().map(|r| {
-        (
-            &r.name,
-            r.rules.iter().map(|r| &r.backends).collect::<Vec<_>>(),
-        )
-    });
-    for (route, rules) in http.chain(grpc) {
+    let http = routes
+        .http
+        .iter()
+        .map(|r| r.rules.iter().map(|r| &r.backends).collect::<Vec<_>>());
+    let grpc = routes
+        .grpc
+        .iter()
+        .map(|r| r.rules.iter().map(|r| &r.backends).collect::<Vec<_>>());
+    let kinds = http
+        .enumerate()
+        .map(|(i, rules)| ("http", i, rules))
+        .chain(grpc.enumerate().map(|(i, rules)| ("grpc", i, rules)));
+    for (kind, i, rules) in kinds {
         for (r, refs) in rules.iter().enumerate() {
-            if let Some(missing) = refs.iter().find(|b| !known(&b.backend)) {
-                return Err(format!(
-                    "routes[{route:?}].rules[{r}].backends: {:?} is not in backends.backends",
-                    missing.backend
-                ));
+            for (b, reference) in refs.iter().enumerate() {
+                if !known(&reference.backend) {
+                    problems.push(format!(
+                        "routes.{kind}[{i}].rules[{r}].backends[{b}].backend: {:?} is not in backends.backends",
+                        reference.backend
+                    ));
+                }
             }
         }
     }
-    Ok(())
+    problems.extend(logical::check(target));
+    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::destinations::DestinationSource;
 
     const GOOD: &str = r#"
 destinations:
@@ -162,12 +352,16 @@ destinations:
           canary: { endpoints: [{ address: "127.0.0.1:8081", ready: true }] }
 "#;
 
+    fn problems(text: &str) -> Vec<String> {
+        parse(text).expect_err("the file is refused")
+    }
+
     #[test]
     fn a_good_file_is_read_in_the_protos_shape() {
-        let source = parse(GOOD).unwrap();
-        let known = source.known();
-        assert_eq!(known.len(), 1);
-        let target = &known[0];
+        let entries = parse(GOOD).unwrap();
+        assert_eq!(entries.len(), 1);
+        let (aliases, target) = &entries[0];
+        assert_eq!(aliases[1], "web:80");
         // An empty name defaults to the first alias.
         assert_eq!(target.name, "web.default.svc.cluster.local:80");
         let routes = target.routes.as_ref().unwrap();
@@ -179,37 +373,131 @@ destinations:
     #[test]
     fn errors_name_the_entry_and_field() {
         let bad_addr = GOOD.replace("127.0.0.1:8081", "not-an-address");
-        let err = parse(&bad_addr).err().unwrap();
-        assert!(
-            err.contains(
-                "destinations[0].target.backends.backends[\"canary\"].endpoints[0].address"
-            ),
-            "{err}"
+        assert_eq!(
+            problems(&bad_addr),
+            [
+                "destinations[0].target.backends.backends[\"canary\"].endpoints[0].address: \
+              \"not-an-address\" is not ip:port"
+            ]
         );
 
         let bad_ref = GOOD.replace("backend: canary", "backend: nope");
-        let err = parse(&bad_ref).err().unwrap();
-        assert!(
-            err.contains("destinations[0].target.routes[\"default/web-split\"].rules[0].backends"),
-            "{err}"
+        assert_eq!(
+            problems(&bad_ref),
+            [
+                "destinations[0].target.routes.http[0].rules[0].backends[1].backend: \
+              \"nope\" is not in backends.backends"
+            ]
         );
 
         let bad_alias = GOOD.replace("\"web\",", "\"web:port\",");
-        let err = parse(&bad_alias).err().unwrap();
-        assert!(err.contains("destinations[0].aliases[1]"), "{err}");
-
-        let bad_type = GOOD.replace("weight: 90", "weight: lots");
-        let err = parse(&bad_type).err().unwrap();
+        let found = problems(&bad_alias);
         assert!(
-            err.contains("destinations[0].target.routes.http[0].rules[0].backends[0].weight"),
-            "{err}"
+            found[0].starts_with("destinations[0].aliases[1]: "),
+            "{found:?}"
         );
 
-        let typo = GOOD.replace("aliases:", "alias:");
-        let err = parse(&typo).err().unwrap();
+        let bad_type = GOOD.replace("weight: 90", "weight: lots");
+        let found = problems(&bad_type);
         assert!(
-            err.contains("destinations[0]") && err.contains("alias"),
-            "{err}"
+            found[0].contains("destinations[0].target.routes.http[0].rules[0].backends[0].weight"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn every_unknown_field_is_named_with_its_path() {
+        let typos = GOOD
+            .replace(
+                "default_backend: web",
+                "default_backend: web\n        retriez: 3",
+            )
+            .replace(
+                "ready: true }] }\n          canary",
+                "ready: true, zone_: a }] }\n          canary",
+            )
+            .replace("aliases:", "alias: []\n    aliases:");
+        assert_eq!(
+            problems(&typos),
+            [
+                "destinations[0].alias: unknown field",
+                "destinations[0].target.routes.retriez: unknown field",
+                "destinations[0].target.backends.backends.web.endpoints[0].zone_: unknown field",
+            ]
+        );
+
+        // A missing required field, and the unknown one that was meant.
+        let found = problems(&GOOD.replace("aliases:", "alias:"));
+        assert_eq!(found[0], "destinations[0].alias: unknown field");
+        assert!(found[1].contains("missing field `aliases`"), "{found:?}");
+    }
+
+    #[test]
+    fn every_rule_is_compiled_and_all_problems_come_at_once() {
+        let bad = GOOD
+            .replace("type: PathPrefix", "type: Prefix")
+            .replace("backend: canary", "backend: nope")
+            .replace(
+                "canary: { endpoints",
+                "canary: { resilience: { load_balancer: random }, endpoints",
+            );
+        let found = problems(&bad);
+        assert_eq!(found.len(), 3, "{found:#?}");
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "destinations[0].target.routes.http[0].rules[0].matches[0].path.type: \
+                 unknown path match type \"Prefix\""
+            )),
+            "{found:#?}"
+        );
+        assert!(
+            found.iter().any(|p| p.starts_with(
+                "destinations[0].target.backends.backends[\"canary\"].resilience.load_balancer: "
+            )),
+            "{found:#?}"
+        );
+        assert!(
+            found
+                .iter()
+                .any(|p| p.contains("routes.http[0].rules[0].backends[1].backend")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn an_empty_file_and_a_shared_target_name_are_refused() {
+        assert!(problems("")[0].contains("empty"));
+        assert!(problems(" \n")[0].contains("empty"));
+        assert!(parse("destinations: []").unwrap().is_empty());
+
+        let twice = r#"
+destinations:
+  - aliases: ["a:80"]
+    target: { name: shared, backends: { backends: { b: { endpoints: [] } } } }
+  - aliases: ["b:80", "A:80"]
+    target: { name: shared, backends: { backends: { b: { endpoints: [] } } } }
+  - aliases: []
+    target: { backends: { backends: { b: { endpoints: [] } } } }
+"#;
+        assert_eq!(
+            problems(twice),
+            [
+                "destinations[1].aliases[1]: \"A:80\" is already used",
+                "destinations[1].target.name: \"shared\" is already the name of destinations[0]",
+                "destinations[2].aliases: at least one alias is required",
+            ]
+        );
+    }
+
+    #[test]
+    fn several_problems_are_listed_one_per_line() {
+        let error = StaticConfigError::Invalid {
+            path: "/etc/plexus/static.yaml".into(),
+            problems: vec!["a: bad".into(), "b: worse".into()],
+        };
+        assert_eq!(
+            error.to_string(),
+            "/etc/plexus/static.yaml: 2 problems:\n  a: bad\n  b: worse"
         );
     }
 }

@@ -5,13 +5,14 @@
 //! mutating the process environment. Every bad value is reported at once
 //! (each naming the variable, its value and what was expected), and the
 //! proxy refuses to start; a set `PLEXUS_*` variable the proxy does not know
-//! is only warned about.
+//! is only warned about, with the known name it is nearest to.
 
 mod env;
 mod identity;
 mod inbound_policy;
 mod reader;
 mod telemetry;
+mod unknown;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use plexus_api::v1::ServerPolicy;
 
 pub use env::{Env, ProcessEnv};
+pub use unknown::UnknownVariable;
 
 use crate::ports::PortSet;
 use crate::telemetry::TelemetryConfig;
@@ -142,7 +144,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     /// Set `PLEXUS_*` variables the proxy does not read (typos, most
     /// likely): warned about at start, not refused.
-    pub unknown_variables: Vec<String>,
+    pub unknown_variables: Vec<UnknownVariable>,
 }
 
 /// Ports of server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis,
@@ -194,7 +196,7 @@ impl Config {
             pod_name: r.optional("PLEXUS_POD_NAME", "a pod name"),
             service_account: r.optional("PLEXUS_SERVICE_ACCOUNT", "a service account"),
             telemetry: telemetry::read(r),
-            unknown_variables: unknown_variables(env),
+            unknown_variables: unknown::unknown_variables(env),
         };
         reader.finish()?;
         Ok(config)
@@ -238,17 +240,6 @@ fn log_filter(r: &mut Reader) -> String {
         r.bad("PLEXUS_LOG", filter.clone(), "a tracing filter");
     }
     filter
-}
-
-/// Set `PLEXUS_*` variables not in [`VARIABLES`], sorted.
-fn unknown_variables(env: &dyn Env) -> Vec<String> {
-    let mut unknown: Vec<String> = env
-        .names()
-        .into_iter()
-        .filter(|name| name.starts_with("PLEXUS_") && !VARIABLES.contains(&name.as_str()))
-        .collect();
-    unknown.sort_unstable();
-    unknown
 }
 
 /// `host:port` with a non-empty host and a valid port.

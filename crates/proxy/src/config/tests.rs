@@ -142,9 +142,17 @@ fn unknown_plexus_variables_are_listed_not_refused() {
         ("HOME", "/root"),
     ])
     .unwrap();
+    let unknown: Vec<(&str, Option<&str>)> = config
+        .unknown_variables
+        .iter()
+        .map(|u| (u.name.as_str(), u.nearest))
+        .collect();
     assert_eq!(
-        config.unknown_variables,
-        ["PLEXUS_DETECT_TIMEOUT", "PLEXUS_INBOUND_MTLS_MOD"]
+        unknown,
+        [
+            ("PLEXUS_DETECT_TIMEOUT", Some("PLEXUS_DETECT_TIMEOUT_MS")),
+            ("PLEXUS_INBOUND_MTLS_MOD", Some("PLEXUS_INBOUND_MTLS_MODE")),
+        ]
     );
     assert_eq!(
         config.inbound_policy.mtls_mode, "permissive",

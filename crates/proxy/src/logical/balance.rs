@@ -126,18 +126,26 @@ pub enum Strategy {
 }
 
 impl Strategy {
+    /// The `Resilience.load_balancer` names, for error messages.
+    pub const NAMES: &str = "p2c-ewma (the default) or round-robin";
+
     /// From `Resilience.load_balancer`: "round-robin", else P2C (the default).
     pub fn from_name(name: &str) -> Strategy {
+        Strategy::parse(name).unwrap_or_else(|| {
+            tracing::warn!(
+                load_balancer = name,
+                "unknown load_balancer, using p2c-ewma"
+            );
+            Strategy::PeakEwmaP2c
+        })
+    }
+
+    /// `None` for a name that is not one of [`Strategy::NAMES`].
+    pub fn parse(name: &str) -> Option<Strategy> {
         match name {
-            "round-robin" => Strategy::RoundRobin(AtomicUsize::new(0)),
-            "" | "p2c-ewma" => Strategy::PeakEwmaP2c,
-            other => {
-                tracing::warn!(
-                    load_balancer = other,
-                    "unknown load_balancer, using p2c-ewma"
-                );
-                Strategy::PeakEwmaP2c
-            }
+            "round-robin" => Some(Strategy::RoundRobin(AtomicUsize::new(0))),
+            "" | "p2c-ewma" => Some(Strategy::PeakEwmaP2c),
+            _ => None,
         }
     }
 }

@@ -36,7 +36,7 @@ use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
 use self::routes::{RouteTable, Rule};
 use crate::body::{self, Body};
-use crate::connect::EndpointClient;
+use crate::connect::{EndpointClient, EndpointTarget};
 use crate::error::ProxyError;
 use crate::telemetry::{AttemptSpan, RequestSpan};
 
@@ -67,6 +67,32 @@ struct Compiled {
     source: Arc<Target>,
     routes: RouteTable,
     backends: HashMap<String, Arc<Backend>>,
+}
+
+/// What compiling `target` would skip or replace by a default (a route rule
+/// that does not compile, an unknown load balancer), each naming its field
+/// (`routes.http[0].rules[1]…`, `backends.backends["web"].resilience…`). A
+/// running `Logical` logs these and serves on; a static file is refused.
+pub fn check(target: &Target) -> Vec<String> {
+    let mut problems = target
+        .routes
+        .as_ref()
+        .map(RouteTable::check)
+        .unwrap_or_default();
+    for (name, backend) in target.backends.iter().flat_map(|t| &t.backends) {
+        let load_balancer = backend
+            .resilience
+            .as_ref()
+            .map_or("", |r| r.load_balancer.as_str());
+        if balance::Strategy::parse(load_balancer).is_none() {
+            problems.push(format!(
+                "backends.backends[{name:?}].resilience.load_balancer: unknown load balancer \
+                 {load_balancer:?} (expected {})",
+                balance::Strategy::NAMES
+            ));
+        }
+    }
+    problems
 }
 
 impl Logical {
@@ -270,7 +296,8 @@ async fn send_with_retries(
         // Known to exceed the replay limit: exactly one attempt, streamed, no copy.
         Err(body) => {
             let request = Request::from_parts(parts, body);
-            let outcome = attempt(backend, rule, request, deadline, None).await;
+            let trace = Some(AttemptTrace::Request(&*span));
+            let outcome = attempt(backend, rule, request, deadline, trace).await;
             return final_result(outcome, backend);
         }
     };
@@ -281,7 +308,7 @@ async fn send_with_retries(
     let mut retry_reason: Option<String> = None;
     loop {
         let request = rebuild(&parts, body::boxed(replay.clone()));
-        let trace = span.is_recording().then_some(AttemptTrace {
+        let trace = span.is_recording().then_some(AttemptTrace::Own {
             span: &mut *span,
             n: attempts,
             reason: retry_reason.as_deref(),
@@ -316,12 +343,36 @@ async fn send_with_retries(
 }
 
 /// Where an attempt goes in the request's trace.
-struct AttemptTrace<'a> {
-    span: &'a mut RequestSpan,
-    /// 1 for the first try.
-    n: u32,
-    /// Why this attempt is a retry.
-    reason: Option<&'a str>,
+enum AttemptTrace<'a> {
+    /// A span of its own, child of the request's (a route that retries).
+    Own {
+        span: &'a mut RequestSpan,
+        /// 1 for the first try.
+        n: u32,
+        /// Why this attempt is a retry.
+        reason: Option<&'a str>,
+    },
+    /// The request's only attempt: its span records the endpoint.
+    Request(&'a RequestSpan),
+}
+
+impl AttemptTrace<'_> {
+    /// The attempt's span, once its endpoint is known.
+    fn start(
+        self,
+        endpoint: &EndpointTarget,
+        headers: &mut http::HeaderMap,
+    ) -> Option<AttemptSpan> {
+        match self {
+            AttemptTrace::Own { span, n, reason } => {
+                Some(span.attempt(n, reason, endpoint, headers))
+            }
+            AttemptTrace::Request(span) => {
+                span.set_endpoint(endpoint);
+                None
+            }
+        }
+    }
 }
 
 /// One attempt on one endpoint, within the per-try timeout; its outcome feeds
@@ -349,14 +400,7 @@ async fn attempt(
         }
     }
     let picked = backend.pick().map_err(|_| AttemptFailure::NoEndpoints)?;
-    let attempt_span = trace.map(|t| {
-        t.span.attempt(
-            t.n,
-            t.reason,
-            &picked.endpoint.target,
-            request.headers_mut(),
-        )
-    });
+    let attempt_span = trace.and_then(|t| t.start(&picked.endpoint.target, request.headers_mut()));
     let in_flight = InFlight {
         backend,
         picked,

@@ -205,10 +205,10 @@ async fn two_hops_with_a_retry_form_one_trace() {
     assert_eq!(request.service, "frontend");
     assert_eq!(request.attr_str("http.request.method"), Some("GET"));
     assert_eq!(
-        request.attr_str("url.path"),
-        Some("/api/items"),
-        "no query string"
+        request.attr_str("url.full"),
+        Some("http://backend.shop:8080/api/items?secret=1")
     );
+    assert_eq!(request.attr_str("url.path"), None, "a server attribute");
     assert_eq!(request.attr_str("http.route"), Some("/api/items"));
     assert_eq!(request.attr_str("server.address"), Some("backend.shop"));
     assert_eq!(request.attr_i64("server.port"), Some(8080));
@@ -236,6 +236,17 @@ async fn two_hops_with_a_retry_form_one_trace() {
         Some("status 503")
     );
     assert_eq!(attempts[1].attr_i64("http.request.resend_count"), Some(1));
+    for key in ["http.request.method", "server.address", "url.full"] {
+        assert_eq!(
+            attempts[1].attr(key),
+            request.attr(key),
+            "attempts repeat {key}"
+        );
+    }
+    assert_eq!(
+        attempts[1].attr_str("plexus.server.identity"),
+        Some("spiffe://cluster.local/ns/shop/sa/backend")
+    );
 
     let server: Vec<_> = trace.children(&second_attempt_id).collect();
     assert_eq!(

@@ -125,7 +125,8 @@ fn compile_match(m: &proto::HttpMatch, field: &str) -> Result<HttpMatcher, Strin
         "RegularExpression" => PathMatcher::Regex(full_match_regex(&path.value, &path_field)?),
         other => {
             return Err(format!(
-                "{path_field}.type: unknown path match type {other:?}"
+                "{path_field}.type: unknown path match type {other:?} \
+                 (expected Exact, PathPrefix or RegularExpression)"
             ));
         }
     };

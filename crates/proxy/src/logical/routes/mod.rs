@@ -70,9 +70,29 @@ trait Matcher {
 
 impl RouteTable {
     /// Compiles `table`; a rule that cannot be compiled is skipped with an
-    /// error naming the route and field. `default_backend` serves requests
+    /// error naming the route and field (a controller's update is never
+    /// refused whole for one bad rule). `default_backend` serves requests
     /// that match nothing.
     pub fn compile(table: &proto::RouteTable, default_backend: &str) -> RouteTable {
+        let (compiled, problems) = Self::compile_checked(table, default_backend);
+        for problem in problems {
+            tracing::error!(route = %problem.route, error = %problem.message, "route rule skipped");
+        }
+        compiled
+    }
+
+    /// Every rule of `table` that cannot be compiled, each naming its field
+    /// (`routes.http[0].rules[1].matches[0].path.type: …`): what a static
+    /// file is checked against before the proxy starts.
+    pub fn check(table: &proto::RouteTable) -> Vec<String> {
+        let (_, problems) = Self::compile_checked(table, "");
+        problems.into_iter().map(|p| p.message).collect()
+    }
+
+    fn compile_checked(
+        table: &proto::RouteTable,
+        default_backend: &str,
+    ) -> (RouteTable, Vec<Problem>) {
         let default = Arc::new(Rule {
             label: RouteLabel(Arc::from("default")),
             split: BackendSplit::single(default_backend),
@@ -88,11 +108,13 @@ impl RouteTable {
             .grpc
             .iter()
             .map(|r| (r.name.as_str(), r.rules.as_slice()));
-        RouteTable {
-            http: candidates("http", http, default_backend),
-            grpc: candidates("grpc", grpc, default_backend),
+        let mut problems = Vec::new();
+        let compiled = RouteTable {
+            http: candidates("http", http, default_backend, &mut problems),
+            grpc: candidates("grpc", grpc, default_backend, &mut problems),
             default,
-        }
+        };
+        (compiled, problems)
     }
 
     /// The rule for `request`: gRPC requests try GRPCRoutes first, then
@@ -107,17 +129,26 @@ impl RouteTable {
     }
 }
 
+/// A rule that cannot be compiled: its route's name and what is wrong, the
+/// field named by its place in the table.
+struct Problem {
+    route: String,
+    message: String,
+}
+
 /// The compiled rules of `routes`, most specific first; equal precedence
-/// keeps route order, then rule order (the sort is stable).
+/// keeps route order, then rule order (the sort is stable). Rules that
+/// cannot be compiled go to `problems`.
 fn candidates<'a, R: ProtoRule + 'a>(
     kind: &str,
     routes: impl Iterator<Item = (&'a str, &'a [R])>,
     default_backend: &str,
+    problems: &mut Vec<Problem>,
 ) -> Vec<Candidate<R::Matcher>> {
     let mut candidates = Vec::new();
-    for (name, rules) in routes {
+    for (i, (name, rules)) in routes.enumerate() {
         for (r, rule) in rules.iter().enumerate() {
-            let field = format!("routes.{kind}[{name}].rules[{r}]");
+            let field = format!("routes.{kind}[{i}].rules[{r}]");
             match rule.matchers(&field) {
                 Ok(matchers) => {
                     let compiled = Arc::new(Rule::new(name, rule, default_backend));
@@ -126,7 +157,10 @@ fn candidates<'a, R: ProtoRule + 'a>(
                         rule: compiled.clone(),
                     }));
                 }
-                Err(error) => tracing::error!(%error, "route rule skipped"),
+                Err(message) => problems.push(Problem {
+                    route: name.to_owned(),
+                    message,
+                }),
             }
         }
     }
@@ -219,7 +253,9 @@ impl ValueMatcher {
         match kind {
             "" | "Exact" => Ok(ValueMatcher::Exact(value.to_owned())),
             "RegularExpression" => full_match_regex(value, field).map(ValueMatcher::Regex),
-            other => Err(format!("{field}.type: unknown match type {other:?}")),
+            other => Err(format!(
+                "{field}.type: unknown match type {other:?} (expected Exact or RegularExpression)"
+            )),
         }
     }
 
@@ -342,6 +378,47 @@ mod tests {
         )]);
         assert_eq!(t.http.len(), 1);
         assert_eq!(backend(&t, get("/x")), "fine");
+    }
+
+    #[test]
+    fn check_names_every_bad_rule_by_its_place_in_the_table() {
+        let mut bad_header = rule(vec![m(None)], "bad-header");
+        bad_header.matches[0].headers = vec![header("Exact", "bad header", "x")];
+        let table = proto::RouteTable {
+            http: vec![
+                route("shop/fine", vec![rule(vec![], "fine")]),
+                route(
+                    "shop/broken",
+                    vec![
+                        rule(vec![m(path("PathPrefix", "/"))], "fine"),
+                        rule(vec![m(path("Prefix", "/api"))], "prefix"),
+                        rule(vec![m(path("RegularExpression", "/(unclosed"))], "regex"),
+                        bad_header,
+                    ],
+                ),
+            ],
+            ..Default::default()
+        };
+        let problems = RouteTable::check(&table);
+        assert_eq!(problems.len(), 3, "{problems:#?}");
+        assert!(
+            problems[0].starts_with("routes.http[1].rules[1].matches[0].path.type: ")
+                && problems[0].contains("\"Prefix\"")
+                && problems[0].contains("PathPrefix"),
+            "{}",
+            problems[0]
+        );
+        assert!(
+            problems[1].starts_with("routes.http[1].rules[2].matches[0].path.value: "),
+            "{}",
+            problems[1]
+        );
+        assert!(
+            problems[2].starts_with("routes.http[1].rules[3].matches[0].headers[0].name: "),
+            "{}",
+            problems[2]
+        );
+        assert!(RouteTable::check(&proto::RouteTable::default()).is_empty());
     }
 
     #[test]
