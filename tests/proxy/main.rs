@@ -1,7 +1,7 @@
 //! The proxy's integration tests: in-process proxies on loopback (HTTP, h2c
-//! applications, TCP, the admin server, mTLS, traces, the Destination
-//! client) and `Logical` (routing, retries, timeouts, balancing, circuit
-//! breaking). One module per suite; the helpers are `plexus_tests`'.
+//! applications and HTTP/2 floods, TCP, the admin server, mTLS, traces, the
+//! Destination client) and `Logical` (routing, retries, timeouts, balancing,
+//! circuit breaking). One module per suite; the helpers are `plexus_tests`'.
 
 mod admin;
 mod control;

@@ -25,6 +25,7 @@ mod accept;
 mod admin;
 mod detect;
 mod drain;
+mod h2_flood;
 mod hop_by_hop;
 mod http;
 mod metrics;
