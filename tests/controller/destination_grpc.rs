@@ -1,7 +1,9 @@
 //! The Destination API over real gRPC on loopback, with a tonic client from
 //! `plexus-api`: snapshot then deltas, not-meshed targets, server policies,
-//! and a slow watcher that does not hold up the others.
+//! a slow watcher that does not hold up the others, and HTTP/2 clients that
+//! flood PINGs or SETTINGS without reading, closed by the port's keep-alive.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +12,10 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use plexus_api::v1::destination_client::DestinationClient;
 use plexus_api::v1::{DestinationUpdate, ServerRequest, WatchRequest};
 use plexus_controller::destination::DestinationService;
-use plexus_controller::grpc::{self, GrpcTransport};
+use plexus_controller::grpc::{self, GrpcTransport, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
 use plexus_controller::metrics::Metrics;
 use plexus_discovery::index::{IndexConfig, SharedIndex};
+use plexus_tests::h2_frames::{GOAWAY, NO_ERROR, PING, SETTINGS, flood, frame, frames};
 use serde_json::json;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -20,12 +23,21 @@ use tonic::transport::Channel;
 const BOUND: Duration = Duration::from_secs(20);
 
 async fn start(index: SharedIndex) -> DestinationClient<Channel> {
+    connect(serve(index).await).await
+}
+
+/// The gRPC port, plaintext, over `index`.
+async fn serve(index: SharedIndex) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = tonic::service::Routes::new(
         DestinationService::new(index, Arc::new(Metrics::new())).into_server(),
     );
     tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Plaintext));
+    addr
+}
+
+async fn connect(addr: SocketAddr) -> DestinationClient<Channel> {
     DestinationClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
@@ -194,4 +206,36 @@ async fn a_slow_watcher_skips_to_the_latest_and_holds_up_no_one() {
             "the slow watcher replayed every intermediate state"
         );
     }
+}
+
+#[tokio::test]
+async fn control_frame_floods_are_closed_by_the_keepalive_and_quiet_watches_are_not() {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(service());
+    let addr = serve(index.clone()).await;
+    let mut client = connect(addr).await;
+    let mut quiet = watch(&mut client, "web:80").await;
+    assert!(next(&mut quiet).await.snapshot);
+
+    // h2 answers every PING and SETTINGS (or stalls once the socket is
+    // full); the keep-alive ping goes unanswered and closes the connection.
+    let bound = (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT) * 2;
+    let ping = frame(PING, 0, 0, b"flooding");
+    let settings = frame(SETTINGS, 0, 0, &[]);
+    let (pings, settings) = tokio::join!(
+        flood(addr, &ping, 200_000, bound),
+        flood(addr, &settings, 200_000, bound)
+    );
+    for flooded in [pings, settings] {
+        // An orderly close ends with GOAWAY; a reset (replies unread) has none to check.
+        if flooded.end.is_ok() {
+            let frames = frames(&flooded.bytes);
+            let last = frames.last().expect("frames");
+            assert_eq!((last.kind, last.error_code()), (GOAWAY, Some(NO_ERROR)));
+        }
+    }
+
+    // The watch, quiet for longer than the keep-alive's bound, still gets changes.
+    index.lock().apply(slice(&["10.0.0.1".to_string()]));
+    assert_eq!(endpoint_count(&next(&mut quiet).await), Some(1));
 }

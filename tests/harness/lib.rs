@@ -7,6 +7,7 @@
 //! - [`wait`]: bounded waits and polling.
 //! - [`temp`]: per-test temporary directories.
 //! - [`http`]: HTTP clients (one connection, raw exchanges, admin GETs).
+//! - [`h2_frames`]: raw HTTP/2 frames (floods no client library would send).
 //! - [`upstream`]: small servers on loopback (HTTP/1 + h2 + gRPC + upgrades, TCP).
 //! - [`proxy`]: an in-process `plexus-proxy` with a static config.
 //! - [`logical`]: a `Logical` (routes, backends, resilience) over a static target.
@@ -19,6 +20,7 @@
 pub mod apiserver;
 pub mod bins;
 pub mod controller;
+pub mod h2_frames;
 pub mod http;
 pub mod logical;
 pub mod netns;

@@ -1,11 +1,13 @@
 //! Small servers on loopback for the tests to send traffic to: an HTTP server
 //! (HTTP/1 with upgrades such as WebSocket, HTTP/2 and so gRPC, on one port)
-//! counting connections and requests, an echoing one, and a TCP one.
+//! counting connections and requests, an echoing one, the same speaking only
+//! HTTP/2 (an h2c application), and a TCP one.
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -14,6 +16,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -44,6 +47,30 @@ impl Upstream {
 
 /// Serves every request with `handler` (HTTP/1 with upgrades, HTTP/2).
 pub async fn http_upstream<H, F, B>(handler: H) -> Upstream
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    serve_upstream(handler, false).await
+}
+
+/// Serves every request with `handler` over HTTP/2 with prior knowledge only
+/// (h2c), as gRPC servers do: an HTTP/1 request fails the connection.
+pub async fn h2c_upstream<H, F, B>(handler: H) -> Upstream
+where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn StdError + Send + Sync>>,
+{
+    serve_upstream(handler, true).await
+}
+
+async fn serve_upstream<H, F, B>(handler: H, http2_only: bool) -> Upstream
 where
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<B>> + Send + 'static,
@@ -84,9 +111,16 @@ where
                         Ok::<_, Infallible>(response)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
+                let (server, io) = (
+                    auto::Builder::new(TokioExecutor::new()),
+                    TokioIo::new(stream),
+                );
+                // Upgrades are HTTP/1's, so serving them would accept HTTP/1.
+                let _ = if http2_only {
+                    server.http2_only().serve_connection(io, service).await
+                } else {
+                    server.serve_connection_with_upgrades(io, service).await
+                };
             });
         }
     });
@@ -106,25 +140,44 @@ pub fn status(code: u16) -> Response<Full<Bytes>> {
 }
 
 /// Answers with a description of the request it got, and echoes its body.
-/// Headers: `x-version`, `x-host`, `x-path`, `x-upstream` (its own address).
+/// Headers: `x-version`, `x-host` (the URI's authority, else `Host`),
+/// `x-host-header` (`Host` itself, `-` if none), `x-path`, `x-upstream` (its
+/// own address).
 pub async fn echo_upstream() -> Upstream {
     let own = Arc::new(OnceLock::<SocketAddr>::new());
-    let own2 = own.clone();
-    let upstream = http_upstream(move |request: Request<Incoming>| {
-        let own = own2.clone();
-        async move {
+    let upstream = http_upstream(echo(own.clone())).await;
+    let _ = own.set(upstream.addr);
+    upstream
+}
+
+/// [`echo_upstream`] speaking only HTTP/2 ([`h2c_upstream`]).
+pub async fn h2c_echo_upstream() -> Upstream {
+    let own = Arc::new(OnceLock::<SocketAddr>::new());
+    let upstream = h2c_upstream(echo(own.clone())).await;
+    let _ = own.set(upstream.addr);
+    upstream
+}
+
+type EchoFuture = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+
+/// The handler of the echoing upstreams; `own` is filled once bound.
+fn echo(
+    own: Arc<OnceLock<SocketAddr>>,
+) -> impl Fn(Request<Incoming>) -> EchoFuture + Send + Sync + 'static {
+    move |request: Request<Incoming>| {
+        let own = own.clone();
+        Box::pin(async move {
             let version = format!("{:?}", request.version());
+            let host_header = request
+                .headers()
+                .get("host")
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned);
             let host = request
                 .uri()
                 .authority()
                 .map(|a| a.to_string())
-                .or_else(|| {
-                    request
-                        .headers()
-                        .get("host")
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                })
+                .or_else(|| host_header.clone())
                 .unwrap_or_default();
             let path = request.uri().path().to_owned();
             let body = request
@@ -136,6 +189,7 @@ pub async fn echo_upstream() -> Upstream {
             Response::builder()
                 .header("x-version", version)
                 .header("x-host", host)
+                .header("x-host-header", host_header.as_deref().unwrap_or("-"))
                 .header("x-path", path)
                 .header(
                     "x-upstream",
@@ -143,11 +197,8 @@ pub async fn echo_upstream() -> Upstream {
                 )
                 .body(Full::new(body))
                 .expect("echo response")
-        }
-    })
-    .await;
-    let _ = own.set(upstream.addr);
-    upstream
+        })
+    }
 }
 
 /// Once `request`'s upgrade (WebSocket, say) completes, echoes every byte

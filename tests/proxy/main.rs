@@ -1,11 +1,12 @@
-//! The proxy's integration tests: in-process proxies on loopback (HTTP, TCP,
-//! the admin server, mTLS, traces, the Destination client), the real binary
-//! (its static file and environment) and `Logical`
-//! (routing, retries, timeouts, balancing, circuit breaking). One module per
-//! suite; the helpers are `plexus_tests`'.
+//! The proxy's integration tests: in-process proxies on loopback (HTTP, h2c
+//! applications and HTTP/2 floods, TCP, the admin server, mTLS, traces, the
+//! Destination client), the real binary (its static file and environment) and
+//! `Logical` (routing, retries, timeouts, balancing, circuit breaking). One
+//! module per suite; the helpers are `plexus_tests`'.
 
 mod admin;
 mod control;
+mod h2;
 mod http;
 mod logical_balancing;
 mod logical_circuit;

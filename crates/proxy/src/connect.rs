@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use http::{Request, Response};
+use plexus_api::v1::Target;
 
 use crate::body::Body;
 
@@ -20,6 +21,39 @@ pub struct EndpointTarget {
     pub identity: Option<String>,
     /// The endpoint runs a Plexus proxy: use mTLS + HTTP/2 to its inbound port.
     pub meshed: bool,
+    /// What the application behind the endpoint speaks, from its target's hint.
+    pub protocol: AppProtocol,
+}
+
+/// The HTTP version an application is known to speak: its target's
+/// `ProtocolHint` (the static file's `protocol`, or the Service port's
+/// `appProtocol` through the Destination API). The hint is the target's, so
+/// it holds for every backend of a traffic split.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum AppProtocol {
+    /// Nothing known ("detect", no hint): the application gets the client's version.
+    #[default]
+    AsRequested,
+    /// "http1": HTTP/1.1 only; HTTP/2 requests are translated.
+    Http1,
+    /// "http2": HTTP/2 with prior knowledge (h2c in plaintext); HTTP/1 requests are translated.
+    Http2,
+}
+
+impl AppProtocol {
+    pub fn of(target: &Target) -> AppProtocol {
+        match target.protocol.as_ref().map(|hint| hint.protocol.as_str()) {
+            Some("http1") => AppProtocol::Http1,
+            Some("http2") => AppProtocol::Http2,
+            // An "opaque" target never carries HTTP requests.
+            None | Some("" | "detect" | "opaque") => AppProtocol::AsRequested,
+            Some(unknown) => {
+                tracing::warn!(target = %target.name, protocol = unknown,
+                    "unknown protocol hint, the application gets the client's HTTP version");
+                AppProtocol::AsRequested
+            }
+        }
+    }
 }
 
 /// Why a single attempt failed before a response arrived.

@@ -26,6 +26,7 @@ mod admin;
 mod auto_reply;
 mod detect;
 mod drain;
+mod h2_flood;
 mod hop_by_hop;
 mod http;
 mod metrics;

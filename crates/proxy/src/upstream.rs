@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{Request, Response};
 
 use crate::body::Body;
-use crate::connect::{EndpointClient, EndpointTarget, SendError};
+use crate::connect::{AppProtocol, EndpointClient, EndpointTarget, SendError};
 use crate::error::ProxyError;
 use crate::logical::Logical;
 use crate::telemetry::RequestSpan;
@@ -25,6 +25,10 @@ pub enum Upstream {
 }
 
 impl Upstream {
+    /// Straight to `addr`, whose protocol no hint names: the inbound's
+    /// application gets what the client proxy left (see
+    /// `crate::transport::ORIG_PROTO_HEADER`), an unmeshed destination what
+    /// the app sent.
     pub fn passthrough(addr: SocketAddr) -> Self {
         Self::Passthrough {
             name: Arc::from(addr.to_string()),
@@ -32,6 +36,7 @@ impl Upstream {
                 addr,
                 identity: None,
                 meshed: false,
+                protocol: AppProtocol::AsRequested,
             }),
         }
     }

@@ -13,7 +13,7 @@ use super::accrual::{AccrualPolicy, Transition};
 use super::balance::{Balancer, Picked, Strategy};
 use super::concurrency::ConcurrencyLimit;
 use super::metrics::{BackendLabels, EjectionMetrics, LogicalMetrics, RetryReason};
-use crate::connect::EndpointClient;
+use crate::connect::{AppProtocol, EndpointClient};
 use crate::error::ProxyError;
 
 #[derive(Debug)]
@@ -41,6 +41,7 @@ impl Backend {
         name: &str,
         proto: &proto::Backend,
         previous: Option<&Backend>,
+        protocol: AppProtocol,
         client: &Arc<dyn EndpointClient>,
         metrics: &LogicalMetrics,
     ) -> Backend {
@@ -61,7 +62,7 @@ impl Backend {
             labels,
             metrics: metrics.clone(),
         };
-        backend.update_endpoints(proto, client);
+        backend.update_endpoints(proto, protocol, client);
         backend
     }
 
@@ -70,8 +71,15 @@ impl Backend {
         self.resilience == proto.resilience
     }
 
-    pub fn update_endpoints(&self, proto: &proto::Backend, client: &Arc<dyn EndpointClient>) {
-        self.balancer.update(&self.name, &proto.endpoints, client);
+    /// `protocol`: what the target's hint says its applications speak.
+    pub fn update_endpoints(
+        &self,
+        proto: &proto::Backend,
+        protocol: AppProtocol,
+        client: &Arc<dyn EndpointClient>,
+    ) {
+        self.balancer
+            .update(&self.name, &proto.endpoints, protocol, client);
         self.count_ejected();
     }
 
@@ -228,6 +236,7 @@ mod tests {
             "b",
             &proto_backend(&[1, 2, 3, 4, 5]),
             None,
+            AppProtocol::AsRequested,
             &client,
             &metrics,
         );
@@ -256,7 +265,7 @@ mod tests {
             .map(|e| e.target.addr.port())
             .expect("an ejected endpoint");
         let kept: Vec<u16> = (1..=5).filter(|p| *p != gone).collect();
-        backend.update_endpoints(&proto_backend(&kept), &client);
+        backend.update_endpoints(&proto_backend(&kept), AppProtocol::AsRequested, &client);
         assert_eq!(ejected_gauge(&metrics).get(), 1);
         backend.retire();
         assert_eq!(ejected_gauge(&metrics).get(), 0);

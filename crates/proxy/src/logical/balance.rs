@@ -23,7 +23,7 @@ use tower::load::{CompleteOnResponse, Load, PeakEwma};
 
 use super::accrual::Accrual;
 use crate::body::Body;
-use crate::connect::{EndpointClient, EndpointTarget, ResponseFuture, SendError};
+use crate::connect::{AppProtocol, EndpointClient, EndpointTarget, ResponseFuture, SendError};
 
 /// Latency assumed for an endpoint before it has answered (Linkerd's default).
 const DEFAULT_RTT: Duration = Duration::from_millis(30);
@@ -181,13 +181,15 @@ impl Balancer {
             .clone()
     }
 
-    /// Replaces the endpoint set. Endpoints present before (same address,
-    /// identity and meshing) keep their state; a malformed address is skipped
-    /// with an error naming it.
+    /// Replaces the endpoint set, whose applications speak `protocol`.
+    /// Endpoints present before (same address, identity, meshing and
+    /// protocol) keep their state; a malformed address is skipped with an
+    /// error naming it.
     pub fn update(
         &self,
         backend: &str,
         endpoints: &[plexus_api::v1::Endpoint],
+        protocol: AppProtocol,
         client: &Arc<dyn EndpointClient>,
     ) {
         let known: HashMap<EndpointTarget, Arc<Endpoint>> = self
@@ -210,6 +212,7 @@ impl Balancer {
                 addr,
                 identity: (!proto.identity.is_empty()).then(|| proto.identity.clone()),
                 meshed: proto.meshed,
+                protocol,
             };
             if ready.iter().any(|e| e.target == target) {
                 continue;
@@ -320,6 +323,7 @@ mod tests {
         b.update(
             "b",
             &[endpoint(1, true), endpoint(2, false), endpoint(3, true)],
+            AppProtocol::AsRequested,
             &client(),
         );
         let ports: Vec<u16> = (0..4)
@@ -333,16 +337,31 @@ mod tests {
         let b = Balancer::new(Strategy::PeakEwmaP2c, None);
         let mut bad = endpoint(1, true);
         bad.address = "not-an-address".into();
-        b.update("b", &[bad, endpoint(2, false)], &client());
+        b.update(
+            "b",
+            &[bad, endpoint(2, false)],
+            AppProtocol::AsRequested,
+            &client(),
+        );
         assert!(b.pick(Instant::now()).is_none());
     }
 
     #[tokio::test]
     async fn updates_keep_the_state_of_unchanged_endpoints() {
         let b = Balancer::new(Strategy::PeakEwmaP2c, None);
-        b.update("b", &[endpoint(1, true), endpoint(2, true)], &client());
+        b.update(
+            "b",
+            &[endpoint(1, true), endpoint(2, true)],
+            AppProtocol::AsRequested,
+            &client(),
+        );
         let before = b.current().ready[0].clone();
-        b.update("b", &[endpoint(3, true), endpoint(1, true)], &client());
+        b.update(
+            "b",
+            &[endpoint(3, true), endpoint(1, true)],
+            AppProtocol::AsRequested,
+            &client(),
+        );
         let after = b.current();
         assert_eq!(after.ready.len(), 2);
         assert!(after.ready.iter().any(|e| Arc::ptr_eq(e, &before)));
@@ -363,6 +382,7 @@ mod tests {
             b.update(
                 "b",
                 &[endpoint(1, true), endpoint(2, true), endpoint(3, true)],
+                AppProtocol::AsRequested,
                 &client(),
             );
             let ejected = b.current().ready[0].clone();
@@ -383,7 +403,12 @@ mod tests {
     #[tokio::test]
     async fn p2c_prefers_the_endpoint_with_less_pending_work() {
         let b = Balancer::new(Strategy::PeakEwmaP2c, None);
-        b.update("b", &[endpoint(1, true), endpoint(2, true)], &client());
+        b.update(
+            "b",
+            &[endpoint(1, true), endpoint(2, true)],
+            AppProtocol::AsRequested,
+            &client(),
+        );
         // Requests in flight on endpoint 1 (their futures are not yet polled).
         let busy = b.current().ready[0].clone();
         let pending: Vec<_> = (0..5)

@@ -36,7 +36,7 @@ use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
 use self::routes::{RouteTable, Rule};
 use crate::body::{self, Body};
-use crate::connect::{EndpointClient, EndpointTarget};
+use crate::connect::{AppProtocol, EndpointClient, EndpointTarget};
 use crate::error::ProxyError;
 use crate::telemetry::{AttemptSpan, RequestSpan};
 
@@ -187,12 +187,13 @@ impl Compiled {
         metrics: &LogicalMetrics,
     ) -> Compiled {
         let mut backends = HashMap::new();
+        let protocol = AppProtocol::of(&source);
         if let Some(table) = &source.backends {
             for (name, proto) in &table.backends {
                 let known = previous.and_then(|p| p.backends.get(name));
                 let backend = match known {
                     Some(known) if known.same_resilience(proto) => {
-                        known.update_endpoints(proto, client);
+                        known.update_endpoints(proto, protocol, client);
                         known.clone()
                     }
                     _ => Arc::new(Backend::new(
@@ -200,6 +201,7 @@ impl Compiled {
                         name,
                         proto,
                         known.map(|b| &**b),
+                        protocol,
                         client,
                         metrics,
                     )),

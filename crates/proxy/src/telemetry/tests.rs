@@ -10,7 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::connect::EndpointTarget;
+use crate::connect::{AppProtocol, EndpointTarget};
 
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
@@ -100,6 +100,7 @@ fn endpoint_target(addr: &str) -> EndpointTarget {
         addr: addr.parse().expect("literal address"),
         identity: Some("spiffe://cluster.local/ns/shop/sa/backend".into()),
         meshed: true,
+        protocol: AppProtocol::AsRequested,
     }
 }
 

@@ -6,7 +6,10 @@
 //! upstream sees the `Host` / `:authority` the app sent, while pooling stays
 //! per endpoint. Meshed endpoints get HTTP/2, over mTLS when this proxy has
 //! an identity and the Destination API announced the endpoint's (the server
-//! must prove exactly that identity); others get the protocol of the request.
+//! must prove exactly that identity); others get the protocol their target's
+//! hint names ([`AppProtocol`]: h2c for `http2`), else that of the request.
+//! Between proxies, `plexus-orig-proto` tells the inbound proxy that its
+//! application gets HTTP/1; without it the application gets HTTP/2.
 
 mod connector;
 mod mesh_io;
@@ -23,13 +26,14 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use plexus_identity::SpiffeId;
 
 use crate::body::{self, Body};
-use crate::connect::{EndpointClient, EndpointTarget, ResponseFuture, SendError};
+use crate::connect::{AppProtocol, EndpointClient, EndpointTarget, ResponseFuture, SendError};
 use crate::tls::{MeshTls, TlsMetrics};
 use connector::EndpointConnector;
 pub use connector::{MeshConnect, connect_mesh};
 
-/// Set on an HTTP/1 request carried over HTTP/2 between proxies (meshed
-/// endpoints always get HTTP/2); the inbound proxy removes it and speaks
+/// Set on a request carried over HTTP/2 between proxies (meshed endpoints
+/// always get HTTP/2) for an application that gets HTTP/1 (the client spoke
+/// HTTP/1, or the hint says `http1`); the inbound proxy removes it and speaks
 /// HTTP/1 to its application again.
 pub const ORIG_PROTO_HEADER: &str = "plexus-orig-proto";
 
@@ -121,37 +125,82 @@ impl HttpEndpointClient {
 
 impl EndpointClient for HttpEndpointClient {
     fn send(&self, target: &EndpointTarget, mut request: Request<Body>) -> ResponseFuture {
-        // Upgrades (WebSocket) exist only in HTTP/1, so they stay HTTP/1 even to meshed endpoints.
-        let upgrade = request.headers().contains_key(http::header::UPGRADE);
-        let http2 = !upgrade && (target.meshed || request.version() == Version::HTTP_2);
-        if !http2 {
-            body::keep_unsized_body(&mut request);
+        let wire = Wire::of(target, &request);
+        if let Err(e) = absolute_uri(&mut request, target.addr) {
+            return Box::pin(std::future::ready(Err(e)));
         }
-        if !http2 && request.version() == Version::HTTP_2 {
-            *request.version_mut() = Version::HTTP_11;
-        } else if http2 && request.version() != Version::HTTP_2 {
-            request.headers_mut().insert(
-                ORIG_PROTO_HEADER,
-                http::HeaderValue::from_static("HTTP/1.1"),
-            );
-        }
+        wire.translate(&mut request);
         let client = match self.mtls_identity(target) {
             Ok(identity) => self.pool(PoolKey {
                 addr: target.addr,
-                http2,
+                http2: wire.http2,
                 identity,
             }),
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let endpoint = target.addr;
         Box::pin(async move {
-            absolute_uri(&mut request, endpoint)?;
             match client.request(request).await {
                 Ok(response) => Ok(response.map(body::boxed)),
                 Err(e) if e.is_connect() => Err(SendError::Connect(error_chain(&e))),
                 Err(e) => Err(SendError::Request(error_chain(&e))),
             }
         })
+    }
+}
+
+/// How one request travels to its endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Wire {
+    /// The connection's protocol: HTTP/2 to a meshed endpoint's proxy, or
+    /// to an application that speaks it.
+    http2: bool,
+    /// What the application behind the endpoint is to receive.
+    app_http2: bool,
+}
+
+impl Wire {
+    fn of<B>(target: &EndpointTarget, request: &Request<B>) -> Wire {
+        // Upgrades (WebSocket) exist only in HTTP/1, so they stay HTTP/1 whatever the hint.
+        if request.headers().contains_key(http::header::UPGRADE) {
+            return Wire {
+                http2: false,
+                app_http2: false,
+            };
+        }
+        let app_http2 = match target.protocol {
+            AppProtocol::Http2 => true,
+            AppProtocol::Http1 => false,
+            AppProtocol::AsRequested => request.version() == Version::HTTP_2,
+        };
+        Wire {
+            http2: app_http2 || target.meshed,
+            app_http2,
+        }
+    }
+
+    /// Makes the request fit the wire: HTTP/2 toward an HTTP/1 application
+    /// (the hop between proxies) is marked for the inbound proxy to undo; an
+    /// HTTP/1 request for an HTTP/2 application carries its `Host` in
+    /// `:authority` (already in the URI, see [`absolute_uri`]); an HTTP/2
+    /// request over HTTP/1 is HTTP/1.1. hyper answers an HTTP/1 client in
+    /// HTTP/1 whatever the upstream's version.
+    fn translate(self, request: &mut Request<Body>) {
+        let http2_request = request.version() == Version::HTTP_2;
+        if self.http2 && !self.app_http2 {
+            request.headers_mut().insert(
+                ORIG_PROTO_HEADER,
+                http::HeaderValue::from_static("HTTP/1.1"),
+            );
+        } else if self.app_http2 && !http2_request {
+            request.headers_mut().remove(http::header::HOST);
+            *request.version_mut() = Version::HTTP_2;
+        }
+        if !self.http2 && http2_request {
+            *request.version_mut() = Version::HTTP_11;
+        }
+        if !self.http2 {
+            body::keep_unsized_body(request);
+        }
     }
 }
 
@@ -209,6 +258,7 @@ mod tests {
             addr,
             identity: None,
             meshed: false,
+            protocol: AppProtocol::AsRequested,
         };
         let request = Request::builder()
             .uri("/")
@@ -217,6 +267,57 @@ mod tests {
             .unwrap();
         let err = client.send(&target, request).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+    }
+
+    #[test]
+    fn requests_are_translated_for_what_the_app_speaks() {
+        let target = |meshed, protocol| EndpointTarget {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            identity: None,
+            meshed,
+            protocol,
+        };
+        let request = |version, upgrade: bool| {
+            let mut request = Request::builder()
+                .version(version)
+                .uri("/a")
+                .header("host", "web:80");
+            if upgrade {
+                request = request.header("upgrade", "websocket");
+            }
+            request.body(body::empty()).unwrap()
+        };
+        use AppProtocol::{AsRequested, Http1, Http2};
+        let (h1, h2) = (Version::HTTP_11, Version::HTTP_2);
+        // (meshed, hint, client's version, upgrade) → (wire HTTP/2, version sent, orig-proto, Host kept)
+        let cases = [
+            ((false, AsRequested, h1, false), (false, h1, false, true)),
+            ((false, AsRequested, h2, false), (true, h2, false, true)),
+            ((false, Http2, h1, false), (true, h2, false, false)),
+            ((false, Http1, h2, false), (false, h1, false, true)),
+            ((false, Http2, h1, true), (false, h1, false, true)),
+            ((true, AsRequested, h1, false), (true, h1, true, true)),
+            ((true, AsRequested, h2, false), (true, h2, false, true)),
+            ((true, Http2, h1, false), (true, h2, false, false)),
+            ((true, Http1, h2, false), (true, h2, true, true)),
+            ((true, Http2, h1, true), (false, h1, false, true)),
+        ];
+        for ((meshed, hint, version, upgrade), expected) in cases {
+            let target = target(meshed, hint);
+            let mut request = request(version, upgrade);
+            let wire = Wire::of(&target, &request);
+            absolute_uri(&mut request, target.addr).unwrap();
+            wire.translate(&mut request);
+            let got = (
+                wire.http2,
+                request.version(),
+                request.headers().contains_key(ORIG_PROTO_HEADER),
+                request.headers().contains_key(http::header::HOST),
+            );
+            let case = (meshed, hint, version, upgrade);
+            assert_eq!(got, expected, "{case:?}");
+            assert_eq!(request.uri(), "http://web:80/a", "{case:?}");
+        }
     }
 
     #[test]
