@@ -2,8 +2,9 @@
 //! two real `plexus-proxy` processes taking their destinations from it, with
 //! the Service's pods as small HTTP servers in this test. Clients call the
 //! Service through both proxies without a pause while the endpoint set
-//! changes and while the controller is killed and restarted: not one request
-//! may fail.
+//! changes, while the controller is killed and restarted, while an editor
+//! truncates and rewrites the file, and while a broken version of a route
+//! is written over a good one (issue 15): not one request may fail.
 //!
 //! The proxies are binaries, not in-process `Proxy`s: the test then runs
 //! exactly what is deployed (environment parsing, the binary's runtime), the
@@ -22,7 +23,7 @@ mod upstream;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use feed::{Feed, NAMESPACE, SERVICE};
+use feed::{BROKEN_SPLIT, CANARY, Feed, NAMESPACE, SERVICE, SPLIT};
 use plexus_tests::http::{Reply, get_over};
 use plexus_tests::temp::TempDir;
 use plexus_tests::wait::within;
@@ -46,6 +47,8 @@ const QUIET_REQUESTS: u64 = 100;
 /// after each change before the next.
 const OUTAGE_REQUESTS: u64 = 600;
 const SETTLE_REQUESTS: u64 = 200;
+/// Truncate-then-write edits of the file under traffic.
+const EDITS: usize = 3;
 
 /// The Service as each proxy's clients name it: the short name (the proxy's
 /// namespace is `shop`) and the full DNS name.
@@ -181,9 +184,171 @@ async fn controller_killed_and_restarted_under_traffic_fails_no_request() {
     );
 }
 
-/// A pod of the Service and whether the file still lists it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_editor_truncating_then_rewriting_the_feed_under_traffic_fails_no_request() {
+    let mut mesh = Mesh::start("truncate", 2).await;
+    let traffic = Traffic::start(mesh.clients());
+    mesh.wait_serving(&traffic, 0, "web-1 before any edit")
+        .await;
+    mesh.wait_serving(&traffic, 1, "web-2 before any edit")
+        .await;
+
+    for edit in 1..=EDITS {
+        // The editor truncates the file, and the controller reads it empty...
+        mesh.feed.truncate();
+        let refused = mesh
+            .wait_file(&format!("edit {edit}: the emptied file refused"), |file| {
+                file["refused"]["reason"] == "empty"
+            })
+            .await;
+        // ...which costs no traffic: every pod keeps getting requests.
+        mesh.wait_serving(
+            &traffic,
+            0,
+            &format!("edit {edit}: web-1 while the file is empty"),
+        )
+        .await;
+        mesh.wait_serving(
+            &traffic,
+            1,
+            &format!("edit {edit}: web-2 while the file is empty"),
+        )
+        .await;
+        // Then it writes the file, in place.
+        let empty = refused["refused"]["version"].as_u64().unwrap_or(0);
+        mesh.write_feed_in_place();
+        mesh.wait_file(&format!("edit {edit}: the rewritten file served"), |file| {
+            file["refused"].is_null() && file["served"].as_u64() > Some(empty)
+        })
+        .await;
+    }
+    settle(&traffic, "after the edits").await;
+
+    let summary = traffic.stop().await;
+    println!(
+        "editor edits: {EDITS} truncate-then-write edits, {} requests in {:.1?}, {} failed",
+        summary.ok + summary.failed,
+        summary.elapsed,
+        summary.failed,
+    );
+    assert_eq!(
+        summary.failed,
+        0,
+        "failed requests: {:?}\n{}",
+        summary.errors,
+        mesh.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_route_written_over_the_split_keeps_traffic_on_the_canary() {
+    let mut mesh = Mesh::start("canary", 1).await;
+    mesh.add_canary().await;
+    mesh.extra = SPLIT.to_string();
+    mesh.write_feed(&[]);
+    let traffic = Traffic::start(mesh.clients());
+    mesh.wait_serving(&traffic, 1, "the canary, through the split")
+        .await;
+    mesh.wait_serving(&traffic, 0, "web-1, through the split")
+        .await;
+
+    mesh.extra = BROKEN_SPLIT.to_string();
+    mesh.write_feed(&[]);
+    let status = mesh
+        .wait_status("the broken split refused", |status| {
+            status["refused"]
+                .as_array()
+                .is_some_and(|r| r.iter().any(|r| r["object"] == "shop/split"))
+        })
+        .await;
+    let refusal = &status["refused"][0];
+    assert_eq!(refusal["kind"], "HTTPRoute", "{status:#}");
+    let served = refusal["served"]["fileVersion"].as_u64();
+    let refused = refusal["refused"]["fileVersion"].as_u64();
+    assert!(served < refused, "{status:#}");
+    let fields: Vec<&str> = refusal["problems"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["field"].as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].matches[0].path.value",
+            "spec.rules[0].backendRefs[1].port"
+        ],
+        "every bad field named: {status:#}"
+    );
+    let parent = &status["routes"][0]["parents"][0];
+    assert_eq!(parent["accepted"], true, "{status:#}");
+    let message = parent["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with("Fall Back:") && fields.iter().all(|f| message.contains(f)),
+        "{message}"
+    );
+
+    // The split stays in force: the canary keeps getting its half.
+    mesh.wait_serving(&traffic, 1, "the canary after the broken version")
+        .await;
+    mesh.wait_serving(&traffic, 0, "web-1 after the broken version")
+        .await;
+    settle(&traffic, "after the broken version").await;
+
+    let summary = traffic.stop().await;
+    println!(
+        "broken route: {} requests in {:.1?}, {} failed; web-1 served {}, the canary {}",
+        summary.ok + summary.failed,
+        summary.elapsed,
+        summary.failed,
+        mesh.upstreams[0].upstream.served(),
+        mesh.upstreams[1].upstream.served(),
+    );
+    assert_eq!(
+        summary.failed,
+        0,
+        "failed requests: {:?}\n{}",
+        summary.errors,
+        mesh.logs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_binaries_log_to_stderr_in_one_format() {
+    let mesh = Mesh::start("logs", 1).await;
+    let logs = [
+        (
+            "plexus_controller",
+            &mesh.controller.listening,
+            mesh.controller.process.stdout(),
+        ),
+        (
+            "plexus_proxy",
+            &mesh.proxies[0].listening,
+            mesh.proxies[0].process.stdout(),
+        ),
+    ];
+    for (target, listening, stdout) in logs {
+        assert_eq!(stdout, "", "{target} writes nothing to stdout");
+        // tracing's default format: `<RFC 3339 time>  INFO <module>: <message> <fields>`.
+        let fields: Vec<&str> = listening.split_whitespace().collect();
+        assert!(fields.len() > 3, "{listening}");
+        assert!(
+            fields[0].parse::<k8s_openapi::jiff::Timestamp>().is_ok(),
+            "a timestamp first: {listening}"
+        );
+        assert_eq!(fields[1], "INFO", "{listening}");
+        assert!(
+            fields[2].starts_with(target) && fields[2].ends_with(':'),
+            "the module: {listening}"
+        );
+    }
+}
+
+/// A pod of a Service and whether the file still lists it.
 struct Pod {
     upstream: Upstream,
+    service: &'static str,
     removed: bool,
 }
 
@@ -194,6 +359,8 @@ struct Mesh {
     proxies: Vec<Proxy>,
     upstreams: Vec<Pod>,
     next_pod: u8,
+    /// More documents of the file (a route).
+    extra: String,
     _dir: TempDir,
 }
 
@@ -205,8 +372,11 @@ impl Mesh {
             mesh_pods.push(start_pod(n as u8).await);
         }
         let mut feed = Feed::new(&dir);
-        let members: Vec<_> = mesh_pods.iter().map(|p| feed::ready(&p.upstream)).collect();
-        feed.write(&members);
+        let members: Vec<_> = mesh_pods
+            .iter()
+            .map(|p| feed::ready(&p.upstream, p.service))
+            .collect();
+        feed.write(&members, "");
         let controller = Controller::start(feed.path()).await;
         let mut proxies = Vec::new();
         for n in 1..=PROXIES {
@@ -218,6 +388,7 @@ impl Mesh {
             proxies,
             upstreams: mesh_pods,
             next_pod: pods as u8 + 1,
+            extra: String::new(),
             _dir: dir,
         };
         // The first request of a target waits for the controller's first
@@ -259,19 +430,55 @@ impl Mesh {
         self.upstreams.push(pod);
     }
 
-    /// The file with every pod not removed; those at `terminating` as such.
+    /// The canary's one pod, `web-canary-1` on 127.0.0.30.
+    async fn add_canary(&mut self) {
+        let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 30));
+        self.upstreams.push(Pod {
+            upstream: Upstream::start(&format!("{CANARY}-1"), ip).await,
+            service: CANARY,
+            removed: false,
+        });
+    }
+
+    /// The file with every pod not removed (those at `terminating` as
+    /// such), then `extra`.
     fn write_feed(&mut self, terminating: &[usize]) {
-        let members: Vec<_> = self
-            .upstreams
-            .iter()
-            .enumerate()
-            .filter(|(_, pod)| !pod.removed)
-            .map(|(i, pod)| match terminating.contains(&i) {
-                true => feed::terminating(&pod.upstream),
-                false => feed::ready(&pod.upstream),
-            })
-            .collect();
-        self.feed.write(&members);
+        let members = members(&self.upstreams, terminating);
+        self.feed.write(&members, &self.extra);
+    }
+
+    /// The same file, written in place.
+    fn write_feed_in_place(&mut self) {
+        let members = members(&self.upstreams, &[]);
+        self.feed.write_in_place(&members, &self.extra);
+    }
+
+    /// Until the controller's `/status` satisfies `done`; returns it.
+    async fn wait_status(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let controller = &self.controller;
+        let done = &done;
+        within(PICKUP_BOUND, what, || async move {
+            let status = controller.status().await;
+            match done(&status) {
+                true => Ok(status),
+                false => Err(format!("{status:#}")),
+            }
+        })
+        .await
+    }
+
+    /// As [`Mesh::wait_status`], on what it says of the file; returns that.
+    async fn wait_file(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let status = self.wait_status(what, |status| done(&status["file"])).await;
+        status["file"].clone()
     }
 
     fn served_per_upstream(&self) -> Vec<Vec<u64>> {
@@ -342,6 +549,18 @@ impl Mesh {
     }
 }
 
+/// The pods not removed as the file lists them; those at `terminating` as such.
+fn members<'a>(pods: &'a [Pod], terminating: &[usize]) -> Vec<feed::Member<'a>> {
+    pods.iter()
+        .enumerate()
+        .filter(|(_, pod)| !pod.removed)
+        .map(|(i, pod)| match terminating.contains(&i) {
+            true => feed::terminating(&pod.upstream, pod.service),
+            false => feed::ready(&pod.upstream, pod.service),
+        })
+        .collect()
+}
+
 /// Until each proxy completed [`SETTLE_REQUESTS`] more requests.
 async fn settle(traffic: &Traffic, what: &str) {
     let before: Vec<u64> = (0..PROXIES).map(|via| traffic.ok_via(via)).collect();
@@ -369,6 +588,7 @@ async fn start_pod(n: u8) -> Pod {
     let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 10 + n));
     Pod {
         upstream: Upstream::start(&format!("{SERVICE}-{n}"), ip).await,
+        service: SERVICE,
         removed: false,
     }
 }

@@ -27,7 +27,7 @@ async fn live_ready_metrics_status() {
     ready.set_ready();
     assert!(raw_get(addr, "/ready").await.starts_with("HTTP/1.1 200"));
 
-    let (objects, problems) = feed::file::parse(
+    let objects = feed::file::parse(
         r#"
 apiVersion: v1
 kind: Service
@@ -42,7 +42,7 @@ spec:
 "#,
     )
     .unwrap();
-    objects.reset(&mut index.lock(), problems);
+    objects.apply(&mut index.lock(), 1);
     let _watch = index.lock().watch_target("web.shop:80", "").unwrap();
 
     let metrics = raw_get(addr, "/metrics").await;

@@ -251,3 +251,190 @@ async fn route_status_is_written_once_beside_other_controllers() {
     assert_eq!(consumer_writes, 1, "{all:#?}");
     feed.abort();
 }
+
+/// Version `generation` of the HTTPRoute `shop/split` with `rules`.
+fn split(generation: i64, rules: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"namespace": "shop", "name": "split", "generation": generation},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                    "rules": rules}})
+}
+
+/// Until the route `name`'s status, as written back to the API server,
+/// satisfies `done`; returns our conditions.
+async fn our_conditions(
+    api: &ApiServer,
+    name: &str,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let found = tokio::time::timeout(BOUND, async {
+        loop {
+            let object = api.object(HTTP_ROUTES, "shop", name).unwrap_or_default();
+            let conditions: Vec<Value> = object["status"]["parents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|p| p["controllerName"] == "plexus.io/mesh-controller")
+                .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+                .collect();
+            if done(&conditions) {
+                return conditions;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    found.unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}: {:#}",
+            api.object(HTTP_ROUTES, "shop", name).unwrap_or_default()
+        )
+    })
+}
+
+fn condition<'a>(conditions: &'a [Value], kind: &str) -> Option<&'a Value> {
+    conditions.iter().find(|c| c["type"] == kind)
+}
+
+#[tokio::test]
+async fn a_bad_new_route_generation_falls_back_to_the_served_one_and_its_status_says_why() {
+    let api = ApiServer::start().await;
+    api.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
+               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
+    );
+    api.apply(
+        HTTP_ROUTES,
+        split(1, json!([{"backendRefs": [{"name": "web", "port": 80}]}])),
+    );
+    // A route this build's types cannot read (a filter type from a newer
+    // Gateway API), listed from the start: it must not hold up the lists.
+    let mut newer = split(
+        1,
+        json!([{"filters": [{"type": "RateLimit"}], "backendRefs": [{"name": "web", "port": 80}]}]),
+    );
+    newer["metadata"]["name"] = json!("newer");
+    api.apply(HTTP_ROUTES, newer);
+
+    let index = SharedIndex::new(IndexConfig::default());
+    let ready = Readiness::default();
+    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
+    let synced = tokio::time::timeout(BOUND, async {
+        while !ready.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        synced.is_ok(),
+        "an unreadable route held up the initial lists"
+    );
+    let mut rx = index
+        .lock()
+        .watch_target("web.shop.svc.cluster.local:80", "")
+        .unwrap();
+    let routes = |v: &TargetView| v.meshed.as_ref().map_or(0, |t| t.routes.value.http.len());
+    until(&mut rx, "the route served", |v| routes(v) == 1).await;
+    let newer = our_conditions(&api, "newer", "the unreadable route refused", |c| {
+        !c.is_empty()
+    })
+    .await;
+    let accepted = condition(&newer, "Accepted").unwrap();
+    assert_eq!(accepted["status"], "False");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].filters[0].type"),
+        "{accepted:#}"
+    );
+
+    // Generation 2 cannot be read; generation 3 reads, with two bad fields.
+    // Each time generation 1 stays in force, and the status says why.
+    api.apply(
+        HTTP_ROUTES,
+        split(2, json!([{"filters": [{"type": "RateLimit"}]}])),
+    );
+    let conditions = our_conditions(&api, "split", "generation 2 refused", |c| {
+        condition(c, "PartiallyInvalid").is_some_and(|p| p["observedGeneration"] == 2)
+    })
+    .await;
+    let accepted = condition(&conditions, "Accepted").unwrap();
+    assert_eq!(
+        (&accepted["status"], &accepted["observedGeneration"]),
+        (&json!("True"), &json!(1))
+    );
+    let invalid = condition(&conditions, "PartiallyInvalid").unwrap();
+    assert!(
+        invalid["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.rules[0].filters[0].type"),
+        "{invalid:#}"
+    );
+
+    api.apply(
+        HTTP_ROUTES,
+        split(3, json!([{"matches": [{"path": {"type": "PathPrefix", "value": "api"}}],
+                         "backendRefs": [{"name": "web", "port": 80}], "timeouts": {"request": "soon"}}])),
+    );
+    let conditions = our_conditions(&api, "split", "generation 3 refused", |c| {
+        condition(c, "PartiallyInvalid").is_some_and(|p| p["observedGeneration"] == 3)
+    })
+    .await;
+    let message = condition(&conditions, "PartiallyInvalid").unwrap()["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.starts_with("Fall Back: generation 3 refused"),
+        "{message}"
+    );
+    for field in [
+        "spec.rules[0].matches[0].path.value",
+        "spec.rules[0].timeouts.request",
+    ] {
+        assert!(message.contains(field), "{message}");
+    }
+    assert_eq!(
+        condition(&conditions, "Accepted").unwrap()["observedGeneration"],
+        1
+    );
+    assert_eq!(
+        routes(&rx.borrow_and_update()),
+        1,
+        "generation 1 still routes"
+    );
+    let rule = rx.borrow().meshed.as_ref().unwrap().routes.value.http[0].rules[0].clone();
+    assert!(
+        rule.matches.is_empty() && rule.timeouts.is_none(),
+        "{rule:?}"
+    );
+
+    // A good generation 4 applies, and the status is plain Accepted again.
+    api.apply(
+        HTTP_ROUTES,
+        split(
+            4,
+            json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                         "backendRefs": [{"name": "web", "port": 80}]}]),
+        ),
+    );
+    until(&mut rx, "generation 4 served", |v| {
+        v.meshed
+            .as_ref()
+            .is_some_and(|t| t.routes.value.http[0].rules[0].matches.len() == 1)
+    })
+    .await;
+    let conditions = our_conditions(&api, "split", "generation 4 accepted", |c| {
+        condition(c, "Accepted").is_some_and(|a| a["observedGeneration"] == 4)
+    })
+    .await;
+    assert!(
+        condition(&conditions, "PartiallyInvalid").is_none(),
+        "{conditions:#?}"
+    );
+    feed.abort();
+}

@@ -5,6 +5,7 @@
 mod admin;
 mod controller_binary;
 mod destination_grpc;
+mod file_feed;
 mod inject_webhook;
 mod injector_https;
 mod kubernetes_feed;

@@ -1,6 +1,7 @@
 //! The workspace's binaries as the tests run them: found in `PLEXUS_BIN_DIR`,
 //! spawned with their output kept (and drained, so they never block on a
-//! full pipe), found listening from their "listening" log line.
+//! full pipe), found listening from their "listening" log line (on stderr,
+//! where both Plexus binaries log).
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -45,14 +46,15 @@ fn default_bin_dir() -> PathBuf {
 /// A spawned binary; `kill_on_drop` makes sure no test leaves one behind.
 pub struct Process {
     pub child: Child,
+    /// Its log: stderr, where both Plexus binaries write it.
     log: Arc<Mutex<VecDeque<String>>>,
+    stdout: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Process {
-    /// Starts `command` and reads its output (stdout and stderr: the
-    /// controller logs to one, the proxy to the other) until a line
-    /// containing `marker`, which it returns; panics with the log when the
-    /// process exits first or takes over [`START_BOUND`].
+    /// Starts `command` and reads its log (stderr) until a line containing
+    /// `marker`, which it returns; panics with the log when the process
+    /// exits first or takes over [`START_BOUND`]. Its stdout is kept apart.
     pub async fn spawn(mut command: Command, what: &str, marker: &str) -> (Self, String) {
         command
             .stdin(Stdio::null())
@@ -63,12 +65,13 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let log = Arc::new(Mutex::new(VecDeque::new()));
+        let stdout = Arc::new(Mutex::new(VecDeque::new()));
         let (line_tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(keep_log(out, log.clone(), line_tx.clone()));
+            tokio::spawn(keep_lines(out, stdout.clone(), None));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(keep_log(err, log.clone(), line_tx));
+            tokio::spawn(keep_lines(err, log.clone(), Some(line_tx)));
         }
         let found = tokio::time::timeout(START_BOUND, async {
             while let Some(line) = lines.recv().await {
@@ -79,7 +82,7 @@ impl Process {
             None
         })
         .await;
-        let process = Self { child, log };
+        let process = Self { child, log, stdout };
         match found {
             Ok(Some(line)) => (process, line),
             Ok(None) => panic!("{what} exited before listening:\n{}", process.log()),
@@ -90,10 +93,50 @@ impl Process {
         }
     }
 
-    /// The last lines the process wrote, for failure messages.
+    /// The last lines the process logged, then anything it wrote to stdout,
+    /// for failure messages.
     pub fn log(&self) -> String {
-        let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        log.iter().cloned().collect::<Vec<_>>().join("\n")
+        let stdout = self.stdout();
+        let log = lines(&self.log);
+        match stdout.is_empty() {
+            true => log,
+            false => format!("{log}\nstdout:\n{stdout}"),
+        }
+    }
+
+    /// What the process wrote to stdout (its last lines).
+    pub fn stdout(&self) -> String {
+        lines(&self.stdout)
+    }
+
+    /// What the process used so far (Linux's /proc): CPU time, all threads,
+    /// user and system; and its peak resident memory.
+    pub fn usage(&self) -> Usage {
+        let pid = self.child.id().expect("the process runs");
+        let read = |file: &str| {
+            std::fs::read_to_string(format!("/proc/{pid}/{file}"))
+                .unwrap_or_else(|e| panic!("/proc/{pid}/{file}: {e}"))
+        };
+        let stat = read("stat");
+        // Fields after the command name's `)`, from field 3: utime is 14, stime 15.
+        let after_name = &stat[stat.rfind(')').expect("a command name") + 1..];
+        let fields: Vec<u64> = after_name
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        // SAFETY: sysconf reads a system constant; no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticks = fields[14 - 3] + fields[15 - 3];
+        let status = read("status");
+        let peak_rss_kib = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status");
+        Usage {
+            cpu: Duration::from_millis(ticks * 1000 / per_second),
+            peak_rss_kib,
+        }
     }
 
     /// SIGKILL, and wait for the process to be gone.
@@ -103,21 +146,35 @@ impl Process {
     }
 }
 
+/// See [`Process::usage`].
+#[derive(Clone, Copy, Debug)]
+pub struct Usage {
+    pub cpu: Duration,
+    pub peak_rss_kib: u64,
+}
+
+fn lines(kept: &Mutex<VecDeque<String>>) -> String {
+    let kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+    kept.iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
 /// Keeps the last lines of `output` (so the pipe never fills up and blocks
 /// the binary) and passes each on while someone listens.
-async fn keep_log(
+async fn keep_lines(
     output: impl AsyncRead + Unpin,
-    log: Arc<Mutex<VecDeque<String>>>,
-    lines_tx: tokio::sync::mpsc::UnboundedSender<String>,
+    kept: Arc<Mutex<VecDeque<String>>>,
+    lines_tx: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 ) {
     let mut lines = BufReader::new(output).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        let _ = lines_tx.send(line.clone());
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
-        if log.len() == KEPT_LOG_LINES {
-            log.pop_front();
+        if let Some(tx) = &lines_tx {
+            let _ = tx.send(line.clone());
         }
-        log.push_back(line);
+        let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == KEPT_LOG_LINES {
+            kept.pop_front();
+        }
+        kept.push_back(line);
     }
 }
 
@@ -136,6 +193,15 @@ pub fn addr_field(line: &str, name: &str) -> std::net::SocketAddr {
     value
         .parse()
         .unwrap_or_else(|e| panic!("{name}={value:?} in {line:?}: {e}"))
+}
+
+/// The controller's `/status` (JSON), read from its admin address.
+pub async fn controller_status(admin: &str) -> serde_json::Value {
+    let admin = admin.parse().expect("an admin address");
+    let (status, body) =
+        crate::wait::bounded("GET /status", crate::http::admin_get(admin, "/status")).await;
+    assert_eq!(status, 200, "/status: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is JSON ({e}): {body}"))
 }
 
 /// A running `plexus-controller` and the addresses from its "listening" log

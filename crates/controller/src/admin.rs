@@ -1,7 +1,9 @@
 //! The controller's admin endpoint (:9990): `/live`, `/ready` (once the feed
 //! has loaded its initial objects), `/metrics` (Prometheus text) and
-//! `/status` (JSON: route statuses and invalid objects, the file feed's
-//! stand-in for status subresources).
+//! `/status` (JSON, the file feed's stand-in for status subresources): the
+//! file feed's file (the version served, the last one refused and why, with
+//! its line), route statuses, the problems of served objects, and every
+//! refused object version with the version served instead.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -17,7 +19,7 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use plexus_discovery::feed::Readiness;
-use plexus_discovery::index::{Problem, RouteStatus, SharedIndex};
+use plexus_discovery::index::{FileStatus, Problem, Refusal, RouteStatus, SharedIndex};
 
 #[derive(Clone, Debug)]
 pub struct Admin {
@@ -29,8 +31,12 @@ pub struct Admin {
 #[derive(Serialize)]
 struct Status {
     ready: bool,
+    /// With the file feed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileStatus>,
     routes: Vec<RouteStatus>,
     problems: Vec<Problem>,
+    refused: Vec<Refusal>,
 }
 
 impl Admin {
@@ -90,8 +96,10 @@ impl Admin {
                     let index = self.index.lock();
                     Status {
                         ready: self.ready.is_ready(),
+                        file: index.file_status().cloned(),
                         routes: index.route_statuses(),
                         problems: index.problems(),
+                        refused: index.refusals(),
                     }
                 };
                 match serde_json::to_string_pretty(&status) {

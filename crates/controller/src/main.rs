@@ -36,7 +36,9 @@ const DEFAULT_WEBHOOK_ADDR: SocketAddr =
 )]
 struct Args {
     /// Where objects come from: `kubernetes` (API server watches) or `file:PATH`
-    /// (a multi-document YAML file, re-read when it changes).
+    /// (a multi-document YAML file, re-read when it changes; a version that is
+    /// empty or not YAML is refused and the last objects stay: to remove them
+    /// all, write `apiVersion: v1`, `kind: List`, `items: []`).
     #[arg(long, env = "PLEXUS_FEED", default_value = "kubernetes")]
     feed: FeedSource,
     /// Destination and Identity gRPC APIs.

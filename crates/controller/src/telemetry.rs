@@ -81,6 +81,8 @@ impl Tracing {
     /// `info`) to stderr, plus the controller's own spans to `settings.endpoint`.
     /// Must run inside the tokio runtime when an endpoint is set.
     pub fn install(settings: &TraceSettings) -> Result<Tracing, TelemetryError> {
+        // stderr, tracing's default format: the proxy's logs are the same
+        // (docs/architecture.md, "Logs").
         let logs = tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -17,9 +17,12 @@ fn main() -> ExitCode {
     };
     // `config` refused a bad filter with the other variables: building it cannot fail now.
     let filter = tracing_subscriber::EnvFilter::new(&config.log);
+    // Logs go to stderr in tracing's default format, as the controller's do
+    // (docs/architecture.md, "Logs"); stdout carries nothing.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let mut runtime = match config.worker_threads {
         // One thread: no cross-thread wake-ups on the request path.

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 
-use plexus_tests::bins::{Process, addr_field, bin};
+use plexus_tests::bins::{Process, addr_field, bin, controller_status};
 use tokio::process::Command;
 
 use plexus_tests::wait::within;
@@ -25,7 +25,9 @@ fn port_below_ephemeral() -> SocketAddr {
 
 /// `plexus-controller --feed file:… --grpc-plaintext`.
 pub struct Controller {
-    process: Process,
+    pub process: Process,
+    /// Its "listening" log line.
+    pub listening: String,
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
 }
@@ -54,6 +56,7 @@ impl Controller {
         let controller = Self {
             grpc: addr_field(&line, "grpc"),
             admin: addr_field(&line, "admin"),
+            listening: line,
             process,
         };
         let admin = controller.admin;
@@ -78,6 +81,11 @@ impl Controller {
             .ok_or_else(|| "no plexus_controller_watchers in /metrics".to_string())
     }
 
+    /// Its `/status` (JSON).
+    pub async fn status(&self) -> serde_json::Value {
+        controller_status(&self.admin.to_string()).await
+    }
+
     pub async fn kill(&mut self) {
         self.process.kill().await;
     }
@@ -89,7 +97,9 @@ impl Controller {
 
 /// `plexus-proxy` with the controller as its source of destinations.
 pub struct Proxy {
-    process: Process,
+    pub process: Process,
+    /// Its "listening" log line.
+    pub listening: String,
     /// Where clients send traffic addressed by `Host` (local mode).
     pub outbound: SocketAddr,
 }
@@ -109,11 +119,12 @@ impl Proxy {
             .env("PLEXUS_LOG", "info");
         let what = format!("plexus-proxy {name}");
         let (process, line) = Process::spawn(command, &what, "proxy listening").await;
+        let admin = addr_field(&line, "admin_addr");
         let proxy = Self {
             outbound: addr_field(&line, "outbound_addr"),
+            listening: line,
             process,
         };
-        let admin = addr_field(&line, "admin_addr");
         within(BOUND, &format!("{what}'s /ready"), || async move {
             let reply = http_get(admin, "admin", "/ready", &[]).await?;
             (reply.status == 200)

@@ -1,9 +1,25 @@
 //! The file feed: a multi-document YAML file of Kubernetes objects (the same
 //! manifests `kubectl apply` takes; `kind: List` too), polled for changes.
-//! Each load replaces the index's objects of every kind (a relist), so
-//! removing an object from the file removes it from the index. An object that
-//! cannot be read is reported by kind, name and field; the others apply.
+//!
+//! A version of the file is read once it has stood still for one poll (a
+//! file being written is not read half-way), and then it is either
+//!
+//! - refused whole, every object staying as it was, when it is not UTF-8,
+//!   not YAML (the error names its line and column), or **empty**: no
+//!   document at all, only whitespace, comments or `---` — what an editor's
+//!   truncate-then-write leaves for a moment. To remove every object, write a
+//!   document that lists none: `apiVersion: v1`, `kind: List`, `items: []`
+//!   (what `kubectl get … -o yaml` prints for nothing);
+//! - or applied: each kind is relisted from the file, so an object absent
+//!   from it is deleted. An object that does not read (a field of the wrong
+//!   type) is refused with every bad field named, and one whose new version
+//!   the index refuses (a bad route rule, a bad annotation) keeps its served
+//!   version: see the index's ledger.
+//!
+//! Versions of the file are counted from 1; an object read from version `n`
+//! has `fileVersion: n` on `/status`.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -12,10 +28,12 @@ use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 
 use super::Readiness;
-use crate::index::{Index, Problem, SharedIndex};
+use super::decode::{decode, unreadable};
+use crate::index::{FileRefusal, FileStatus, Index, Kind, Problem, SharedIndex, Unreadable};
 
 /// How often the file's modification time is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -29,10 +47,14 @@ pub struct Objects {
     pub pods: Vec<Pod>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    /// Objects of a known kind that do not read into its type.
+    pub unreadable: Vec<Unreadable>,
+    /// Documents that name no object (no `kind`).
+    pub problems: Vec<Problem>,
 }
 
 impl Objects {
-    /// Objects of every kind.
+    /// Objects of every kind that read.
     pub fn len(&self) -> usize {
         self.namespaces.len()
             + self.services.len()
@@ -46,49 +68,124 @@ impl Objects {
         self.len() == 0
     }
 
-    /// Replaces the index's objects by these, one relist per kind.
-    pub fn reset(self, index: &mut Index, problems: Vec<Problem>) {
-        index.set_feed_problems(problems);
-        index.reset(self.namespaces);
-        index.reset(self.pods);
-        index.reset(self.services);
-        index.reset(self.endpoint_slices);
-        index.reset(self.http_routes);
-        index.reset(self.grpc_routes);
+    /// Replaces the index's objects by these, one relist per kind, as read
+    /// from version `version` of the file.
+    pub fn apply(mut self, index: &mut Index, version: u64) {
+        let mut of_kind = |kind: Kind| -> Vec<Unreadable> {
+            self.unreadable.extract_if(.., |u| u.kind == kind).collect()
+        };
+        let unreadable = [
+            of_kind(Kind::Namespace),
+            of_kind(Kind::Pod),
+            of_kind(Kind::Service),
+            of_kind(Kind::EndpointSlice),
+            of_kind(Kind::HttpRoute),
+            of_kind(Kind::GrpcRoute),
+        ];
+        let [namespaces, pods, services, slices, http_routes, grpc_routes] = unreadable;
+        index.set_file_version(Some(version));
+        index.set_feed_problems(self.problems);
+        index.relist(self.namespaces, namespaces);
+        index.relist(self.pods, pods);
+        index.relist(self.services, services);
+        index.relist(self.endpoint_slices, slices);
+        index.relist(self.http_routes, http_routes);
+        index.relist(self.grpc_routes, grpc_routes);
+        index.set_file_version(None);
     }
 }
 
-/// A file that is not YAML at all: which objects it holds cannot be known, so
-/// none of it is applied and the index keeps what it had.
+/// Why a version of the file was refused whole; the index keeps what it had.
 #[derive(Debug, thiserror::Error)]
-#[error("document {document} is not YAML: {message}")]
+pub enum Refused {
+    #[error(
+        "the file holds no document (being written?); to remove every object, \
+         write `apiVersion: v1`, `kind: List`, `items: []`"
+    )]
+    Empty,
+    #[error("not UTF-8 text: {0}")]
+    Encoding(std::string::FromUtf8Error),
+    #[error(transparent)]
+    Syntax(SyntaxError),
+}
+
+/// A file that is not YAML at all: which objects it holds cannot be known.
+#[derive(Debug, thiserror::Error)]
+#[error("document {document} is not YAML: {message}{}", at(*line, *column))]
 pub struct SyntaxError {
     pub document: usize,
+    /// 1-based, in the file.
+    pub line: Option<usize>,
+    pub column: Option<usize>,
     pub message: String,
 }
 
-/// Reads every document of `text`; problems name the document's kind and name.
-pub fn parse(text: &str) -> Result<(Objects, Vec<Problem>), SyntaxError> {
+fn at(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(line), Some(column)) => format!(" (line {line}, column {column})"),
+        (Some(line), None) => format!(" (line {line})"),
+        _ => String::new(),
+    }
+}
+
+impl SyntaxError {
+    fn new(document: usize, error: &serde_yaml::Error) -> Self {
+        let location = error.location();
+        let message = error.to_string();
+        // The position is kept apart; drop serde_yaml's copy of it.
+        let message = match message.find(" at line ") {
+            Some(i) => message[..i].to_string(),
+            None => message,
+        };
+        Self {
+            document,
+            line: location.as_ref().map(|l| l.line()),
+            column: location.as_ref().map(|l| l.column()),
+            message,
+        }
+    }
+}
+
+impl Refused {
+    fn status(&self, version: u64) -> FileRefusal {
+        let (reason, line, column) = match self {
+            Refused::Empty => ("empty", None, None),
+            Refused::Encoding(_) => ("encoding", None, None),
+            Refused::Syntax(e) => ("syntax", e.line, e.column),
+        };
+        FileRefusal {
+            version,
+            reason,
+            line,
+            column,
+            message: self.to_string(),
+        }
+    }
+}
+
+/// Reads every document of `text`.
+pub fn parse(text: &str) -> Result<Objects, Refused> {
     let mut objects = Objects::default();
-    let mut problems = Vec::new();
+    let mut documents = 0;
     for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         match Value::deserialize(document) {
             Ok(Value::Null) => {}
-            Ok(value) => add(value, &mut objects, &mut problems),
+            Ok(value) => {
+                documents += 1;
+                add(value, &mut objects);
+            }
             // After a syntax error serde_yaml's document iterator yields the
             // same error forever: stop at the first one.
-            Err(e) => {
-                return Err(SyntaxError {
-                    document: i + 1,
-                    message: e.to_string(),
-                });
-            }
+            Err(e) => return Err(Refused::Syntax(SyntaxError::new(i + 1, &e))),
         }
     }
-    Ok((objects, problems))
+    if documents == 0 {
+        return Err(Refused::Empty);
+    }
+    Ok(objects)
 }
 
-fn add(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
+fn add(value: Value, objects: &mut Objects) {
     let text = |v: &Value, key: &str| {
         v.get(key)
             .and_then(Value::as_str)
@@ -97,19 +194,6 @@ fn add(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
     };
     let kind = text(&value, "kind");
     let api_version = text(&value, "apiVersion");
-    let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
-    let object = match (text(&meta, "namespace"), text(&meta, "name")) {
-        (ns, name) if ns.is_empty() => name,
-        (ns, name) => format!("{ns}/{name}"),
-    };
-    let mut problem = |field: &str, message: String| {
-        problems.push(Problem {
-            kind: kind.clone(),
-            object: object.clone(),
-            field: field.to_string(),
-            message,
-        })
-    };
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "List") => {
             for item in value
@@ -118,81 +202,145 @@ fn add(value: Value, objects: &mut Objects, problems: &mut Vec<Problem>) {
                 .into_iter()
                 .flatten()
             {
-                add(item.clone(), objects, problems);
+                add(item.clone(), objects);
             }
         }
-        ("v1", "Namespace") => read(value, &mut objects.namespaces, &mut problem),
-        ("v1", "Service") => read(value, &mut objects.services, &mut problem),
-        ("v1", "Pod") => read(value, &mut objects.pods, &mut problem),
+        ("v1", "Namespace") => read(value, Kind::Namespace, objects, |o| &mut o.namespaces),
+        ("v1", "Service") => read(value, Kind::Service, objects, |o| &mut o.services),
+        ("v1", "Pod") => read(value, Kind::Pod, objects, |o| &mut o.pods),
         ("discovery.k8s.io/v1", "EndpointSlice") => {
-            read(value, &mut objects.endpoint_slices, &mut problem)
+            read(value, Kind::EndpointSlice, objects, |o| {
+                &mut o.endpoint_slices
+            })
         }
         ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
-            read(value, &mut objects.http_routes, &mut problem)
+            read(value, Kind::HttpRoute, objects, |o| &mut o.http_routes)
         }
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
-            read(value, &mut objects.grpc_routes, &mut problem)
+            read(value, Kind::GrpcRoute, objects, |o| &mut o.grpc_routes)
         }
-        _ if kind.is_empty() => problem("kind", "missing".to_string()),
+        _ if kind.is_empty() => {
+            let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
+            let object = match (text(&meta, "namespace"), text(&meta, "name")) {
+                (ns, name) if ns.is_empty() => name,
+                (ns, name) => format!("{ns}/{name}"),
+            };
+            objects.problems.push(Problem {
+                kind,
+                object,
+                field: "kind".to_string(),
+                message: "missing".to_string(),
+            });
+        }
         // Other kinds (Deployments, ConfigMaps...) may share the file; they are not ours.
-        _ => tracing::debug!(%kind, %api_version, %object, "file feed: kind ignored"),
+        _ => tracing::debug!(%kind, %api_version, "file feed: kind ignored"),
     }
 }
 
-fn read<T: serde::de::DeserializeOwned>(
+fn read<T: DeserializeOwned>(
     value: Value,
-    into: &mut Vec<T>,
-    problem: &mut impl FnMut(&str, String),
+    kind: Kind,
+    objects: &mut Objects,
+    into: impl FnOnce(&mut Objects) -> &mut Vec<T>,
 ) {
-    // Going through text gives serde_yaml's error the path of the bad field.
-    let result = serde_yaml::to_string(&value)
-        .map_err(|e| e.to_string())
-        .and_then(|text| serde_yaml::from_str::<T>(&text).map_err(|e| e.to_string()));
-    match result {
-        Ok(object) => into.push(object),
-        Err(message) => {
-            let field = message.split_once(": ").map(|(f, _)| f).unwrap_or_default();
-            let field = if field.contains(' ') { "" } else { field };
-            problem(field, message.clone())
+    match decode::<T>(&value) {
+        Ok(object) => into(objects).push(object),
+        Err(errors) => {
+            let json = serde_json::to_value(&value).unwrap_or_default();
+            objects.unreadable.push(unreadable(kind, &json, errors));
         }
     }
 }
 
-/// Loads `path` into the index now and whenever its modification time
-/// changes; marks `ready` after the first successful load, and calls
-/// `on_load` with the index after each. Runs until dropped.
+/// What tells one version of the file from the next without reading it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+}
+
+async fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    let metadata = tokio::fs::metadata(path).await?;
+    Ok(Stamp {
+        modified: metadata.modified()?,
+        len: metadata.len(),
+        inode: metadata.ino(),
+    })
+}
+
+/// Which versions of the file to read: a new one once it stood still for a poll.
+#[derive(Debug, Default)]
+struct Changes {
+    /// At the previous poll.
+    seen: Option<Stamp>,
+    /// The version last read (applied or refused).
+    read: Option<Stamp>,
+    /// Another stamp was seen since that read: even the same stamp again is
+    /// a new version (a filesystem with whole-second times, a rewrite of the
+    /// same length).
+    changed: bool,
+}
+
+impl Changes {
+    /// Whether the file, now at `stamp`, holds a version to read.
+    fn has_new_version(&mut self, stamp: Stamp) -> bool {
+        let still = self.seen == Some(stamp);
+        self.seen = Some(stamp);
+        self.changed |= self.read != Some(stamp);
+        still && self.changed
+    }
+
+    fn read(&mut self, stamp: Stamp) {
+        self.read = Some(stamp);
+        self.changed = false;
+    }
+}
+
+/// Loads `path` into the index now and whenever it changes; marks `ready`
+/// after the first successful load, and calls `on_load` with the index after
+/// each. Runs until dropped.
 pub async fn run(path: PathBuf, index: SharedIndex, ready: Readiness, on_load: impl Fn(&Index)) {
-    let mut loaded: Option<SystemTime> = None;
+    let mut changes = Changes::default();
+    let mut version = 0;
+    let mut unreadable = false;
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let modified = match tokio::fs::metadata(&path).await.and_then(|m| m.modified()) {
-            Ok(modified) => modified,
+        let stamp = match stamp(&path).await {
+            Ok(stamp) => stamp,
             Err(e) => {
-                if loaded.is_some() || !ready.is_ready() {
+                if !unreadable {
+                    unreadable = true;
                     tracing::warn!(path = %path.display(), error = %e, "file feed: cannot read the file; keeping the last objects");
+                    set_status(&index, &path, |status| status.error = Some(e.to_string()));
                 }
-                loaded = None;
+                changes.seen = None;
                 continue;
             }
         };
-        if loaded == Some(modified) {
+        if std::mem::take(&mut unreadable) {
+            set_status(&index, &path, |status| status.error = None);
+        }
+        if !changes.has_new_version(stamp) {
             continue;
         }
-        match load(&path, &index).await {
+        version += 1;
+        match load(&path, &index, version).await {
             Ok(()) => {
                 on_load(&index.lock());
-                loaded = Some(modified);
+                changes.read(stamp);
                 ready.set_ready();
             }
             Err(LoadError::Refused(e)) => {
                 // Reported once per version of the file, not at every poll.
-                tracing::warn!(path = %path.display(), error = %e, "file feed: file refused; keeping the last objects");
-                loaded = Some(modified);
+                tracing::warn!(path = %path.display(), file_version = version, error = %e, "file feed: file refused; keeping the last objects");
+                changes.read(stamp);
             }
             Err(LoadError::Unreadable(e)) => {
-                tracing::warn!(path = %path.display(), error = %e, "file feed: cannot read the file")
+                tracing::warn!(path = %path.display(), error = %e, "file feed: cannot read the file");
+                set_status(&index, &path, |status| status.error = Some(e.to_string()));
             }
         }
     }
@@ -204,40 +352,65 @@ pub enum LoadError {
     /// Reading failed (missing, no permission): tried again at the next poll.
     #[error(transparent)]
     Unreadable(std::io::Error),
-    /// Read, but not YAML text (not UTF-8, or a syntax error): refused until
-    /// the file changes.
+    /// Read, and refused whole until the file changes.
     #[error(transparent)]
-    Refused(SyntaxError),
+    Refused(Refused),
 }
 
-/// Reads and applies the file once; a file that is not YAML text is refused
-/// whole, leaving the index as it was.
-pub async fn load(path: &Path, index: &SharedIndex) -> Result<(), LoadError> {
+/// Reads the file once and applies it as version `version`, or refuses it
+/// whole (the index keeps what it had); `/status` says which.
+pub async fn load(path: &Path, index: &SharedIndex, version: u64) -> Result<(), LoadError> {
     let bytes = tokio::fs::read(path).await.map_err(LoadError::Unreadable)?;
-    let text = String::from_utf8(bytes).map_err(|e| {
-        LoadError::Refused(SyntaxError {
-            document: 1,
-            message: format!("not UTF-8 text: {e}"),
-        })
-    })?;
-    let (objects, problems) = parse(&text).map_err(LoadError::Refused)?;
+    let parsed = String::from_utf8(bytes)
+        .map_err(Refused::Encoding)
+        .and_then(|text| parse(&text));
+    let objects = match parsed {
+        Ok(objects) => objects,
+        Err(refused) => {
+            set_status(index, path, |status| {
+                status.refused = Some(refused.status(version));
+                status.error = None;
+            });
+            return Err(LoadError::Refused(refused));
+        }
+    };
     let _span = tracing::info_span!(
         "plexus.feed.file.load",
         plexus.feed.path = %path.display(),
+        plexus.feed.version = version as i64,
         plexus.feed.objects = objects.len() as i64,
-        plexus.feed.problems = problems.len() as i64,
+        // Objects that do not read, and documents that name none.
+        plexus.feed.problems = (objects.unreadable.len() + objects.problems.len()) as i64,
     )
     .entered();
-    for problem in &problems {
-        tracing::warn!(%problem, path = %path.display(), "file feed: object not applied");
-    }
-    objects.reset(&mut index.lock(), problems);
+    let mut index = index.lock();
+    objects.apply(&mut index, version);
+    let status = FileStatus {
+        path: path.display().to_string(),
+        served: Some(version),
+        refused: None,
+        error: None,
+    };
+    index.set_file_status(status);
     Ok(())
+}
+
+fn set_status(index: &SharedIndex, path: &Path, change: impl FnOnce(&mut FileStatus)) {
+    let mut index = index.lock();
+    let mut status = index.file_status().cloned().unwrap_or_else(|| FileStatus {
+        path: path.display().to_string(),
+        served: None,
+        refused: None,
+        error: None,
+    });
+    change(&mut status);
+    index.set_file_status(status);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::Revision;
 
     const FILE: &str = r#"
 apiVersion: v1
@@ -251,7 +424,7 @@ apiVersion: v1
 kind: Service
 metadata: {name: broken, namespace: shop}
 spec:
-  ports: [{name: http, port: "eighty"}]
+  ports: [{name: http, port: "eighty"}, {name: grpc, port: 9090, appProtocol: [h2c]}]
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -268,65 +441,194 @@ items:
   endpoints: [{addresses: [10.0.0.1]}]
 "#;
 
-    #[test]
-    fn valid_objects_apply_and_invalid_ones_are_named() {
-        let (objects, problems) = parse(FILE).unwrap();
-        assert_eq!(objects.services.len(), 1);
-        assert_eq!(objects.endpoint_slices.len(), 1);
-        assert_eq!(problems.len(), 1, "{problems:?}");
-        assert_eq!(
-            (problems[0].kind.as_str(), problems[0].object.as_str()),
-            ("Service", "shop/broken")
-        );
-        assert!(
-            problems[0].field.starts_with("spec.ports[0]"),
-            "{:?}",
-            problems[0]
-        );
-
-        let mut index = Index::new(Default::default());
-        objects.reset(&mut index, problems);
+    fn endpoints(index: &mut Index) -> Vec<String> {
         let view = index.resolve("web.shop:80", "").unwrap();
-        let target = view.meshed.as_ref().unwrap();
+        let Some(target) = view.meshed.as_ref() else {
+            return Vec::new();
+        };
         let backend = &target.backends.value.backends[&target.name];
-        assert_eq!(backend.endpoints[0].address, "10.0.0.1:8080");
-        assert_eq!(index.problems().len(), 1);
+        backend
+            .endpoints
+            .iter()
+            .map(|e| e.address.clone())
+            .collect()
     }
 
     #[test]
-    fn a_file_that_is_not_yaml_is_one_error_not_an_endless_one() {
-        let error = parse("this: is: not: yaml: [").expect_err("refused");
-        assert_eq!(error.document, 1);
-        let error = parse(&format!("{FILE}---\nthis: is: not: yaml: [\n")).expect_err("refused");
-        // FILE holds four documents; the fifth is the bad one.
-        assert_eq!(error.document, 5, "{error}");
+    fn valid_objects_apply_and_unreadable_ones_are_named_with_every_bad_field() {
+        let objects = parse(FILE).unwrap();
+        assert_eq!(objects.services.len(), 1);
+        assert_eq!(objects.endpoint_slices.len(), 1);
+        assert_eq!(objects.unreadable.len(), 1, "{:?}", objects.unreadable);
+        let broken = &objects.unreadable[0];
+        assert_eq!(
+            (broken.kind, broken.key().to_string()),
+            (Kind::Service, "shop/broken".into())
+        );
+        let fields: Vec<&str> = broken.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["spec.ports[0].port", "spec.ports[1].appProtocol"]);
+
+        let mut index = Index::new(Default::default());
+        objects.apply(&mut index, 1);
+        assert_eq!(endpoints(&mut index), ["10.0.0.1:8080"]);
+        let refusals = index.refusals();
+        assert_eq!(refusals.len(), 1);
+        assert_eq!(refusals[0].served, None, "nothing of it was ever served");
+        assert_eq!(refusals[0].refused.revision, Some(Revision::File(1)));
+    }
+
+    #[test]
+    fn a_file_that_is_not_yaml_is_one_error_naming_its_line() {
+        let Err(Refused::Syntax(error)) = parse("this: is: not: yaml: [") else {
+            panic!("refused as a syntax error")
+        };
+        assert_eq!(
+            (error.document, error.line, error.column),
+            (1, Some(1), Some(9))
+        );
+        let text = format!("{FILE}---\nthis: is: not: yaml: [\n");
+        let Err(Refused::Syntax(error)) = parse(&text) else {
+            panic!("refused as a syntax error")
+        };
+        // FILE holds four documents; the fifth is the bad one, on the file's line 29.
+        assert_eq!((error.document, error.line), (5, Some(29)), "{error}");
+        assert!(!error.message.contains(" at line "), "{error}");
+        assert!(error.to_string().contains("line 29"), "{error}");
+    }
+
+    #[test]
+    fn a_file_without_documents_is_refused_and_an_empty_list_is_not() {
+        for empty in ["", "  \n\n", "# being written\n", "---\n---\n"] {
+            assert!(matches!(parse(empty), Err(Refused::Empty)), "{empty:?}");
+        }
+        let none =
+            parse("apiVersion: v1\nkind: List\nitems: []\n").expect("an explicit empty list");
+        assert!(none.is_empty());
+        // A file of other kinds only is well-formed too: it holds none of ours.
+        let others = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\n").unwrap();
+        assert!(others.is_empty());
+    }
+
+    #[test]
+    fn changes_are_read_once_they_stood_still_for_a_poll() {
+        let at = |len| Stamp {
+            modified: SystemTime::UNIX_EPOCH + Duration::from_secs(len),
+            len,
+            inode: 1,
+        };
+        let mut changes = Changes::default();
+        assert!(
+            !changes.has_new_version(at(10)),
+            "first seen: may still be written"
+        );
+        assert!(changes.has_new_version(at(10)), "stood still: read it");
+        changes.read(at(10));
+        assert!(!changes.has_new_version(at(10)), "read already");
+        assert!(!changes.has_new_version(at(0)), "truncated: wait");
+        assert!(!changes.has_new_version(at(5)), "half written: wait");
+        assert!(!changes.has_new_version(at(10)), "written: wait one poll");
+        assert!(
+            changes.has_new_version(at(10)),
+            "the same stamp as the last read, but a new version"
+        );
+    }
+
+    /// A file in a directory of its own, removed when dropped.
+    struct FeedFile(PathBuf);
+
+    impl FeedFile {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!(
+                "plexus-file-{name}-{}-{:x}",
+                std::process::id(),
+                rand_suffix()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self(dir.join("objects.yaml"))
+        }
+
+        fn write(&self, text: &str) {
+            std::fs::write(&self.0, text).unwrap();
+        }
+    }
+
+    impl Drop for FeedFile {
+        fn drop(&mut self) {
+            if let Some(dir) = self.0.parent() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+
+    fn rand_suffix() -> u128 {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
     }
 
     #[tokio::test]
-    async fn a_file_that_is_not_yaml_leaves_the_index_as_it_was() {
-        let dir = std::env::temp_dir().join(format!("plexus-file-garbage-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("objects.yaml");
+    async fn a_refused_file_leaves_the_index_as_it_was_and_says_why() {
+        let file = FeedFile::new("refused");
         let index = SharedIndex::new(Default::default());
-        std::fs::write(&path, FILE).unwrap();
-        load(&path, &index).await.unwrap();
-        std::fs::write(&path, "this: is: not: yaml: [").unwrap();
-        let refused = load(&path, &index).await;
-        let _ = std::fs::remove_dir_all(&dir);
-        assert!(matches!(refused, Err(LoadError::Refused(_))), "{refused:?}");
-        let rx = index.lock().watch_target("web.shop:80", "").unwrap();
-        assert!(rx.borrow().meshed.is_some(), "the last objects stay");
+        file.write(FILE);
+        load(&file.0, &index, 1).await.unwrap();
+        for (version, text, reason) in [(2, "this: is: not: yaml: [", "syntax"), (3, "", "empty")] {
+            file.write(text);
+            let refused = load(&file.0, &index, version).await;
+            assert!(matches!(refused, Err(LoadError::Refused(_))), "{refused:?}");
+            let mut index = index.lock();
+            assert_eq!(
+                endpoints(&mut index),
+                ["10.0.0.1:8080"],
+                "the last objects stay"
+            );
+            let status = index.file_status().unwrap();
+            assert_eq!(status.served, Some(1));
+            let refusal = status.refused.as_ref().unwrap();
+            assert_eq!((refusal.version, refusal.reason), (version, reason));
+        }
+        file.write("apiVersion: v1\nkind: List\nitems: []\n");
+        load(&file.0, &index, 4).await.unwrap();
+        let mut index = index.lock();
+        assert!(
+            endpoints(&mut index).is_empty(),
+            "an explicit empty list deletes all"
+        );
+        assert_eq!(index.file_status().unwrap().refused, None);
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_new_version_of_an_object_keeps_the_served_one() {
+        let file = FeedFile::new("unreadable");
+        let index = SharedIndex::new(Default::default());
+        file.write(FILE);
+        load(&file.0, &index, 1).await.unwrap();
+        // The Service `web` gets a port of the wrong type: it stays as it was.
+        file.write(&FILE.replacen("port: 80}", "port: \"80/tcp\"}", 1));
+        load(&file.0, &index, 2).await.unwrap();
+        let mut index = index.lock();
+        assert_eq!(endpoints(&mut index), ["10.0.0.1:8080"]);
+        let refusal = index
+            .refusals()
+            .into_iter()
+            .find(|r| r.object == "shop/web")
+            .expect("web's new version refused");
+        assert_eq!(
+            refusal.served.as_ref().and_then(|v| v.revision.clone()),
+            Some(Revision::File(1))
+        );
+        assert_eq!(refusal.refused.revision, Some(Revision::File(2)));
+        assert_eq!(refusal.problems[0].field, "spec.ports[0].port");
     }
 
     #[tokio::test]
     async fn the_file_is_reread_when_it_changes() {
-        let dir = std::env::temp_dir().join(format!("plexus-file-feed-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("objects.yaml");
-        std::fs::write(&path, FILE).unwrap();
+        let file = FeedFile::new("reread");
+        file.write(FILE);
         let index = SharedIndex::new(Default::default());
         let ready = Readiness::default();
-        let feed = tokio::spawn(run(path.clone(), index.clone(), ready.clone(), |_| ()));
+        let feed = tokio::spawn(run(file.0.clone(), index.clone(), ready.clone(), |_| ()));
         let mut rx = tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 if ready.is_ready() {
@@ -339,8 +641,7 @@ items:
         .expect("the feed loads the file");
         assert!(rx.borrow_and_update().meshed.is_some());
 
-        // Removing the Service from the file removes it from the index. Some
-        // filesystems keep whole-second mtimes: write until the feed notices.
+        // Removing the Service from the file removes it from the index.
         let without_web = FILE.replacen(
             "name: web, namespace: shop}",
             "name: other, namespace: shop}",
@@ -348,7 +649,7 @@ items:
         );
         let changed = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
-                std::fs::write(&path, &without_web).unwrap();
+                file.write(&without_web);
                 if tokio::time::timeout(Duration::from_millis(1500), rx.changed())
                     .await
                     .is_ok()
@@ -359,7 +660,6 @@ items:
         })
         .await;
         feed.abort();
-        let _ = std::fs::remove_dir_all(&dir);
         changed.expect("the feed re-reads the changed file");
         assert!(rx.borrow().meshed.is_none());
     }

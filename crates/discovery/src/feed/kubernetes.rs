@@ -1,7 +1,14 @@
 //! The Kubernetes feed: a kube-rs `runtime::watcher` per kind (it lists,
 //! watches, relists after `410 Gone` and backs off on errors), its events
-//! mapped to the index's `apply` / `delete` / `reset`.
+//! mapped to the index's `apply` / `delete` / `retain` / `refuse`.
+//!
+//! Routes are watched [`Lenient`]ly: the cluster's Gateway API CRDs may be
+//! newer than this build's types (a filter type they do not know), and a
+//! typed watch would drop such an event, and fail every relist of the kind
+//! (so `/ready` never). Core kinds are watched typed: the API server
+//! validates them against the very schema their types are generated from.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -12,13 +19,16 @@ use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event, watcher};
 use kube::{Api, Client};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 
 use super::Readiness;
-use crate::index::{IndexedResource, ObjectRef, SharedIndex};
+use super::decode::{decode_json, unreadable};
+use crate::index::{IndexedResource, ObjectRef, SharedIndex, Unreadable};
 
 /// The kinds watched; `/ready` waits until each has been listed once.
 const KINDS: usize = 6;
@@ -51,11 +61,15 @@ pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
         ),
         watch(Api::<Pod>::all(client.clone()), &index, on_synced.clone()),
         watch(
-            Api::<HttpRoute>::all(client.clone()),
+            Api::<Lenient<HttpRoute>>::all(client.clone()),
             &index,
             on_synced.clone()
         ),
-        watch(Api::<GrpcRoute>::all(client.clone()), &index, on_synced),
+        watch(
+            Api::<Lenient<GrpcRoute>>::all(client.clone()),
+            &index,
+            on_synced
+        ),
         super::route_status::run(client, index.clone()),
     );
 }
@@ -64,11 +78,29 @@ pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
 /// changes): handled together under one span.
 const MAX_BATCH: usize = 256;
 
-async fn watch<K>(api: Api<K>, index: &SharedIndex, on_synced: impl Fn())
+/// What a watch yields: an object of kind `Self::Indexed`, read or not.
+trait Watched: kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static {
+    type Indexed: IndexedResource;
+
+    fn read(self) -> Result<Self::Indexed, Box<Unreadable>>;
+}
+
+impl<K> Watched for K
 where
     K: IndexedResource + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let kind = K::KIND;
+    type Indexed = K;
+
+    fn read(self) -> Result<K, Box<Unreadable>> {
+        Ok(self)
+    }
+}
+
+async fn watch<W: Watched>(api: Api<W>, index: &SharedIndex, on_synced: impl Fn())
+where
+    W::DynamicType: Default,
+{
+    let kind = W::Indexed::KIND;
     let mut events = watcher(api, watcher::Config::default())
         .default_backoff()
         .boxed()
@@ -106,28 +138,28 @@ struct KindState {
 }
 
 impl KindState {
-    fn handle<K>(
+    fn handle<W: Watched>(
         &mut self,
-        event: Result<Event<K>, watcher::Error>,
+        event: Result<Event<W>, watcher::Error>,
         index: &SharedIndex,
         on_synced: &impl Fn(),
-    ) where
-        K: IndexedResource + kube::Resource + Clone + DeserializeOwned + Debug + Send + 'static,
-    {
-        let kind = K::KIND;
+    ) {
+        let kind = W::Indexed::KIND;
         match event {
-            Ok(Event::Apply(object)) => index.lock().apply(object),
+            Ok(Event::Apply(object)) => apply(index, object),
             Ok(Event::Delete(object)) => {
-                let key = object.key();
-                index.lock().delete::<K>(&key);
+                let key = ObjectRef::of(object.meta());
+                index.lock().delete::<W::Indexed>(&key);
             }
             Ok(Event::Init) => self.listed.clear(),
             Ok(Event::InitApply(object)) => {
-                self.listed.insert(object.key());
-                index.lock().apply(object);
+                self.listed.insert(ObjectRef::of(object.meta()));
+                apply(index, object);
             }
             Ok(Event::InitDone) => {
-                index.lock().retain::<K>(&std::mem::take(&mut self.listed));
+                index
+                    .lock()
+                    .retain::<W::Indexed>(&std::mem::take(&mut self.listed));
                 tracing::debug!(%kind, "kubernetes feed: listed");
                 if !self.synced {
                     self.synced = true;
@@ -151,6 +183,87 @@ impl KindState {
             Err(error) => {
                 tracing::warn!(%kind, %error, "kubernetes feed: watch failed; retrying with backoff")
             }
+        }
+    }
+}
+
+fn apply<W: Watched>(index: &SharedIndex, object: W) {
+    match object.read() {
+        Ok(object) => index.lock().apply(object),
+        Err(object) => index.lock().refuse::<W::Indexed>(*object),
+    }
+}
+
+/// A watched object of kind `K` that may not read into `K`: then it is
+/// refused with every bad field named (the index keeps its served version),
+/// where a typed watch would drop the event.
+#[derive(Clone, Debug)]
+pub enum Lenient<K> {
+    Read(K),
+    Unreadable(Box<Unreadable>),
+}
+
+impl<'de, K: IndexedResource + DeserializeOwned> Deserialize<'de> for Lenient<K> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        Ok(match decode_json::<K>(&value) {
+            Ok(object) => Lenient::Read(object),
+            Err(errors) => Lenient::Unreadable(Box::new(unreadable(K::KIND, &value, errors))),
+        })
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> kube::Resource for Lenient<K> {
+    type DynamicType = ();
+    type Scope = K::Scope;
+
+    fn kind(dt: &()) -> Cow<'_, str> {
+        K::kind(dt)
+    }
+
+    fn group(dt: &()) -> Cow<'_, str> {
+        K::group(dt)
+    }
+
+    fn version(dt: &()) -> Cow<'_, str> {
+        K::version(dt)
+    }
+
+    fn plural(dt: &()) -> Cow<'_, str> {
+        K::plural(dt)
+    }
+
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Lenient::Read(object) => object.meta(),
+            Lenient::Unreadable(object) => &object.meta,
+        }
+    }
+
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        match self {
+            Lenient::Read(object) => object.meta_mut(),
+            Lenient::Unreadable(object) => &mut object.meta,
+        }
+    }
+}
+
+impl<K> Watched for Lenient<K>
+where
+    K: IndexedResource
+        + kube::Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + 'static,
+{
+    type Indexed = K;
+
+    fn read(self) -> Result<K, Box<Unreadable>> {
+        match self {
+            Lenient::Read(object) => Ok(object),
+            Lenient::Unreadable(object) => Err(object),
         }
     }
 }

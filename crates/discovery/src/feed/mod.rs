@@ -1,6 +1,7 @@
 //! Feeds of Kubernetes objects into the index: the API server's watches in a
 //! cluster, a YAML file outside one. Same types, same index code.
 
+mod decode;
 pub mod file;
 pub mod kubernetes;
 pub mod route_status;

@@ -1,8 +1,9 @@
-//! In a cluster: writes each route's `Accepted` condition, per Service
-//! parent, to the route's status subresource, as Gateway API implementations
-//! do. Entries of other controllers in `status.parents` are kept; a status
-//! already as desired is not written again (so our own write, coming back
-//! as a MODIFIED event, does not loop).
+//! In a cluster: writes each route's `Accepted` condition (and, while a
+//! refused generation waits, `PartiallyInvalid`), per Service parent, to the
+//! route's status subresource, as Gateway API implementations do. Entries
+//! of other controllers in `status.parents` are kept; a status already as
+//! desired is not written again (so our own write, coming back as a
+//! MODIFIED event, does not loop).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,7 +16,10 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use crate::index::{CONTROLLER_NAME, Kind, ObjectRef, RouteStatus, SharedIndex};
+use crate::index::{
+    CONDITION_PARTIALLY_INVALID, CONTROLLER_NAME, Kind, ObjectRef, REASON_UNSUPPORTED_VALUE,
+    RouteStatus, SharedIndex,
+};
 
 /// A failed write is tried again after this long (or at the next change).
 const RETRY_AFTER: Duration = Duration::from_secs(5);
@@ -90,6 +94,12 @@ async fn write(
 
 /// The `status.parents` the route should have: other controllers' entries as
 /// they are, then ours. `None` when the route already has exactly that.
+///
+/// Ours carry `Accepted` per Service parent. While the newest generation is
+/// refused and an earlier one is served (Gateway API's "Fall Back"), a parent
+/// that still routes by the earlier one is `Accepted=True` for *that*
+/// generation, and `PartiallyInvalid=True` (reason `UnsupportedValue`, message
+/// "Fall Back: …" naming every bad field) for the newest.
 pub fn desired_parents(status: &RouteStatus, now: &Value) -> Option<Vec<Value>> {
     let ours = |entry: &&Value| entry["controllerName"] == CONTROLLER_NAME;
     let mut desired: Vec<Value> = status
@@ -99,27 +109,43 @@ pub fn desired_parents(status: &RouteStatus, now: &Value) -> Option<Vec<Value>> 
         .cloned()
         .collect();
     for parent in &status.parents {
-        let accepted = if parent.accepted { "True" } else { "False" };
-        // Keep the transition time while the condition's status stays the same.
-        let previous = status
-            .existing
-            .iter()
-            .filter(ours)
-            .filter(|e| e["parentRef"] == parent.parent_ref)
-            .flat_map(|e| e["conditions"].as_array().into_iter().flatten())
-            .find(|c| c["type"] == "Accepted" && c["status"] == accepted);
-        let since = previous.map_or_else(|| now.clone(), |c| c["lastTransitionTime"].clone());
+        // Keep a transition time while the condition's status stays the same.
+        let condition = |kind: &str, value: &str, reason: &str, generation: Option<i64>| {
+            let previous = status
+                .existing
+                .iter()
+                .filter(ours)
+                .filter(|e| e["parentRef"] == parent.parent_ref)
+                .flat_map(|e| e["conditions"].as_array().into_iter().flatten())
+                .find(|c| c["type"] == kind && c["status"] == value);
+            let since = previous.map_or_else(|| now.clone(), |c| c["lastTransitionTime"].clone());
+            json!({
+                "type": kind,
+                "status": value,
+                "reason": reason,
+                "message": parent.message,
+                "observedGeneration": generation.unwrap_or(0),
+                "lastTransitionTime": since,
+            })
+        };
+        let falls_back = parent.accepted && status.refused.is_some();
+        let mut conditions = vec![match (parent.accepted, falls_back) {
+            (true, true) => condition("Accepted", "True", &parent.reason, status.served_generation),
+            (true, false) => condition("Accepted", "True", &parent.reason, status.generation),
+            (false, _) => condition("Accepted", "False", &parent.reason, status.generation),
+        }];
+        if falls_back {
+            conditions.push(condition(
+                CONDITION_PARTIALLY_INVALID,
+                "True",
+                REASON_UNSUPPORTED_VALUE,
+                status.generation,
+            ));
+        }
         desired.push(json!({
             "parentRef": parent.parent_ref,
             "controllerName": CONTROLLER_NAME,
-            "conditions": [{
-                "type": "Accepted",
-                "status": accepted,
-                "reason": parent.reason,
-                "message": parent.message,
-                "observedGeneration": status.generation.unwrap_or(0),
-                "lastTransitionTime": since,
-            }],
+            "conditions": conditions,
         }));
     }
     (desired != status.existing).then_some(desired)
@@ -180,6 +206,61 @@ mod tests {
         assert_eq!(
             desired_parents(&status, &json!("2026-11-21T07:00:00Z")),
             None
+        );
+    }
+
+    #[test]
+    fn a_refused_generation_falls_back_to_the_served_one() {
+        let route = |generation: i64, rules: Value| -> HttpRoute {
+            serde_json::from_value(json!({
+                "metadata": {"namespace": "shop", "name": "split", "generation": generation},
+                "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                         "rules": rules},
+            }))
+            .unwrap()
+        };
+        let mut index = Index::new(IndexConfig::default());
+        index.apply(route(
+            4,
+            json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
+        ));
+        index.apply(route(
+            5,
+            json!([{"backendRefs": [{"name": "web", "port": 0}]}]),
+        ));
+        let status = index.route_statuses().remove(0);
+        let parents = desired_parents(&status, &json!("2026-11-21T06:00:00Z")).unwrap();
+        let conditions = parents[0]["conditions"].as_array().unwrap();
+        let accepted = &conditions[0];
+        assert_eq!(
+            (
+                &accepted["type"],
+                &accepted["status"],
+                &accepted["observedGeneration"]
+            ),
+            (&json!("Accepted"), &json!("True"), &json!(4)),
+            "accepted, for the generation served"
+        );
+        let invalid = &conditions[1];
+        assert_eq!(
+            (&invalid["type"], &invalid["status"], &invalid["reason"]),
+            (
+                &json!("PartiallyInvalid"),
+                &json!("True"),
+                &json!("UnsupportedValue")
+            )
+        );
+        assert_eq!(invalid["observedGeneration"], 5);
+        let message = invalid["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(
+                "Fall Back: generation 5 refused (spec.rules[0].backendRefs[0].port: "
+            ),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("generation 4 stays in force"),
+            "{message}"
         );
     }
 }

@@ -1,6 +1,8 @@
 //! The discovery index: one in-memory view of the cluster, fed by `apply` /
-//! `delete` / `reset` calls from a feed (Kubernetes watches or a YAML file),
-//! and read by the Destination API through a `tokio::sync::watch` per target.
+//! `delete` / `reset` / `refuse` calls from a feed (Kubernetes watches or a
+//! YAML file), and read by the Destination API through a `tokio::sync::watch`
+//! per target. It keeps the last good version of each object: a new version
+//! with a bad field is refused while an earlier one is served (`ledger`).
 //!
 //! It holds no Kubernetes client: tests call it directly with objects they
 //! build. Objects are reduced to small models on the way in (a Pod keeps its
@@ -11,6 +13,7 @@
 //! gRPC watchers send exactly the parts that did.
 
 mod annotations;
+mod ledger;
 mod lookup;
 mod model;
 mod resources;
@@ -27,12 +30,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 
+pub use self::ledger::{FileRefusal, FileStatus, Refusal, Revision, Unreadable, Version};
 pub use self::lookup::{Lookup, TargetError};
 pub use self::resources::IndexedResource;
-pub use self::routes::{CONTROLLER_NAME, ParentStatus, RouteStatus};
+pub use self::routes::{
+    CONDITION_PARTIALLY_INVALID, CONTROLLER_NAME, ParentStatus, REASON_UNSUPPORTED_VALUE,
+    RouteStatus,
+};
 pub use self::views::{MeshedTarget, TargetView, Versioned};
 
-use self::model::{PodInfo, ServiceInfo, SliceInfo, WorkloadAnnotations};
+use self::ledger::Ledger;
+use self::model::{PodInfo, ServiceInfo, SliceInfo, Stored, WorkloadAnnotations};
 use self::routes::{RouteInfo, RouteKey};
 use self::watches::{Changes, Watches};
 
@@ -71,6 +79,14 @@ impl ObjectRef {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+
+    /// The object `meta` describes.
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+        )
     }
 }
 
@@ -121,9 +137,9 @@ impl Serialize for Kind {
     }
 }
 
-/// Something wrong with an object, named by kind, object and field. The
-/// object's valid parts still apply; the problem is logged and listed on the
-/// admin endpoint.
+/// Something wrong with an object, named by kind, object and field; logged
+/// and listed on the admin endpoint. The version that has it is refused while
+/// an earlier one is served ([`Refusal`]); else its valid parts apply.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Problem {
     pub kind: String,
@@ -175,25 +191,32 @@ pub struct IndexSizes {
 #[derive(Debug)]
 pub struct Index {
     config: IndexConfig,
-    namespaces: HashMap<String, WorkloadAnnotations>,
-    services: HashMap<ObjectRef, ServiceInfo>,
+    namespaces: HashMap<String, Stored<WorkloadAnnotations>>,
+    services: HashMap<ObjectRef, Stored<ServiceInfo>>,
     cluster_ips: HashMap<IpAddr, ObjectRef>,
     /// Keyed by the slice's own `namespace/name`.
-    slices: HashMap<ObjectRef, SliceInfo>,
+    slices: HashMap<ObjectRef, Stored<SliceInfo>>,
     slices_by_service: HashMap<ObjectRef, BTreeSet<ObjectRef>>,
-    pods: HashMap<ObjectRef, PodInfo>,
+    /// A Pod's version is that of its served annotations (its IPs and
+    /// readiness always follow the newest version).
+    pods: HashMap<ObjectRef, Stored<PodInfo>>,
     pod_ips: HashMap<IpAddr, ObjectRef>,
     /// Pod -> Services whose slices list it (with a count of listings), so a
     /// Pod change recomputes only the targets it is an endpoint of.
     pod_services: HashMap<ObjectRef, HashMap<ObjectRef, u32>>,
-    routes: HashMap<RouteKey, RouteInfo>,
+    routes: HashMap<RouteKey, Stored<RouteInfo>>,
     routes_by_service: HashMap<ObjectRef, BTreeSet<RouteKey>>,
     /// Status of every route with a Service parent, accepted or not.
     route_status: BTreeMap<RouteKey, RouteStatus>,
     /// Bumped whenever a route status changes, for the status writer.
     route_status_version: tokio::sync::watch::Sender<u64>,
-    problems: BTreeMap<(Kind, ObjectRef), Vec<Problem>>,
+    ledger: Ledger,
+    /// Documents of the feed that name no object (a file's document without `kind`).
     feed_problems: Vec<Problem>,
+    /// While the file feed applies a version of its file: that version, which
+    /// then is every object's version.
+    file_version: Option<u64>,
+    file_status: Option<FileStatus>,
     watches: Watches,
 }
 
@@ -213,8 +236,10 @@ impl Index {
             routes_by_service: HashMap::new(),
             route_status: BTreeMap::new(),
             route_status_version: tokio::sync::watch::Sender::new(0),
-            problems: BTreeMap::new(),
+            ledger: Ledger::default(),
             feed_problems: Vec::new(),
+            file_version: None,
+            file_status: None,
             watches: Watches::default(),
         }
     }
@@ -246,13 +271,32 @@ impl Index {
     /// Replaces every object of this kind by `objects` (a relist): objects not
     /// listed are deleted. Watchers see one update for the whole relist.
     pub fn reset<R: IndexedResource>(&mut self, objects: Vec<R>) {
+        self.relist(objects, Vec::new());
+    }
+
+    /// As [`Index::reset`], with objects the feed listed but could not read:
+    /// those are refused ([`Index::refuse`]), not deleted.
+    pub fn relist<R: IndexedResource>(&mut self, objects: Vec<R>, unreadable: Vec<Unreadable>) {
         let mut changes = Changes::default();
-        let listed: HashSet<ObjectRef> = objects.iter().map(R::key).collect();
+        let listed: HashSet<ObjectRef> = objects
+            .iter()
+            .map(R::key)
+            .chain(unreadable.iter().map(Unreadable::key))
+            .collect();
         self.delete_unlisted::<R>(&listed, &mut changes);
+        for object in unreadable {
+            R::refuse_in(self, object);
+        }
         for object in objects {
             object.apply_to(self, &mut changes);
         }
         self.publish(changes);
+    }
+
+    /// Records that the feed could not read a new version of an object: the
+    /// served version (if any) stays in force.
+    pub fn refuse<R: IndexedResource>(&mut self, object: Unreadable) {
+        R::refuse_in(self, object);
     }
 
     /// Deletes the objects of this kind not in `listed`: the end of a relist
@@ -274,6 +318,8 @@ impl Index {
                 R::delete_from(self, &key, changes);
             }
         }
+        // Objects known only by a refusal (nothing of them served).
+        self.ledger.forget_unlisted(R::KIND, listed);
     }
 
     /// Resolves a target once, without watching it.
@@ -315,20 +361,46 @@ impl Index {
         self.watches.insert_server(key, policy)
     }
 
-    /// Every problem found in the objects applied, plus those the feed reported.
+    /// The problems of every served object, plus those the feed reported.
     pub fn problems(&self) -> Vec<Problem> {
-        self.problems
-            .values()
-            .flatten()
+        self.ledger
+            .problems()
             .chain(&self.feed_problems)
             .cloned()
             .collect()
     }
 
-    /// Problems found by the feed before objects reached the index (objects
-    /// that could not be read at all); replaces the previous list.
+    /// Every refused version, with the version served instead.
+    pub fn refusals(&self) -> Vec<Refusal> {
+        self.ledger.refusals().cloned().collect()
+    }
+
+    /// Problems found by the feed in documents that name no object;
+    /// replaces the previous list.
     pub fn set_feed_problems(&mut self, problems: Vec<Problem>) {
         self.feed_problems = problems;
+    }
+
+    /// The file feed, while it applies version `version` of its file
+    /// (`None` after): that version is every object's version.
+    pub fn set_file_version(&mut self, version: Option<u64>) {
+        self.file_version = version;
+    }
+
+    /// What the file feed says of its file, for `/status`.
+    pub fn set_file_status(&mut self, status: FileStatus) {
+        self.file_status = Some(status);
+    }
+
+    pub fn file_status(&self) -> Option<&FileStatus> {
+        self.file_status.as_ref()
+    }
+
+    fn version_of(
+        &self,
+        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ) -> Version {
+        Version::of(meta, self.file_version)
     }
 
     /// The status of every route that names a Service parent.
@@ -362,22 +434,6 @@ impl Index {
             target_watches: self.watches.target_count(),
             server_watches: self.watches.server_count(),
         }
-    }
-
-    /// Records the problems of one object, logging those that are new.
-    fn set_problems(&mut self, kind: Kind, key: &ObjectRef, problems: Vec<Problem>) {
-        let slot = (kind, key.clone());
-        if problems.is_empty() {
-            self.problems.remove(&slot);
-            return;
-        }
-        let old = self.problems.get(&slot);
-        for problem in &problems {
-            if old.is_none_or(|old| !old.contains(problem)) {
-                tracing::warn!(%problem, "invalid object");
-            }
-        }
-        self.problems.insert(slot, problems);
     }
 }
 

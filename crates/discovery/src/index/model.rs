@@ -3,17 +3,35 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::ops::Deref;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use plexus_api::v1::Resilience;
 
 use super::annotations::{Annotations, MtlsMode, PortSet};
-use super::{Kind, ObjectRef, Problem};
+use super::{Kind, ObjectRef, Problem, Version};
 use plexus_core::PROXY_CONTAINER;
 
 /// The label of an EndpointSlice naming its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// A model as the index keeps it: with the version of the object it was read
+/// from, which `/status` names when a newer version is refused. Reads as the
+/// model itself.
+#[derive(Clone, Debug)]
+pub struct Stored<T> {
+    pub model: T,
+    pub version: Version,
+}
+
+impl<T> Deref for Stored<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.model
+    }
+}
 
 /// Mesh annotations shared by Namespaces and Pods (a Pod's win).
 #[derive(Clone, Debug, Default, PartialEq)]

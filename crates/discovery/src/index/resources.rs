@@ -1,6 +1,12 @@
 //! How each Kubernetes kind enters and leaves the index, keeping the reverse
 //! maps (ClusterIP, pod IP, pod -> Services, Service -> routes) in step and
 //! recording what changed for the watches.
+//!
+//! A version with problems is refused while an earlier one is served (see
+//! `ledger`), per kind: a Namespace, a Service and a route are configuration,
+//! kept whole; a Pod keeps its served mesh annotations while its IPs and
+//! readiness follow the new version (they are what exists now); an
+//! EndpointSlice is only state: its valid endpoints always apply.
 
 use gateway_api::experimental::grpcroutes::GrpcRoute as GRPCRoute;
 use gateway_api::experimental::httproutes::HttpRoute as HTTPRoute;
@@ -8,19 +14,21 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use super::ledger::Admission;
+use super::model::Stored;
 use super::routes::{self, Converted, RouteKey};
 use super::watches::Changes;
-use super::{Index, Kind, ObjectRef, model};
+use super::{Index, Kind, ObjectRef, Unreadable, Version, model};
 
 /// A Kubernetes kind the index reads. Feeds call [`Index::apply`],
-/// [`Index::delete`] and [`Index::reset`] with it.
+/// [`Index::delete`], [`Index::reset`] and [`Index::refuse`] with it.
 pub trait IndexedResource: Sized {
     const KIND: Kind;
 
     fn metadata(&self) -> &ObjectMeta;
 
     fn key(&self) -> ObjectRef {
-        routes::object_ref(self.metadata())
+        ObjectRef::of(self.metadata())
     }
 
     #[doc(hidden)]
@@ -29,6 +37,20 @@ pub trait IndexedResource: Sized {
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes);
     #[doc(hidden)]
     fn keys(index: &Index) -> Vec<ObjectRef>;
+    /// The version of the object the index serves.
+    #[doc(hidden)]
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version>;
+
+    /// Records an unreadable version; the served one stays.
+    #[doc(hidden)]
+    fn refuse_in(index: &mut Index, object: Unreadable) {
+        let key = object.key();
+        let version = index.version_of(&object.meta);
+        let served = Self::served_version(index, &key).cloned();
+        index
+            .ledger
+            .refuse(Self::KIND, &key, served, version, object.problems);
+    }
 }
 
 impl IndexedResource for Namespace {
@@ -40,16 +62,34 @@ impl IndexedResource for Namespace {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let key = IndexedResource::key(&self);
+        let version = index.version_of(&self.metadata);
         let (annotations, problems) = model::namespace(&self, &index.config.trust_domain);
-        index.set_problems(Kind::Namespace, &key, problems);
-        if index.namespaces.get(&key.name) != Some(&annotations) {
-            index.namespaces.insert(key.name.clone(), annotations);
-            changes.namespaces.insert(key.name);
+        let served = index.namespaces.get(&key.name);
+        let admission = index.ledger.admit(
+            Kind::Namespace,
+            &key,
+            served.map(|s| &s.version),
+            served.is_some_and(|s| s.model == annotations),
+            &version,
+            problems,
+        );
+        if admission == Admission::Keep {
+            return;
         }
+        if served.map(|s| &s.model) != Some(&annotations) {
+            changes.namespaces.insert(key.name.clone());
+        }
+        index.namespaces.insert(
+            key.name,
+            Stored {
+                model: annotations,
+                version,
+            },
+        );
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
-        index.set_problems(Kind::Namespace, key, Vec::new());
+        index.ledger.forget(Kind::Namespace, key);
         if index.namespaces.remove(&key.name).is_some() {
             changes.namespaces.insert(key.name.clone());
         }
@@ -62,6 +102,10 @@ impl IndexedResource for Namespace {
             .map(|n| ObjectRef::new("", n.clone()))
             .collect()
     }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        index.namespaces.get(&key.name).map(|s| &s.version)
+    }
 }
 
 impl IndexedResource for Service {
@@ -73,9 +117,22 @@ impl IndexedResource for Service {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let key = IndexedResource::key(&self);
+        let version = index.version_of(&self.metadata);
         let (info, problems) = model::service(&self, &key);
-        index.set_problems(Kind::Service, &key, problems);
-        if index.services.get(&key) == Some(&info) {
+        let served = index.services.get_mut(&key);
+        let admission = index.ledger.admit(
+            Kind::Service,
+            &key,
+            served.as_ref().map(|s| &s.version),
+            served.as_ref().is_some_and(|s| s.model == info),
+            &version,
+            problems,
+        );
+        if admission == Admission::Keep {
+            return;
+        }
+        if let Some(served) = served.filter(|s| s.model == info) {
+            served.version = version;
             return;
         }
         remove_cluster_ips(index, &key, changes);
@@ -83,12 +140,18 @@ impl IndexedResource for Service {
             index.cluster_ips.insert(*ip, key.clone());
             changes.ips.insert(*ip);
         }
-        index.services.insert(key.clone(), info);
+        index.services.insert(
+            key.clone(),
+            Stored {
+                model: info,
+                version,
+            },
+        );
         changes.services.insert(key);
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
-        index.set_problems(Kind::Service, key, Vec::new());
+        index.ledger.forget(Kind::Service, key);
         remove_cluster_ips(index, key, changes);
         if index.services.remove(key).is_some() {
             changes.services.insert(key.clone());
@@ -97,6 +160,10 @@ impl IndexedResource for Service {
 
     fn keys(index: &Index) -> Vec<ObjectRef> {
         index.services.keys().cloned().collect()
+    }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        index.services.get(key).map(|s| &s.version)
     }
 }
 
@@ -121,9 +188,15 @@ impl IndexedResource for EndpointSlice {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let key = IndexedResource::key(&self);
+        let version = index.version_of(&self.metadata);
         let (info, problems) = model::endpoint_slice(&self, &key);
-        index.set_problems(Kind::EndpointSlice, &key, problems);
-        if index.slices.get(&key) == info.as_ref() {
+        // State, not configuration: the newest endpoints always apply.
+        index.ledger.accept(Kind::EndpointSlice, &key, problems);
+        let served = index.slices.get_mut(&key);
+        if let (Some(served), Some(info)) = (served, &info)
+            && served.model == *info
+        {
+            served.version = version;
             return;
         }
         remove_slice(index, &key, changes);
@@ -143,21 +216,31 @@ impl IndexedResource for EndpointSlice {
             .or_default()
             .insert(key.clone());
         changes.services.insert(info.service.clone());
-        index.slices.insert(key, info);
+        index.slices.insert(
+            key,
+            Stored {
+                model: info,
+                version,
+            },
+        );
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
-        index.set_problems(Kind::EndpointSlice, key, Vec::new());
+        index.ledger.forget(Kind::EndpointSlice, key);
         remove_slice(index, key, changes);
     }
 
     fn keys(index: &Index) -> Vec<ObjectRef> {
         index.slices.keys().cloned().collect()
     }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        index.slices.get(key).map(|s| &s.version)
+    }
 }
 
 fn remove_slice(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
-    let Some(old) = index.slices.remove(key) else {
+    let Some(Stored { model: old, .. }) = index.slices.remove(key) else {
         return;
     };
     for pod in old.endpoints.iter().filter_map(|e| e.pod.as_ref()) {
@@ -192,9 +275,27 @@ impl IndexedResource for Pod {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let key = IndexedResource::key(&self);
-        let (info, problems) = model::pod(&self, &key, &index.config.trust_domain);
-        index.set_problems(Kind::Pod, &key, problems);
-        if index.pods.get(&key) == Some(&info) {
+        let mut version = index.version_of(&self.metadata);
+        let (mut info, problems) = model::pod(&self, &key, &index.config.trust_domain);
+        let served = index.pods.get_mut(&key);
+        // Only the annotations are judged: the rest of a Pod is state.
+        let admission = index.ledger.admit(
+            Kind::Pod,
+            &key,
+            served.as_ref().map(|s| &s.version),
+            served
+                .as_ref()
+                .is_some_and(|s| s.model.annotations == info.annotations),
+            &version,
+            problems,
+        );
+        if let (Admission::Keep, Some(served)) = (admission, &served) {
+            // The served annotations stay; the Pod's IPs and readiness are news.
+            info.annotations = served.model.annotations.clone();
+            version = served.version.clone();
+        }
+        if let Some(served) = served.filter(|s| s.model == info) {
+            served.version = version;
             return;
         }
         remove_pod_ips(index, &key, changes);
@@ -202,12 +303,18 @@ impl IndexedResource for Pod {
             index.pod_ips.insert(*ip, key.clone());
             changes.ips.insert(*ip);
         }
-        index.pods.insert(key.clone(), info);
+        index.pods.insert(
+            key.clone(),
+            Stored {
+                model: info,
+                version,
+            },
+        );
         pod_changed(index, key, changes);
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
-        index.set_problems(Kind::Pod, key, Vec::new());
+        index.ledger.forget(Kind::Pod, key);
         remove_pod_ips(index, key, changes);
         if index.pods.remove(key).is_some() {
             pod_changed(index, key.clone(), changes);
@@ -216,6 +323,10 @@ impl IndexedResource for Pod {
 
     fn keys(index: &Index) -> Vec<ObjectRef> {
         index.pods.keys().cloned().collect()
+    }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        index.pods.get(key).map(|s| &s.version)
     }
 }
 
@@ -247,13 +358,9 @@ impl IndexedResource for HTTPRoute {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let converted = routes::http_route(&self, &index.config.cluster_domain);
-        apply_route(
-            index,
-            Kind::HttpRoute,
-            IndexedResource::key(&self),
-            converted,
-            changes,
-        );
+        let version = index.version_of(&self.metadata);
+        let key = IndexedResource::key(&self);
+        apply_route(index, Kind::HttpRoute, key, version, converted, changes);
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
@@ -262,6 +369,14 @@ impl IndexedResource for HTTPRoute {
 
     fn keys(index: &Index) -> Vec<ObjectRef> {
         route_keys(index, Kind::HttpRoute)
+    }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        served_route_version(index, Kind::HttpRoute, key)
+    }
+
+    fn refuse_in(index: &mut Index, object: Unreadable) {
+        refuse_route(index, object);
     }
 }
 
@@ -274,13 +389,9 @@ impl IndexedResource for GRPCRoute {
 
     fn apply_to(self, index: &mut Index, changes: &mut Changes) {
         let converted = routes::grpc_route(&self, &index.config.cluster_domain);
-        apply_route(
-            index,
-            Kind::GrpcRoute,
-            IndexedResource::key(&self),
-            converted,
-            changes,
-        );
+        let version = index.version_of(&self.metadata);
+        let key = IndexedResource::key(&self);
+        apply_route(index, Kind::GrpcRoute, key, version, converted, changes);
     }
 
     fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
@@ -290,33 +401,100 @@ impl IndexedResource for GRPCRoute {
     fn keys(index: &Index) -> Vec<ObjectRef> {
         route_keys(index, Kind::GrpcRoute)
     }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        served_route_version(index, Kind::GrpcRoute, key)
+    }
+
+    fn refuse_in(index: &mut Index, object: Unreadable) {
+        refuse_route(index, object);
+    }
+}
+
+fn served_route_version<'a>(
+    index: &'a Index,
+    kind: Kind,
+    route: &ObjectRef,
+) -> Option<&'a Version> {
+    let key = RouteKey {
+        kind,
+        route: route.clone(),
+    };
+    index.routes.get(&key).map(|s| &s.version)
 }
 
 fn apply_route(
     index: &mut Index,
     kind: Kind,
     route: ObjectRef,
+    version: Version,
     converted: Converted,
     changes: &mut Changes,
 ) {
     let key = RouteKey { kind, route };
-    index.set_problems(kind, &key.route, converted.problems);
+    // Served: accepted by at least one parent.
+    let served = index.routes.get(&key);
+    let served_version = served.map(|s| s.version.clone());
+    let unchanged = served.is_some_and(|s| Some(&s.model) == converted.info.as_ref());
+    let problems = converted.problems;
+    let admission = index.ledger.admit(
+        kind,
+        &key.route,
+        served_version.as_ref(),
+        unchanged,
+        &version,
+        problems.clone(),
+    );
+    if admission == Admission::Keep {
+        // Keep implies a Service parent, so a status.
+        if let Some(latest) = converted.status {
+            let status = routes::fall_back(index.route_status.get(&key), latest, &problems);
+            index.set_route_status(key, status);
+        }
+        return;
+    }
     index.set_route_status(key.clone(), converted.status);
-    if index.routes.get(&key) == converted.info.as_ref() {
+    let Some(info) = converted.info else {
+        remove_route(index, &key, changes);
+        return;
+    };
+    if let Some(served) = index.routes.get_mut(&key).filter(|s| s.model == info) {
+        served.version = version;
         return;
     }
     remove_route(index, &key, changes);
-    if let Some(info) = converted.info {
-        for parent in &info.parents {
-            index
-                .routes_by_service
-                .entry(parent.service.clone())
-                .or_default()
-                .insert(key.clone());
-            changes.services.insert(parent.service.clone());
-        }
-        index.routes.insert(key, info);
+    for parent in &info.parents {
+        index
+            .routes_by_service
+            .entry(parent.service.clone())
+            .or_default()
+            .insert(key.clone());
+        changes.services.insert(parent.service.clone());
     }
+    index.routes.insert(
+        key,
+        Stored {
+            model: info,
+            version,
+        },
+    );
+}
+
+/// An unreadable route: refused; its status says so, and what is served.
+fn refuse_route(index: &mut Index, object: Unreadable) {
+    let key = RouteKey {
+        kind: object.kind,
+        route: object.key(),
+    };
+    let version = index.version_of(&object.meta);
+    let served = index.routes.get(&key).map(|s| s.version.clone());
+    let latest = routes::unreadable_status(&object);
+    let served_status = served.as_ref().and(index.route_status.get(&key));
+    let status = routes::fall_back(served_status, latest, &object.problems);
+    index.set_route_status(key.clone(), status);
+    index
+        .ledger
+        .refuse(key.kind, &key.route, served, version, object.problems);
 }
 
 fn delete_route(index: &mut Index, kind: Kind, route: &ObjectRef, changes: &mut Changes) {
@@ -324,7 +502,7 @@ fn delete_route(index: &mut Index, kind: Kind, route: &ObjectRef, changes: &mut 
         kind,
         route: route.clone(),
     };
-    index.set_problems(kind, route, Vec::new());
+    index.ledger.forget(kind, route);
     index.set_route_status(key.clone(), None);
     remove_route(index, &key, changes);
 }
@@ -333,14 +511,14 @@ fn remove_route(index: &mut Index, key: &RouteKey, changes: &mut Changes) {
     let Some(old) = index.routes.remove(key) else {
         return;
     };
-    for parent in old.parents {
+    for parent in &old.parents {
         if let Some(routes) = index.routes_by_service.get_mut(&parent.service) {
             routes.remove(key);
             if routes.is_empty() {
                 index.routes_by_service.remove(&parent.service);
             }
         }
-        changes.services.insert(parent.service);
+        changes.services.insert(parent.service.clone());
     }
 }
 

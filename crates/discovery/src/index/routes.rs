@@ -20,8 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::annotations::parse_duration_ms;
+use super::ledger::summary;
 use super::lookup::canonical_name;
-use super::{Kind, ObjectRef, Problem};
+use super::{Kind, ObjectRef, Problem, Unreadable};
 
 /// Retries when a route's `retry` leaves `attempts` out (Gateway API: implementation-specific).
 const DEFAULT_RETRIES: u32 = 2;
@@ -32,6 +33,9 @@ const DEFAULT_RETRY_CODES: [u32; 3] = [502, 503, 504];
 pub const REASON_ACCEPTED: &str = "Accepted";
 pub const REASON_UNSUPPORTED_VALUE: &str = "UnsupportedValue";
 pub const REASON_NOT_ALLOWED: &str = "NotAllowedByParent";
+/// The Gateway API condition type of a route whose newest generation is
+/// refused while an earlier one is served ("Fall Back").
+pub const CONDITION_PARTIALLY_INVALID: &str = "PartiallyInvalid";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
@@ -94,17 +98,26 @@ pub struct ParentStatus {
 pub struct RouteStatus {
     pub kind: Kind,
     pub route: ObjectRef,
+    /// Per Service parent of the newest version.
     pub parents: Vec<ParentStatus>,
-    /// `metadata.generation` the status is about.
+    /// `metadata.generation` of the newest version.
     #[serde(skip)]
     pub generation: Option<i64>,
+    /// `metadata.generation` of the version served; older than `generation`
+    /// while the newest is refused.
+    #[serde(skip)]
+    pub served_generation: Option<i64>,
+    /// Every bad field of the newest version, when it is refused while an
+    /// earlier version is served (Gateway API's "Fall Back").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
     /// `status.parents` as the object carried it (every controller's).
     #[serde(skip)]
     pub existing: Vec<Value>,
 }
 
 /// The result of reading a route: the route if any parent accepts it, its
-/// status (when it names a Service at all), and its problems.
+/// status (when it names a Service at all), and its problems (every bad field).
 pub struct Converted {
     pub info: Option<RouteInfo>,
     pub status: Option<RouteStatus>,
@@ -121,6 +134,18 @@ fn error(field: String, message: impl Into<String>) -> FieldError {
     FieldError {
         field,
         message: message.into(),
+    }
+}
+
+/// Every bad field found reading a route: reading goes on past the first, so
+/// one status message and one log line name them all.
+#[derive(Default)]
+struct FieldErrors(Vec<FieldError>);
+
+impl FieldErrors {
+    /// The value, or `None` with its error kept.
+    fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+        result.map_err(|e| self.0.push(e)).ok()
     }
 }
 
@@ -211,14 +236,14 @@ from_generated!(
 pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
     let mut reader = RuleReader::new(&route.metadata, cluster_domain);
     let rules = each("spec.rules", &route.spec.rules, |at, rule| {
-        http_rule(&mut reader, at, rule)
+        Some(http_rule(&mut reader, at, rule))
     });
     convert(
         Kind::HttpRoute,
         &route.metadata,
         &route.spec.parent_refs,
-        rules.map(RouteRules::Http),
-        reader.backends,
+        RouteRules::Http(rules),
+        reader,
         serde_json::to_value(&route.status).ok(),
     )
 }
@@ -226,31 +251,57 @@ pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
 pub fn grpc_route(route: &GRPCRoute, cluster_domain: &str) -> Converted {
     let mut reader = RuleReader::new(&route.metadata, cluster_domain);
     let rules = each("spec.rules", &route.spec.rules, |at, rule| {
-        grpc_rule(&mut reader, at, rule)
+        Some(grpc_rule(&mut reader, at, rule))
     });
     convert(
         Kind::GrpcRoute,
         &route.metadata,
         &route.spec.parent_refs,
-        rules.map(RouteRules::Grpc),
-        reader.backends,
+        RouteRules::Grpc(rules),
+        reader,
         serde_json::to_value(&route.status).ok(),
     )
 }
 
-pub fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
-    ObjectRef::new(
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-    )
+/// A parentRef that names a Service (GAMMA), as the status echoes it.
+struct ServiceParentRef<'a> {
+    /// `Service namespace/name[:port]`.
+    parent: String,
+    parent_ref: Value,
+    namespace: &'a str,
+    /// `Some(None)`: a port was given that is not a port number.
+    port: Option<Option<u16>>,
+}
+
+/// `None` for parents that are not Services (Gateways belong to other controllers).
+fn service_parent<'a>(p: &ParentRef<'a>, route_namespace: &'a str) -> Option<ServiceParentRef<'a>> {
+    // GAMMA: a Service parent is group "" (core) and kind Service.
+    let is_service = matches!(p.group, Some("" | "core")) && p.kind == Some("Service");
+    if !is_service {
+        return None;
+    }
+    let namespace = p.namespace.unwrap_or(route_namespace);
+    let port = p
+        .port
+        .map(|port| u16::try_from(port).ok().filter(|port| *port != 0));
+    let parent = match port.flatten() {
+        Some(port) => format!("Service {namespace}/{}:{port}", p.name),
+        None => format!("Service {namespace}/{}", p.name),
+    };
+    Some(ServiceParentRef {
+        parent,
+        parent_ref: serde_json::to_value(p).unwrap_or(Value::Null),
+        namespace,
+        port,
+    })
 }
 
 fn convert<'a, P: 'a>(
     kind: Kind,
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
     parent_refs: &'a Option<Vec<P>>,
-    rules: Result<RouteRules, FieldError>,
-    backends: BTreeSet<(ObjectRef, u16)>,
+    rules: RouteRules,
+    reader: RuleReader<'_>,
     status: Option<Value>,
 ) -> Converted
 where
@@ -260,47 +311,38 @@ where
         Some(Value::Array(parents)) => parents.clone(),
         _ => Vec::new(),
     };
-    let key = object_ref(meta);
+    let key = ObjectRef::of(meta);
+    let rule_problems: Vec<Problem> = reader
+        .errors
+        .0
+        .into_iter()
+        .map(|e| Problem::new(kind, &key, e.field, e.message))
+        .collect();
     let mut problems = Vec::new();
     let mut accepted = Vec::new();
     let mut statuses = Vec::new();
-    for (i, p) in parent_refs
-        .iter()
-        .flatten()
-        .map(ParentRef::from)
-        .enumerate()
-    {
-        // GAMMA: a Service parent is group "" (core) and kind Service; other
-        // parents (Gateways) belong to other controllers.
-        let is_service = matches!(p.group, Some("" | "core")) && p.kind == Some("Service");
-        if !is_service {
+    let parent_refs: Vec<ParentRef<'a>> =
+        parent_refs.iter().flatten().map(ParentRef::from).collect();
+    for (i, p) in parent_refs.iter().enumerate() {
+        let Some(sp) = service_parent(p, &key.namespace) else {
             continue;
-        }
-        let parent_ref = serde_json::to_value(&p).unwrap_or(Value::Null);
-        let namespace = p.namespace.unwrap_or(&key.namespace);
-        let port = p.port.and_then(|p| u16::try_from(p).ok());
-        let parent = match port {
-            Some(port) => format!("Service {namespace}/{}:{port}", p.name),
-            None => format!("Service {namespace}/{}", p.name),
         };
-        let refusal = if namespace != key.namespace {
+        let refusal = if sp.namespace != key.namespace {
             Some((
                 REASON_NOT_ALLOWED,
                 format!("spec.parentRefs[{i}]"),
                 format!(
-                    "Service {namespace}/{} is in another namespace; \
+                    "Service {}/{} is in another namespace; \
                      routes for a Service must live in its namespace",
-                    p.name
+                    sp.namespace, p.name
                 ),
             ))
-        } else if p.port.is_some() && port.is_none_or(|p| p == 0) {
+        } else if sp.port == Some(None) {
             Some((
                 REASON_UNSUPPORTED_VALUE,
                 format!("spec.parentRefs[{i}].port"),
                 "not a port number".to_string(),
             ))
-        } else if let Err(e) = &rules {
-            Some((REASON_UNSUPPORTED_VALUE, e.field.clone(), e.message.clone()))
         } else {
             None
         };
@@ -311,22 +353,29 @@ where
                     problems.push(problem);
                 }
                 ParentStatus {
-                    parent,
-                    parent_ref,
+                    parent: sp.parent,
+                    parent_ref: sp.parent_ref,
                     accepted: false,
                     reason: reason.to_string(),
                     message: format!("{field}: {message}"),
                 }
             }
+            None if !rule_problems.is_empty() => ParentStatus {
+                parent: sp.parent,
+                parent_ref: sp.parent_ref,
+                accepted: false,
+                reason: REASON_UNSUPPORTED_VALUE.to_string(),
+                message: summary(&rule_problems),
+            },
             None => {
                 accepted.push(ServiceParent {
-                    service: ObjectRef::new(namespace, p.name),
-                    port,
+                    service: ObjectRef::new(sp.namespace, p.name),
+                    port: sp.port.flatten(),
                     section: p.section_name.map(str::to_string),
                 });
                 ParentStatus {
-                    parent,
-                    parent_ref,
+                    parent: sp.parent,
+                    parent_ref: sp.parent_ref,
                     accepted: true,
                     reason: REASON_ACCEPTED.to_string(),
                     message: String::new(),
@@ -336,21 +385,20 @@ where
         statuses.push(status);
     }
     if statuses.is_empty() {
+        // Not a mesh route: its fields are for its Gateways' controllers to judge.
         return Converted {
             info: None,
             status: None,
             problems,
         };
     }
-    let info = match rules {
-        Ok(rules) if !accepted.is_empty() => Some(RouteInfo {
-            created: meta.creation_timestamp.as_ref().map(|t| t.0),
-            parents: accepted,
-            rules,
-            backends,
-        }),
-        _ => None,
-    };
+    problems.extend(rule_problems);
+    let info = (!accepted.is_empty()).then(|| RouteInfo {
+        created: meta.creation_timestamp.as_ref().map(|t| t.0),
+        parents: accepted,
+        rules,
+        backends: reader.backends,
+    });
     Converted {
         info,
         status: Some(RouteStatus {
@@ -358,17 +406,119 @@ where
             route: key,
             parents: statuses,
             generation: meta.generation,
+            served_generation: meta.generation,
+            refused: None,
             existing,
         }),
         problems,
     }
 }
 
-/// What a route's rules are read against, and every backend they name.
+/// The status of a route that could not be read: refused by each Service
+/// parent that can be made out of its `spec.parentRefs` (maybe none).
+pub fn unreadable_status(object: &Unreadable) -> RouteStatus {
+    let key = object.key();
+    let refused = summary(&object.problems);
+    let parents = object
+        .parent_refs
+        .iter()
+        .filter_map(|raw| {
+            // HTTPRoute and GRPCRoute parentRefs have the same fields.
+            let typed: HttpRouteParentRefs = serde_json::from_value(raw.clone()).ok()?;
+            let p = ParentRef::from(&typed);
+            let sp = service_parent(&p, &key.namespace)?;
+            Some(ParentStatus {
+                parent: sp.parent,
+                parent_ref: sp.parent_ref,
+                accepted: false,
+                reason: REASON_UNSUPPORTED_VALUE.to_string(),
+                message: refused.clone(),
+            })
+        })
+        .collect();
+    RouteStatus {
+        kind: object.kind,
+        route: key,
+        parents,
+        generation: object.meta.generation,
+        served_generation: None,
+        refused: None,
+        existing: object.status_parents.clone(),
+    }
+}
+
+/// The status while the newest version (`latest`, refused for `problems`)
+/// waits and `served` (the status of the version in force) stays: Gateway
+/// API's "Fall Back". Each parent the served version attaches to stays
+/// accepted (for the served generation) with the refusal in its message; the
+/// others are refused. `latest` without parents (unreadable ones): the served
+/// version's parents.
+pub fn fall_back(
+    served: Option<&RouteStatus>,
+    latest: RouteStatus,
+    problems: &[Problem],
+) -> Option<RouteStatus> {
+    let Some(served) = served else {
+        return (!latest.parents.is_empty()).then_some(latest);
+    };
+    let refused = summary(problems);
+    let generation = |g: Option<i64>, otherwise: &str| match g {
+        Some(g) if g != 0 => format!("generation {g}"),
+        _ => otherwise.to_string(),
+    };
+    let message = format!(
+        "Fall Back: {} refused ({refused}); {} stays in force",
+        generation(latest.generation, "the newest version"),
+        generation(served.served_generation, "the last accepted version"),
+    );
+    let serving = |p: &ParentStatus| {
+        served
+            .parents
+            .iter()
+            .any(|s| s.accepted && s.parent_ref == p.parent_ref)
+    };
+    let parents = match latest.parents.is_empty() {
+        true => served.parents.clone(),
+        false => latest.parents,
+    };
+    let parents = parents
+        .into_iter()
+        .map(|p| {
+            if serving(&p) {
+                ParentStatus {
+                    accepted: true,
+                    reason: REASON_ACCEPTED.to_string(),
+                    message: message.clone(),
+                    ..p
+                }
+            } else if p.accepted {
+                // Accepted by the refused version alone, which is not served.
+                ParentStatus {
+                    accepted: false,
+                    reason: REASON_UNSUPPORTED_VALUE.to_string(),
+                    message: refused.clone(),
+                    ..p
+                }
+            } else {
+                p
+            }
+        })
+        .collect();
+    Some(RouteStatus {
+        parents,
+        served_generation: served.served_generation,
+        refused: Some(refused),
+        ..latest
+    })
+}
+
+/// What a route's rules are read against, every backend they name, and
+/// every bad field found.
 struct RuleReader<'a> {
     route: ObjectRef,
     cluster_domain: &'a str,
     backends: BTreeSet<(ObjectRef, u16)>,
+    errors: FieldErrors,
 }
 
 impl<'a> RuleReader<'a> {
@@ -377,9 +527,10 @@ impl<'a> RuleReader<'a> {
         cluster_domain: &'a str,
     ) -> Self {
         Self {
-            route: object_ref(meta),
+            route: ObjectRef::of(meta),
             cluster_domain,
             backends: BTreeSet::new(),
+            errors: FieldErrors::default(),
         }
     }
 
@@ -388,12 +539,13 @@ impl<'a> RuleReader<'a> {
         &mut self,
         at: &str,
         refs: &'b Option<Vec<B>>,
-    ) -> Result<Vec<WeightedBackend>, FieldError>
+    ) -> Vec<WeightedBackend>
     where
         BackendRef<'b>: From<&'b B>,
     {
         each(&format!("{at}.backendRefs"), refs, |at, b| {
-            self.backend(at, BackendRef::from(b))
+            let backend = self.backend(at, BackendRef::from(b));
+            self.errors.check(backend)
         })
     }
 
@@ -446,104 +598,108 @@ fn no_filters<F>(at: &str, filters: &Option<Vec<F>>) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn http_rule(
-    reader: &mut RuleReader<'_>,
-    at: &str,
-    rule: &HttpRouteRules,
-) -> Result<HttpRouteRule, FieldError> {
-    no_filters(at, &rule.filters)?;
+/// A rule as far as it reads; its bad fields are in `reader.errors` (and
+/// refuse the whole route).
+fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> HttpRouteRule {
+    reader.errors.check(no_filters(at, &rule.filters));
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
-        let path = match &m.path {
-            Some(path) => {
-                let kind = path
-                    .r#type
-                    .as_ref()
-                    .map(wire_name)
-                    .unwrap_or_else(|| "PathPrefix".into());
-                let value = path.value.clone().unwrap_or_else(|| "/".to_string());
-                if kind == "RegularExpression" {
-                    check_regex(&format!("{at}.path.value"), &value)?;
-                } else if !value.starts_with('/') {
-                    return Err(error(
-                        format!("{at}.path.value"),
-                        format!("{value:?} does not start with /"),
-                    ));
-                }
-                Some(PathMatch {
-                    r#type: kind,
-                    value,
-                })
-            }
-            None => None,
-        };
-        Ok(HttpMatch {
+        let path = m.path.as_ref().and_then(|path| {
+            let kind = path
+                .r#type
+                .as_ref()
+                .map(wire_name)
+                .unwrap_or_else(|| "PathPrefix".into());
+            let value = path.value.clone().unwrap_or_else(|| "/".to_string());
+            let checked = if kind == "RegularExpression" {
+                check_regex(&format!("{at}.path.value"), &value)
+            } else if !value.starts_with('/') {
+                Err(error(
+                    format!("{at}.path.value"),
+                    format!("{value:?} does not start with /"),
+                ))
+            } else {
+                Ok(())
+            };
+            reader.errors.check(checked).map(|()| PathMatch {
+                r#type: kind,
+                value,
+            })
+        });
+        let headers = value_matches(&mut reader.errors, &format!("{at}.headers"), &m.headers);
+        let query_params = value_matches(
+            &mut reader.errors,
+            &format!("{at}.queryParams"),
+            &m.query_params,
+        );
+        Some(HttpMatch {
             path,
-            headers: value_matches(&format!("{at}.headers"), &m.headers)?,
-            query_params: value_matches(&format!("{at}.queryParams"), &m.query_params)?,
+            headers,
+            query_params,
             method: m.method.as_ref().map(wire_name).unwrap_or_default(),
         })
-    })?;
-    let weighted = reader.backend_refs(at, &rule.backend_refs)?;
-    let timeouts = match &rule.timeouts {
-        Some(t) => Some(Timeouts {
-            request_ms: duration(&format!("{at}.timeouts.request"), t.request.as_deref())?,
-            backend_request_ms: duration(
-                &format!("{at}.timeouts.backendRequest"),
-                t.backend_request.as_deref(),
-            )?,
-        }),
-        None => None,
-    };
-    let retry = match &rule.retry {
-        Some(r) => {
-            let retries = match r.attempts {
-                None => DEFAULT_RETRIES,
-                Some(n) => u32::try_from(n).map_err(|_| {
+    });
+    let weighted = reader.backend_refs(at, &rule.backend_refs);
+    let errors = &mut reader.errors;
+    let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
+        request_ms: duration(
+            errors,
+            &format!("{at}.timeouts.request"),
+            t.request.as_deref(),
+        ),
+        backend_request_ms: duration(
+            errors,
+            &format!("{at}.timeouts.backendRequest"),
+            t.backend_request.as_deref(),
+        ),
+    });
+    let retry = rule.retry.as_ref().map(|r| {
+        let retries = match r.attempts {
+            None => DEFAULT_RETRIES,
+            Some(n) => errors
+                .check(u32::try_from(n).map_err(|_| {
                     error(
                         format!("{at}.retry.attempts"),
                         format!("{n} is not a number of retries"),
                     )
-                })?,
-            };
-            let codes = match &r.codes {
-                None => DEFAULT_RETRY_CODES.to_vec(),
-                Some(codes) => codes
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| match u32::try_from(*c) {
+                }))
+                .unwrap_or(DEFAULT_RETRIES),
+        };
+        let codes = match &r.codes {
+            None => DEFAULT_RETRY_CODES.to_vec(),
+            Some(codes) => codes
+                .iter()
+                .enumerate()
+                .filter_map(|(k, c)| {
+                    let code = match u32::try_from(*c) {
                         Ok(c) if (400..=599).contains(&c) => Ok(c),
                         _ => Err(error(
                             format!("{at}.retry.codes[{k}]"),
                             format!("{c} is not an HTTP error status"),
                         )),
-                    })
-                    .collect::<Result<_, _>>()?,
-            };
-            Some(RetryPolicy {
-                // The proto counts attempts with the first; Gateway API counts retries.
-                attempts: retries.saturating_add(1),
-                codes,
-                grpc_codes: Vec::new(),
-                backoff_base_ms: duration(&format!("{at}.retry.backoff"), r.backoff.as_deref())?,
-                backoff_max_ms: 0,
-            })
+                    };
+                    errors.check(code)
+                })
+                .collect(),
+        };
+        RetryPolicy {
+            // The proto counts attempts with the first; Gateway API counts retries.
+            attempts: retries.saturating_add(1),
+            codes,
+            grpc_codes: Vec::new(),
+            backoff_base_ms: duration(errors, &format!("{at}.retry.backoff"), r.backoff.as_deref()),
+            backoff_max_ms: 0,
         }
-        None => None,
-    };
-    Ok(HttpRouteRule {
+    });
+    HttpRouteRule {
         matches,
         backends: weighted,
         timeouts,
         retry,
-    })
+    }
 }
 
-fn grpc_rule(
-    reader: &mut RuleReader<'_>,
-    at: &str,
-    rule: &GrpcRouteRules,
-) -> Result<GrpcRouteRule, FieldError> {
-    no_filters(at, &rule.filters)?;
+fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> GrpcRouteRule {
+    reader.errors.check(no_filters(at, &rule.filters));
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
         let (kind, service, method) = match &m.method {
             Some(method) => (
@@ -558,47 +714,55 @@ fn grpc_rule(
             None => ("Exact".to_string(), String::new(), String::new()),
         };
         if kind == "RegularExpression" {
-            check_regex(&format!("{at}.method.service"), &service)?;
-            check_regex(&format!("{at}.method.method"), &method)?;
+            reader
+                .errors
+                .check(check_regex(&format!("{at}.method.service"), &service));
+            reader
+                .errors
+                .check(check_regex(&format!("{at}.method.method"), &method));
         }
-        Ok(GrpcMatch {
+        Some(GrpcMatch {
             r#type: kind,
             service,
             method,
-            headers: value_matches(&format!("{at}.headers"), &m.headers)?,
+            headers: value_matches(&mut reader.errors, &format!("{at}.headers"), &m.headers),
         })
-    })?;
-    let weighted = reader.backend_refs(at, &rule.backend_refs)?;
-    Ok(GrpcRouteRule {
+    });
+    let weighted = reader.backend_refs(at, &rule.backend_refs);
+    GrpcRouteRule {
         matches,
         backends: weighted,
         timeouts: None,
         retry: None,
-    })
+    }
 }
 
-/// Reads each item of an optional list, naming it `{at}[i]` in errors; the first error wins.
+/// Reads each item of an optional list, naming it `{at}[i]`; every item is
+/// read (errors are collected by `read`), those that read are returned.
 fn each<'a, T, U>(
     at: &str,
     list: &'a Option<Vec<T>>,
-    mut read: impl FnMut(&str, &'a T) -> Result<U, FieldError>,
-) -> Result<Vec<U>, FieldError> {
+    mut read: impl FnMut(&str, &'a T) -> Option<U>,
+) -> Vec<U> {
     list.iter()
         .flatten()
         .enumerate()
-        .map(|(i, item)| read(&format!("{at}[{i}]"), item))
+        .filter_map(|(i, item)| read(&format!("{at}[{i}]"), item))
         .collect()
 }
 
 /// The header (or query-param) matches listed at `at`.
 fn value_matches<'a, M: 'a>(
+    errors: &mut FieldErrors,
     at: &str,
     list: &'a Option<Vec<M>>,
-) -> Result<Vec<HeaderMatch>, FieldError>
+) -> Vec<HeaderMatch>
 where
     ValueMatch<'a>: From<&'a M>,
 {
-    each(at, list, |at, m| header_match(at, ValueMatch::from(m)))
+    each(at, list, |at, m| {
+        errors.check(header_match(at, ValueMatch::from(m)))
+    })
 }
 
 fn header_match(at: &str, m: ValueMatch<'_>) -> Result<HeaderMatch, FieldError> {
@@ -619,12 +783,14 @@ fn check_regex(at: &str, value: &str) -> Result<(), FieldError> {
         .map_err(|e| error(at.to_string(), format!("invalid regular expression: {e}")))
 }
 
-fn duration(at: &str, value: Option<&str>) -> Result<u64, FieldError> {
-    match value {
+/// Milliseconds of a Gateway API duration; 0 when unset or bad (kept in `errors`).
+fn duration(errors: &mut FieldErrors, at: &str, value: Option<&str>) -> u64 {
+    let parsed = match value {
         None => Ok(0),
         Some(v) => parse_duration_ms(v)
             .map_err(|expected| error(at.to_string(), format!("{v:?} is not {expected}"))),
-    }
+    };
+    errors.check(parsed).unwrap_or(0)
 }
 
 /// The Gateway API spelling of a generated enum ("PathPrefix", "GET"), from its serde name.

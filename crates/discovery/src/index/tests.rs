@@ -659,3 +659,309 @@ fn grpc_routes_attach_and_bad_regexes_are_refused() {
         broken.parents[0].message
     );
 }
+
+/// The canary split of `route`, version `generation` of it.
+fn split(generation: i64, rules: Value) -> HttpRoute {
+    let mut route = route("shop", "split", "2026-01-01T00:00:00Z", None, rules);
+    route.metadata.generation = Some(generation);
+    route.metadata.resource_version = Some(format!("{}", 100 + generation));
+    route
+}
+
+fn canary_rules() -> Value {
+    json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 50}, {"name": "web-canary", "port": 80, "weight": 50}]}])
+}
+
+fn backends_of_first_rule(index: &mut Index) -> Vec<String> {
+    let target = meshed_target(index, "web:80", "shop");
+    target.routes.value.http[0].rules[0]
+        .backends
+        .iter()
+        .map(|b| b.backend.clone())
+        .collect()
+}
+
+#[test]
+fn an_invalid_route_over_a_valid_one_keeps_the_served_split_and_names_every_bad_field() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
+    index.apply(split(1, canary_rules()));
+    let served = backends_of_first_rule(&mut index);
+    assert_eq!(served.len(), 2);
+
+    // Generation 2 has three bad fields in two rules.
+    index.apply(split(
+        2,
+        json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "api"}}],
+             "backendRefs": [{"name": "web", "port": 80}], "timeouts": {"request": "soon"}},
+            {"backendRefs": [{"name": "web-canary"}]},
+        ]),
+    ));
+    assert_eq!(
+        backends_of_first_rule(&mut index),
+        served,
+        "the split stays"
+    );
+    let refusals = index.refusals();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    let refusal = &refusals[0];
+    assert_eq!(
+        (
+            refusal.served.as_ref().map(|v| v.generation),
+            refusal.refused.generation
+        ),
+        (Some(1), 2)
+    );
+    let fields: Vec<&str> = refusal.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].matches[0].path.value",
+            "spec.rules[0].timeouts.request",
+            "spec.rules[1].backendRefs[0].port"
+        ]
+    );
+    assert!(index.problems().is_empty(), "the served version has none");
+
+    // The status: still accepted (by generation 1), the refusal named.
+    let status = index.route_statuses().remove(0);
+    assert_eq!(
+        (status.generation, status.served_generation),
+        (Some(2), Some(1))
+    );
+    let parent = &status.parents[0];
+    assert!(parent.accepted);
+    assert!(
+        parent
+            .message
+            .starts_with("Fall Back: generation 2 refused ("),
+        "{}",
+        parent.message
+    );
+    for field in fields {
+        assert!(parent.message.contains(field), "{}", parent.message);
+    }
+
+    // A valid generation 3 applies and clears the refusal.
+    index.apply(split(
+        3,
+        json!([{"backendRefs": [{"name": "web-canary", "port": 80}]}]),
+    ));
+    assert_eq!(
+        backends_of_first_rule(&mut index),
+        ["web-canary.shop.svc.cluster.local:80"]
+    );
+    assert!(index.refusals().is_empty());
+    let status = index.route_statuses().remove(0);
+    assert_eq!((status.refused, status.served_generation), (None, Some(3)));
+}
+
+#[test]
+fn a_new_route_with_bad_fields_is_refused_naming_them_all() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(split(
+        1,
+        json!([{"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "("}]}],
+                "backendRefs": [{"name": "web", "port": 80, "weight": -1}],
+                "retry": {"codes": [200, 503, 700]}}]),
+    ));
+    let target = meshed_target(&mut index, "web:80", "shop");
+    assert!(target.routes.value.http.is_empty(), "nothing served");
+    assert!(
+        index.refusals().is_empty(),
+        "nothing to fall back to: not a refusal"
+    );
+    let fields: Vec<String> = index.problems().into_iter().map(|p| p.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.rules[0].matches[0].headers[0].value",
+            "spec.rules[0].backendRefs[0].weight",
+            "spec.rules[0].retry.codes[0]",
+            "spec.rules[0].retry.codes[2]"
+        ]
+    );
+    let parent = &index.route_statuses()[0].parents[0];
+    assert!(!parent.accepted);
+    assert_eq!(
+        parent.message.matches("; ").count(),
+        3,
+        "{}",
+        parent.message
+    );
+}
+
+#[test]
+fn an_unreadable_route_keeps_the_served_one_and_is_forgotten_with_it() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
+    index.apply(split(1, canary_rules()));
+    let mut meta = split(2, json!([])).metadata;
+    meta.creation_timestamp = None;
+    index.refuse::<HttpRoute>(Unreadable {
+        kind: Kind::HttpRoute,
+        meta,
+        problems: vec![Problem::new(
+            Kind::HttpRoute,
+            &ObjectRef::new("shop", "split"),
+            "spec.rules[0].filters[0].type",
+            "unknown variant `RateLimit`",
+        )],
+        parent_refs: vec![json!({"group": "", "kind": "Service", "name": "web", "port": 80})],
+        status_parents: Vec::new(),
+    });
+    assert_eq!(
+        backends_of_first_rule(&mut index).len(),
+        2,
+        "the split stays"
+    );
+    let status = index.route_statuses().remove(0);
+    assert!(status.parents[0].accepted, "{status:?}");
+    assert!(status.refused.unwrap().contains("RateLimit"));
+    assert_eq!(
+        index.refusals()[0].served.as_ref().map(|v| v.generation),
+        Some(1)
+    );
+
+    // Deleting the route deletes it, refusal and all.
+    index.delete::<HttpRoute>(&ObjectRef::new("shop", "split"));
+    assert!(
+        meshed_target(&mut index, "web:80", "shop")
+            .routes
+            .value
+            .http
+            .is_empty()
+    );
+    assert!(index.refusals().is_empty() && index.route_statuses().is_empty());
+}
+
+#[test]
+fn a_relist_forgets_refused_objects_it_no_longer_lists() {
+    let mut index = index();
+    let unreadable = |name: &str| Unreadable {
+        kind: Kind::Service,
+        meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            namespace: Some("shop".into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        problems: vec![Problem::new(
+            Kind::Service,
+            &ObjectRef::new("shop", name),
+            "spec.ports[0].port",
+            "invalid type",
+        )],
+        parent_refs: Vec::new(),
+        status_parents: Vec::new(),
+    };
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.relist(
+        Vec::<Service>::new(),
+        vec![unreadable("web"), unreadable("new")],
+    );
+    assert_eq!(index.sizes().services, 1, "listed, unreadable: kept");
+    assert_eq!(index.refusals().len(), 2);
+    index.relist(
+        vec![service("shop", "web", "10.96.0.10", json!({}))],
+        Vec::new(),
+    );
+    assert!(
+        index.refusals().is_empty(),
+        "read again, and gone from the list"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_keeps_its_served_annotations_while_its_readiness_follows() {
+    let mut index = index();
+    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    ));
+    let annotated = |mtls: &str, ready: &str| {
+        let mut p = pod("shop", "web-1", "10.0.0.1", "web", true);
+        p.metadata.annotations =
+            Some([("plexus.io/mtls-mode".to_string(), mtls.to_string())].into());
+        if let Some(status) = p.status.as_mut() {
+            status.conditions = Some(vec![from(json!({"type": "Ready", "status": ready}))]);
+        }
+        p
+    };
+    index.apply(annotated("strict", "True"));
+    let mut rx = index.watch_server("shop", "web-1");
+    assert_eq!(rx.borrow_and_update().mtls_mode, "strict");
+
+    // A typo must not turn the pod permissive; that it is not ready still counts.
+    index.apply(annotated("strct", "False"));
+    assert_eq!(rx.borrow_and_update().mtls_mode, "strict");
+    let view = index.resolve("10.0.0.1:8080", "").unwrap();
+    let endpoint =
+        &view.meshed.as_ref().unwrap().backends.value.backends["10.0.0.1:8080"].endpoints[0];
+    assert!(!endpoint.ready, "the pod's readiness is news");
+    let refusal = &index.refusals()[0];
+    assert_eq!(
+        (refusal.kind, refusal.problems[0].field.as_str()),
+        (Kind::Pod, "metadata.annotations[plexus.io/mtls-mode]")
+    );
+}
+
+#[test]
+fn a_service_with_a_bad_new_annotation_keeps_its_served_version() {
+    let mut index = index();
+    index.apply(service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        json!({"plexus.io/max-concurrency": "50"}),
+    ));
+    index.apply(service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        json!({"plexus.io/max-concurrency": "fifty", "plexus.io/load-balancer": "random"}),
+    ));
+    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
+    let resilience = backend.resilience.unwrap();
+    assert_eq!(resilience.concurrency.unwrap().max_in_flight, 50);
+    assert_eq!(
+        index.refusals()[0].problems.len(),
+        2,
+        "both bad annotations named"
+    );
+}
+
+#[test]
+fn a_partly_valid_version_delivered_again_is_not_refused() {
+    let mut index = index();
+    let partly = || {
+        service(
+            "shop",
+            "web",
+            "10.96.0.10",
+            json!({"plexus.io/load-balancer": "random"}),
+        )
+    };
+    index.apply(partly());
+    // A relist, or a reload of the file: the same version again.
+    index.reset(vec![partly()]);
+    assert!(index.refusals().is_empty(), "{:?}", index.refusals());
+    assert_eq!(index.problems().len(), 1, "its bad field is still named");
+
+    // Another bad version is refused; the served one delivered again clears that.
+    index.apply(service(
+        "shop",
+        "web",
+        "10.96.0.10",
+        json!({"plexus.io/max-queue": "many"}),
+    ));
+    assert_eq!(index.refusals().len(), 1);
+    index.apply(partly());
+    assert!(index.refusals().is_empty());
+}
