@@ -58,10 +58,7 @@ const HOSTS: [&str; PROXIES] = ["web", "web.shop.svc.cluster.local"];
 async fn endpoints_added_and_removed_gracefully_under_traffic_fail_no_request() {
     let mut mesh = Mesh::start("endpoints", 2).await;
     let traffic = Traffic::start(mesh.clients());
-    mesh.wait_serving(&traffic, 0, "web-1 before any change")
-        .await;
-    mesh.wait_serving(&traffic, 1, "web-2 before any change")
-        .await;
+    mesh.wait_all_serving(&traffic, "before any change").await;
 
     // Scale up: a new pod, then the file that lists it.
     mesh.add_upstream().await;
@@ -80,28 +77,16 @@ async fn endpoints_added_and_removed_gracefully_under_traffic_fail_no_request() 
     mesh.write_feed(&[]);
     let web1 = mesh.upstreams[0].upstream.served();
     mesh.upstreams.remove(0).upstream.stop().await;
-    mesh.wait_serving(&traffic, 0, "web-2 after web-1 left")
-        .await;
-    mesh.wait_serving(&traffic, 1, "web-3 after web-1 left")
-        .await;
+    mesh.wait_all_serving(&traffic, "after web-1 left").await;
     settle(&traffic, "after web-1 left").await;
 
-    let summary = traffic.stop().await;
-    println!(
-        "endpoint changes: {} requests in {:.1?}, {} failed; web-3 added: traffic through both \
-         proxies after {added_after:.1?}; web-1 terminating: its last request \
-         {drained_after:.1?} after the change (it served {web1})",
-        summary.ok + summary.failed,
-        summary.elapsed,
-        summary.failed,
-    );
-    assert_eq!(
-        summary.failed,
-        0,
-        "failed requests: {:?}\n{}",
-        summary.errors,
-        mesh.logs()
-    );
+    mesh.stop_traffic(traffic, "endpoint changes", || {
+        format!(
+            "; web-3 added: traffic through both proxies after {added_after:.1?}; web-1 \
+             terminating: its last request {drained_after:.1?} after the change (it served {web1})"
+        )
+    })
+    .await;
     assert!(added_after < PICKUP_BOUND && drained_after < PICKUP_BOUND);
 }
 
@@ -109,10 +94,7 @@ async fn endpoints_added_and_removed_gracefully_under_traffic_fail_no_request() 
 async fn controller_killed_and_restarted_under_traffic_fails_no_request() {
     let mut mesh = Mesh::start("restart", 2).await;
     let traffic = Traffic::start(mesh.clients());
-    mesh.wait_serving(&traffic, 0, "web-1 before the outage")
-        .await;
-    mesh.wait_serving(&traffic, 1, "web-2 before the outage")
-        .await;
+    mesh.wait_all_serving(&traffic, "before the outage").await;
 
     let (grpc, admin) = (mesh.controller.grpc, mesh.controller.admin);
     mesh.controller.kill().await;
@@ -166,32 +148,21 @@ async fn controller_killed_and_restarted_under_traffic_fails_no_request() {
     let added_after = changed.elapsed();
     settle(&traffic, "after web-3 was added").await;
 
-    let summary = traffic.stop().await;
-    println!(
-        "controller restart: {} requests in {:.1?}, {} failed ({outage_failures} during the \
-         {outage:.1?} outage); proxies watching again {rewatched_after:.1?} after the restart; \
-         web-3 added after it: traffic through both proxies after {added_after:.1?}",
-        summary.ok + summary.failed,
-        summary.elapsed,
-        summary.failed,
-    );
-    assert_eq!(
-        summary.failed,
-        0,
-        "failed requests: {:?}\n{}",
-        summary.errors,
-        mesh.logs()
-    );
+    mesh.stop_traffic(traffic, "controller restart", || {
+        format!(
+            " ({outage_failures} during the {outage:.1?} outage); proxies watching again \
+             {rewatched_after:.1?} after the restart; web-3 added after it: traffic through both \
+             proxies after {added_after:.1?}"
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_editor_truncating_then_rewriting_the_feed_under_traffic_fails_no_request() {
     let mut mesh = Mesh::start("truncate", 2).await;
     let traffic = Traffic::start(mesh.clients());
-    mesh.wait_serving(&traffic, 0, "web-1 before any edit")
-        .await;
-    mesh.wait_serving(&traffic, 1, "web-2 before any edit")
-        .await;
+    mesh.wait_all_serving(&traffic, "before any edit").await;
 
     for edit in 1..=EDITS {
         // The editor truncates the file, and the controller reads it empty...
@@ -202,18 +173,8 @@ async fn an_editor_truncating_then_rewriting_the_feed_under_traffic_fails_no_req
             })
             .await;
         // ...which costs no traffic: every pod keeps getting requests.
-        mesh.wait_serving(
-            &traffic,
-            0,
-            &format!("edit {edit}: web-1 while the file is empty"),
-        )
-        .await;
-        mesh.wait_serving(
-            &traffic,
-            1,
-            &format!("edit {edit}: web-2 while the file is empty"),
-        )
-        .await;
+        mesh.wait_all_serving(&traffic, &format!("while the file is empty (edit {edit})"))
+            .await;
         // Then it writes the file, in place.
         let empty = refused["refused"]["version"].as_u64().unwrap_or(0);
         mesh.write_feed_in_place();
@@ -224,20 +185,8 @@ async fn an_editor_truncating_then_rewriting_the_feed_under_traffic_fails_no_req
     }
     settle(&traffic, "after the edits").await;
 
-    let summary = traffic.stop().await;
-    println!(
-        "editor edits: {EDITS} truncate-then-write edits, {} requests in {:.1?}, {} failed",
-        summary.ok + summary.failed,
-        summary.elapsed,
-        summary.failed,
-    );
-    assert_eq!(
-        summary.failed,
-        0,
-        "failed requests: {:?}\n{}",
-        summary.errors,
-        mesh.logs()
-    );
+    let what = format!("editor edits ({EDITS} truncate-then-write edits)");
+    mesh.stop_traffic(traffic, &what, String::new).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -247,10 +196,7 @@ async fn a_broken_route_written_over_the_split_keeps_traffic_on_the_canary() {
     mesh.extra = SPLIT.to_string();
     mesh.write_feed(&[]);
     let traffic = Traffic::start(mesh.clients());
-    mesh.wait_serving(&traffic, 1, "the canary, through the split")
-        .await;
-    mesh.wait_serving(&traffic, 0, "web-1, through the split")
-        .await;
+    mesh.wait_all_serving(&traffic, "through the split").await;
 
     mesh.extra = BROKEN_SPLIT.to_string();
     mesh.write_feed(&[]);
@@ -289,28 +235,18 @@ async fn a_broken_route_written_over_the_split_keeps_traffic_on_the_canary() {
     );
 
     // The split stays in force: the canary keeps getting its half.
-    mesh.wait_serving(&traffic, 1, "the canary after the broken version")
-        .await;
-    mesh.wait_serving(&traffic, 0, "web-1 after the broken version")
+    mesh.wait_all_serving(&traffic, "after the broken version")
         .await;
     settle(&traffic, "after the broken version").await;
 
-    let summary = traffic.stop().await;
-    println!(
-        "broken route: {} requests in {:.1?}, {} failed; web-1 served {}, the canary {}",
-        summary.ok + summary.failed,
-        summary.elapsed,
-        summary.failed,
-        mesh.upstreams[0].upstream.served(),
-        mesh.upstreams[1].upstream.served(),
-    );
-    assert_eq!(
-        summary.failed,
-        0,
-        "failed requests: {:?}\n{}",
-        summary.errors,
-        mesh.logs()
-    );
+    mesh.stop_traffic(traffic, "broken route", || {
+        format!(
+            "; web-1 served {}, the canary {}",
+            mesh.upstreams[0].upstream.served(),
+            mesh.upstreams[1].upstream.served(),
+        )
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,6 +446,17 @@ impl Mesh {
         .await;
     }
 
+    /// [`Mesh::wait_serving`] for every pod the file lists, one after the
+    /// other; each named `<pod> <when>`.
+    async fn wait_all_serving(&self, traffic: &Traffic, when: &str) {
+        for (i, pod) in self.upstreams.iter().enumerate() {
+            if !pod.removed {
+                let what = format!("{} {when}", pod.upstream.name);
+                self.wait_serving(traffic, i, &what).await;
+            }
+        }
+    }
+
     /// Until pod `i`'s counter stood still while each proxy completed
     /// [`QUIET_REQUESTS`] requests: no proxy sends to it any more. Returns
     /// when (after `changed`) it got its last request.
@@ -538,6 +485,26 @@ impl Mesh {
             },
         )
         .await
+    }
+
+    /// Stops the clients, prints their figures as `what` (then `details`,
+    /// taken once they stopped) and asserts that not one request failed.
+    async fn stop_traffic(&self, traffic: Traffic, what: &str, details: impl FnOnce() -> String) {
+        let summary = traffic.stop().await;
+        println!(
+            "{what}: {} requests in {:.1?}, {} failed{}",
+            summary.ok + summary.failed,
+            summary.elapsed,
+            summary.failed,
+            details(),
+        );
+        assert_eq!(
+            summary.failed,
+            0,
+            "failed requests: {:?}\n{}",
+            summary.errors,
+            self.logs()
+        );
     }
 
     fn logs(&self) -> String {

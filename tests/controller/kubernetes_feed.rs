@@ -10,6 +10,7 @@ use plexus_discovery::index::{IndexConfig, SharedIndex, TargetView};
 use plexus_tests::apiserver::ApiServer;
 use serde_json::{Value, json};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 const NAMESPACES: &str = "/api/v1/namespaces";
 const SERVICES: &str = "/api/v1/services";
@@ -90,6 +91,30 @@ async fn until_requests(
     );
 }
 
+/// The feed on `api` into a new index, once it reported its initial lists
+/// synced (`stuck` is the failure if it never does), and a watch on the
+/// target `web.shop`.
+async fn synced_feed(
+    api: &ApiServer,
+    stuck: &str,
+) -> (JoinHandle<()>, watch::Receiver<Arc<TargetView>>) {
+    let index = SharedIndex::new(IndexConfig::default());
+    let ready = Readiness::default();
+    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
+    let synced = tokio::time::timeout(BOUND, async {
+        while !ready.is_ready() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(synced.is_ok(), "{stuck}");
+    let rx = index
+        .lock()
+        .watch_target("web.shop.svc.cluster.local:80", "")
+        .unwrap();
+    (feed, rx)
+}
+
 #[tokio::test]
 async fn lists_watches_and_relists_into_the_index() {
     let api = ApiServer::start().await;
@@ -110,27 +135,12 @@ async fn lists_watches_and_relists_into_the_index() {
                "status": {"podIP": "10.0.0.1", "phase": "Running"}}),
     );
 
-    let index = SharedIndex::new(IndexConfig::default());
-    let ready = Readiness::default();
-    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
-    let synced = tokio::time::timeout(BOUND, async {
-        while !ready.is_ready() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        synced.is_ok(),
-        "the feed never reported its initial lists synced"
-    );
+    let (feed, mut rx) =
+        synced_feed(&api, "the feed never reported its initial lists synced").await;
     for path in [NAMESPACES, SERVICES, PODS, SLICES, HTTP_ROUTES, GRPC_ROUTES] {
         assert!(api.requests(path).0 >= 1, "{path} was listed");
     }
 
-    let mut rx = index
-        .lock()
-        .watch_target("web.shop.svc.cluster.local:80", "")
-        .unwrap();
     until(&mut rx, "the initial endpoint", |v| {
         endpoints(v) == ["10.0.0.1:8080"]
     })
@@ -318,23 +328,7 @@ async fn a_bad_new_route_generation_falls_back_to_the_served_one_and_its_status_
     newer["metadata"]["name"] = json!("newer");
     api.apply(HTTP_ROUTES, newer);
 
-    let index = SharedIndex::new(IndexConfig::default());
-    let ready = Readiness::default();
-    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
-    let synced = tokio::time::timeout(BOUND, async {
-        while !ready.is_ready() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    assert!(
-        synced.is_ok(),
-        "an unreadable route held up the initial lists"
-    );
-    let mut rx = index
-        .lock()
-        .watch_target("web.shop.svc.cluster.local:80", "")
-        .unwrap();
+    let (feed, mut rx) = synced_feed(&api, "an unreadable route held up the initial lists").await;
     let routes = |v: &TargetView| v.meshed.as_ref().map_or(0, |t| t.routes.value.http.len());
     until(&mut rx, "the route served", |v| routes(v) == 1).await;
     let newer = our_conditions(&api, "newer", "the unreadable route refused", |c| {

@@ -1,6 +1,7 @@
 //! The controller's pieces in-process, as the proxy tests meet them: a CA
 //! with the Identity API (bootstrap tokens, TLS serving) in front of it and,
-//! on the same TLS port, the Destination API over an index.
+//! on the same TLS port, the Destination API over an index; and that
+//! controller on a file feed with two sidecars meshed by it.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,8 +12,10 @@ use plexus_controller::destination::DestinationService;
 use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::identity::{BootstrapTokens, IdentityService, controller_server_config};
 use plexus_controller::metrics::Metrics;
-use plexus_discovery::index::SharedIndex;
+use plexus_discovery::feed::{self, Readiness};
+use plexus_discovery::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_identity::{Ca, SpiffeId};
+use plexus_proxy::RunningProxy;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -86,5 +89,62 @@ impl Authority {
                 self.trust_anchors.display(),
             )
             .env("PLEXUS_IDENTITY_ADDR", self.addr)
+    }
+}
+
+/// The controller (in-process, its index fed from a file) and the sidecars
+/// of two pods of namespace `shop` taking identities and destinations from
+/// it: `web-1` (service account `web`) in front of an app, and `frontend-1`
+/// (service account `frontend`) to call it through.
+pub struct MeshedPair {
+    pub server: RunningProxy,
+    pub client: RunningProxy,
+    /// The feed file: writing it changes what the controller serves.
+    pub file: PathBuf,
+    /// The file feed's readiness.
+    pub ready: Readiness,
+    _controller: Authority,
+    _dir: TempDir,
+}
+
+impl MeshedPair {
+    /// The server sidecar in front of `app`; the feed file is `objects` of
+    /// the server sidecar's inbound port.
+    pub async fn start(app: SocketAddr, objects: impl FnOnce(u16) -> String) -> Self {
+        let index = SharedIndex::new(IndexConfig {
+            trust_domain: TRUST_DOMAIN.into(),
+            cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
+        });
+        let controller = Authority::controller(index.clone()).await;
+        let sidecar = |sa: &str, pod: &str| {
+            controller
+                .sidecar(&id("shop", sa))
+                .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
+                .env("PLEXUS_POD_NAMESPACE", "shop")
+                .env("PLEXUS_POD_NAME", pod)
+        };
+        let server = sidecar("web", "web-1")
+            .env("PLEXUS_INBOUND_APP_ADDR", app)
+            .start()
+            .await;
+        let client = sidecar("frontend", "frontend-1").start().await;
+        let dir = TempDir::new("meshed-pair");
+        let file = dir.join("objects.yaml");
+        std::fs::write(&file, objects(server.inbound_addr.port())).expect("feed file");
+        let ready = Readiness::default();
+        tokio::spawn(feed::file::run(
+            file.clone(),
+            index,
+            ready.clone(),
+            |_: &Index| {},
+        ));
+        Self {
+            server,
+            client,
+            file,
+            ready,
+            _controller: controller,
+            _dir: dir,
+        }
     }
 }

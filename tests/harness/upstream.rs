@@ -144,16 +144,17 @@ pub fn status(code: u16) -> Response<Full<Bytes>> {
 /// `x-host-header` (`Host` itself, `-` if none), `x-path`, `x-upstream` (its
 /// own address).
 pub async fn echo_upstream() -> Upstream {
-    let own = Arc::new(OnceLock::<SocketAddr>::new());
-    let upstream = http_upstream(echo(own.clone())).await;
-    let _ = own.set(upstream.addr);
-    upstream
+    serve_echo(false).await
 }
 
 /// [`echo_upstream`] speaking only HTTP/2 ([`h2c_upstream`]).
 pub async fn h2c_echo_upstream() -> Upstream {
+    serve_echo(true).await
+}
+
+async fn serve_echo(http2_only: bool) -> Upstream {
     let own = Arc::new(OnceLock::<SocketAddr>::new());
-    let upstream = h2c_upstream(echo(own.clone())).await;
+    let upstream = serve_upstream(echo(own.clone()), http2_only).await;
     let _ = own.set(upstream.addr);
     upstream
 }

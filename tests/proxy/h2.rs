@@ -12,15 +12,12 @@ use std::time::Duration;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use plexus_discovery::feed::{self, Readiness};
-use plexus_discovery::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_proxy::RunningProxy;
 use plexus_proxy::body;
-use plexus_tests::controller::{Authority, TRUST_DOMAIN, id};
+use plexus_tests::controller::MeshedPair;
 use plexus_tests::h2_frames::*;
 use plexus_tests::http::{get, http1, http2, text};
 use plexus_tests::proxy::proxy;
-use plexus_tests::temp::TempDir;
 use plexus_tests::upstream::{echo_upstream, h2c_echo_upstream};
 use plexus_tests::wait::{BOUND, bounded, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -208,34 +205,9 @@ status: {{podIP: 127.0.0.2}}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_protocol_h2c_of_a_service_port_reaches_h2c_apps_directly_and_over_mtls() {
-    let index = SharedIndex::new(IndexConfig {
-        trust_domain: TRUST_DOMAIN.into(),
-        cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-    });
-    let controller = Authority::controller(index.clone()).await;
-    let sidecar = |sa: &str, pod: &str| {
-        controller
-            .sidecar(&id("shop", sa))
-            .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
-            .env("PLEXUS_POD_NAMESPACE", "shop")
-            .env("PLEXUS_POD_NAME", pod)
-    };
     let app = h2c_echo_upstream().await;
-    let server = sidecar("web", "web-1")
-        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
-        .start()
-        .await;
-    let client = sidecar("frontend", "frontend-1").start().await;
-    let dir = TempDir::new("h2c");
-    let file = dir.join("objects.yaml");
-    let objects = h2c_services(app.addr.port(), server.inbound_addr.port());
-    std::fs::write(&file, objects).expect("feed file");
-    tokio::spawn(feed::file::run(
-        file,
-        index,
-        Readiness::default(),
-        |_: &Index| {},
-    ));
+    let pair = MeshedPair::start(app.addr, |inbound| h2c_services(app.addr.port(), inbound)).await;
+    let MeshedPair { client, .. } = pair;
 
     for service in ["grpc", "web"] {
         let authority = format!("{service}.shop.svc.cluster.local:80");

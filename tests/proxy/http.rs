@@ -2,6 +2,7 @@
 //! trailers, upgrades, passthrough, and the proxy's own error responses.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -274,6 +275,26 @@ async fn proxy_errors_carry_plexus_error() {
     assert_eq!(response.headers()["plexus-error"], "connect-failed");
 }
 
+/// `request`, raw on a new connection to `addr`, is answered by the proxy
+/// itself: `HTTP/1.1 <status>`, tagged `plexus-error: <reason>`.
+async fn assert_proxy_reply(
+    addr: SocketAddr,
+    request: &[u8],
+    what: &str,
+    status: &str,
+    reason: &str,
+) {
+    let response = bounded(what, raw_exchange(addr, request, "\r\n\r\n")).await;
+    assert!(
+        response.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what}: {response}"
+    );
+    assert!(
+        response.contains(&format!("\r\nplexus-error: {reason}\r\n")),
+        "{what}: {response}"
+    );
+}
+
 #[tokio::test]
 async fn malformed_requests_get_400_with_plexus_error() {
     let proxy = proxy().start().await;
@@ -295,12 +316,7 @@ async fn malformed_requests_get_400_with_plexus_error() {
         ),
         (b"GET /a b HTTP/1.1\r\nHost: web\r\n\r\n", "a request line"),
     ] {
-        let response = bounded(why, raw_exchange(proxy.outbound_addr, request, "\r\n\r\n")).await;
-        assert!(response.starts_with("HTTP/1.1 400 "), "{why}: {response}");
-        assert!(
-            response.contains("\r\nplexus-error: bad-request\r\n"),
-            "{why}: {response}"
-        );
+        assert_proxy_reply(proxy.outbound_addr, request, why, "400", "bad-request").await;
     }
 }
 
@@ -355,16 +371,8 @@ async fn http11_requests_without_host_get_400_in_both_directions() {
         .await;
     let outbound = proxy().original_dst(app.addr).start().await;
     for addr in [inbound.inbound_addr, outbound.outbound_addr] {
-        let response = bounded(
-            "no Host",
-            raw_exchange(addr, b"GET / HTTP/1.1\r\n\r\n", "\r\n\r\n"),
-        )
-        .await;
-        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
-        assert!(
-            response.contains("\r\nplexus-error: bad-request\r\n"),
-            "{response}"
-        );
+        let no_host = &b"GET / HTTP/1.1\r\n\r\n"[..];
+        assert_proxy_reply(addr, no_host, "no Host", "400", "bad-request").await;
     }
     assert_eq!(app.requests(), 0, "the app saw none");
     // HTTP/1.0 has no such rule.
@@ -473,16 +481,14 @@ async fn a_malformed_request_body_gets_400_not_an_upstream_error() {
     let logical = proxy().static_config(yaml).start().await;
     let passthrough = proxy().original_dst(app.addr).start().await;
     for proxy in [&logical, &passthrough] {
-        let response = bounded(
+        assert_proxy_reply(
+            proxy.outbound_addr,
+            BAD_CHUNK,
             "bad chunk",
-            raw_exchange(proxy.outbound_addr, BAD_CHUNK, "\r\n\r\n"),
+            "400",
+            "bad-request",
         )
         .await;
-        assert!(response.starts_with("HTTP/1.1 400 "), "{response}");
-        assert!(
-            response.contains("\r\nplexus-error: bad-request\r\n"),
-            "{response}"
-        );
         let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
         let requests: Vec<&str> = metrics
             .lines()
@@ -528,16 +534,14 @@ async fn oversized_headers_get_431_with_plexus_error() {
     // HTTP/1: hyper's 431, tagged.
     let big = "x".repeat(64 * 1024);
     let request = format!("GET / HTTP/1.1\r\nHost: web\r\nx-big: {big}\r\n\r\n");
-    let response = bounded(
+    assert_proxy_reply(
+        proxy.outbound_addr,
+        request.as_bytes(),
         "h1 431",
-        raw_exchange(proxy.outbound_addr, request.as_bytes(), "\r\n\r\n"),
+        "431",
+        "headers-too-large",
     )
     .await;
-    assert!(response.starts_with("HTTP/1.1 431 "), "{response}");
-    assert!(
-        response.contains("\r\nplexus-error: headers-too-large\r\n"),
-        "{response}"
-    );
 
     // HTTP/2: up to twice the limit h2 lets the proxy answer (beyond it, h2
     // answers 431 itself and resets the stream; far beyond, GOAWAY).

@@ -14,14 +14,11 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use plexus_discovery::feed::{self, Readiness};
-use plexus_discovery::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_identity::{CertificateRequest, SpiffeId, Validity, tls};
 use plexus_proxy::RunningProxy;
 use plexus_proxy::body;
-use plexus_tests::controller::{Authority, TRUST_DOMAIN, id};
+use plexus_tests::controller::{Authority, MeshedPair, id};
 use plexus_tests::http::{admin_get, get, http1, text};
-use plexus_tests::temp::TempDir;
 use plexus_tests::upstream::{Upstream, echo_after_upgrade, http_upstream, tcp_upstream};
 use plexus_tests::wait::{bounded, within};
 use rustls::sign::SingleCertAndKey;
@@ -632,35 +629,15 @@ status: {{podIP: 127.0.0.2}}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
-    let index = SharedIndex::new(IndexConfig {
-        trust_domain: TRUST_DOMAIN.into(),
-        cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
-    });
-    let controller = Authority::controller(index.clone()).await;
-    let sidecar = |identity: &SpiffeId, pod: &str| {
-        controller
-            .sidecar(identity)
-            .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
-            .env("PLEXUS_POD_NAMESPACE", "shop")
-            .env("PLEXUS_POD_NAME", pod)
-    };
     let app = app().await;
-    let server = sidecar(&web(), "web-1")
-        .env("PLEXUS_INBOUND_APP_ADDR", app.addr)
-        .start()
-        .await;
-    let client = sidecar(&frontend(), "frontend-1").start().await;
-
-    let dir = TempDir::new("mtls");
-    let file = dir.join("objects.yaml");
-    std::fs::write(&file, objects("strict", server.inbound_addr.port())).expect("feed file");
-    let ready = Readiness::default();
-    tokio::spawn(feed::file::run(
-        file.clone(),
-        index,
-        ready.clone(),
-        |_: &Index| {},
-    ));
+    let pair = MeshedPair::start(app.addr, |inbound| objects("strict", inbound)).await;
+    let MeshedPair {
+        server,
+        client,
+        file,
+        ready,
+        ..
+    } = pair;
     wait_ready(&server).await;
     wait_ready(&client).await;
 

@@ -23,6 +23,11 @@ fn service(ns: &str, name: &str, ip: &str, annotations: Value) -> Service {
     }))
 }
 
+/// The Service `shop/web` on 10.96.0.10 with `annotations`.
+fn web(annotations: Value) -> Service {
+    service("shop", "web", "10.96.0.10", annotations)
+}
+
 /// A slice of `service` listing (ip, pod, ready, terminating) on port name http -> 8080.
 fn slice(
     ns: &str,
@@ -47,6 +52,16 @@ fn slice(
         "ports": [{"name": "http", "port": 8080}, {"name": "grpc", "port": 9090}],
         "endpoints": endpoints,
     }))
+}
+
+/// The slice `shop/web-a` of `web`: its pod `web-1` at 10.0.0.1, ready.
+fn web_a() -> EndpointSlice {
+    slice(
+        "shop",
+        "web-a",
+        "web",
+        &[("10.0.0.1", "web-1", true, false)],
+    )
 }
 
 fn pod(ns: &str, name: &str, ip: &str, sa: &str, meshed: bool) -> Pod {
@@ -88,6 +103,24 @@ fn default_backend(target: &MeshedTarget) -> Backend {
     target.backends.value.backends[&target.routes.value.default_backend].clone()
 }
 
+/// The resilience of `web:80`'s default backend, as `shop` sees it.
+fn web_resilience(index: &mut Index) -> plexus_api::v1::Resilience {
+    default_backend(&meshed_target(index, "web:80", "shop"))
+        .resilience
+        .expect("resilience")
+}
+
+/// The names of the HTTP routes `target` has for a client in `shop`.
+fn route_names(index: &mut Index, target: &str) -> Vec<String> {
+    meshed_target(index, target, "shop")
+        .routes
+        .value
+        .http
+        .iter()
+        .map(|r| r.name.clone())
+        .collect()
+}
+
 fn addresses(backend: &Backend) -> Vec<(String, bool)> {
     backend
         .endpoints
@@ -99,13 +132,8 @@ fn addresses(backend: &Backend) -> Vec<(String, bool)> {
 #[test]
 fn endpoint_slices_of_a_service_merge() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
-    index.apply(slice(
-        "shop",
-        "web-a",
-        "web",
-        &[("10.0.0.1", "web-1", true, false)],
-    ));
+    index.apply(web(json!({})));
+    index.apply(web_a());
     index.apply(slice(
         "shop",
         "web-b",
@@ -137,7 +165,7 @@ fn endpoint_slices_of_a_service_merge() {
 #[test]
 fn terminating_endpoints_stay_listed_not_ready() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(slice(
         "shop",
         "web-a",
@@ -161,7 +189,7 @@ fn terminating_endpoints_stay_listed_not_ready() {
 #[test]
 fn endpoints_carry_identity_when_meshed() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(slice(
         "shop",
         "web-a",
@@ -193,7 +221,7 @@ fn endpoints_carry_identity_when_meshed() {
 #[test]
 fn cluster_ip_and_pod_ip_resolve() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
 
     assert_eq!(
@@ -226,12 +254,7 @@ fn cluster_ip_and_pod_ip_resolve() {
 #[test]
 fn protocol_hints_from_app_protocol_and_opaque_ports() {
     let mut index = index();
-    index.apply(service(
-        "shop",
-        "web",
-        "10.96.0.10",
-        json!({"plexus.io/opaque-ports": "80"}),
-    ));
+    index.apply(web(json!({"plexus.io/opaque-ports": "80"})));
     let protocol = |index: &mut Index, t: &str| {
         meshed_target(index, t, "shop")
             .protocol
@@ -241,21 +264,17 @@ fn protocol_hints_from_app_protocol_and_opaque_ports() {
     };
     assert_eq!(protocol(&mut index, "web:80"), "opaque");
     assert_eq!(protocol(&mut index, "web:9090"), "http2");
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     assert_eq!(protocol(&mut index, "web:80"), "detect");
 }
 
 #[test]
 fn resilience_annotations_reach_the_backend_and_bad_values_are_reported() {
     let mut index = index();
-    index.apply(service(
-        "shop",
-        "web",
-        "10.96.0.10",
+    index.apply(web(
         json!({"plexus.io/max-concurrency": "50", "plexus.io/retry-budget-ratio": "lots"}),
     ));
-    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
-    let resilience = backend.resilience.unwrap();
+    let resilience = web_resilience(&mut index);
     assert_eq!(resilience.concurrency.unwrap().max_in_flight, 50);
     assert_eq!(resilience.retry_budget, None);
     let problems = index.problems();
@@ -268,14 +287,14 @@ fn resilience_annotations_reach_the_backend_and_bad_values_are_reported() {
     );
 
     // Fixing the annotation clears the problem.
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     assert!(index.problems().is_empty());
 }
 
 #[test]
 fn routes_are_ordered_oldest_first_then_by_name() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     let rules = json!([{"backendRefs": [{"name": "web", "port": 80}]}]);
     index.apply(route(
         "shop",
@@ -293,29 +312,18 @@ fn routes_are_ordered_oldest_first_then_by_name() {
     ));
     index.apply(route("shop", "alpha", "2026-01-02T00:00:00Z", None, rules));
 
-    let target = meshed_target(&mut index, "web:80", "shop");
-    let names: Vec<_> = target
-        .routes
-        .value
-        .http
-        .iter()
-        .map(|r| r.name.as_str())
-        .collect();
-    assert_eq!(names, ["shop/zeta", "shop/alpha", "shop/beta"]);
-    // Routes attach to port 80 only.
-    assert!(
-        meshed_target(&mut index, "web:9090", "shop")
-            .routes
-            .value
-            .http
-            .is_empty()
+    assert_eq!(
+        route_names(&mut index, "web:80"),
+        ["shop/zeta", "shop/alpha", "shop/beta"]
     );
+    // Routes attach to port 80 only.
+    assert!(route_names(&mut index, "web:9090").is_empty());
 }
 
 #[test]
 fn route_rules_become_matches_weights_timeouts_and_retries() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
     index.apply(route(
         "shop",
@@ -379,7 +387,7 @@ fn route_rules_become_matches_weights_timeouts_and_retries() {
 #[test]
 fn parent_in_another_namespace_is_refused() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(route(
         "other",
         "sneaky",
@@ -387,13 +395,7 @@ fn parent_in_another_namespace_is_refused() {
         Some("shop"),
         json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
     ));
-    assert!(
-        meshed_target(&mut index, "web:80", "shop")
-            .routes
-            .value
-            .http
-            .is_empty()
-    );
+    assert!(route_names(&mut index, "web:80").is_empty());
     let statuses = index.route_statuses();
     assert_eq!(statuses.len(), 1);
     let parent = &statuses[0].parents[0];
@@ -410,7 +412,7 @@ fn parent_in_another_namespace_is_refused() {
 #[test]
 fn invalid_route_is_not_accepted_and_names_the_field() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(route(
         "shop",
         "broken",
@@ -425,14 +427,7 @@ fn invalid_route_is_not_accepted_and_names_the_field() {
         None,
         json!([{"backendRefs": [{"name": "web", "port": 80}]}]),
     ));
-    let names: Vec<_> = meshed_target(&mut index, "web:80", "shop")
-        .routes
-        .value
-        .http
-        .iter()
-        .map(|r| r.name.clone())
-        .collect();
-    assert_eq!(names, ["shop/good"]);
+    assert_eq!(route_names(&mut index, "web:80"), ["shop/good"]);
     let broken = index
         .route_statuses()
         .into_iter()
@@ -457,9 +452,9 @@ fn invalid_route_is_not_accepted_and_names_the_field() {
 #[test]
 fn reset_removes_what_the_relist_lacks() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(service("shop", "old", "10.96.0.11", json!({})));
-    index.reset(vec![service("shop", "web", "10.96.0.10", json!({}))]);
+    index.reset(vec![web(json!({}))]);
     assert_eq!(index.sizes().services, 1);
     assert!(index.resolve("10.96.0.11:80", "").unwrap().meshed.is_none());
     assert!(index.resolve("old:80", "shop").unwrap().meshed.is_none());
@@ -468,7 +463,7 @@ fn reset_removes_what_the_relist_lacks() {
 #[tokio::test]
 async fn watchers_get_only_the_parts_that_changed() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     let mut short = index.watch_target("web:80", "shop").unwrap();
     let mut ip = index.watch_target("10.96.0.10:80", "").unwrap();
     let mut full = index
@@ -484,12 +479,7 @@ async fn watchers_get_only_the_parts_that_changed() {
     let snapshot = first.update_since(None).unwrap();
     assert!(snapshot.snapshot && !snapshot.not_meshed);
 
-    index.apply(slice(
-        "shop",
-        "web-a",
-        "web",
-        &[("10.0.0.1", "web-1", true, false)],
-    ));
+    index.apply(web_a());
     for rx in [&mut short, &mut ip, &mut full] {
         assert!(rx.has_changed().unwrap());
     }
@@ -506,12 +496,7 @@ async fn watchers_get_only_the_parts_that_changed() {
     assert_eq!(backends.unwrap().backends.len(), 1);
 
     // A change that does not alter the view wakes no one.
-    index.apply(slice(
-        "shop",
-        "web-a",
-        "web",
-        &[("10.0.0.1", "web-1", true, false)],
-    ));
+    index.apply(web_a());
     index.apply(service("shop", "unrelated", "10.96.0.99", json!({})));
     assert!(!short.has_changed().unwrap());
 }
@@ -524,7 +509,7 @@ async fn unknown_target_becomes_meshed_when_its_service_appears() {
     let update = first.update_since(None).unwrap();
     assert!(update.not_meshed && update.snapshot);
 
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     assert!(rx.has_changed().unwrap());
     let second = rx.borrow_and_update().clone();
     let update = second.update_since(Some(&first)).unwrap();
@@ -538,13 +523,8 @@ async fn unknown_target_becomes_meshed_when_its_service_appears() {
 #[tokio::test]
 async fn pod_changes_reach_the_targets_they_are_endpoints_of() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
-    index.apply(slice(
-        "shop",
-        "web-a",
-        "web",
-        &[("10.0.0.1", "web-1", true, false)],
-    ));
+    index.apply(web(json!({})));
+    index.apply(web_a());
     let mut rx = index.watch_target("web:80", "shop").unwrap();
     rx.borrow_and_update();
     index.apply(pod("shop", "web-1", "10.0.0.1", "web-sa", true));
@@ -618,7 +598,7 @@ fn meshed_identities_list_meshed_pods_only() {
 #[test]
 fn grpc_routes_attach_and_bad_regexes_are_refused() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     let grpc = |name: &str, method: Value| -> GrpcRoute {
         from(json!({
             "metadata": {"namespace": "shop", "name": name},
@@ -668,8 +648,14 @@ fn split(generation: i64, rules: Value) -> HttpRoute {
     route
 }
 
-fn canary_rules() -> Value {
-    json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 50}, {"name": "web-canary", "port": 80, "weight": 50}]}])
+/// `web` and `web-canary`, and generation 1 of the split between them.
+fn canary_split_served(index: &mut Index) {
+    index.apply(web(json!({})));
+    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
+    index.apply(split(
+        1,
+        json!([{"backendRefs": [{"name": "web", "port": 80, "weight": 50}, {"name": "web-canary", "port": 80, "weight": 50}]}]),
+    ));
 }
 
 fn backends_of_first_rule(index: &mut Index) -> Vec<String> {
@@ -684,9 +670,7 @@ fn backends_of_first_rule(index: &mut Index) -> Vec<String> {
 #[test]
 fn an_invalid_route_over_a_valid_one_keeps_the_served_split_and_names_every_bad_field() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
-    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
-    index.apply(split(1, canary_rules()));
+    canary_split_served(&mut index);
     let served = backends_of_first_rule(&mut index);
     assert_eq!(served.len(), 2);
 
@@ -761,15 +745,17 @@ fn an_invalid_route_over_a_valid_one_keeps_the_served_split_and_names_every_bad_
 #[test]
 fn a_new_route_with_bad_fields_is_refused_naming_them_all() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.apply(split(
         1,
         json!([{"matches": [{"headers": [{"type": "RegularExpression", "name": "x", "value": "("}]}],
                 "backendRefs": [{"name": "web", "port": 80, "weight": -1}],
                 "retry": {"codes": [200, 503, 700]}}]),
     ));
-    let target = meshed_target(&mut index, "web:80", "shop");
-    assert!(target.routes.value.http.is_empty(), "nothing served");
+    assert!(
+        route_names(&mut index, "web:80").is_empty(),
+        "nothing served"
+    );
     assert!(
         index.refusals().is_empty(),
         "nothing to fall back to: not a refusal"
@@ -797,9 +783,7 @@ fn a_new_route_with_bad_fields_is_refused_naming_them_all() {
 #[test]
 fn an_unreadable_route_keeps_the_served_one_and_is_forgotten_with_it() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
-    index.apply(service("shop", "web-canary", "10.96.0.11", json!({})));
-    index.apply(split(1, canary_rules()));
+    canary_split_served(&mut index);
     let mut meta = split(2, json!([])).metadata;
     meta.creation_timestamp = None;
     index.refuse::<HttpRoute>(Unreadable {
@@ -829,13 +813,7 @@ fn an_unreadable_route_keeps_the_served_one_and_is_forgotten_with_it() {
 
     // Deleting the route deletes it, refusal and all.
     index.delete::<HttpRoute>(&ObjectRef::new("shop", "split"));
-    assert!(
-        meshed_target(&mut index, "web:80", "shop")
-            .routes
-            .value
-            .http
-            .is_empty()
-    );
+    assert!(route_names(&mut index, "web:80").is_empty());
     assert!(index.refusals().is_empty() && index.route_statuses().is_empty());
 }
 
@@ -858,17 +836,14 @@ fn a_relist_forgets_refused_objects_it_no_longer_lists() {
         parent_refs: Vec::new(),
         status_parents: Vec::new(),
     };
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
+    index.apply(web(json!({})));
     index.relist(
         Vec::<Service>::new(),
         vec![unreadable("web"), unreadable("new")],
     );
     assert_eq!(index.sizes().services, 1, "listed, unreadable: kept");
     assert_eq!(index.refusals().len(), 2);
-    index.relist(
-        vec![service("shop", "web", "10.96.0.10", json!({}))],
-        Vec::new(),
-    );
+    index.relist(vec![web(json!({}))], Vec::new());
     assert!(
         index.refusals().is_empty(),
         "read again, and gone from the list"
@@ -878,13 +853,8 @@ fn a_relist_forgets_refused_objects_it_no_longer_lists() {
 #[tokio::test]
 async fn a_pod_keeps_its_served_annotations_while_its_readiness_follows() {
     let mut index = index();
-    index.apply(service("shop", "web", "10.96.0.10", json!({})));
-    index.apply(slice(
-        "shop",
-        "web-a",
-        "web",
-        &[("10.0.0.1", "web-1", true, false)],
-    ));
+    index.apply(web(json!({})));
+    index.apply(web_a());
     let annotated = |mtls: &str, ready: &str| {
         let mut p = pod("shop", "web-1", "10.0.0.1", "web", true);
         p.metadata.annotations =
@@ -915,20 +885,11 @@ async fn a_pod_keeps_its_served_annotations_while_its_readiness_follows() {
 #[test]
 fn a_service_with_a_bad_new_annotation_keeps_its_served_version() {
     let mut index = index();
-    index.apply(service(
-        "shop",
-        "web",
-        "10.96.0.10",
-        json!({"plexus.io/max-concurrency": "50"}),
-    ));
-    index.apply(service(
-        "shop",
-        "web",
-        "10.96.0.10",
+    index.apply(web(json!({"plexus.io/max-concurrency": "50"})));
+    index.apply(web(
         json!({"plexus.io/max-concurrency": "fifty", "plexus.io/load-balancer": "random"}),
     ));
-    let backend = default_backend(&meshed_target(&mut index, "web:80", "shop"));
-    let resilience = backend.resilience.unwrap();
+    let resilience = web_resilience(&mut index);
     assert_eq!(resilience.concurrency.unwrap().max_in_flight, 50);
     assert_eq!(
         index.refusals()[0].problems.len(),
@@ -940,14 +901,7 @@ fn a_service_with_a_bad_new_annotation_keeps_its_served_version() {
 #[test]
 fn a_partly_valid_version_delivered_again_is_not_refused() {
     let mut index = index();
-    let partly = || {
-        service(
-            "shop",
-            "web",
-            "10.96.0.10",
-            json!({"plexus.io/load-balancer": "random"}),
-        )
-    };
+    let partly = || web(json!({"plexus.io/load-balancer": "random"}));
     index.apply(partly());
     // A relist, or a reload of the file: the same version again.
     index.reset(vec![partly()]);
@@ -955,12 +909,7 @@ fn a_partly_valid_version_delivered_again_is_not_refused() {
     assert_eq!(index.problems().len(), 1, "its bad field is still named");
 
     // Another bad version is refused; the served one delivered again clears that.
-    index.apply(service(
-        "shop",
-        "web",
-        "10.96.0.10",
-        json!({"plexus.io/max-queue": "many"}),
-    ));
+    index.apply(web(json!({"plexus.io/max-queue": "many"})));
     assert_eq!(index.refusals().len(), 1);
     index.apply(partly());
     assert!(index.refusals().is_empty());
