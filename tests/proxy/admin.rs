@@ -108,6 +108,60 @@ async fn admin_requests_meet_the_same_http_rules() {
     assert!(response.ends_with("\r\n\r\nlive\n"), "{response}");
 }
 
+/// `POST /shutdown` on the admin port, from loopback: status, `plexus-error`, body.
+async fn post_shutdown(admin: std::net::SocketAddr) -> (StatusCode, Option<String>, String) {
+    let mut client = http1(admin).await;
+    let shutdown = Request::builder()
+        .method("POST")
+        .uri("/shutdown")
+        .header("host", "admin")
+        .body(body::empty())
+        .unwrap();
+    let response = bounded("POST /shutdown", client.send_request(shutdown))
+        .await
+        .unwrap();
+    let reason = response
+        .headers()
+        .get("plexus-error")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status(), reason, text(response).await)
+}
+
+/// Without `PLEXUS_SHUTDOWN_ENDPOINT` even the pod itself cannot drain the
+/// proxy over HTTP: refused with a body that says how to enable it, and the
+/// proxy keeps serving.
+#[tokio::test]
+async fn shutdown_is_refused_unless_enabled_and_the_proxy_keeps_serving() {
+    let upstream = echo_upstream().await;
+    let yaml = static_config(&[(&["web:80"], &[upstream.addr])]);
+    let proxy = proxy().static_config(yaml).start().await;
+
+    let (status, reason, body) = post_shutdown(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(reason.as_deref(), Some("forbidden"));
+    assert!(body.contains("PLEXUS_SHUTDOWN_ENDPOINT=enabled"), "{body}");
+    assert!(body.contains("plexus.io/shutdown-endpoint"), "{body}");
+
+    assert_eq!(admin_get(proxy.admin_addr, "/ready").await.0, 200);
+    let mut client = http1(proxy.outbound_addr).await;
+    let response = client.send_request(get("/", "web")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// Enabled, a loopback caller drains the proxy: `202`, and the drain completes.
+#[tokio::test]
+async fn shutdown_from_loopback_drains_when_enabled() {
+    let mut proxy = proxy()
+        .env("PLEXUS_SHUTDOWN_ENDPOINT", "enabled")
+        .start()
+        .await;
+    let (status, reason, body) = post_shutdown(proxy.admin_addr).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(reason, None);
+    assert_eq!(body, "draining\n");
+    assert!(bounded("drained", proxy.drained()).await);
+}
+
 /// A request that takes `delay` to answer, to have something in flight.
 async fn slow_upstream(delay: Duration) -> Upstream {
     http_upstream(move |_request: Request<Incoming>| async move {
@@ -152,7 +206,11 @@ async fn http2_clients_get_goaway_and_finish_their_streams() {
     let slow = slow_upstream(Duration::from_secs(1)).await;
     let fast = echo_upstream().await;
     let yaml = static_config(&[(&["slow:80"], &[slow.addr]), (&["fast:80"], &[fast.addr])]);
-    let mut proxy = proxy().static_config(yaml).start().await;
+    let mut proxy = proxy()
+        .static_config(yaml)
+        .env("PLEXUS_SHUTDOWN_ENDPOINT", "enabled")
+        .start()
+        .await;
     let client = http2(proxy.outbound_addr).await;
     let request = |host: &str| {
         Request::builder()
@@ -168,15 +226,10 @@ async fn http2_clients_get_goaway_and_finish_their_streams() {
     })
     .await;
     // POST /shutdown starts the drain, as a Job's last step would.
-    let mut admin = http1(proxy.admin_addr).await;
-    let shutdown = Request::builder()
-        .method("POST")
-        .uri("/shutdown")
-        .header("host", "admin")
-        .body(body::empty())
-        .unwrap();
-    let response = admin.send_request(shutdown).await.unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        post_shutdown(proxy.admin_addr).await.0,
+        StatusCode::ACCEPTED
+    );
 
     // GOAWAY: the connection refuses new streams while the old one is still
     // being served (a plain close would have ended the in-flight one too).

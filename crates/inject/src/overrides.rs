@@ -20,6 +20,8 @@ pub const PROXY_MEMORY_REQUEST: &str = "plexus.io/proxy-memory-request";
 pub const PROXY_MEMORY_LIMIT: &str = "plexus.io/proxy-memory-limit";
 pub const LOG_LEVEL: &str = "plexus.io/log-level";
 pub const TRACE_SAMPLING: &str = "plexus.io/trace-sampling";
+/// `enabled`: the proxy's `POST /shutdown` drains it (from loopback), for a Job's last step.
+pub const SHUTDOWN_ENDPOINT: &str = "plexus.io/shutdown-endpoint";
 
 /// The settings one pod's proxy and init container get.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,6 +33,8 @@ pub struct Settings {
     pub resources: ProxyResources,
     pub log_level: String,
     pub trace_sampling: f64,
+    /// `PLEXUS_SHUTDOWN_ENDPOINT=enabled` on the proxy; off unless the pod asks.
+    pub shutdown_endpoint: bool,
 }
 
 /// The defaults with the pod's valid annotations applied, and a warning per ignored value.
@@ -72,6 +76,7 @@ pub fn settings(
         trace_sampling: pick(TRACE_SAMPLING, &trace_default, fraction)
             .parse()
             .unwrap_or(0.0),
+        shutdown_endpoint: pick(SHUTDOWN_ENDPOINT, "disabled", switch) == "enabled",
     };
     (settings, warnings)
 }
@@ -135,6 +140,13 @@ fn log_level(s: &str) -> Result<(), String> {
     }
 }
 
+fn switch(s: &str) -> Result<(), String> {
+    match s {
+        "enabled" | "disabled" => Ok(()),
+        _ => Err("not enabled or disabled".to_string()),
+    }
+}
+
 fn fraction(s: &str) -> Result<(), String> {
     match s.parse::<f64>() {
         Ok(f) if (0.0..=1.0).contains(&f) => Ok(()),
@@ -164,6 +176,7 @@ mod tests {
                 (PROXY_MEMORY_REQUEST, "1.5Gi"),
                 (LOG_LEVEL, "plexus_proxy=debug,info"),
                 (TRACE_SAMPLING, "0.25"),
+                (SHUTDOWN_ENDPOINT, "enabled"),
             ]),
         );
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -174,6 +187,7 @@ mod tests {
         assert_eq!(s.resources.memory_request, "1.5Gi");
         assert_eq!(s.log_level, "plexus_proxy=debug,info");
         assert_eq!(s.trace_sampling, 0.25);
+        assert!(s.shutdown_endpoint);
     }
 
     #[test]
@@ -186,6 +200,7 @@ mod tests {
                 (PROXY_MEMORY_LIMIT, "lots"),
                 (TRACE_SAMPLING, "2"),
                 (LOG_LEVEL, "debug please"),
+                (SHUTDOWN_ENDPOINT, "yes"),
             ]),
         );
         assert_eq!(s.skip_outbound_ports, "");
@@ -193,7 +208,8 @@ mod tests {
         assert_eq!(s.resources.memory_limit, "128Mi");
         assert_eq!(s.trace_sampling, 1.0);
         assert_eq!(s.log_level, "info");
-        assert_eq!(warnings.len(), 5, "{warnings:?}");
+        assert!(!s.shutdown_endpoint);
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
         assert!(warnings[0].contains(SKIP_OUTBOUND_PORTS) && warnings[0].contains("dns"));
     }
 

@@ -258,6 +258,9 @@ fn proxy_env(config: &InjectConfig, s: &Settings, workload_label: Option<&str>) 
     if !s.opaque_ports.is_empty() {
         env.push(value_env("PLEXUS_INBOUND_OPAQUE_PORTS", &s.opaque_ports));
     }
+    if s.shutdown_endpoint {
+        env.push(value_env("PLEXUS_SHUTDOWN_ENDPOINT", "enabled"));
+    }
     env
 }
 
@@ -351,5 +354,45 @@ fn resources(
         requests: map(cpu_request, memory_request),
         limits: map(cpu_limit, memory_limit),
         ..ResourceRequirements::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The proxy's `PLEXUS_SHUTDOWN_ENDPOINT` value in the plan for a pod with `annotations`.
+    fn shutdown_env(annotations: &[(&str, &str)]) -> Option<String> {
+        let meta = ObjectMeta {
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..ObjectMeta::default()
+        };
+        let injection = plan(&meta, &PodSpec::default(), &InjectConfig::default()).unwrap();
+        let proxy = injection
+            .init_containers
+            .iter()
+            .find(|c| c.name == PROXY_CONTAINER)
+            .unwrap();
+        let env = proxy.env.as_ref().unwrap();
+        env.iter()
+            .find(|e| e.name == "PLEXUS_SHUTDOWN_ENDPOINT")
+            .map(|e| e.value.clone().unwrap_or_default())
+    }
+
+    #[test]
+    fn the_shutdown_endpoint_annotation_enables_it_on_the_proxy() {
+        use crate::overrides::SHUTDOWN_ENDPOINT;
+        assert_eq!(
+            shutdown_env(&[(SHUTDOWN_ENDPOINT, "enabled")]).as_deref(),
+            Some("enabled")
+        );
+        assert_eq!(shutdown_env(&[]), None, "off unless the pod asks");
+        assert_eq!(shutdown_env(&[(SHUTDOWN_ENDPOINT, "disabled")]), None);
+        assert_eq!(shutdown_env(&[(SHUTDOWN_ENDPOINT, "yes")]), None);
     }
 }

@@ -4,13 +4,20 @@
 //! metrics never takes time from the data plane's workers. Its HTTP edge is
 //! the data plane's: the same head limit, `Host` required in HTTP/1.1, and
 //! hyper's own replies tagged with `plexus-error`.
+//!
+//! The port is reachable from the whole cluster (plexus-init exempts it from
+//! redirection so the kubelet and Prometheus reach it), so only `/live`,
+//! `/ready` and `/metrics` answer anyone. `/config` (every destination and
+//! the identity) and `POST /shutdown` (drains the proxy) answer only callers
+//! in the pod itself, on loopback, and `/shutdown` only when the workload
+//! asked for it (`PLEXUS_SHUTDOWN_ENDPOINT=enabled`).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{Method, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
@@ -19,6 +26,7 @@ use tokio::sync::watch;
 use crate::auto_reply::{Replies, TagAutoReplies};
 use crate::body::{self, Body};
 use crate::destinations::Destinations;
+use crate::error::{ERROR_HEADER, ProxyError};
 use crate::http::{check_host, http1_buf_size};
 use crate::tls::{IdentityStatus, MeshTls};
 
@@ -30,6 +38,9 @@ pub struct Admin {
     pub identity: Option<MeshTls>,
     /// Set to `true` to ask the proxy to drain.
     pub shutdown: watch::Sender<bool>,
+    /// `PLEXUS_SHUTDOWN_ENDPOINT`: whether `POST /shutdown` drains (for
+    /// loopback callers) or is refused.
+    pub shutdown_endpoint: bool,
 }
 
 /// Serves on its own thread until `stop` changes or its sender is dropped;
@@ -55,9 +66,9 @@ pub fn spawn(
                     }
                 };
                 loop {
-                    let stream = tokio::select! {
+                    let (stream, peer) = tokio::select! {
                         accepted = listener.accept() => match accepted {
-                            Ok((stream, _)) => stream,
+                            Ok(accepted) => accepted,
                             Err(_) => continue,
                         },
                         _ = stop.wait_for(|stop| *stop) => return,
@@ -69,7 +80,7 @@ pub fn spawn(
                         let service = hyper::service::service_fn(move |request| {
                             replies.called();
                             let response = match check_host(&request) {
-                                Ok(()) => handle(&admin, &request),
+                                Ok(()) => handle(&admin, &request, peer),
                                 Err(error) => error.into_response(false),
                             };
                             async move { Ok::<_, Infallible>(response) }
@@ -87,8 +98,16 @@ pub fn spawn(
         })
 }
 
-fn handle(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
-    match (request.method(), request.uri().path()) {
+/// The answer to `request` from `peer` (the connection's source address).
+fn handle<B>(admin: &Admin, request: &Request<B>, peer: SocketAddr) -> Response<Body> {
+    let path = request.uri().path();
+    if matches!(path, "/config" | "/shutdown") && !is_local_caller(peer) {
+        return forbidden(&format!(
+            "{path} answers only callers in the pod (loopback), not {}\n",
+            peer.ip()
+        ));
+    }
+    match (request.method(), path) {
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::GET, "/ready")
             if admin.ready.load(Ordering::Acquire)
@@ -99,6 +118,10 @@ fn handle(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (&Method::GET, "/metrics") => metrics(&admin.registry),
         (&Method::GET, "/config") => config(admin),
+        (&Method::POST, "/shutdown") if !admin.shutdown_endpoint => forbidden(
+            "POST /shutdown is disabled: set PLEXUS_SHUTDOWN_ENDPOINT=enabled \
+             (in a pod: the annotation plexus.io/shutdown-endpoint: enabled)\n",
+        ),
         (&Method::POST, "/shutdown") => {
             admin.shutdown.send_replace(true);
             text(StatusCode::ACCEPTED, "draining\n")
@@ -108,6 +131,23 @@ fn handle(admin: &Admin, request: &Request<Incoming>) -> Response<Body> {
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// Whether `peer` is this host (and so, in a pod, this pod): IPv4
+/// 127.0.0.0/8, IPv6 `::1`, or IPv4-mapped loopback (`::ffff:127.0.0.1`, how
+/// a dual-stack listener sees an IPv4 loopback client).
+pub fn is_local_caller(peer: SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
+}
+
+/// `403` with `plexus-error: forbidden` and `message` as the body.
+fn forbidden(message: &str) -> Response<Body> {
+    let mut response = text(StatusCode::FORBIDDEN, message);
+    let reason = ProxyError::Forbidden(String::new()).reason();
+    response
+        .headers_mut()
+        .insert(ERROR_HEADER, http::HeaderValue::from_static(reason));
+    response
 }
 
 fn metrics(registry: &Registry) -> Response<Body> {
@@ -158,4 +198,90 @@ fn text(status: StatusCode, message: &str) -> Response<Body> {
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destinations::FixedDestinations;
+
+    fn admin(shutdown_endpoint: bool) -> (Admin, watch::Receiver<bool>) {
+        let (shutdown, requested) = watch::channel(false);
+        let admin = Admin {
+            ready: true.into(),
+            registry: Registry::default(),
+            destinations: Destinations::new(Arc::new(FixedDestinations::new(Vec::new()))),
+            identity: None,
+            shutdown,
+            shutdown_endpoint,
+        };
+        (admin, requested)
+    }
+
+    fn request(method: Method, path: &str) -> Request<()> {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn local_callers_are_loopback_in_every_spelling() {
+        for local in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_local_caller(addr(local)), "{local}");
+        }
+        for remote in ["10.0.0.5:1", "[::ffff:10.0.0.5]:1", "[2001:db8::1]:1"] {
+            assert!(!is_local_caller(addr(remote)), "{remote}");
+        }
+    }
+
+    #[test]
+    fn another_pod_gets_403_for_config_and_shutdown_and_cannot_drain() {
+        let (admin, requested) = admin(true);
+        for peer in ["10.0.0.5:40000", "[::ffff:10.0.0.5]:40000"] {
+            for (method, path) in [(Method::GET, "/config"), (Method::POST, "/shutdown")] {
+                let response = handle(&admin, &request(method, path), addr(peer));
+                assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path} {peer}");
+                assert_eq!(response.headers()[ERROR_HEADER], "forbidden");
+            }
+        }
+        assert!(
+            !*requested.borrow(),
+            "a remote POST /shutdown started a drain"
+        );
+    }
+
+    #[test]
+    fn another_pod_still_reaches_live_ready_and_metrics() {
+        let (admin, _requested) = admin(true);
+        for path in ["/live", "/ready", "/metrics"] {
+            let response = handle(&admin, &request(Method::GET, path), addr("10.0.0.5:1"));
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+        }
+    }
+
+    #[test]
+    fn shutdown_drains_only_when_enabled_and_asked_on_loopback() {
+        let loopback = addr("127.0.0.1:40000");
+        let (disabled, requested) = admin(false);
+        let response = handle(&disabled, &request(Method::POST, "/shutdown"), loopback);
+        assert_eq!(response.status(), StatusCode::FORBIDDEN);
+        assert_eq!(response.headers()[ERROR_HEADER], "forbidden");
+        assert!(!*requested.borrow());
+
+        let (enabled, requested) = admin(true);
+        let response = handle(&enabled, &request(Method::POST, "/shutdown"), loopback);
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        assert!(*requested.borrow());
+    }
 }

@@ -184,6 +184,7 @@ impl ProxyBuilder {
             destinations,
             identity: mesh,
             shutdown: shutdown.clone(),
+            shutdown_endpoint: config.shutdown_endpoint,
         });
         let (stopped_tx, stopped) = watch::channel(false);
         admin::spawn(

@@ -73,6 +73,7 @@ const VARIABLES: &[&str] = &[
     "PLEXUS_IDLE_TIMEOUT_MS",
     "PLEXUS_CONNECT_TIMEOUT_MS",
     "PLEXUS_MAX_HEADER_BYTES",
+    "PLEXUS_SHUTDOWN_ENDPOINT",
     "PLEXUS_LOG",
     "PLEXUS_WORKER_THREADS",
     "PLEXUS_INBOUND_MTLS_MODE",
@@ -102,6 +103,9 @@ pub struct Config {
     pub inbound_addr: SocketAddr,
     /// Admin HTTP server: /live, /ready, /metrics, /config, /shutdown.
     pub admin_addr: SocketAddr,
+    /// `PLEXUS_SHUTDOWN_ENDPOINT=enabled`: `POST /shutdown` from loopback
+    /// drains the proxy (a Job's last step); off by default, refused then.
+    pub shutdown_endpoint: bool,
     /// YAML file of destinations used until a controller feeds them.
     pub static_config: Option<PathBuf>,
     /// Local mode: where inbound forwards a connection that was not redirected.
@@ -170,6 +174,7 @@ impl Config {
             ),
             inbound_addr: r.parse_or("PLEXUS_INBOUND_ADDR", SocketAddr::from((any, 15006)), ADDR),
             admin_addr: r.parse_or("PLEXUS_ADMIN_ADDR", SocketAddr::from((any, 15020)), ADDR),
+            shutdown_endpoint: shutdown_endpoint(r),
             static_config,
             inbound_app_addr: r.optional("PLEXUS_INBOUND_APP_ADDR", ADDR),
             detect_timeout: r.millis_or("PLEXUS_DETECT_TIMEOUT_MS", 5_000),
@@ -230,6 +235,20 @@ fn controller_host_port(r: &mut Reader, name: &'static str, addr: String) -> Opt
     } else {
         r.bad(name, addr, CONTROLLER_ADDR);
         None
+    }
+}
+
+/// `PLEXUS_SHUTDOWN_ENDPOINT`: `enabled` or `disabled` (the default), the
+/// words of the `plexus.io/shutdown-endpoint` annotation that sets it.
+fn shutdown_endpoint(r: &mut Reader) -> bool {
+    const NAME: &str = "PLEXUS_SHUTDOWN_ENDPOINT";
+    match r.present(NAME).as_deref() {
+        None | Some("disabled") => false,
+        Some("enabled") => true,
+        Some(other) => {
+            r.bad(NAME, other.to_owned(), "enabled or disabled");
+            false
+        }
     }
 }
 

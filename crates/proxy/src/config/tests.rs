@@ -22,6 +22,10 @@ fn defaults_match_the_design() {
     assert_eq!(config.outbound_addr, "127.0.0.1:15001".parse().unwrap());
     assert_eq!(config.inbound_addr, "0.0.0.0:15006".parse().unwrap());
     assert_eq!(config.admin_addr, "0.0.0.0:15020".parse().unwrap());
+    assert!(
+        !config.shutdown_endpoint,
+        "POST /shutdown is off by default"
+    );
     for port in [25, 587, 3306, 4444, 5432, 6379, 9300, 11211] {
         assert!(config.opaque_ports.contains(port), "{port}");
         assert!(config.inbound_opaque_ports.contains(port), "{port}");
@@ -54,8 +58,15 @@ fn values_are_read() {
         ("PLEXUS_DETECT_TIMEOUT_MS", "250"),
         ("PLEXUS_LOG", " debug "),
         ("PLEXUS_WORKER_THREADS", "0"),
+        ("PLEXUS_SHUTDOWN_ENDPOINT", " enabled "),
     ])
     .unwrap();
+    assert!(config.shutdown_endpoint);
+    assert!(
+        !read(&[("PLEXUS_SHUTDOWN_ENDPOINT", "disabled")])
+            .unwrap()
+            .shutdown_endpoint
+    );
     assert_eq!(config.outbound_addr.port(), 0);
     assert_eq!(
         config.inbound_app_addr,
@@ -90,6 +101,7 @@ fn a_bad_value_names_the_variable_and_what_was_expected() {
         ("PLEXUS_OTLP_ENDPOINT", "https://collector:4317"),
         ("PLEXUS_OTLP_ENDPOINT", "ftp://collector:4317"),
         ("PLEXUS_OTLP_ENDPOINT", "http://"),
+        ("PLEXUS_SHUTDOWN_ENDPOINT", "true"),
     ] {
         assert_eq!(bad_names(&[(name, value)]), [name], "{name}={value}");
     }
