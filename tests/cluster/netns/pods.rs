@@ -37,7 +37,7 @@ use plexus_tests::http::{Reply, get_over};
 use plexus_tests::netns::{Netns, remove_stale, require_root_and};
 use plexus_tests::wait::within;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 /// Every wait is bounded by this (generous: a loaded CI machine).
@@ -375,7 +375,9 @@ impl World {
             .env("PLEXUS_POD_NAMESPACE", NAMESPACE)
             .env("PLEXUS_POD_IP", spec.ip.to_string())
             .env("PLEXUS_SERVICE_ACCOUNT", spec.service_account)
-            .env("PLEXUS_WORKLOAD", spec.name);
+            .env("PLEXUS_WORKLOAD", spec.name)
+            // On, so another pod's refusal shows the loopback check, not the default.
+            .env("PLEXUS_SHUTDOWN_ENDPOINT", "enabled");
         self.spawn(&format!("proxy-{}", spec.name), command);
         let pod = self.pod(spec);
         eventually(
@@ -748,4 +750,52 @@ async fn a_skipped_port_bypasses_the_proxy() {
         "port {PROXIED_PORT} (not skipped) goes through pod a's proxy"
     );
     assert_eq!(world.nat_matches(&A, REDIRECT_RULE), redirected + 1);
+}
+
+/// `POST /shutdown` from inside `from` to `addr`, the raw answer (status line to body).
+async fn post_shutdown(from: &Netns, addr: SocketAddr) -> String {
+    let exchange = async {
+        let mut stream = from.connect(addr, ATTEMPT).await?;
+        stream
+            .write_all(b"POST /shutdown HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok::<_, std::io::Error>(answer)
+    };
+    tokio::time::timeout(ATTEMPT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("POST {addr}/shutdown answered within {ATTEMPT:?}"))
+        .unwrap_or_else(|e| panic!("POST {addr}/shutdown: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root-only: needs root, ip and iptables; cargo xtask test runs them when it can"]
+async fn another_pod_cannot_drain_or_read_a_proxy_but_can_probe_and_scrape_it() {
+    let world = World::start("admin").await;
+    let b_admin = SocketAddr::new(IpAddr::V4(B.ip), PROXY_ADMIN.port());
+
+    let answer = post_shutdown(world.pod(&C), b_admin).await;
+    assert!(answer.starts_with("HTTP/1.1 403 "), "{answer}");
+    assert!(
+        answer.contains("\r\nplexus-error: forbidden\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains(&format!("not {}", C.ip)), "{answer}");
+    let config = request(world.pod(&C), b_admin, "admin", "/config", &[]).await;
+    let config = config.expect("pod b's /config answers pod c");
+    assert_eq!(config.status.as_u16(), 403, "{config:?}");
+    for path in ["/live", "/ready", "/metrics"] {
+        let reply = request(world.pod(&C), b_admin, "admin", path, &[]).await;
+        ok(&reply.unwrap_or_else(|e| panic!("{path}: {e}")))
+            .unwrap_or_else(|e| panic!("{path} from pod c: {e}"));
+    }
+
+    // Pod b's proxy did not drain: it still serves pod a's calls.
+    let reply = world.call_service(&A, "/after-remote-shutdown").await;
+    let reply = reply.expect("pod a's call is answered after pod c's POST /shutdown");
+    assert_eq!(reply.status.as_u16(), 200, "{reply:?}");
+    // Pod b itself (loopback) may read its proxy's config.
+    let config = request(world.pod(&B), PROXY_ADMIN, "admin", "/config", &[]).await;
+    ok(&config.expect("pod b's own /config")).expect("/config from loopback");
 }
