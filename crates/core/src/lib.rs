@@ -1,6 +1,6 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
-//! request crosses a proxy, port sets, the `plexus.io/` annotation names and the
-//! proxy's container name.
+//! request crosses a proxy, port sets, the `plexus.io/` annotation names, the
+//! proxy's container name and what makes a watched file a new version.
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
 //! on no Kubernetes, gRPC or async library (only std and `thiserror`), so the init
@@ -9,9 +9,11 @@
 
 pub mod annotations;
 mod direction;
+mod file_version;
 pub mod ports;
 
 pub use direction::Direction;
+pub use file_version::FileVersion;
 
 /// Name of the proxy's native-sidecar container: the injector adds it, and its
 /// presence is what marks a pod as meshed to discovery and to `plexusctl check`.

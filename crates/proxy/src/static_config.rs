@@ -28,12 +28,12 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use plexus_api::v1::Target;
+use plexus_core::FileVersion;
 use serde::Deserialize;
 
 use crate::destinations::{FixedDestinations, authority_key};
@@ -93,7 +93,7 @@ pub type Entries = Vec<(Vec<String>, Target)>;
 /// tokio runtime.
 pub fn load_and_follow(path: &Path) -> Result<Arc<FixedDestinations>, StaticConfigError> {
     // The version before the text: a write in between is seen at the next poll.
-    let version = std::fs::metadata(path).map(|m| Version::of(&m)).ok();
+    let version = std::fs::metadata(path).map(|m| FileVersion::of(&m)).ok();
     let bytes = std::fs::read(path).map_err(|source| read_error(path, source))?;
     let entries = check(path, &bytes)?;
     let destinations = Arc::new(FixedDestinations::new(entries));
@@ -127,33 +127,14 @@ fn check(path: &Path, bytes: &[u8]) -> Result<Entries, StaticConfigError> {
     })
 }
 
-/// What tells one version of the file from the next without reading it: a
-/// write in place changes the modification time (and the status change
-/// time, even within one tick of a coarse clock), a rename over the file
-/// (editors, a Kubernetes ConfigMap's symlink swap) the inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Version {
-    modified: Option<SystemTime>,
-    changed: (i64, i64),
-    len: u64,
-    inode: u64,
-}
-
-impl Version {
-    fn of(metadata: &std::fs::Metadata) -> Version {
-        Version {
-            modified: metadata.modified().ok(),
-            changed: (metadata.ctime(), metadata.ctime_nsec()),
-            len: metadata.len(),
-            inode: metadata.ino(),
-        }
-    }
-}
-
 /// Polls the file every [`POLL_INTERVAL`] while `destinations` lives and
 /// applies each new good version. Each refusal is logged once per version;
 /// an unreadable file once until it is readable again.
-async fn follow(path: PathBuf, mut seen: Option<Version>, destinations: Weak<FixedDestinations>) {
+async fn follow(
+    path: PathBuf,
+    mut seen: Option<FileVersion>,
+    destinations: Weak<FixedDestinations>,
+) {
     let mut interval = tokio::time::interval(POLL_INTERVAL);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut unreadable = false;
@@ -163,7 +144,7 @@ async fn follow(path: PathBuf, mut seen: Option<Version>, destinations: Weak<Fix
             return;
         };
         let read = async {
-            let version = Version::of(&tokio::fs::metadata(&path).await?);
+            let version = FileVersion::of(&tokio::fs::metadata(&path).await?);
             if seen == Some(version) {
                 return Ok(None);
             }
