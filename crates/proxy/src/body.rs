@@ -128,11 +128,7 @@ impl ClientBodyFailure {
 
     fn fail(&self, error: &hyper::Error) {
         // hyper's own message is generic; its source says what was wrong.
-        let chain = std::iter::successors(Some(error as &(dyn std::error::Error + 'static)), |e| {
-            e.source()
-        });
-        let reason = chain.map(ToString::to_string).collect::<Vec<_>>();
-        let _ = self.reason.set(reason.join(": "));
+        let _ = self.reason.set(crate::error::error_chain(error));
         // Kept as a permit when nobody waits yet.
         self.notify.notify_one();
     }

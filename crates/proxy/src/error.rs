@@ -114,3 +114,16 @@ impl ProxyError {
         }
     }
 }
+
+/// An error with each of its sources after it: hyper's and hyper-util's
+/// errors hide the useful part (refused, reset, a bad chunk size) there.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

@@ -27,6 +27,7 @@ use plexus_identity::SpiffeId;
 
 use crate::body::{self, Body};
 use crate::connect::{AppProtocol, EndpointClient, EndpointTarget, ResponseFuture, SendError};
+use crate::error::error_chain;
 use crate::tls::{MeshTls, TlsMetrics};
 use connector::EndpointConnector;
 pub use connector::{MeshConnect, connect_mesh};
@@ -228,18 +229,6 @@ fn absolute_uri(request: &mut Request<Body>, endpoint: SocketAddr) -> Result<(),
     *request.uri_mut() =
         Uri::from_parts(parts).map_err(|e| SendError::Connect(format!("request URI: {e}")))?;
     Ok(())
-}
-
-/// hyper-util's errors hide the useful part (refused, reset, …) in their sources.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
 }
 
 #[cfg(test)]
