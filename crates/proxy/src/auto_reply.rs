@@ -71,8 +71,8 @@ impl Replies {
 /// An HTTP/1 server connection's IO that tags hyper's automatic replies.
 pub struct TagAutoReplies<I> {
     io: I,
-    /// `None`: nothing to look at (HTTP/2, protocols switched, or hyper's
-    /// reply, its last write on the connection, already tagged).
+    /// `None`: nothing to look at (protocols switched, or hyper's reply, its
+    /// last write on the connection, already tagged).
     replies: Option<Arc<Replies>>,
     /// The last write was accepted whole: the next starts a new chunk of
     /// hyper's buffer (which may be a response head).
@@ -82,8 +82,8 @@ pub struct TagAutoReplies<I> {
 }
 
 impl<I> TagAutoReplies<I> {
-    /// `replies`: the connection's, when it serves HTTP/1; `None` passes
-    /// every byte untouched.
+    /// `replies`: the connection's; `None` passes every byte untouched (what
+    /// the tests compare the tagged bytes with).
     pub fn new(io: I, replies: Option<Arc<Replies>>) -> Self {
         Self {
             io,

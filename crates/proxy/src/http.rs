@@ -24,6 +24,7 @@ use crate::connect::EndpointClient;
 use crate::detect::Protocol;
 use crate::drain;
 use crate::error::ProxyError;
+use crate::h2_flood::FloodGuard;
 use crate::hop_by_hop;
 use crate::logical::RouteLabel;
 use crate::metrics::{ProxyMetrics, RequestSeries};
@@ -128,10 +129,31 @@ pub trait RequestPath: Send + Sync + 'static {
 }
 
 /// Serves HTTP on `io`, whose `protocol` detection found (HTTP/1 or HTTP/2),
-/// until the client closes, or the drain ends it.
+/// until the client closes, or the drain ends it. What guards the connection
+/// depends on the protocol: HTTP/1 gets hyper's own error replies tagged,
+/// HTTP/2 a control-frame flood guard.
 pub async fn serve<I, P>(
     io: I,
     protocol: Protocol,
+    shared: Arc<HttpShared>,
+    path: P,
+    drain: drain::Watch,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    P: RequestPath,
+{
+    if protocol == Protocol::Http2 {
+        serve_guarded(FloodGuard::new(io), None, shared, path, drain).await;
+    } else {
+        let http1 = Http1::default();
+        let io = TagAutoReplies::new(io, Some(http1.replies.clone()));
+        serve_guarded(io, Some(http1), shared, path, drain).await;
+    }
+}
+
+async fn serve_guarded<I, P>(
+    io: I,
+    http1: Option<Http1>,
     shared: Arc<HttpShared>,
     path: P,
     mut drain: drain::Watch,
@@ -139,8 +161,6 @@ pub async fn serve<I, P>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: RequestPath,
 {
-    let http1 = (protocol == Protocol::Http1).then(Http1::default);
-    let io = TagAutoReplies::new(io, http1.as_ref().map(|h| h.replies.clone()));
     let service = ProxyService(Arc::new(Connection {
         shared: shared.clone(),
         path,

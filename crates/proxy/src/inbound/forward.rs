@@ -16,7 +16,6 @@ use super::policy::{Admission, CLIENT_ID_HEADER};
 use crate::detect::{PrefixedIo, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
-use crate::h2_flood::FloodGuard;
 use crate::http::RequestPath;
 use crate::opaque;
 use crate::telemetry::RequestSpan;
@@ -78,12 +77,8 @@ pub(super) async fn forward<I>(
                 app: route.addr.map(Upstream::passthrough),
                 admission,
             };
-            let (io, http) = (PrefixedIo::new(prefix, io), inbound.http.clone());
-            if protocol == Protocol::Http2 {
-                crate::http::serve(FloodGuard::new(io), protocol, http, requests, drain).await;
-            } else {
-                crate::http::serve(io, protocol, http, requests, drain).await;
-            }
+            let io = PrefixedIo::new(prefix, io);
+            crate::http::serve(io, protocol, inbound.http.clone(), requests, drain).await;
         }
         Protocol::Tls | Protocol::Opaque => {
             if let Admission::Refused(why) = admission {

@@ -31,7 +31,6 @@ pub use balance::Targets;
 use crate::accept::accept_until_drained;
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain;
-use crate::h2_flood::FloodGuard;
 use crate::http::{self, HttpShared};
 use crate::orig_dst::OriginalDst;
 use crate::ports::PortSet;
@@ -80,12 +79,8 @@ impl Outbound {
             }
         };
         match protocol {
-            Protocol::Http1 => {
+            Protocol::Http1 | Protocol::Http2 => {
                 let io = PrefixedIo::new(prefix, stream);
-                http::serve(io, protocol, self.http.clone(), route.requests, drain).await;
-            }
-            Protocol::Http2 => {
-                let io = FloodGuard::new(PrefixedIo::new(prefix, stream));
                 http::serve(io, protocol, self.http.clone(), route.requests, drain).await;
             }
             // The application's own TLS is opaque to the proxy.
