@@ -196,10 +196,10 @@ impl Wire {
             request.headers_mut().remove(http::header::HOST);
             *request.version_mut() = Version::HTTP_2;
         }
-        if !self.http2 && http2_request {
-            *request.version_mut() = Version::HTTP_11;
-        }
         if !self.http2 {
+            if http2_request {
+                *request.version_mut() = Version::HTTP_11;
+            }
             body::keep_unsized_body(request);
         }
     }
