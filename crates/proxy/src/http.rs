@@ -9,8 +9,9 @@ use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, Version};
-use http_body::Body as _;
+use http_body::{Body as _, Frame};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -19,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
 use crate::auto_reply::{Replies, TagAutoReplies};
-use crate::body::{self, Body, ClientBody, ClientBodyFailure};
+use crate::body::{self, Body, BodyGuard, BoxError, ClientBody, ClientBodyFailure, GuardedBody};
 use crate::connect::EndpointClient;
 use crate::detect::Protocol;
 use crate::drain;
@@ -28,7 +29,7 @@ use crate::h2_flood::FloodGuard;
 use crate::hop_by_hop;
 use crate::logical::RouteLabel;
 use crate::metrics::{ProxyMetrics, RequestSeries};
-use crate::telemetry::{RequestSpan, SpanBody, Telemetry};
+use crate::telemetry::{RequestSpan, Telemetry};
 use crate::upstream::Upstream;
 
 /// hyper refuses smaller HTTP/1 read buffers (it asserts).
@@ -230,6 +231,22 @@ impl<P: RequestPath> hyper::service::Service<Request<Incoming>> for ProxyService
 }
 
 impl<P: RequestPath> Connection<P> {
+    /// Records the response head into `span` and lets the response body carry
+    /// it, so the span ends when the body has been sent (or the client left).
+    fn end_span_with_body(&self, span: RequestSpan, response: Response<Body>) -> Response<Body> {
+        if !span.is_recording() {
+            // Off or not sampled: nothing to record, no body wrapper to allocate.
+            return response;
+        }
+        let (head, body) = response.into_parts();
+        span.record_response(&head);
+        let in_flight = SpanInFlight {
+            span,
+            _drain: self.drain.clone(),
+        };
+        Response::from_parts(head, body::boxed(GuardedBody::new(body, in_flight)))
+    }
+
     async fn proxy(&self, mut request: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let grpc = is_grpc(&request);
@@ -247,7 +264,7 @@ impl<P: RequestPath> Connection<P> {
             // conventions for server spans).
             let response = error.into_response(grpc);
             self.record(&UNKNOWN, &response, started);
-            return end_span_with_body(span, response);
+            return self.end_span_with_body(span, response);
         }
 
         let upstream = match self.path.upstream(&request).await {
@@ -256,7 +273,7 @@ impl<P: RequestPath> Connection<P> {
                 span.record_error(&error);
                 let response = error.into_response(grpc);
                 self.record(&UNKNOWN, &response, started);
-                return end_span_with_body(span, response);
+                return self.end_span_with_body(span, response);
             }
         };
         let mut response = match self.send(&upstream, request, grpc, &mut span).await {
@@ -265,7 +282,7 @@ impl<P: RequestPath> Connection<P> {
             Err(error) => {
                 let response = error.into_response(grpc);
                 self.record(upstream.name(), &response, started);
-                return end_span_with_body(span, response);
+                return self.end_span_with_body(span, response);
             }
         };
 
@@ -289,7 +306,7 @@ impl<P: RequestPath> Connection<P> {
         }
         hop_by_hop::strip(response.headers_mut(), switched);
         self.record(upstream.name(), &response, started);
-        end_span_with_body(span, response)
+        self.end_span_with_body(span, response)
     }
 
     /// Sends the request upstream for its response. On HTTP/1 the client's
@@ -376,16 +393,23 @@ static UNKNOWN: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("unknown"));
 /// The `route` label when the upstream named none (passthrough).
 static NO_ROUTE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(""));
 
-/// Records the response head into `span` and lets the response body carry
-/// it, so the span ends when the body has been sent (or the client left).
-fn end_span_with_body(span: RequestSpan, response: Response<Body>) -> Response<Body> {
-    if !span.is_recording() {
-        // Off or not sampled: nothing to record, no body wrapper to allocate.
-        return response;
+/// A recorded span riding on its response body, holding the drain open: the
+/// drain, and so the span flush at exit, waits for the body to end even where
+/// the body outlives its connection's task (an HTTP/2 stream's body is sent
+/// by a task of its own, which can still hold it after the connection ended).
+struct SpanInFlight {
+    span: RequestSpan,
+    _drain: drain::Watch,
+}
+
+impl BodyGuard for SpanInFlight {
+    fn on_frame(&self, frame: &Frame<Bytes>) {
+        self.span.on_frame(frame);
     }
-    let (head, body) = response.into_parts();
-    span.record_response(&head);
-    Response::from_parts(head, body::boxed(SpanBody::new(body, span)))
+
+    fn on_error(&self, error: &BoxError) {
+        self.span.on_error(error);
+    }
 }
 
 /// The size HTTP/2 gives a request's header list (RFC 9113 §6.5.2: name,

@@ -6,10 +6,7 @@ use bytes::Bytes;
 use http_body::Frame;
 
 use super::RequestSpan;
-use crate::body::{BodyGuard, BoxError, GuardedBody};
-
-/// The response body that ends its request's span.
-pub type SpanBody = GuardedBody<RequestSpan>;
+use crate::body::{BodyGuard, BoxError};
 
 impl BodyGuard for RequestSpan {
     fn on_frame(&self, frame: &Frame<Bytes>) {

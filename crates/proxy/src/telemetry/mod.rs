@@ -12,7 +12,7 @@
 //!     // … send; attempt.record_response(&response_parts) or attempt.record_error(&e)
 //! }
 //! span.record_response(&response_parts);
-//! span.finish(); // or let a `SpanBody` end it with the response body
+//! span.finish(); // or let the response body carry it (it is a `BodyGuard`)
 //! ```
 //!
 //! With `PLEXUS_OTLP_ENDPOINT` unset, [`Telemetry`] is disabled: requests
@@ -39,7 +39,6 @@ use opentelemetry_sdk::trace::{
 use plexus_core::Direction;
 use prometheus_client::registry::Registry;
 
-pub use body::SpanBody;
 pub use config::{DEFAULT_SAMPLING, TelemetryConfig};
 pub use export::TelemetryError;
 pub use span::{AttemptSpan, RequestSpan};
