@@ -98,3 +98,28 @@ async fn an_expired_grpc_timeout_is_deadline_exceeded() {
     assert_eq!(answer.header("plexus-error"), Some("timeout"));
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_of_u64_max_ms_and_the_longest_grpc_timeout_never_panic() {
+    let server = slow(Duration::ZERO).await;
+    let h = Harness::new(target(
+        catch_all(proto::HttpRouteRule {
+            backends: vec![weighted("b", 1)],
+            timeouts: Some(proto::Timeouts {
+                request_ms: u64::MAX,
+                backend_request_ms: u64::MAX,
+            }),
+            ..Default::default()
+        }),
+        vec![("b", backend(vec![endpoint(server.addr)], None))],
+    ));
+    assert_eq!(h.get("/").await.status, 200);
+    let mut request = request("POST", "/shop.Cart/Get", body::full("x"));
+    request
+        .headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    request
+        .headers_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+    assert_eq!(h.send(request).await.status, 200);
+}
