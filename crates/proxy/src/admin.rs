@@ -28,7 +28,7 @@ use crate::auto_reply::{Replies, TagAutoReplies};
 use crate::body::{self, Body};
 use crate::destinations::Destinations;
 use crate::error::{ERROR_HEADER, ProxyError};
-use crate::head_timeout::{HeadClock, HeadTimeout};
+use crate::head_timeout::{HeadClock, HeadDeadline};
 use crate::http::{check_host, http1_buf_size};
 use crate::tls::{IdentityStatus, MeshTls};
 
@@ -79,9 +79,10 @@ pub fn spawn(
                     };
                     let admin = admin.clone();
                     let replies = Arc::new(Replies::default());
-                    let io = TagAutoReplies::new(stream, Some(replies.clone()));
                     let head = Arc::new(HeadClock::default());
-                    let io = HeadTimeout::new(io, head.clone(), head_timeout);
+                    let deadline = HeadDeadline::new(head.clone(), head_timeout);
+                    let io =
+                        TagAutoReplies::new(stream, Some(replies.clone())).timing_heads(deadline);
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
                             head.received();

@@ -4,7 +4,7 @@
 //!
 //! hyper's own `header_read_timeout` starts when hyper waits for a head,
 //! idle keep-alive time included, so it cannot be short without closing
-//! apps' pooled connections. [`HeadTimeout`] starts the clock at the first
+//! apps' pooled connections. [`HeadDeadline`] starts the clock at the first
 //! byte read while a head is awaited instead (outside a request body, not
 //! after a protocol switch) and ends it when the service is handed the head
 //! ([`HeadClock::received`]). hyper's HTTP/1 server, with half-close on,
@@ -13,11 +13,12 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// What the service of one connection tells its [`HeadTimeout`].
@@ -64,38 +65,36 @@ pub fn deadline_in(timeout: Duration) -> Instant {
         .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
-/// An HTTP/1 server connection's IO, closed (a read error) when a started
-/// request head is not received within the timeout.
-pub struct HeadTimeout<I> {
-    io: I,
-    clock: std::sync::Arc<HeadClock>,
+/// The head timing of an HTTP/1 server connection's reads (its IO is
+/// [`crate::auto_reply::TagAutoReplies`], which reads through this): a read
+/// fails once a started request head is late.
+pub struct HeadDeadline {
+    clock: Arc<HeadClock>,
     timeout: Duration,
     /// The head count when the running clock started, and its deadline.
     running: Option<(u64, Pin<Box<Sleep>>)>,
 }
 
-impl<I> HeadTimeout<I> {
-    pub fn new(io: I, clock: std::sync::Arc<HeadClock>, timeout: Duration) -> Self {
+impl HeadDeadline {
+    pub fn new(clock: Arc<HeadClock>, timeout: Duration) -> Self {
         Self {
-            io,
             clock,
             timeout,
             running: None,
         }
     }
-}
 
-impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+    /// Reads from `io` into `buf`, or fails with `TimedOut`.
+    pub fn poll_read<I: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut I,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        let heads = this.clock.heads();
-        if let Some((started_at, deadline)) = &mut this.running {
+        let heads = self.clock.heads();
+        if let Some((started_at, deadline)) = &mut self.running {
             if *started_at != heads {
-                this.running = None;
+                self.running = None;
             } else if deadline.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
@@ -104,53 +103,26 @@ impl<I: AsyncRead + Unpin> AsyncRead for HeadTimeout<I> {
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        if this.running.is_none() && buf.filled().len() > before && this.clock.awaits_head() {
+        ready!(Pin::new(io).poll_read(cx, buf))?;
+        if self.running.is_none() && buf.filled().len() > before && self.clock.awaits_head() {
             // Polled on hyper's next read, which registers the wake-up.
-            let deadline = Box::pin(tokio::time::sleep_until(deadline_in(this.timeout)));
-            this.running = Some((heads, deadline));
+            let deadline = Box::pin(tokio::time::sleep_until(deadline_in(self.timeout)));
+            self.running = Some((heads, deadline));
         }
         Poll::Ready(Ok(()))
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for HeadTimeout<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
+    use crate::auto_reply::TagAutoReplies;
+
+    fn timed<I>(io: I, clock: &Arc<HeadClock>) -> TagAutoReplies<I> {
+        TagAutoReplies::new(io, None).timing_heads(HeadDeadline::new(clock.clone(), TIMEOUT))
+    }
 
     const TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -158,7 +130,7 @@ mod tests {
     async fn a_started_head_not_received_in_time_fails_the_read() {
         let (mut client, server) = tokio::io::duplex(64);
         let clock = Arc::new(HeadClock::default());
-        let mut io = HeadTimeout::new(server, clock, TIMEOUT);
+        let mut io = timed(server, &clock);
         // Idle for longer than the timeout: no head started, nothing fails.
         let mut buf = [0; 16];
         let idle = tokio::time::timeout(TIMEOUT * 3, io.read(&mut buf)).await;
@@ -173,7 +145,7 @@ mod tests {
     async fn a_received_head_or_a_body_stops_the_clock() {
         let (mut client, server) = tokio::io::duplex(64);
         let clock = Arc::new(HeadClock::default());
-        let mut io = HeadTimeout::new(server, clock.clone(), TIMEOUT);
+        let mut io = timed(server, &clock);
         let mut buf = [0; 16];
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
         assert_eq!(io.read(&mut buf).await.unwrap(), 16);

@@ -25,7 +25,7 @@ use crate::detect::Protocol;
 use crate::drain;
 use crate::error::ProxyError;
 use crate::h2_flood::FloodGuard;
-use crate::head_timeout::{self, HeadClock, HeadTimeout};
+use crate::head_timeout::{self, HeadClock, HeadDeadline};
 use crate::hop_by_hop;
 use crate::logical::RouteLabel;
 use crate::metrics::{ProxyMetrics, RequestSeries};
@@ -170,8 +170,8 @@ pub async fn serve<I, P>(
         serve_guarded(io, None, head, shared, path, drain).await;
     } else {
         let http1 = Http1::default();
-        let io = TagAutoReplies::new(io, Some(http1.replies.clone()));
-        let io = HeadTimeout::new(io, head.clone(), shared.request_head_timeout);
+        let deadline = HeadDeadline::new(head.clone(), shared.request_head_timeout);
+        let io = TagAutoReplies::new(io, Some(http1.replies.clone())).timing_heads(deadline);
         serve_guarded(io, Some(http1), head, shared, path, drain).await;
     }
 }
@@ -188,7 +188,7 @@ async fn serve_guarded<I, P>(
     P: RequestPath,
 {
     // HTTP/2: the first request must come within the head timeout (HTTP/1
-    // heads are timed in the IO, by `HeadTimeout`).
+    // heads are timed in the IO, by `HeadDeadline`).
     let first_request_late = {
         let (head, http2) = (head.clone(), http1.is_none());
         let deadline = head_timeout::deadline_in(shared.request_head_timeout);
