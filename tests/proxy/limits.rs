@@ -72,17 +72,25 @@ async fn slow_loris_heads_are_closed_within_the_head_timeout_while_requests_are_
     for _ in 0..LORISES {
         lorises.spawn(slow_loris(proxy.outbound_addr));
     }
-    // Meanwhile, a well-behaved client is served (at most 50 requests).
+    // Meanwhile, a well-behaved client is served, a request each 100 ms
+    // until every slow-loris connection is closed (10 s at most).
+    let mut closed = Vec::new();
     let mut ok = 0;
-    for _ in 0..50 {
-        if lorises.is_empty() || lorises.len() < LORISES && ok >= 5 {
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..100 {
+        while let Some(done) = lorises.try_join_next() {
+            closed.push(done.expect("a slow-loris task"));
+        }
+        if lorises.is_empty() {
             break;
         }
+        pace.tick().await;
         assert_eq!(served(&proxy).await, StatusCode::OK);
         ok += 1;
     }
     assert!(ok >= 5, "only {ok} requests were served during the run");
-    let closed = bounded("the slow-loris clients", lorises.join_all()).await;
+    closed.extend(bounded("the slow-loris clients", lorises.join_all()).await);
+    assert_eq!(closed.len(), LORISES);
     for after in closed {
         let after = after.expect("a slow-loris head still open after 10 s");
         assert!(
