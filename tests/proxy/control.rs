@@ -284,3 +284,101 @@ impl MeshedEndpoints for Resolution {
         }
     }
 }
+
+/// A TCP relay to `to` that can freeze the connections it carries: they stay
+/// open, but nothing passes any more (a controller whose packets are
+/// dropped, with no RST). Connections accepted after a freeze pass.
+struct FreezingRelay {
+    addr: SocketAddr,
+    freezes: tokio::sync::watch::Sender<u32>,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl FreezingRelay {
+    async fn start(to: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (freezes, frozen) = tokio::sync::watch::channel(0u32);
+        let accepting = tokio::spawn(async move {
+            let mut carried = tokio::task::JoinSet::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Ok(mut server) = tokio::net::TcpStream::connect(to).await else {
+                    continue;
+                };
+                let mut frozen = frozen.clone();
+                let since = *frozen.borrow();
+                carried.spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        () = async {
+                            let _ = frozen.wait_for(|freezes| *freezes != since).await;
+                        } => {
+                            // Open and silent until the relay is dropped.
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            addr,
+            freezes,
+            accepting,
+        }
+    }
+
+    fn freeze(&self) {
+        self.freezes.send_modify(|freezes| *freezes += 1);
+    }
+}
+
+impl Drop for FreezingRelay {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_silently_dead_controller_is_noticed_by_keep_alive_and_the_watch_reopens() {
+    let (mut controller, addr) = RunningController::start("127.0.0.1:0".parse().unwrap()).await;
+    let relay = FreezingRelay::start(addr).await;
+    let source =
+        ControllerDestinations::new(config(relay.addr, Duration::from_secs(10))).expect("config");
+    let lookup = {
+        let source = source.clone();
+        tokio::spawn(async move { source.resolve("web:80").await })
+    };
+    let (_, stream) = controller.next_watch().await;
+    stream
+        .send(Ok(DestinationUpdate {
+            snapshot: true,
+            target: Some(target_with_backend("web", &["10.0.0.1:80"])),
+            ..Default::default()
+        }))
+        .await
+        .expect("send snapshot");
+    let Resolution::Meshed(target) = lookup.await.expect("lookup") else {
+        panic!("web is meshed");
+    };
+
+    // Packets dropped from now on: no FIN, no RST, the stream stays open.
+    relay.freeze();
+    let frozen_at = tokio::time::Instant::now();
+    let reopened = tokio::time::timeout(Duration::from_secs(30), controller.calls.recv())
+        .await
+        .expect("the dead controller connection was not noticed within 30 s")
+        .expect("controller running");
+    let noticed = frozen_at.elapsed();
+    assert_eq!(reopened.0, "web:80");
+    // The keep-alive's interval and timeout, not an error on the frozen stream.
+    assert!(noticed >= Duration::from_secs(5), "{noticed:?}");
+    assert_eq!(
+        endpoint_count(&target.borrow()),
+        1,
+        "the last known state is kept meanwhile"
+    );
+    drop(stream);
+    controller.stop().await;
+}

@@ -25,17 +25,30 @@ async fn slow(delay: Duration) -> Upstream {
 }
 
 fn harness(upstream: &Upstream, request_ms: u64) -> Harness {
+    harness_timed(upstream, request_ms, 0)
+}
+
+fn harness_timed(upstream: &Upstream, request_ms: u64, backend_request_ms: u64) -> Harness {
     Harness::new(target(
         catch_all(proto::HttpRouteRule {
             backends: vec![weighted("b", 1)],
             timeouts: Some(proto::Timeouts {
                 request_ms,
-                backend_request_ms: 0,
+                backend_request_ms,
             }),
             ..Default::default()
         }),
         vec![("b", backend(vec![endpoint(upstream.addr)], None))],
     ))
+}
+
+/// A gRPC call whose caller's deadline is `grpc_timeout`.
+fn grpc_call(grpc_timeout: &str) -> http::Request<plexus_proxy::body::Body> {
+    let mut request = request("POST", "/shop.Cart/Get", body::full("x"));
+    let headers = request.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().unwrap());
+    headers.insert("grpc-timeout", grpc_timeout.parse().unwrap());
+    request
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,13 +68,7 @@ async fn an_expired_request_gets_504_timeout() {
 async fn the_callee_sees_what_is_left_of_the_callers_grpc_timeout() {
     let server = slow(Duration::ZERO).await;
     let h = harness(&server, 2_000);
-    let mut request = request("POST", "/shop.Cart/Get", body::full("x"));
-    request
-        .headers_mut()
-        .insert("content-type", "application/grpc".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("grpc-timeout", "10S".parse().unwrap());
+    let request = grpc_call("10S");
     let answer = h.send(request).await;
     assert_eq!(answer.status, 200);
     let seen = answer
@@ -85,16 +92,19 @@ async fn the_callee_sees_what_is_left_of_the_callers_grpc_timeout() {
 async fn an_expired_grpc_timeout_is_deadline_exceeded() {
     let server = slow(Duration::from_secs(5)).await;
     let h = harness(&server, 0);
-    let mut request = request("POST", "/shop.Cart/Get", body::full("x"));
-    request
-        .headers_mut()
-        .insert("content-type", "application/grpc".parse().unwrap());
-    request
-        .headers_mut()
-        .insert("grpc-timeout", "150m".parse().unwrap());
+    let request = grpc_call("150m");
     let started = Instant::now();
     let answer = h.send(request).await;
     assert_eq!(answer.header("grpc-status"), Some("4"));
     assert_eq!(answer.header("plexus-error"), Some("timeout"));
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeouts_of_u64_max_ms_and_the_longest_grpc_timeout_never_panic() {
+    let server = slow(Duration::ZERO).await;
+    let h = harness_timed(&server, u64::MAX, u64::MAX);
+    assert_eq!(h.get("/").await.status, 200);
+    let request = grpc_call("99999999H");
+    assert_eq!(h.send(request).await.status, 200);
 }

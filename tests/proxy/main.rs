@@ -8,6 +8,7 @@ mod admin;
 mod control;
 mod h2;
 mod http;
+mod limits;
 mod logical_balancing;
 mod logical_circuit;
 mod logical_retries;

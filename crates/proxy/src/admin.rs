@@ -16,6 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +28,7 @@ use crate::auto_reply::{Replies, TagAutoReplies};
 use crate::body::{self, Body};
 use crate::destinations::Destinations;
 use crate::error::{ERROR_HEADER, ProxyError};
+use crate::head_timeout::{HeadClock, HeadDeadline};
 use crate::http::{check_host, http1_buf_size};
 use crate::tls::{IdentityStatus, MeshTls};
 
@@ -44,11 +46,13 @@ pub struct Admin {
 }
 
 /// Serves on its own thread until `stop` changes or its sender is dropped;
-/// request heads over `max_header_bytes` get `431`.
+/// request heads over `max_header_bytes` get `431`, heads not received
+/// within `head_timeout` of their first byte close the connection.
 pub fn spawn(
     listener: std::net::TcpListener,
     admin: Arc<Admin>,
     max_header_bytes: usize,
+    head_timeout: Duration,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -75,9 +79,13 @@ pub fn spawn(
                     };
                     let admin = admin.clone();
                     let replies = Arc::new(Replies::default());
-                    let io = TagAutoReplies::new(stream, Some(replies.clone()));
+                    let head = Arc::new(HeadClock::default());
+                    let deadline = HeadDeadline::new(head.clone(), head_timeout);
+                    let io =
+                        TagAutoReplies::new(stream, Some(replies.clone())).timing_heads(deadline);
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |request| {
+                            head.received();
                             replies.called();
                             let response = match check_host(&request) {
                                 Ok(()) => handle(&admin, &request, peer),

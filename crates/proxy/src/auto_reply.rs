@@ -22,6 +22,9 @@
 //! `CONNECT`) the connection carries other bytes: they pass untouched from
 //! then on.
 //!
+//! The same IO times the connection's request heads when told to
+//! ([`TagAutoReplies::timing_heads`], [`crate::head_timeout`]).
+//!
 //! Where that does not hold, the error is on the safe side: a head that
 //! shares a write with bytes still unsent (pipelined bodyless responses
 //! under backpressure) goes uncounted, and later replies of hyper's on that
@@ -38,6 +41,7 @@ use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::{ERROR_HEADER, ProxyError};
+use crate::head_timeout::HeadDeadline;
 
 /// What the service of one HTTP/1 connection tells its [`TagAutoReplies`].
 #[derive(Debug, Default)]
@@ -79,6 +83,8 @@ pub struct TagAutoReplies<I> {
     at_write_start: bool,
     /// A tagged reply (longer than what hyper handed over), still being written.
     stash: Bytes,
+    /// Reads go through it when request heads are timed.
+    head: Option<HeadDeadline>,
 }
 
 impl<I> TagAutoReplies<I> {
@@ -90,7 +96,14 @@ impl<I> TagAutoReplies<I> {
             replies,
             at_write_start: true,
             stash: Bytes::new(),
+            head: None,
         }
+    }
+
+    /// Times the request heads read ([`crate::head_timeout`]).
+    pub fn timing_heads(mut self, head: HeadDeadline) -> Self {
+        self.head = Some(head);
+        self
     }
 }
 
@@ -207,7 +220,11 @@ impl<I: AsyncRead + Unpin> AsyncRead for TagAutoReplies<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        let this = &mut *self;
+        match &mut this.head {
+            Some(head) => head.poll_read(&mut this.io, cx, buf),
+            None => Pin::new(&mut this.io).poll_read(cx, buf),
+        }
     }
 }
 

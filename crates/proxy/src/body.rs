@@ -11,6 +11,8 @@ use http_body_util::{BodyExt, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use tokio::sync::Notify;
 
+use crate::head_timeout::HeadClock;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body on its way through the proxy.
@@ -100,14 +102,27 @@ impl<G: BodyGuard> http_body::Body for GuardedBody<G> {
 /// cannot decode, a client gone mid-body. The request's upstream then fails
 /// too, because its request body broke; [`ClientBodyFailure::failed`] lets
 /// the proxy answer `400` first, and the upstream is not blamed.
+/// While it is read, the connection's [`HeadClock`] does not time its bytes.
 pub struct ClientBody {
     inner: Incoming,
     failure: Arc<ClientBodyFailure>,
+    head: Arc<HeadClock>,
 }
 
 impl ClientBody {
-    pub fn new(inner: Incoming, failure: Arc<ClientBodyFailure>) -> Self {
-        Self { inner, failure }
+    pub fn new(inner: Incoming, failure: Arc<ClientBodyFailure>, head: Arc<HeadClock>) -> Self {
+        head.reading_body(true);
+        Self {
+            inner,
+            failure,
+            head,
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        self.head.reading_body(false);
     }
 }
 
@@ -143,8 +158,11 @@ impl http_body::Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(Some(Err(error))) = &polled {
-            self.failure.fail(error);
+        match &polled {
+            Poll::Ready(Some(Err(error))) => self.failure.fail(error),
+            // What the client sends next is a head, though the body may be kept (retries).
+            Poll::Ready(None) => self.head.reading_body(false),
+            _ => {}
         }
         polled
     }

@@ -26,6 +26,7 @@ use crate::detect::Protocol;
 use crate::drain;
 use crate::error::ProxyError;
 use crate::h2_flood::FloodGuard;
+use crate::head_timeout::{self, HeadClock, HeadDeadline};
 use crate::hop_by_hop;
 use crate::logical::RouteLabel;
 use crate::metrics::{ProxyMetrics, RequestSeries};
@@ -34,6 +35,16 @@ use crate::upstream::Upstream;
 
 /// hyper refuses smaller HTTP/1 read buffers (it asserts).
 const MIN_HTTP1_BUF: usize = 8 * 1024;
+
+/// HTTP/2 server keep-alive, as gRPC servers and Linkerd ping: a dead peer
+/// is found within half a minute, a live one costs a PING frame each 10 s.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Concurrent requests on one HTTP/2 connection (each holds a stream's
+/// buffers). Not 100 (RFC 9113's floor, Envoy's advice for edges): a mesh
+/// peer multiplexes every request to this pod over one connection, and h2
+/// clients queue beyond the limit rather than open another.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 1000;
 
 /// What every HTTP connection of a proxy shares.
 pub struct HttpShared {
@@ -44,6 +55,8 @@ pub struct HttpShared {
     pub client: Arc<dyn EndpointClient>,
     pub metrics: ProxyMetrics,
     pub idle_timeout: Duration,
+    /// `PLEXUS_REQUEST_HEAD_TIMEOUT_MS` ([`crate::head_timeout`]).
+    pub request_head_timeout: Duration,
     /// Spans of proxied requests; disabled, it costs a branch per request.
     pub telemetry: Telemetry,
 }
@@ -57,7 +70,13 @@ impl HttpShared {
     ///
     /// `idle`: an HTTP/1 connection waiting longer than this for a request
     /// head (an idle keep-alive connection included) is closed. hyper's own
-    /// default (30 s) would close apps' pooled connections under them.
+    /// default (30 s) would close apps' pooled connections under them; a
+    /// head once started has [`HttpShared::request_head_timeout`].
+    ///
+    /// HTTP/2: a PING every [`H2_KEEPALIVE_INTERVAL`] finds a peer gone
+    /// silently (no FIN, no RST), which is closed after
+    /// [`H2_KEEPALIVE_TIMEOUT`] without the ACK; at most
+    /// [`H2_MAX_CONCURRENT_STREAMS`] requests at once on a connection.
     pub fn server(max_header_bytes: usize, idle: Duration) -> auto::Builder<TokioExecutor> {
         let mut server = auto::Builder::new(TokioExecutor::new());
         server
@@ -76,6 +95,9 @@ impl HttpShared {
             .http2()
             .timer(TokioTimer::new())
             .adaptive_window(true)
+            .keep_alive_interval(H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
+            .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
             .max_header_list_size(u32::try_from(h2_limit).unwrap_or(u32::MAX));
         server
     }
@@ -143,18 +165,22 @@ pub async fn serve<I, P>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: RequestPath,
 {
+    let head = Arc::new(HeadClock::default());
     if protocol == Protocol::Http2 {
-        serve_guarded(FloodGuard::new(io), None, shared, path, drain).await;
+        let io = FloodGuard::new(io);
+        serve_guarded(io, None, head, shared, path, drain).await;
     } else {
         let http1 = Http1::default();
-        let io = TagAutoReplies::new(io, Some(http1.replies.clone()));
-        serve_guarded(io, Some(http1), shared, path, drain).await;
+        let deadline = HeadDeadline::new(head.clone(), shared.request_head_timeout);
+        let io = TagAutoReplies::new(io, Some(http1.replies.clone())).timing_heads(deadline);
+        serve_guarded(io, Some(http1), head, shared, path, drain).await;
     }
 }
 
 async fn serve_guarded<I, P>(
     io: I,
     http1: Option<Http1>,
+    head: Arc<HeadClock>,
     shared: Arc<HttpShared>,
     path: P,
     mut drain: drain::Watch,
@@ -162,12 +188,28 @@ async fn serve_guarded<I, P>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: RequestPath,
 {
+    // HTTP/2: the first request must come within the head timeout (HTTP/1
+    // heads are timed in the IO, by `HeadDeadline`).
+    let first_request_late = {
+        let (head, http2) = (head.clone(), http1.is_none());
+        let deadline = head_timeout::deadline_in(shared.request_head_timeout);
+        async move {
+            if !http2 {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep_until(deadline).await;
+            if head.heads() > 0 {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
     let service = ProxyService(Arc::new(Connection {
         shared: shared.clone(),
         path,
         drain: drain.clone(),
         last_series: Mutex::new(None),
         http1,
+        head,
     }));
     let conn = shared
         .server
@@ -175,6 +217,10 @@ async fn serve_guarded<I, P>(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
+        () = first_request_late => {
+            tracing::debug!("HTTP/2 connection without a request within the head timeout: closed");
+            return;
+        }
         () = drain.draining() => {
             // HTTP/2 GOAWAY, HTTP/1 close after the response in flight.
             conn.as_mut().graceful_shutdown();
@@ -197,6 +243,8 @@ struct Connection<P> {
     last_series: Mutex<Option<RequestSeries>>,
     /// `None` for HTTP/2.
     http1: Option<Http1>,
+    /// Told of every request head received (and, in HTTP/1, of bodies).
+    head: Arc<HeadClock>,
 }
 
 /// What an HTTP/1 connection's service shares with what hyper does around it.
@@ -222,6 +270,7 @@ impl<P: RequestPath> hyper::service::Service<Request<Incoming>> for ProxyService
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        self.0.head.received();
         if let Some(http1) = &self.0.http1 {
             http1.replies.called();
         }
@@ -291,6 +340,7 @@ impl<P: RequestPath> Connection<P> {
             && (switched || (connect && response.status().is_success()))
         {
             http1.replies.switching();
+            self.head.switching();
         }
         match client_upgrade {
             Some(client) if switched => {
@@ -329,7 +379,8 @@ impl<P: RequestPath> Connection<P> {
                 .send(client, request.map(body::boxed), grpc, span)
                 .await);
         };
-        let request = request.map(|b| body::boxed(ClientBody::new(b, failure.clone())));
+        let request =
+            request.map(|b| body::boxed(ClientBody::new(b, failure.clone(), self.head.clone())));
         tokio::select! {
             biased;
             reason = failure.failed() => {

@@ -27,6 +27,7 @@ mod auto_reply;
 mod detect;
 mod drain;
 mod h2_flood;
+mod head_timeout;
 mod hop_by_hop;
 mod http;
 mod metrics;

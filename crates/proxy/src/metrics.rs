@@ -1,5 +1,5 @@
 //! The transport side's metrics: requests and their latency by direction,
-//! target, route and status; open connections by direction.
+//! target, route and status; open and shed connections by direction.
 //!
 //! All in one `prometheus_client` registry, which the logical side also
 //! registers into; `/metrics` encodes it.
@@ -49,6 +49,7 @@ pub struct ProxyMetrics {
     latency: LatencyFamily,
     open_outbound: Gauge,
     open_inbound: Gauge,
+    shed: Family<DirectionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -76,6 +77,12 @@ impl ProxyMetrics {
             "Client connections currently open, by direction",
             open.clone(),
         );
+        let shed = Family::<DirectionLabels, Counter>::default();
+        registry.register(
+            "plexus_proxy_connections_shed",
+            "Client connections closed on accept because the listener was at its cap, by direction",
+            shed.clone(),
+        );
         let gauge = |direction| {
             open.get_or_create(&DirectionLabels {
                 direction: DirectionLabel(direction),
@@ -87,6 +94,7 @@ impl ProxyMetrics {
             open_inbound: gauge(Direction::Inbound),
             requests,
             latency,
+            shed,
         }
     }
 
@@ -132,6 +140,14 @@ impl ProxyMetrics {
         };
         gauge.inc();
         OpenConnection(gauge)
+    }
+
+    /// Counts a connection closed at the listener's cap.
+    pub fn shed_connection(&self, direction: Direction) {
+        let labels = DirectionLabels {
+            direction: DirectionLabel(direction),
+        };
+        self.shed.get_or_create(&labels).inc();
     }
 }
 

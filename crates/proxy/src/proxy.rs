@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::accept::Listener;
 use crate::admin::{self, Admin};
 use crate::config::Config;
 use crate::connect::EndpointClient;
@@ -150,6 +151,7 @@ impl ProxyBuilder {
             client,
             metrics,
             idle_timeout: config.idle_timeout,
+            request_head_timeout: config.request_head_timeout,
             telemetry: telemetry.clone(),
         });
         let outbound_path = Arc::new(Outbound {
@@ -174,6 +176,9 @@ impl ProxyBuilder {
             tls_metrics,
         });
         let (trigger, drain) = drain::channel();
+        let caps = config.max_connections;
+        let outbound = Listener::new(outbound, caps.outbound);
+        let inbound = Listener::new(inbound, caps.inbound);
         tokio::spawn(outbound_path.run(outbound, drain.clone()));
         tokio::spawn(inbound_path.run(inbound, drain));
 
@@ -191,6 +196,7 @@ impl ProxyBuilder {
             admin_listener,
             admin.clone(),
             config.max_header_bytes,
+            config.request_head_timeout,
             stopped,
         )
         .map_err(StartError::Admin)?;

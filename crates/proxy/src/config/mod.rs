@@ -73,6 +73,9 @@ const VARIABLES: &[&str] = &[
     "PLEXUS_IDLE_TIMEOUT_MS",
     "PLEXUS_CONNECT_TIMEOUT_MS",
     "PLEXUS_MAX_HEADER_BYTES",
+    "PLEXUS_REQUEST_HEAD_TIMEOUT_MS",
+    "PLEXUS_MAX_INBOUND_CONNECTIONS",
+    "PLEXUS_MAX_OUTBOUND_CONNECTIONS",
     "PLEXUS_SHUTDOWN_ENDPOINT",
     "PLEXUS_LOG",
     "PLEXUS_WORKER_THREADS",
@@ -125,6 +128,12 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Largest request head (HTTP/1) or header list (HTTP/2) accepted; larger gets 431.
     pub max_header_bytes: usize,
+    /// A request head started (HTTP/1), or a first request (HTTP/2), not
+    /// received within this closes the connection: slow-loris clients.
+    pub request_head_timeout: Duration,
+    /// Connections served at once by each listener; beyond, new ones are
+    /// accepted and closed at once (shed).
+    pub max_connections: ConnectionCaps,
     /// `tracing` filter, e.g. `info,plexus_proxy=debug`.
     pub log: String,
     /// Data-plane threads: 1 (default, like Linkerd's one core) runs a
@@ -150,6 +159,19 @@ pub struct Config {
     /// likely): warned about at start, not refused.
     pub unknown_variables: Vec<UnknownVariable>,
 }
+
+/// The listeners' connection caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub inbound: usize,
+    pub outbound: usize,
+}
+
+/// The default cap of each listener: far above one pod's real load (an app
+/// pool is tens of connections, a mesh peer one HTTP/2 connection), and
+/// well within a container's file limit (each proxied connection holds two
+/// descriptors) and memory (tens of KiB of buffers a connection).
+const MAX_CONNECTIONS: usize = 10_000;
 
 /// Ports of server-speaks-first protocols (SMTP, MySQL, PostgreSQL, Redis,
 /// Elasticsearch transport, memcached, …), as Linkerd ships them.
@@ -188,6 +210,11 @@ impl Config {
             idle_timeout: r.millis_or("PLEXUS_IDLE_TIMEOUT_MS", 3_600_000),
             connect_timeout: r.millis_or("PLEXUS_CONNECT_TIMEOUT_MS", 1_000),
             max_header_bytes: r.parse_or("PLEXUS_MAX_HEADER_BYTES", 65_536, "a byte count"),
+            request_head_timeout: r.millis_or("PLEXUS_REQUEST_HEAD_TIMEOUT_MS", 10_000),
+            max_connections: ConnectionCaps {
+                inbound: r.count_or("PLEXUS_MAX_INBOUND_CONNECTIONS", MAX_CONNECTIONS),
+                outbound: r.count_or("PLEXUS_MAX_OUTBOUND_CONNECTIONS", MAX_CONNECTIONS),
+            },
             log: log_filter(r),
             worker_threads: r.parse_or(
                 "PLEXUS_WORKER_THREADS",

@@ -7,6 +7,9 @@ use std::time::Duration;
 use super::env::Env;
 use super::{BadVariable, ConfigError, VARIABLES};
 
+/// The longest duration a variable may set: a year.
+const MAX_MILLIS: u64 = 365 * 24 * 3600 * 1000;
+
 /// Reads variables from an [`Env`], keeping the bad ones for [`Reader::finish`].
 pub(super) struct Reader<'a> {
     env: &'a dyn Env,
@@ -83,9 +86,28 @@ impl<'a> Reader<'a> {
         self.parse_value(name, value, expected)
     }
 
-    /// A duration in whole milliseconds, `default_ms` when unset.
+    /// A duration in whole milliseconds, `default_ms` when unset. At most
+    /// [`MAX_MILLIS`]: deadlines computed from it cannot overflow.
     pub(super) fn millis_or(&mut self, name: &'static str, default_ms: u64) -> Duration {
-        Duration::from_millis(self.parse_or(name, default_ms, "milliseconds (an integer)"))
+        const EXPECTED: &str = "milliseconds (an integer, at most 31536000000: a year)";
+        let ms = self.parse_or(name, default_ms, EXPECTED);
+        if ms > MAX_MILLIS {
+            self.bad(name, ms.to_string(), EXPECTED);
+            return Duration::from_millis(default_ms);
+        }
+        Duration::from_millis(ms)
+    }
+
+    /// A count of at least 1, `default` when unset.
+    pub(super) fn count_or(&mut self, name: &'static str, default: usize) -> usize {
+        const EXPECTED: &str = "a count of at least 1";
+        match self.parse_or(name, default, EXPECTED) {
+            0 => {
+                self.bad(name, "0".into(), EXPECTED);
+                default
+            }
+            count => count,
+        }
     }
 
     /// The trimmed value of a variable that must be set (and not blank).

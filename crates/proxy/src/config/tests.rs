@@ -102,9 +102,55 @@ fn a_bad_value_names_the_variable_and_what_was_expected() {
         ("PLEXUS_OTLP_ENDPOINT", "ftp://collector:4317"),
         ("PLEXUS_OTLP_ENDPOINT", "http://"),
         ("PLEXUS_SHUTDOWN_ENDPOINT", "true"),
+        ("PLEXUS_MAX_INBOUND_CONNECTIONS", "0"),
+        ("PLEXUS_MAX_OUTBOUND_CONNECTIONS", "-1"),
     ] {
         assert_eq!(bad_names(&[(name, value)]), [name], "{name}={value}");
     }
+}
+
+#[test]
+fn durations_beyond_a_year_are_refused_by_name_not_overflowed() {
+    let huge = "18446744073709551615";
+    let err = read(&[
+        ("PLEXUS_IDLE_TIMEOUT_MS", huge),
+        ("PLEXUS_REQUEST_HEAD_TIMEOUT_MS", "31536000001"),
+    ])
+    .unwrap_err();
+    let names: Vec<_> = err.bad.iter().map(|bad| bad.name).collect();
+    assert_eq!(
+        names,
+        ["PLEXUS_IDLE_TIMEOUT_MS", "PLEXUS_REQUEST_HEAD_TIMEOUT_MS"]
+    );
+    assert!(err.to_string().contains("at most 31536000000"), "{err}");
+    let year = read(&[("PLEXUS_REQUEST_HEAD_TIMEOUT_MS", "31536000000")]).unwrap();
+    assert_eq!(
+        year.request_head_timeout,
+        Duration::from_secs(365 * 24 * 3600)
+    );
+}
+
+#[test]
+fn timeouts_and_connection_caps_default_and_read() {
+    let config = read(&[]).unwrap();
+    assert_eq!(config.request_head_timeout, Duration::from_secs(10));
+    let caps = ConnectionCaps {
+        inbound: 10_000,
+        outbound: 10_000,
+    };
+    assert_eq!(config.max_connections, caps);
+    let config = read(&[
+        ("PLEXUS_REQUEST_HEAD_TIMEOUT_MS", "1000"),
+        ("PLEXUS_MAX_INBOUND_CONNECTIONS", "5"),
+        ("PLEXUS_MAX_OUTBOUND_CONNECTIONS", "7"),
+    ])
+    .unwrap();
+    assert_eq!(config.request_head_timeout, Duration::from_secs(1));
+    let caps = ConnectionCaps {
+        inbound: 5,
+        outbound: 7,
+    };
+    assert_eq!(config.max_connections, caps);
 }
 
 #[test]

@@ -333,11 +333,23 @@ async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
 pub fn plaintext_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(addr.to_owned())?
         .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5));
-    Ok(endpoint.connect_lazy())
+        .tcp_nodelay(true);
+    Ok(keep_alive(endpoint).connect_lazy())
 }
+
+/// HTTP/2 PINGs on the controller channel, idle or not: a controller gone
+/// silently (its packets dropped, no RST) is noticed within
+/// [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`], the channel reconnects,
+/// and the watches keep what they last knew meanwhile.
+pub(crate) fn keep_alive(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+}
+
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait before reopening a broken watch: short, since a
 /// controller rollout usually has another replica ready at once.

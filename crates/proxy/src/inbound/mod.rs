@@ -23,9 +23,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use plexus_core::Direction;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
-use crate::accept::accept_until_drained;
+use crate::accept::{Listener, accept_until_drained};
 use crate::detect::{self, Protocol};
 use crate::drain;
 use crate::http::HttpShared;
@@ -54,7 +54,7 @@ pub struct Inbound {
 
 impl Inbound {
     /// Accepts until draining starts.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+    pub async fn run(self: Arc<Self>, listener: Listener, drain: drain::Watch) {
         let metrics = self.http.metrics.clone();
         accept_until_drained(
             listener,

@@ -255,7 +255,8 @@ async fn serve(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout past what the clock holds (u64::MAX ms from the controller) is none.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
 
     let admitted = async {
         let permit = backend.admit().await?;

@@ -24,11 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use plexus_core::Direction;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 pub use balance::Targets;
 
-use crate::accept::accept_until_drained;
+use crate::accept::{Listener, accept_until_drained};
 use crate::detect::{self, PrefixedIo, Protocol};
 use crate::drain;
 use crate::http::{self, HttpShared};
@@ -53,7 +53,7 @@ pub struct Outbound {
 
 impl Outbound {
     /// Accepts until draining starts.
-    pub async fn run(self: Arc<Self>, listener: TcpListener, drain: drain::Watch) {
+    pub async fn run(self: Arc<Self>, listener: Listener, drain: drain::Watch) {
         let metrics = self.http.metrics.clone();
         accept_until_drained(
             listener,

@@ -24,6 +24,7 @@ pub(crate) fn channel(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
+    let endpoint = crate::control::keep_alive(endpoint);
     let connector = tower::service_fn(move |uri: http::Uri| {
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         async move {

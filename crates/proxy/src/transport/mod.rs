@@ -117,6 +117,9 @@ impl HttpEndpointClient {
                     .pool_idle_timeout(POOL_IDLE_TIMEOUT)
                     .http2_only(key.http2)
                     .http2_adaptive_window(true)
+                    // A peer proxy gone silently fails its requests in 30 s, not never.
+                    .http2_keep_alive_interval(crate::http::H2_KEEPALIVE_INTERVAL)
+                    .http2_keep_alive_timeout(crate::http::H2_KEEPALIVE_TIMEOUT)
                     .build(connector);
                 Arc::new(client)
             })
