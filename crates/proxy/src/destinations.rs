@@ -312,28 +312,28 @@ mod tests {
     }
 }
 
+/// The configuration of every property test: 256 cases from a fixed seed,
+/// nothing written to disk, so CI is fast and repeatable.
+#[cfg(test)]
+pub(crate) fn property_config() -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    Config {
+        cases: 256,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(10),
+        ..Config::default()
+    }
+}
+
 /// Properties of the parsers of network input (bounded, reproducible cases).
 #[cfg(test)]
 mod properties {
-    use proptest::prelude::*;
-    use proptest::test_runner::{Config, RngSeed};
-
-    use super::authority_key;
+    use super::{authority_key, property_config};
     use crate::detect::classify;
-
-    /// 256 cases from a fixed seed, nothing written to disk: CI is fast and
-    /// repeatable.
-    fn config() -> Config {
-        Config {
-            cases: 256,
-            failure_persistence: None,
-            rng_seed: RngSeed::Fixed(10),
-            ..Config::default()
-        }
-    }
+    use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(config())]
+        #![proptest_config(property_config())]
 
         #[test]
         fn an_authority_key_is_its_own_key(authority in "\\PC{0,40}") {
