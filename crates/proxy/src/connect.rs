@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::time::Duration;
 
 use http::{Request, Response};
 use plexus_api::v1::Target;
@@ -73,4 +74,9 @@ pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Response<Body>, Sen
 /// Sends one request to one endpoint, reusing pooled connections.
 pub trait EndpointClient: Send + Sync + 'static {
     fn send(&self, target: &EndpointTarget, request: Request<Body>) -> ResponseFuture;
+
+    /// Drops what is kept per endpoint (pooled connections) for endpoints
+    /// that no request used for `idle`; a client that keeps nothing has
+    /// nothing to do.
+    fn release_idle(&self, _idle: Duration) {}
 }

@@ -5,6 +5,13 @@
 //! `watch` channel so a target can change under a running `Logical`. Where
 //! targets come from is a [`DestinationSource`]: the static file now, the
 //! controller's Destination API watch later, without changing callers.
+//!
+//! State per destination is bounded in time: a destination with no
+//! connection and no request for `PLEXUS_DESTINATION_IDLE_TIMEOUT_MS`
+//! (default 30 s) loses its `Logical` and metric series
+//! (`crate::outbound::Targets`), its connection pools
+//! (`EndpointClient::release_idle`) and its controller watch
+//! (`crate::control`); each is swept every [`sweep_period`].
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -12,9 +19,18 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use plexus_api::v1::Target;
 use tokio::sync::watch;
+
+/// How often idle destination state is looked for: twice per idle timeout,
+/// so a destination goes at most 1.5 timeouts after its last use; never
+/// more often than every 100 ms (a timeout of 0 must not spin), never less
+/// often than every 30 s.
+pub fn sweep_period(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 2).clamp(Duration::from_millis(100), Duration::from_secs(30))
+}
 
 /// What a lookup learned about a target.
 #[derive(Debug, Clone)]
@@ -293,5 +309,43 @@ mod tests {
             old.borrow().routes.as_ref().unwrap().default_backend,
             "back"
         );
+    }
+}
+
+/// The configuration of every property test: 256 cases from a fixed seed,
+/// nothing written to disk, so CI is fast and repeatable.
+#[cfg(test)]
+pub(crate) fn property_config() -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    Config {
+        cases: 256,
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(10),
+        ..Config::default()
+    }
+}
+
+/// Properties of the parsers of network input (bounded, reproducible cases).
+#[cfg(test)]
+mod properties {
+    use super::{authority_key, property_config};
+    use crate::detect::classify;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(property_config())]
+
+        #[test]
+        fn an_authority_key_is_its_own_key(authority in "\\PC{0,40}") {
+            if let Some(key) = authority_key(&authority) {
+                prop_assert_eq!(authority_key(&key), Some(key.clone()));
+            }
+        }
+
+        #[test]
+        fn detection_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = classify(&bytes);
+        }
+
     }
 }

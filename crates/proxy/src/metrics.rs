@@ -2,9 +2,13 @@
 //! target, route and status; open and shed connections by direction.
 //!
 //! All in one `prometheus_client` registry, which the logical side also
-//! registers into; `/metrics` encodes it.
+//! registers into; `/metrics` encodes it. The `target` label is a meshed
+//! target's name, whose series go when the target idles out
+//! ([`ProxyMetrics::forget_target`]), or one word (`passthrough`,
+//! `unknown`): never an address an application chose.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use plexus_core::Direction;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -29,7 +33,7 @@ impl EncodeLabelValue for DirectionLabel {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     direction: DirectionLabel,
-    /// The target's name, or the address for passthrough.
+    /// The target's name, or `passthrough`.
     target: Arc<str>,
     /// The route that matched (from the logical side); empty for passthrough.
     route: Arc<str>,
@@ -47,6 +51,8 @@ type LatencyFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 pub struct ProxyMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: LatencyFamily,
+    /// Each target's label sets, so its series can go with it.
+    by_target: Arc<Mutex<HashMap<Arc<str>, HashSet<RequestLabels>>>>,
     open_outbound: Gauge,
     open_inbound: Gauge,
     shed: Family<DirectionLabels, Counter>,
@@ -95,6 +101,7 @@ impl ProxyMetrics {
             requests,
             latency,
             shed,
+            by_target: Arc::default(),
         }
     }
 
@@ -124,11 +131,33 @@ impl ProxyMetrics {
         series.latency.observe(started.elapsed().as_secs_f64());
     }
 
+    /// Found anew only when a connection's cached series does not fit, so
+    /// the index costs one more lock on that path, never per request.
     fn series(&self, labels: RequestLabels) -> RequestSeries {
+        self.by_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(labels.target.clone())
+            .or_default()
+            .insert(labels.clone());
         RequestSeries {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
             labels,
+        }
+    }
+
+    /// Removes every request series of `target` (it idled out): a proxy
+    /// that talked to many targets over its life keeps only the live ones'.
+    pub fn forget_target(&self, target: &str) {
+        let labels = self
+            .by_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+        for labels in labels.iter().flatten() {
+            self.requests.remove(labels);
+            self.latency.remove(labels);
         }
     }
 
@@ -187,6 +216,24 @@ mod tests {
             status,
         };
         metrics.requests.get_or_create(&labels).get()
+    }
+
+    #[test]
+    fn a_forgotten_target_loses_every_series_and_only_its_own() {
+        let mut registry = Registry::default();
+        let metrics = ProxyMetrics::register(&mut registry);
+        let (web, api): (Arc<str>, Arc<str>) = (Arc::from("web"), Arc::from("api"));
+        let route: Arc<str> = Arc::from("");
+        for (target, status) in [(&web, 200), (&web, 503), (&api, 200)] {
+            let now = Instant::now();
+            metrics.record_request(&mut None, Direction::Outbound, target, &route, status, now);
+        }
+        metrics.forget_target("web");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.contains(r#"target="web""#), "{text}");
+        assert!(text.contains(r#"target="api""#), "{text}");
+        assert!(metrics.by_target.lock().unwrap().get("web").is_none());
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::inbound::{self, Inbound};
 use crate::logical::LogicalMetrics;
 use crate::metrics::ProxyMetrics;
 use crate::orig_dst::{self, OriginalDst};
-use crate::outbound::{Outbound, Targets};
+use crate::outbound::{Outbound, Targets, release_idle_destinations};
 use crate::static_config::{self, StaticConfigError};
 use crate::telemetry::{Telemetry, TelemetryError};
 use crate::tls::{IdentityStartError, MeshTls, TlsMetrics};
@@ -144,6 +144,11 @@ impl ProxyBuilder {
             destinations.clone(),
             client.clone(),
             logical_metrics,
+            metrics.clone(),
+        ));
+        tokio::spawn(release_idle_destinations(
+            Arc::downgrade(&targets),
+            config.destination_idle_timeout,
         ));
         let http = Arc::new(HttpShared {
             server: HttpShared::server(config.max_header_bytes, config.idle_timeout),

@@ -3,7 +3,7 @@
 //! application, an outbound destination that is not meshed).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use http::{Request, Response};
 
@@ -18,7 +18,8 @@ use crate::telemetry::RequestSpan;
 pub enum Upstream {
     Logical(Arc<LogicalTarget>),
     Passthrough {
-        /// The address, the `target` label of request metrics.
+        /// `passthrough`, the `target` label of request metrics: one word
+        /// for every address, which applications choose without bound.
         name: Arc<str>,
         endpoint: Arc<EndpointTarget>,
     },
@@ -31,7 +32,7 @@ impl Upstream {
     /// the app sent.
     pub fn passthrough(addr: SocketAddr) -> Self {
         Self::Passthrough {
-            name: Arc::from(addr.to_string()),
+            name: PASSTHROUGH.clone(),
             endpoint: Arc::new(EndpointTarget {
                 addr,
                 identity: None,
@@ -80,6 +81,8 @@ impl Upstream {
         }
     }
 }
+
+static PASSTHROUGH: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("passthrough"));
 
 /// A meshed target's logical service.
 pub struct LogicalTarget {

@@ -71,6 +71,7 @@ const VARIABLES: &[&str] = &[
     "PLEXUS_INBOUND_OPAQUE_PORTS",
     "PLEXUS_DRAIN_TIMEOUT_MS",
     "PLEXUS_IDLE_TIMEOUT_MS",
+    "PLEXUS_DESTINATION_IDLE_TIMEOUT_MS",
     "PLEXUS_CONNECT_TIMEOUT_MS",
     "PLEXUS_MAX_HEADER_BYTES",
     "PLEXUS_REQUEST_HEAD_TIMEOUT_MS",
@@ -124,6 +125,10 @@ pub struct Config {
     /// An opaque TCP (or upgraded) connection with no traffic either way, or
     /// an HTTP/1 connection with no request, for this long is closed.
     pub idle_timeout: Duration,
+    /// A destination with no connection and no request for this long loses
+    /// its controller watch, its `Logical`, its connection pools and its
+    /// metric series (see `crate::destinations`).
+    pub destination_idle_timeout: Duration,
     /// Connecting to an endpoint or an original destination gives up after this.
     pub connect_timeout: Duration,
     /// Largest request head (HTTP/1) or header list (HTTP/2) accepted; larger gets 431.
@@ -208,6 +213,7 @@ impl Config {
             ),
             drain_timeout: r.millis_or("PLEXUS_DRAIN_TIMEOUT_MS", 30_000),
             idle_timeout: r.millis_or("PLEXUS_IDLE_TIMEOUT_MS", 3_600_000),
+            destination_idle_timeout: r.millis_or("PLEXUS_DESTINATION_IDLE_TIMEOUT_MS", 30_000),
             connect_timeout: r.millis_or("PLEXUS_CONNECT_TIMEOUT_MS", 1_000),
             max_header_bytes: r.parse_or("PLEXUS_MAX_HEADER_BYTES", 65_536, "a byte count"),
             request_head_timeout: r.millis_or("PLEXUS_REQUEST_HEAD_TIMEOUT_MS", 10_000),

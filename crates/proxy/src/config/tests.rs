@@ -36,6 +36,7 @@ fn defaults_match_the_design() {
     assert_eq!(config.detect_timeout, Duration::from_secs(5));
     assert_eq!(config.drain_timeout, Duration::from_secs(30));
     assert_eq!(config.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(config.destination_idle_timeout, Duration::from_secs(30));
     assert_eq!(config.connect_timeout, Duration::from_secs(1));
     assert_eq!(config.max_header_bytes, 65_536);
     assert_eq!(config.log, "info");

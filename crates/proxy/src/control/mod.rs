@@ -5,12 +5,15 @@
 //! applies snapshots and deltas to the target's `watch` channel, reconnects
 //! with backoff when the stream breaks, and meanwhile keeps serving the last
 //! known state: a controller restart never empties a proxy's view. Targets
-//! nobody has used for a while are dropped with their stream.
+//! nobody holds or resolved for `PLEXUS_DESTINATION_IDLE_TIMEOUT_MS` are
+//! dropped with their stream, and at most [`MAX_WATCHED_TARGETS`] are
+//! watched at once: the keys are what applications send (addresses, `Host`s).
 
 mod server_policy;
 mod update;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,7 +26,7 @@ use tower::retry::backoff::{Backoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::util::rng::HasherRng;
 
 use crate::config::Config;
-use crate::destinations::{DestinationSource, Resolution, ResolveFuture};
+use crate::destinations::{DestinationSource, Resolution, ResolveFuture, sweep_period};
 use crate::inbound::policy::{self, PolicyWatch};
 use crate::tls::MeshTls;
 
@@ -42,7 +45,7 @@ pub struct ControllerConfig {
     /// How long a first lookup waits for the controller before the target is
     /// forwarded as not meshed (passthrough to its original destination).
     pub first_answer_timeout: Duration,
-    /// A target nobody resolved for this long loses its watch.
+    /// A target nobody holds or resolved for this long loses its watch.
     pub idle_timeout: Duration,
 }
 
@@ -85,7 +88,7 @@ impl Controller {
                     format!("{namespace}/{pod}")
                 },
                 first_answer_timeout: FIRST_ANSWER_TIMEOUT,
-                idle_timeout: WATCH_IDLE_TIMEOUT,
+                idle_timeout: config.destination_idle_timeout,
             },
         );
         let policy = if pod.is_empty() {
@@ -115,14 +118,19 @@ impl Controller {
 /// How long a first lookup waits for the controller before forwarding the
 /// target as not meshed.
 const FIRST_ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
-/// A target nobody used for this long loses its watch.
-const WATCH_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most targets watched at once. Far above what a workload talks to
+/// within an idle timeout (a pod calls tens of Services), low enough that an
+/// application resolving every address it can name costs the proxy and the
+/// controller a bounded number of streams (each a few KiB on both sides).
+pub const MAX_WATCHED_TARGETS: usize = 16_384;
 
 /// Targets as the controller describes them, watched on demand.
 pub struct ControllerDestinations {
     client: DestinationClient<Channel>,
     config: ControllerConfig,
     watches: Mutex<HashMap<String, Watched>>,
+    /// Set while lookups find every slot held; logged once per episode.
+    full: AtomicBool,
 }
 
 /// What the proxy knows of one watched target.
@@ -164,17 +172,33 @@ impl ControllerDestinations {
             client: DestinationClient::new(channel),
             config,
             watches: Mutex::new(HashMap::new()),
+            full: AtomicBool::new(false),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&this)));
         this
     }
 
-    fn status_of(&self, key: &str) -> watch::Receiver<Status> {
+    /// The status of `key`'s watch, begun now if there is none; `None` when
+    /// [`MAX_WATCHED_TARGETS`] are watched and none of them is idle.
+    fn status_of(&self, key: &str) -> Option<watch::Receiver<Status>> {
         let mut watches = self.watches.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(watched) = watches.get_mut(key) {
             watched.last_used = Instant::now();
-            return watched.status.clone();
+            return Some(watched.status.clone());
         }
+        if watches.len() >= MAX_WATCHED_TARGETS {
+            drop_idle(&mut watches, self.config.idle_timeout);
+            if watches.len() >= MAX_WATCHED_TARGETS {
+                if !self.full.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        limit = MAX_WATCHED_TARGETS,
+                        "every destination watch is in use; new targets are forwarded as not meshed"
+                    );
+                }
+                return None;
+            }
+        }
+        self.full.store(false, Ordering::Relaxed);
         let (tx, rx) = watch::channel(Status::Pending);
         let target = Arc::new(watch::Sender::new(Arc::new(Target::default())));
         let request = WatchRequest {
@@ -192,13 +216,15 @@ impl ControllerDestinations {
                 task,
             },
         );
-        rx
+        Some(rx)
     }
 }
 
 impl DestinationSource for ControllerDestinations {
     fn resolve<'a>(&'a self, key: &'a str) -> ResolveFuture<'a> {
-        let mut status = self.status_of(key);
+        let Some(mut status) = self.status_of(key) else {
+            return Box::pin(std::future::ready(Resolution::NotMeshed));
+        };
         let timeout = self.config.first_answer_timeout;
         Box::pin(async move {
             let answered =
@@ -310,23 +336,28 @@ fn apply(
     }
 }
 
-/// Drops watches of targets nobody resolved recently and nobody holds.
+/// Drops, every [`sweep_period`], the watches of targets nobody resolved
+/// recently and nobody holds; dropping one aborts its task, which ends its
+/// stream (the controller's watch count drops).
 async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
     loop {
         let period = match this.upgrade() {
-            Some(this) => this.config.idle_timeout.min(Duration::from_secs(60)),
+            Some(this) => sweep_period(this.config.idle_timeout),
             None => return,
         };
         tokio::time::sleep(period).await;
         let Some(this) = this.upgrade() else { return };
-        let idle_timeout = this.config.idle_timeout;
         let mut watches = this.watches.lock().unwrap_or_else(|e| e.into_inner());
-        watches.retain(|_, watched| {
-            // One receiver lives in the status itself; more mean a user holds it.
-            let held = watched.target.receiver_count() > 1;
-            held || watched.last_used.elapsed() < idle_timeout
-        });
+        drop_idle(&mut watches, this.config.idle_timeout);
     }
+}
+
+fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) {
+    watches.retain(|_, watched| {
+        // One receiver lives in the status itself; more mean a user holds it.
+        let held = watched.target.receiver_count() > 1;
+        held || watched.last_used.elapsed() < idle_timeout
+    });
 }
 
 /// A lazily connecting plaintext channel to `addr` (`http://host:port`).

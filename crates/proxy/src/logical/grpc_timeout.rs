@@ -105,3 +105,29 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #![proptest_config(crate::destinations::property_config())]
+
+        /// Encoding rounds down to the unit that fits, never up.
+        #[test]
+        fn an_encoded_timeout_parses_to_at_most_itself(nanos in any::<u64>()) {
+            let timeout = Duration::from_nanos(nanos);
+            let parsed = parse(&encode(timeout));
+            prop_assert!(parsed.is_some_and(|p| p <= timeout), "{:?}", parsed);
+        }
+
+        #[test]
+        fn any_value_parses_or_is_ignored(raw in "[ -~]{0,12}") {
+            if let Ok(value) = HeaderValue::from_str(&raw) {
+                let _ = parse(&value);
+            }
+        }
+    }
+}

@@ -3,6 +3,9 @@
 //! a backend of several targets, each with its own endpoint state); recorded
 //! per event, never per request.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +20,8 @@ pub struct LogicalMetrics {
     ejections: Family<BackendLabels, Counter>,
     endpoints_ejected: Family<BackendLabels, Gauge>,
     shed: Family<ShedLabels, Counter>,
+    /// Each target's backends with series, so they can go with the target.
+    backends: Arc<Mutex<HashMap<String, HashSet<String>>>>,
 }
 
 /// The labels of one backend of one target.
@@ -58,6 +63,16 @@ pub enum RetryReason {
     connect,
     request_error,
     timeout,
+}
+
+impl RetryReason {
+    const ALL: [RetryReason; 5] = [
+        RetryReason::status,
+        RetryReason::grpc_status,
+        RetryReason::connect,
+        RetryReason::request_error,
+        RetryReason::timeout,
+    ];
 }
 
 /// Why a request was shed by the concurrency limit.
@@ -120,11 +135,49 @@ impl LogicalMetrics {
         self.shed.get_or_create(&labels).inc();
     }
 
-    /// The ejection counter and the ejected gauge of one backend, resolved once.
+    /// The ejection counter and the ejected gauge of one backend, resolved
+    /// once, when the backend is built: every backend that can have series
+    /// passes here first.
     pub(crate) fn ejection_metrics(&self, backend: &BackendLabels) -> EjectionMetrics {
+        self.backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(backend.target.clone())
+            .or_default()
+            .insert(backend.backend.clone());
         EjectionMetrics {
             ejections: self.ejections.get_or_create(backend).clone(),
             ejected: self.endpoints_ejected.get_or_create(backend).clone(),
+        }
+    }
+
+    /// Removes every series of `target`'s backends (the target idled out).
+    pub fn forget_target(&self, target: &str) {
+        let backends = self
+            .backends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(target);
+        for backend in backends.into_iter().flatten() {
+            let backend = BackendLabels {
+                target: target.to_owned(),
+                backend,
+            };
+            self.budget_exhausted.remove(&backend);
+            self.ejections.remove(&backend);
+            self.endpoints_ejected.remove(&backend);
+            for reason in RetryReason::ALL {
+                self.retries.remove(&RetryLabels {
+                    backend: backend.clone(),
+                    reason,
+                });
+            }
+            for reason in [ShedReason::queue_full, ShedReason::queue_timeout] {
+                self.shed.remove(&ShedLabels {
+                    backend: backend.clone(),
+                    reason,
+                });
+            }
         }
     }
 

@@ -627,6 +627,12 @@ mod tests {
             metrics.retries_total(&BackendLabels::new("t", "b"), RetryReason::status),
             2
         );
+        metrics.forget_target("t");
+        assert_eq!(
+            metrics.retries_total(&BackendLabels::new("t", "b"), RetryReason::status),
+            0,
+            "a forgotten target's series start again"
+        );
         let label = response.extensions().get::<RouteLabel>().unwrap();
         assert_eq!(label.0.as_ref(), "ns/r");
     }

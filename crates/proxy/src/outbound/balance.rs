@@ -1,11 +1,13 @@
 //! The balance step: each meshed target's [`Logical`] service (route rules,
 //! traffic splits, load balancing, retries, circuit breaking: `crate::logical`),
 //! one per target, shared by every connection; and the target of a
-//! redirected connection or of an authority, which picks it.
+//! redirected connection or of an authority, which picks it. A target no
+//! connection holds and no lookup named for the destination idle timeout
+//! goes with its metric series ([`release_idle_destinations`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use plexus_api::v1::Target;
@@ -13,27 +15,21 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::connect::EndpointClient;
-use crate::destinations::{Destinations, Resolution};
+use crate::destinations::{Destinations, Resolution, sweep_period};
 use crate::error::ProxyError;
 use crate::logical::{Logical, LogicalMetrics};
+use crate::metrics::ProxyMetrics;
 use crate::upstream::{LogicalTarget, Upstream};
-
-/// A `Logical` nobody used for this long, and no connection holds, is
-/// dropped, releasing its destination watch.
-const LOGICAL_IDLE: Duration = Duration::from_secs(600);
 
 /// The outbound side's view of destinations, with one `Logical` per target.
 pub struct Targets {
     destinations: Destinations,
     client: Arc<dyn EndpointClient>,
     metrics: LogicalMetrics,
-    logicals: Mutex<Logicals>,
-}
-
-#[derive(Default)]
-struct Logicals {
-    by_name: HashMap<String, (Arc<LogicalTarget>, Instant)>,
-    last_sweep: Option<Instant>,
+    request_metrics: ProxyMetrics,
+    /// By target name, with when a lookup last named it. Bounded by the
+    /// destination source's own bound (the controller's watches).
+    logicals: Mutex<HashMap<String, (Arc<LogicalTarget>, Instant)>>,
 }
 
 /// What is known about a redirected outbound connection's original destination.
@@ -45,19 +41,17 @@ pub struct Redirected {
     pub target: Option<watch::Receiver<Arc<Target>>>,
 }
 
-impl Logicals {
-    /// Drops idle, unheld entries; at most once per idle period.
-    fn sweep(&mut self, now: Instant) {
-        if self
-            .last_sweep
-            .is_some_and(|last| now < last + LOGICAL_IDLE)
-        {
+/// Releases, every [`sweep_period`], what idle destinations hold: their
+/// `Logical`s and metric series, and the client's pools of endpoints no
+/// request used (passthrough destinations among them). Dropping a `Logical`
+/// lets the destination source drop its watch. Ends with the `Targets`.
+pub async fn release_idle_destinations(targets: Weak<Targets>, idle: Duration) {
+    loop {
+        tokio::time::sleep(sweep_period(idle)).await;
+        let Some(targets) = targets.upgrade() else {
             return;
-        }
-        self.last_sweep = Some(now);
-        self.by_name.retain(|_, (logical, last_used)| {
-            Arc::strong_count(logical) > 1 || now < *last_used + LOGICAL_IDLE
-        });
+        };
+        targets.release_idle(idle);
     }
 }
 
@@ -66,13 +60,40 @@ impl Targets {
         destinations: Destinations,
         client: Arc<dyn EndpointClient>,
         metrics: LogicalMetrics,
+        request_metrics: ProxyMetrics,
     ) -> Self {
         Self {
             destinations,
             client,
             metrics,
+            request_metrics,
             logicals: Mutex::default(),
         }
+    }
+
+    /// One sweep of [`release_idle_destinations`].
+    pub fn release_idle(&self, idle: Duration) {
+        let now = Instant::now();
+        let mut released = Vec::new();
+        self.logicals().retain(|name, (logical, last_used)| {
+            // Another holder is a connection (or its cache of the last authority).
+            let keep = Arc::strong_count(logical) > 1 || now < *last_used + idle;
+            if !keep {
+                released.push(name.clone());
+            }
+            keep
+        });
+        for name in released {
+            self.request_metrics.forget_target(&name);
+            self.metrics.forget_target(&name);
+        }
+        self.client.release_idle(idle);
+    }
+
+    fn logicals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<LogicalTarget>, Instant)>> {
+        self.logicals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The upstream of a redirected connection: its target if meshed, else the address itself.
@@ -112,13 +133,9 @@ impl Targets {
 
     fn logical(&self, target: watch::Receiver<Arc<Target>>) -> Upstream {
         let name = target.borrow().name.clone();
-        let mut logicals = match self.logicals.lock() {
-            Ok(logicals) => logicals,
-            Err(poisoned) => poisoned.into_inner(),
-        };
         let now = Instant::now();
-        logicals.sweep(now);
-        let (logical, last_used) = logicals.by_name.entry(name).or_insert_with_key(|name| {
+        let mut logicals = self.logicals();
+        let (logical, last_used) = logicals.entry(name).or_insert_with_key(|name| {
             let logical = LogicalTarget {
                 name: Arc::from(name.as_str()),
                 logical: Logical::new(target, self.client.clone(), self.metrics.clone()),
@@ -136,18 +153,23 @@ mod tests {
     use crate::destinations::FixedDestinations;
     use crate::transport::HttpEndpointClient;
 
-    fn targets() -> Targets {
+    const IDLE: Duration = Duration::from_secs(30);
+    const WEB: &str = "web.default.svc.cluster.local:80";
+
+    fn targets() -> (Targets, prometheus_client::registry::Registry) {
         let target = Target {
-            name: "web.default.svc.cluster.local:80".into(),
+            name: WEB.into(),
             ..Default::default()
         };
         let source = FixedDestinations::new(vec![(vec!["web:80".into()], target)]);
         let mut registry = prometheus_client::registry::Registry::default();
-        Targets::new(
+        let targets = Targets::new(
             Destinations::new(Arc::new(source)),
             Arc::new(HttpEndpointClient::new(Duration::from_secs(1))),
             LogicalMetrics::register(&mut registry),
-        )
+            ProxyMetrics::register(&mut registry),
+        );
+        (targets, registry)
     }
 
     fn logical(upstream: Upstream) -> Arc<LogicalTarget> {
@@ -157,25 +179,44 @@ mod tests {
         }
     }
 
+    fn exposition(registry: &prometheus_client::registry::Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text
+    }
+
     #[tokio::test(start_paused = true)]
     async fn one_logical_per_target_until_idle_and_unheld() {
-        let targets = targets();
+        let (targets, registry) = targets();
         let first = logical(targets.by_authority("web").await.unwrap());
         let again = logical(targets.by_authority("web:80").await.unwrap());
         assert!(Arc::ptr_eq(&first, &again));
-        assert_eq!(&*first.name, "web.default.svc.cluster.local:80");
+        assert_eq!(&*first.name, WEB);
         drop(again);
+        let now = Instant::now();
+        let (direction, route) = (plexus_core::Direction::Outbound, Arc::from(""));
+        let metrics = &targets.request_metrics;
+        metrics.record_request(&mut None, direction, &first.name, &route, 200, now);
 
         // Held by a connection: kept however long it idles.
-        tokio::time::advance(LOGICAL_IDLE * 2).await;
+        tokio::time::advance(IDLE * 2).await;
+        targets.release_idle(IDLE);
         let held = logical(targets.by_authority("web").await.unwrap());
         assert!(Arc::ptr_eq(&first, &held));
         drop((first, held));
+        assert!(exposition(&registry).contains(WEB));
 
-        // Unheld and idle: dropped, the next lookup builds a new one.
+        // Unheld but used within the timeout: kept.
         let before = Arc::downgrade(&logical(targets.by_authority("web").await.unwrap()));
-        tokio::time::advance(LOGICAL_IDLE * 2).await;
-        let _after = logical(targets.by_authority("web").await.unwrap());
+        tokio::time::advance(IDLE / 2).await;
+        targets.release_idle(IDLE);
+        assert!(before.upgrade().is_some(), "used {:?} ago", IDLE / 2);
+
+        // Unheld and idle: dropped with its series; the next lookup builds a new one.
+        tokio::time::advance(IDLE).await;
+        targets.release_idle(IDLE);
         assert!(before.upgrade().is_none(), "the idle Logical was dropped");
+        assert!(!exposition(&registry).contains(WEB), "its series went too");
+        let _after = logical(targets.by_authority("web").await.unwrap());
     }
 }

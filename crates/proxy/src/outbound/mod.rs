@@ -26,7 +26,7 @@ use bytes::Bytes;
 use plexus_core::Direction;
 use tokio::net::TcpStream;
 
-pub use balance::Targets;
+pub use balance::{Targets, release_idle_destinations};
 
 use crate::accept::{Listener, accept_until_drained};
 use crate::detect::{self, PrefixedIo, Protocol};

@@ -16,6 +16,7 @@ mod mesh_io;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use http::{Request, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use plexus_identity::SpiffeId;
+use tokio::time::Instant;
 
 use crate::body::{self, Body};
 use crate::connect::{AppProtocol, EndpointClient, EndpointTarget, ResponseFuture, SendError};
@@ -46,8 +48,20 @@ pub struct HttpEndpointClient {
     connect_timeout: Duration,
     /// This proxy's identity: meshed endpoints are reached over mTLS.
     mesh: Option<(MeshTls, TlsMetrics)>,
-    /// Endpoints are few and stable; entries are small and live as long as the proxy.
-    pools: RwLock<HashMap<PoolKey, Arc<Client<EndpointConnector, Body>>>>,
+    /// Keyed by what applications send (a passthrough destination's
+    /// address), so entries unused for the destination idle timeout go
+    /// ([`EndpointClient::release_idle`]), their idle connections with them.
+    pools: RwLock<HashMap<PoolKey, Arc<Pool>>>,
+    /// The origin of [`Pool::last_used`].
+    started: Instant,
+}
+
+/// One endpoint's pooled client and when a request last took it.
+struct Pool {
+    client: Arc<Client<EndpointConnector, Body>>,
+    /// Milliseconds after `HttpEndpointClient::started`: an atomic, so the
+    /// request path stamps it under the map's read lock.
+    last_used: AtomicU64,
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -65,6 +79,7 @@ impl HttpEndpointClient {
             connect_timeout,
             mesh: None,
             pools: RwLock::default(),
+            started: Instant::now(),
         }
     }
 
@@ -92,9 +107,11 @@ impl HttpEndpointClient {
     }
 
     fn pool(&self, key: PoolKey) -> Arc<Client<EndpointConnector, Body>> {
+        let now = self.millis_since_start();
         let pools = self.pools.read().unwrap_or_else(|e| e.into_inner());
-        if let Some(client) = pools.get(&key) {
-            return client.clone();
+        if let Some(pool) = pools.get(&key) {
+            pool.last_used.store(now, Ordering::Relaxed);
+            return pool.client.clone();
         }
         drop(pools);
         // A panic elsewhere while holding the lock leaves the map itself intact.
@@ -121,13 +138,32 @@ impl HttpEndpointClient {
                     .http2_keep_alive_interval(crate::http::H2_KEEPALIVE_INTERVAL)
                     .http2_keep_alive_timeout(crate::http::H2_KEEPALIVE_TIMEOUT)
                     .build(connector);
-                Arc::new(client)
+                Arc::new(Pool {
+                    client: Arc::new(client),
+                    last_used: AtomicU64::new(now),
+                })
             })
+            .client
             .clone()
+    }
+
+    fn millis_since_start(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
 
 impl EndpointClient for HttpEndpointClient {
+    fn release_idle(&self, idle: Duration) {
+        let now = self.millis_since_start();
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        pools.retain(|_, pool| {
+            // Another holder is a request still in flight.
+            let in_flight = Arc::strong_count(&pool.client) > 1;
+            in_flight || now.saturating_sub(pool.last_used.load(Ordering::Relaxed)) < idle
+        });
+    }
+
     fn send(&self, target: &EndpointTarget, mut request: Request<Body>) -> ResponseFuture {
         let wire = Wire::of(target, &request);
         if let Err(e) = absolute_uri(&mut request, target.addr) {
@@ -259,6 +295,34 @@ mod tests {
             .unwrap();
         let err = client.send(&target, request).await.unwrap_err();
         assert!(matches!(err, SendError::Connect(_)), "{err:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pools_unused_for_the_idle_timeout_are_released() {
+        let client = HttpEndpointClient::new(Duration::from_secs(1));
+        let key = |port| PoolKey {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http2: false,
+            identity: None,
+        };
+        let idle = Duration::from_secs(30);
+        let pools = |client: &HttpEndpointClient| client.pools.read().unwrap().len();
+        drop(client.pool(key(1)));
+        let in_flight = client.pool(key(2));
+        tokio::time::advance(idle / 2).await;
+        drop(client.pool(key(3)));
+        client.release_idle(idle);
+        assert_eq!(pools(&client), 3, "nothing is idle yet");
+
+        tokio::time::advance(idle).await;
+        drop(client.pool(key(3)));
+        client.release_idle(idle);
+        // 1 idled out; 2 is held by a request in flight; 3 was just used.
+        assert_eq!(pools(&client), 2);
+        assert!(client.pools.read().unwrap().contains_key(&key(2)));
+        drop(in_flight);
+        client.release_idle(idle);
+        assert_eq!(pools(&client), 1);
     }
 
     #[test]
