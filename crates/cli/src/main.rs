@@ -112,11 +112,20 @@ fn read_stdin() -> anyhow::Result<String> {
     Ok(input)
 }
 
+// An error is one line with its causes (`{:#}`), exit 1: returning it from `main` would
+// print anyhow's Debug form, with a backtrace under RUST_BACKTRACE=1.
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    let outcome = match Cli::parse().command {
         Command::Inject(inject) => inject.run(),
         Command::Check(check) => check.run().await,
         Command::Traces(traces) => traces.run().await,
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("plexusctl: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

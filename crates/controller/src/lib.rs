@@ -8,6 +8,8 @@
 
 pub mod admin;
 pub mod admission;
+#[cfg(test)]
+mod annotations_doc;
 pub mod destination;
 pub mod grpc;
 pub mod identity;

@@ -15,6 +15,7 @@ mod overrides;
 mod pod;
 
 pub use config::{InjectConfig, InjectConfigError, ProxyResources};
+pub use overrides::READ as ANNOTATIONS_READ;
 pub use pod::{Injection, Skip, plan};
 
 /// Name of the init container that installs the redirect rules.

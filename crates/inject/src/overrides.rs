@@ -23,6 +23,22 @@ pub const TRACE_SAMPLING: &str = "plexus.io/trace-sampling";
 /// `enabled`: the proxy's `POST /shutdown` drains it (from loopback), for a Job's last step.
 pub const SHUTDOWN_ENDPOINT: &str = "plexus.io/shutdown-endpoint";
 
+/// Every annotation the injector reads; docs/annotations.md lists the same.
+pub const READ: &[&str] = &[
+    plexus_core::annotations::INJECT,
+    OPAQUE_PORTS,
+    SKIP_INBOUND_PORTS,
+    SKIP_OUTBOUND_PORTS,
+    SKIP_OUTBOUND_CIDRS,
+    PROXY_CPU_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_REQUEST,
+    PROXY_MEMORY_LIMIT,
+    LOG_LEVEL,
+    TRACE_SAMPLING,
+    SHUTDOWN_ENDPOINT,
+];
+
 /// The settings one pod's proxy and init container get.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {

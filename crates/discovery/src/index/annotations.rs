@@ -22,6 +22,22 @@ pub const LOAD_BALANCER: &str = "plexus.io/load-balancer";
 pub const MAX_CONCURRENCY: &str = "plexus.io/max-concurrency";
 pub const MAX_QUEUE: &str = "plexus.io/max-queue";
 
+/// Every annotation the discovery index reads; docs/annotations.md lists the same.
+pub const READ: &[&str] = &[
+    INJECT,
+    OPAQUE_PORTS,
+    MTLS_MODE,
+    ALLOWED_CLIENTS,
+    RETRY_BUDGET_RATIO,
+    RETRY_BUDGET_MIN_PER_SECOND,
+    FAILURE_ACCRUAL_CONSECUTIVE,
+    FAILURE_ACCRUAL_MIN_BACKOFF,
+    FAILURE_ACCRUAL_MAX_BACKOFF,
+    LOAD_BALANCER,
+    MAX_CONCURRENCY,
+    MAX_QUEUE,
+];
+
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
 const MAX_RETRY_RATIO: f64 = 1000.0;
 

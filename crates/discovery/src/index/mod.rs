@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use serde::Serialize;
 
+pub use self::annotations::READ as ANNOTATIONS_READ;
 pub use self::ledger::{FileRefusal, FileStatus, Refusal, Revision, Unreadable, Version};
 pub use self::lookup::{Lookup, TargetError};
 pub use self::resources::IndexedResource;
