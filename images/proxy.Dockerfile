@@ -13,10 +13,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D target/release/plexus-init /out/plexus-init
 
 # iptables needs a shell-less but complete userland (libs, xtables modules), so a slim
-# Debian rather than distroless. Debian's default `iptables` is the nf_tables backend.
+# Debian rather than distroless. Debian's default `iptables` is the nf_tables backend;
+# iproute2's `ip` gives IPv6 pods the inbound proxy's source address ::6 on lo.
 FROM debian:bookworm-slim
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iptables \
+    && apt-get install -y --no-install-recommends iptables iproute2 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 2102 plexus-proxy \
     && useradd --uid 2102 --gid 2102 --no-create-home --shell /usr/sbin/nologin plexus-proxy

@@ -1,5 +1,5 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
-//! request crosses a proxy, port sets, the `plexus.io/` annotation names, the
+//! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names, the
 //! proxy's container name and what makes a watched file a new version.
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
@@ -8,6 +8,7 @@
 //! without pulling each other in.
 
 pub mod annotations;
+pub mod app_source;
 mod direction;
 mod file_version;
 pub mod ports;

@@ -7,7 +7,9 @@ use crate::rules::{Family, Redirect};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
-    #[error("could not run `{command}` (is iptables installed in the image?): {source}")]
+    #[error(
+        "could not run `{command}` (are iptables and iproute2 installed in the image?): {source}"
+    )]
     Spawn {
         command: String,
         source: std::io::Error,
@@ -50,6 +52,15 @@ pub fn apply(redirect: &Redirect, family: Family) -> Result<String, ApplyError> 
     let input = redirect.render(family, &current);
     run(tools.restore, &["--noflush"], Some(&input))?;
     Ok(input)
+}
+
+/// Puts the inbound proxy's IPv6 source address ([`plexus_core::app_source::V6`]) on `lo`:
+/// unlike 127.0.0.0/8 it is not local by default, and the app's replies to it must stay in
+/// the pod. `replace` makes a second run a no-op; `nodad`: `lo` has no neighbours to ask.
+pub fn add_app_source_v6() -> Result<(), ApplyError> {
+    let address = format!("{}/128", plexus_core::app_source::V6);
+    let args = ["-6", "addr", "replace", &address, "dev", "lo", "nodad"];
+    run("ip", &args, None).map(drop)
 }
 
 /// Runs `program args`, feeding `stdin` if given, and returns its standard output.

@@ -92,6 +92,12 @@ fn main() -> ExitCode {
             println!("# {family:?}\n{}", redirect.render(family, ""));
             continue;
         }
+        if family == Family::V6
+            && let Err(e) = apply::add_app_source_v6()
+        {
+            eprintln!("plexus-init: {e}");
+            return ExitCode::FAILURE;
+        }
         match apply::apply(&redirect, family) {
             Ok(applied) => eprintln!("plexus-init: applied {family:?} rules:\n{applied}"),
             Err(e) => {

@@ -4,6 +4,7 @@
 //! restore flushes it, so our chains are rebuilt whole each run; the two jump rules from the
 //! built-in chains are only emitted when `iptables-save` does not already show them.
 
+use plexus_core::app_source;
 use plexus_core::ports::{Cidr, PortRange};
 
 /// Entry point for inbound TCP, jumped to from `PREROUTING`.
@@ -27,6 +28,14 @@ impl Family {
         match self {
             Self::V4 => "127.0.0.0/8",
             Self::V6 => "::1/128",
+        }
+    }
+
+    /// The inbound proxy's source address for the app ([`app_source`]), as a host CIDR.
+    fn app_source(self) -> String {
+        match self {
+            Self::V4 => format!("{}/32", app_source::V4),
+            Self::V6 => format!("{}/128", app_source::V6),
         }
     }
 
@@ -132,6 +141,12 @@ impl Redirect {
                 "-A {OUTBOUND_REDIRECT_CHAIN} -p tcp -j REDIRECT --to-ports {}",
                 self.outbound_port
             ),
+            // The inbound proxy reaching its app on the pod's IP: straight to the app, or it
+            // would meet the inbound listener again (a loop, one connection per turn).
+            format!(
+                "-A {OUTPUT_CHAIN} -o lo -s {} -j RETURN",
+                family.app_source()
+            ),
             // The proxy calling its own pod's address (a Service whose endpoint is this pod)
             // leaves through lo: treat it as inbound so it meets the inbound proxy, not the app.
             format!(
@@ -188,6 +203,7 @@ mod tests {
 -A PLEXUS_INBOUND -p tcp --dport 8000:8010 -j RETURN
 -A PLEXUS_INBOUND -p tcp -j PLEXUS_INBOUND_REDIRECT
 -A PLEXUS_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 15001
+-A PLEXUS_OUTPUT -o lo -s 127.0.0.6/32 -j RETURN
 -A PLEXUS_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 2102 -j PLEXUS_INBOUND
 -A PLEXUS_OUTPUT -o lo -m owner ! --uid-owner 2102 -j RETURN
 -A PLEXUS_OUTPUT -m owner --uid-owner 2102 -j RETURN
@@ -212,6 +228,7 @@ COMMIT
             "-A PLEXUS_OUTPUT -o lo ! -d ::1/128 -m owner --uid-owner 2102 -j PLEXUS_INBOUND\n"
         ));
         assert!(text.contains("-A PLEXUS_OUTPUT -d fd00::/8 -j RETURN\n"));
+        assert!(text.contains("-A PLEXUS_OUTPUT -o lo -s ::6/128 -j RETURN\n"));
         assert!(!text.contains("169.254.169.254"));
         assert!(!text.contains("127.0.0.0/8"));
     }
@@ -232,6 +249,14 @@ COMMIT
         // Our own chains are still declared (and so flushed) and rebuilt in full.
         let ours = |t: &str| t.lines().filter(|l| l.contains("PLEXUS_")).count();
         assert_eq!(ours(&first) - 2, ours(&second));
+    }
+
+    #[test]
+    fn the_inbound_proxys_app_source_passes_before_the_proxy_uid_is_sent_inbound() {
+        let text = Redirect::default().render(Family::V4, "");
+        let source = text.find("-s 127.0.0.6/32 -j RETURN").unwrap();
+        let to_inbound = text.find("-j PLEXUS_INBOUND\n").unwrap();
+        assert!(source < to_inbound);
     }
 
     #[test]

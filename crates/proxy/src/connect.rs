@@ -5,7 +5,7 @@
 //! sends it there. Tests can substitute an in-memory one.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -24,6 +24,9 @@ pub struct EndpointTarget {
     pub meshed: bool,
     /// What the application behind the endpoint speaks, from its target's hint.
     pub protocol: AppProtocol,
+    /// The local address to connect from (inbound's app in a cluster:
+    /// [`plexus_core::app_source`]); `None`: the kernel picks.
+    pub source: Option<IpAddr>,
 }
 
 /// The HTTP version an application is known to speak: its target's

@@ -1,7 +1,7 @@
 //! Opaque TCP: bytes copied both ways, half-close passed on, idle connections closed.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,7 @@ use bytes::Bytes;
 use plexus_api::v1::Target;
 use plexus_identity::SpiffeId;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
 use crate::drain;
@@ -43,7 +43,31 @@ pub fn meshed_endpoint(target: &Target) -> Option<(SocketAddr, SpiffeId)> {
 
 /// Connects to `addr` within `timeout`, with Nagle off (the proxy forwards as it receives).
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+    connect_from(addr, None, timeout).await
+}
+
+/// [`connect`], from the local address `source` when given (bound before
+/// connecting, any port).
+pub async fn connect_from(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let connecting = async {
+        let Some(source) = source else {
+            return TcpStream::connect(addr).await;
+        };
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0)).map_err(|e| {
+            io::Error::new(e.kind(), format!("binding source address {source}: {e}"))
+        })?;
+        socket.connect(addr).await
+    };
+    let stream = tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
@@ -51,18 +75,19 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStrea
 }
 
 /// Opaque TCP to `addr` in plaintext: a destination that is not meshed, or
-/// inbound's application. `prefix`: the bytes detection read.
+/// inbound's application (from `source`). `prefix`: the bytes detection read.
 pub async fn forward<C>(
     client: C,
     prefix: Bytes,
     addr: SocketAddr,
+    source: Option<IpAddr>,
     connect_timeout: Duration,
     idle: Duration,
     drain: drain::Watch,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    match connect(addr, connect_timeout).await {
+    match connect_from(addr, source, connect_timeout).await {
         Ok(server) => {
             if let Err(e) = proxy_until_closed(client, server, &prefix, idle, drain).await {
                 tracing::debug!(%addr, error = %e, "opaque connection ended");

@@ -2,7 +2,7 @@
 //! balancing, retries), or straight to an address (passthrough: inbound's
 //! application, an outbound destination that is not meshed).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, LazyLock};
 
 use http::{Request, Response};
@@ -31,6 +31,11 @@ impl Upstream {
     /// `crate::transport::ORIG_PROTO_HEADER`), an unmeshed destination what
     /// the app sent.
     pub fn passthrough(addr: SocketAddr) -> Self {
+        Self::passthrough_from(addr, None)
+    }
+
+    /// [`Upstream::passthrough`], connecting from `source` when given.
+    pub fn passthrough_from(addr: SocketAddr, source: Option<IpAddr>) -> Self {
         Self::Passthrough {
             name: PASSTHROUGH.clone(),
             endpoint: Arc::new(EndpointTarget {
@@ -38,6 +43,7 @@ impl Upstream {
                 identity: None,
                 meshed: false,
                 protocol: AppProtocol::AsRequested,
+                source,
             }),
         }
     }

@@ -24,6 +24,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +50,8 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 0, 1);
 const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 203, 100, 10);
 const SERVICE_PORT: u16 = 80;
 const APP_PORT: u16 = 8080;
+/// Pod `b`'s port that listens on 127.0.0.1 only: not for other pods, mesh or not.
+const LOOPBACK_ONLY_PORT: u16 = 8081;
 /// A port pod `a` skips (`plexus.io/skip-outbound-ports`), served by pod `c`.
 const SKIPPED_PORT: u16 = 9999;
 /// A port pod `a` does not skip, also served by pod `c`.
@@ -67,6 +70,10 @@ const TRUST_DOMAIN: &str = "cluster.local";
 const PROXY_UID_RULE: &str = "-A PLEXUS_OUTPUT -m owner --uid-owner 2102 -j RETURN";
 /// The rule that sends the app's outbound connections to the proxy.
 const REDIRECT_RULE: &str = "-A PLEXUS_OUTBOUND_REDIRECT -p tcp -j REDIRECT --to-ports 15001";
+/// Every connection to the inbound listener, from another pod or looped back by the proxy.
+const INBOUND_RULE: &str = "-A PLEXUS_INBOUND -p tcp -j PLEXUS_INBOUND_REDIRECT";
+/// The inbound proxy's connections to its app, let through.
+const APP_SOURCE_RULE: &str = "-A PLEXUS_OUTPUT -s 127.0.0.6/32 -o lo -j RETURN";
 
 /// A pod of the file feed and its namespace.
 struct PodSpec {
@@ -422,6 +429,19 @@ impl World {
         reply.body
     }
 
+    /// How many file descriptors the process `name` holds.
+    fn open_fds(&self, name: &str) -> usize {
+        let (_, child) = self
+            .processes
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("no process {name}"));
+        // setpriv execs the proxy: the child's pid is the proxy's.
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .unwrap_or_else(|e| panic!("{name}'s descriptors: {e}"))
+            .count()
+    }
+
     /// Packets (first packets of connections, in the nat table) that matched
     /// `rule` in `spec`'s namespace.
     fn nat_matches(&self, spec: &PodSpec, rule: &str) -> u64 {
@@ -528,6 +548,13 @@ async fn serve_app(listener: TcpListener, seen: Arc<Mutex<Vec<Seen>>>) {
     }
 }
 
+/// Counts the connections an app port accepts (and closes them).
+async fn count_accepts(listener: TcpListener, accepted: Arc<AtomicUsize>) {
+    while listener.accept().await.is_ok() {
+        accepted.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 /// Pod `c`'s echo: reads a line, answers with the caller's address as it sees it.
 async fn echo_peer(listener: TcpListener) {
     while let Ok((stream, peer)) = listener.accept().await {
@@ -583,7 +610,7 @@ async fn an_app_calling_the_service_ip_is_intercepted_and_reaches_b() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "root-only: needs root, ip and iptables; cargo xtask test runs them when it can"]
-async fn the_request_crosses_to_b_over_mtls_and_reaches_its_app_on_localhost() {
+async fn the_request_crosses_to_b_over_mtls_and_reaches_its_app_on_the_pod_ip() {
     let world = World::start("mtls").await;
     let reply = world.call_service(&A, "/over-mtls").await;
     let reply = reply.expect("pod a's call to the Service is answered");
@@ -596,10 +623,55 @@ async fn the_request_crosses_to_b_over_mtls_and_reaches_its_app_on_localhost() {
         Some(spiffe_id(&A).as_str()),
         "pod b's proxy authenticated pod a's certificate and told the app: {seen:?}"
     );
-    assert!(
-        seen.peer.ip().is_loopback() && seen.local.ip().is_loopback(),
-        "pod b's proxy hands the request to the app on localhost: {seen:?}"
+    assert_eq!(
+        (seen.peer.ip(), seen.local.ip()),
+        (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6)), IpAddr::V4(B.ip)),
+        "pod b's proxy hands the request to the app on the pod's IP from 127.0.0.6: {seen:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "root-only: needs root, ip and iptables; cargo xtask test runs them when it can"]
+async fn a_loopback_only_app_port_is_unreachable_from_another_pod_and_nothing_loops() {
+    let world = World::start("loopback-only").await;
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let loopback_only = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), LOOPBACK_ONLY_PORT);
+    let listener = world.pod(&B).listen(loopback_only).unwrap();
+    tokio::spawn(count_accepts(listener, accepted.clone()));
+
+    let (inbound, app_source) = (
+        world.nat_matches(&B, INBOUND_RULE),
+        world.nat_matches(&B, APP_SOURCE_RULE),
+    );
+    let hidden = SocketAddr::new(IpAddr::V4(B.ip), LOOPBACK_ONLY_PORT);
+    let reply = request(world.pod(&C), hidden, "b", "/hidden", &[]).await;
+    let reply = reply.expect("pod b's proxy answers for the loopback-only port");
+    assert_eq!(
+        reply.status.as_u16(),
+        502,
+        "the app on 127.0.0.1:{LOOPBACK_ONLY_PORT} is not reachable on the pod IP: {reply:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "the app saw nothing");
+
+    let real = SocketAddr::new(IpAddr::V4(B.ip), APP_PORT);
+    let reply = request(world.pod(&C), real, "b", "/real-port", &[]).await;
+    let reply = reply.expect("pod c reaches the app's real port, bound to 0.0.0.0");
+    assert_eq!(
+        (reply.status.as_u16(), reply.body.as_str()),
+        (200, "b-app /real-port")
+    );
+    assert_eq!(
+        world.nat_matches(&B, INBOUND_RULE) - inbound,
+        2,
+        "one connection to b's inbound listener per call: the proxy's to its app never loops"
+    );
+    assert_eq!(
+        world.nat_matches(&B, APP_SOURCE_RULE) - app_source,
+        2,
+        "each call's one connection to the app left from 127.0.0.6 (the refused one too)"
+    );
+    let fds = world.open_fds("proxy-b");
+    assert!(fds < 200, "pod b's proxy holds {fds} file descriptors");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

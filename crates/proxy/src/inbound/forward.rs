@@ -1,8 +1,11 @@
-//! The forward step: the application is reached on localhost at the port the
-//! client asked for; HTTP requests carry the verified client's identity,
-//! opaque TCP is copied as is.
+//! The forward step: in a cluster the application is reached where the
+//! client sent the connection (the pod's IP and port) from
+//! [`plexus_core::app_source`]; in local mode at `PLEXUS_INBOUND_APP_ADDR`.
+//! HTTP requests carry the verified client's identity, opaque TCP is copied
+//! as is; both are judged by the policy as it is now, not as it was when the
+//! connection opened.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
 use http::Request;
@@ -12,7 +15,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use super::Inbound;
-use super::policy::{Admission, CLIENT_ID_HEADER};
+use super::policy::{CLIENT_ID_HEADER, Client, PolicyWatch};
 use crate::detect::{PrefixedIo, Protocol};
 use crate::drain;
 use crate::error::ProxyError;
@@ -25,47 +28,64 @@ use crate::upstream::Upstream;
 /// Where a connection goes, known before any byte is read.
 pub(super) struct Route {
     /// The application; `None`: not redirected and no `PLEXUS_INBOUND_APP_ADDR`.
-    addr: Option<SocketAddr>,
+    app: Option<App>,
     /// Skip detection: the environment or the policy says the port is opaque.
     pub(super) opaque: bool,
 }
 
+/// The application's address, and the local address to reach it from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct App {
+    addr: SocketAddr,
+    /// `None`: the kernel picks (local mode).
+    source: Option<IpAddr>,
+}
+
 impl Route {
     pub(super) fn of(inbound: &Inbound, stream: &TcpStream) -> Self {
-        // The app is reached on localhost at the port the client asked for:
-        // dialling the pod's own IP as the proxy's UID would be redirected
-        // back to this listener by plexus-init.
-        let addr = (inbound.original_dst)(stream)
-            .map(app_on_localhost)
-            .or(inbound.app_addr);
+        let app = App::of((inbound.original_dst)(stream), inbound.app_addr);
         let policy = inbound.policy.borrow();
         Self {
-            addr,
-            opaque: addr.is_some_and(|a| {
-                inbound.opaque_ports.contains(a.port()) || policy.opaque_ports.contains(a.port())
+            app,
+            opaque: app.is_some_and(|a| {
+                let port = a.addr.port();
+                inbound.opaque_ports.contains(port) || policy.opaque_ports.contains(port)
             }),
         }
     }
 }
 
-/// Where inbound traffic for `original` reaches the app: the same port on
-/// the loopback address of the same family.
-fn app_on_localhost(original: SocketAddr) -> SocketAddr {
-    let loopback: IpAddr = match original {
-        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-    };
-    SocketAddr::new(loopback, original.port())
+impl App {
+    /// A redirected connection goes where the client sent it, the pod's own
+    /// IP (an app bound to loopback only is not reachable from other pods,
+    /// as without a mesh), from the address plexus-init lets through to the
+    /// app: from any other, the proxy's UID dialling the pod IP would be
+    /// redirected back to this listener. Not redirected: local mode.
+    fn of(original: Option<SocketAddr>, local_mode: Option<SocketAddr>) -> Option<Self> {
+        match original {
+            Some(addr) => {
+                let source: IpAddr = match addr {
+                    SocketAddr::V4(_) => plexus_core::app_source::V4.into(),
+                    SocketAddr::V6(_) => plexus_core::app_source::V6.into(),
+                };
+                Some(Self {
+                    addr,
+                    source: Some(source),
+                })
+            }
+            None => local_mode.map(|addr| Self { addr, source: None }),
+        }
+    }
 }
 
-/// Serves a connection whose protocol is known, after the policy judged its client.
+/// Serves a connection whose protocol is known, from `client`.
 pub(super) async fn forward<I>(
     inbound: &Inbound,
     io: I,
     prefix: Bytes,
     protocol: Protocol,
     route: Route,
-    admission: Admission,
+    client: Client,
     drain: drain::Watch,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -74,18 +94,21 @@ pub(super) async fn forward<I>(
         Protocol::Http1 | Protocol::Http2 => {
             // A refused HTTP client still gets an answer: 403 `forbidden`.
             let requests = InboundRequests {
-                app: route.addr.map(Upstream::passthrough),
-                admission,
+                app: route
+                    .app
+                    .map(|app| Upstream::passthrough_from(app.addr, app.source)),
+                client,
+                policy: inbound.policy.clone(),
             };
             let io = PrefixedIo::new(prefix, io);
             crate::http::serve(io, protocol, inbound.http.clone(), requests, drain).await;
         }
         Protocol::Tls | Protocol::Opaque => {
-            if let Admission::Refused(why) = admission {
+            if let Err(why) = client.admitted(&inbound.policy) {
                 tracing::debug!(%why, "inbound TCP connection refused by policy: closed");
                 return;
             }
-            let Some(addr) = route.addr else {
+            let Some(app) = route.app else {
                 tracing::debug!(
                     direction = "inbound",
                     "opaque connection with no original destination: closed"
@@ -93,16 +116,24 @@ pub(super) async fn forward<I>(
                 return;
             };
             let (connect, idle) = (inbound.connect_timeout, inbound.http.idle_timeout);
-            opaque::forward(io, prefix, addr, connect, idle, drain).await;
+            let copied = opaque::forward(io, prefix, app.addr, app.source, connect, idle, drain);
+            // Dropping the copy closes both sides.
+            tokio::select! {
+                () = copied => {}
+                why = client.refused(inbound.policy.clone()) => {
+                    tracing::debug!(%why, "open inbound TCP connection refused by a policy change: closed");
+                }
+            }
         }
     }
 }
 
 /// The requests of one inbound connection: all to the application, each
-/// judged by the connection's [`Admission`].
+/// judged by the current policy for the connection's client.
 struct InboundRequests {
     app: Option<Upstream>,
-    admission: Admission,
+    client: Client,
+    policy: PolicyWatch,
 }
 
 impl RequestPath for InboundRequests {
@@ -120,9 +151,10 @@ impl RequestPath for InboundRequests {
         request: &mut Request<Incoming>,
         span: &mut RequestSpan,
     ) -> Result<(), ProxyError> {
-        self.admission.apply(request.headers_mut())?;
+        self.client
+            .admit_request(&self.policy, request.headers_mut())?;
         if span.is_recording() {
-            // Set from the verified certificate by `apply`, never by the client.
+            // Set from the verified certificate by `admit_request`, never by the client.
             let client = request.headers().get(CLIENT_ID_HEADER);
             span.set_identities(client.and_then(|id| id.to_str().ok()), None);
         }
@@ -143,10 +175,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inbound_reaches_the_app_on_localhost_at_the_original_port() {
+    fn a_redirected_connection_reaches_the_app_on_the_pod_ip_from_the_app_source() {
         let pod_v4: SocketAddr = "10.203.0.3:8080".parse().unwrap();
         let pod_v6: SocketAddr = "[fd00::3]:9090".parse().unwrap();
-        assert_eq!(app_on_localhost(pod_v4), "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(app_on_localhost(pod_v6), "[::1]:9090".parse().unwrap());
+        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let v4 = App::of(Some(pod_v4), Some(local)).unwrap();
+        assert_eq!(
+            (v4.addr, v4.source),
+            (pod_v4, Some("127.0.0.6".parse().unwrap()))
+        );
+        let v6 = App::of(Some(pod_v6), None).unwrap();
+        assert_eq!((v6.addr, v6.source), (pod_v6, Some("::6".parse().unwrap())));
+    }
+
+    #[test]
+    fn local_mode_reaches_the_configured_app_from_any_source() {
+        let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let app = App::of(None, Some(local));
+        assert_eq!(
+            app,
+            Some(App {
+                addr: local,
+                source: None
+            })
+        );
+        assert_eq!(App::of(None, None), None);
     }
 }

@@ -9,9 +9,11 @@
 //! 2. **TLS** ([`tls`]): mesh TLS (a ClientHello naming this workload) is
 //!    terminated, the client's identity taken from its certificate, and the
 //!    decrypted stream detected again; the application's own TLS passes.
-//! 3. **policy** ([`policy`]): whether the client may call this workload.
+//! 3. **policy** ([`policy`]): whether the client may call this workload,
+//!    asked again on every HTTP request and, for opaque TCP, on every change.
 //! 4. **forward** ([`forward`]): HTTP requests or opaque TCP to the
-//!    application on localhost, with the verified client in `plexus-client-id`.
+//!    application on the pod's IP (from 127.0.0.6), with the verified client
+//!    in `plexus-client-id`.
 
 mod forward;
 pub mod policy;
@@ -33,7 +35,7 @@ use crate::orig_dst::OriginalDst;
 use crate::ports::PortSet;
 use crate::tls::{MeshTls, TlsMetrics};
 use forward::Route;
-use policy::{Admission, PolicyWatch};
+use policy::{Client, PolicyWatch};
 
 /// What every inbound connection shares.
 pub struct Inbound {
@@ -88,8 +90,8 @@ impl Inbound {
             }
         };
         if protocol != Protocol::Tls {
-            let admission = Admission::of(&self.policy.borrow(), None);
-            return forward::forward(self, stream, prefix, protocol, route, admission, drain).await;
+            let client = Client::new(None);
+            return forward::forward(self, stream, prefix, protocol, route, client, drain).await;
         }
         match tls::accept(self, stream, prefix, &route, peer).await {
             Some(tls::Accepted::Mesh {
@@ -98,13 +100,12 @@ impl Inbound {
                 protocol,
                 prefix,
             }) => {
-                let admission = Admission::of(&self.policy.borrow(), client.as_ref());
-                forward::forward(self, stream, prefix, protocol, route, admission, drain).await;
+                let client = Client::new(client);
+                forward::forward(self, stream, prefix, protocol, route, client, drain).await;
             }
             Some(tls::Accepted::Other { stream, prefix }) => {
-                let admission = Admission::of(&self.policy.borrow(), None);
-                let protocol = Protocol::Opaque;
-                forward::forward(self, stream, prefix, protocol, route, admission, drain).await;
+                let (client, protocol) = (Client::new(None), Protocol::Opaque);
+                forward::forward(self, stream, prefix, protocol, route, client, drain).await;
             }
             None => {}
         }

@@ -1,7 +1,8 @@
 //! The policy step: who may call this workload, and whether plaintext is
 //! accepted. One model, the Destination API's `ServerPolicy`,
 //! whether it comes from the controller (`WatchServer`) or from the
-//! environment (static mode); compiled once per update, checked per connection.
+//! environment (static mode); compiled once per update, checked per HTTP request and, for opaque TCP,
+//! on every update.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -19,38 +20,57 @@ use crate::ports::PortSet;
 /// client sent, and sets it only from a verified certificate.
 pub const CLIENT_ID_HEADER: &str = "plexus-client-id";
 
-/// What the policy decided about one connection, applied to each of its requests.
+/// The client of one inbound connection, as the connection proved it: judged
+/// against the current policy on each HTTP request and, for opaque TCP, on
+/// each policy change, so a change reaches connections already open.
 #[derive(Debug, Clone)]
-pub enum Admission {
-    /// A client let in; `client_id` is its verified identity.
-    Admitted { client_id: Option<HeaderValue> },
-    /// A client refused: every request gets 403 `forbidden`.
-    Refused(String),
+pub struct Client {
+    /// Its mTLS identity; `None`: plaintext.
+    identity: Option<SpiffeId>,
+    /// `identity` as the `plexus-client-id` value, rendered once per connection.
+    id_header: Option<HeaderValue>,
 }
 
-impl Admission {
-    /// The decision for a client (`None`: plaintext).
-    pub fn of(policy: &Policy, client: Option<&SpiffeId>) -> Self {
-        match policy.admit(client) {
-            Ok(()) => Self::Admitted {
-                client_id: client.and_then(|id| HeaderValue::from_str(id.as_str()).ok()),
-            },
-            Err(why) => Self::Refused(why),
+impl Client {
+    pub fn new(identity: Option<SpiffeId>) -> Self {
+        let id_header = identity
+            .as_ref()
+            .and_then(|id| HeaderValue::from_str(id.as_str()).ok());
+        Self {
+            identity,
+            id_header,
         }
     }
 
-    /// Sets `plexus-client-id` (replacing any the client sent) or refuses.
-    pub fn apply(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
-        match self {
-            Self::Admitted { client_id } => {
-                headers.remove(CLIENT_ID_HEADER);
-                if let Some(id) = client_id {
-                    headers.insert(CLIENT_ID_HEADER, id.clone());
-                }
-                Ok(())
-            }
-            Self::Refused(why) => Err(ProxyError::Forbidden(why.clone())),
+    /// Whether the current policy lets this client in; `Err` says why not.
+    pub fn admitted(&self, policy: &PolicyWatch) -> Result<(), String> {
+        policy.borrow().admit(self.identity.as_ref())
+    }
+
+    /// One request: refused (403 `forbidden`) unless the current policy
+    /// admits the client; then `plexus-client-id` replaces any the client sent.
+    pub fn admit_request(
+        &self,
+        policy: &PolicyWatch,
+        headers: &mut HeaderMap,
+    ) -> Result<(), ProxyError> {
+        self.admitted(policy).map_err(ProxyError::Forbidden)?;
+        headers.remove(CLIENT_ID_HEADER);
+        if let Some(id) = &self.id_header {
+            headers.insert(CLIENT_ID_HEADER, id.clone());
         }
+        Ok(())
+    }
+
+    /// Resolves with the reason once a policy change no longer admits this
+    /// client; never, while every policy does (or the policy cannot change).
+    pub async fn refused(&self, mut policy: PolicyWatch) -> String {
+        while policy.changed().await.is_ok() {
+            if let Err(why) = self.admitted(&policy) {
+                return why;
+            }
+        }
+        std::future::pending().await
     }
 }
 
@@ -103,8 +123,8 @@ impl Policy {
 /// The current policy, shared by every inbound connection.
 pub type PolicyWatch = watch::Receiver<Arc<Policy>>;
 
-/// A policy that never changes (static mode). Connections only `borrow()`
-/// it, so the sender is not needed.
+/// A policy that never changes (static mode): without a sender, connections
+/// only `borrow()` it and [`Client::refused`] waits forever.
 pub fn fixed(policy: &ServerPolicy) -> PolicyWatch {
     watch::channel(Arc::new(Policy::compile(policy))).1
 }

@@ -213,6 +213,7 @@ impl Balancer {
                 identity: (!proto.identity.is_empty()).then(|| proto.identity.clone()),
                 meshed: proto.meshed,
                 protocol,
+                source: None,
             };
             if ready.iter().any(|e| e.target == target) {
                 continue;

@@ -53,6 +53,17 @@ pub(super) async fn opaque(
                 }
             }
         }
-        None => opaque::forward(stream, prefix, addr, outbound.connect_timeout, idle, drain).await,
+        None => {
+            opaque::forward(
+                stream,
+                prefix,
+                addr,
+                None,
+                outbound.connect_timeout,
+                idle,
+                drain,
+            )
+            .await
+        }
     }
 }

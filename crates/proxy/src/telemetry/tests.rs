@@ -101,6 +101,7 @@ fn endpoint_target(addr: &str) -> EndpointTarget {
         identity: Some("spiffe://cluster.local/ns/shop/sa/backend".into()),
         meshed: true,
         protocol: AppProtocol::AsRequested,
+        source: None,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,6 +21,8 @@ use crate::tls::{HandshakeFailure, MeshTls, TlsMetrics, mesh_server_name};
 #[derive(Clone)]
 pub struct EndpointConnector {
     addr: SocketAddr,
+    /// Where to connect from; `None`: the kernel picks.
+    source: Option<IpAddr>,
     timeout: Duration,
     tls: Option<MeshConnect>,
 }
@@ -35,8 +37,18 @@ pub struct MeshConnect {
 }
 
 impl EndpointConnector {
-    pub fn new(addr: SocketAddr, timeout: Duration, tls: Option<MeshConnect>) -> Self {
-        Self { addr, timeout, tls }
+    pub fn new(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        timeout: Duration,
+        tls: Option<MeshConnect>,
+    ) -> Self {
+        Self {
+            addr,
+            source,
+            timeout,
+            tls,
+        }
     }
 }
 
@@ -50,9 +62,10 @@ impl tower::Service<Uri> for EndpointConnector {
     }
 
     fn call(&mut self, _: Uri) -> Self::Future {
-        let (addr, timeout, tls) = (self.addr, self.timeout, self.tls.clone());
+        let (addr, source, timeout) = (self.addr, self.source, self.timeout);
+        let tls = self.tls.clone();
         Box::pin(async move {
-            let tcp = crate::opaque::connect(addr, timeout).await?;
+            let tcp = crate::opaque::connect_from(addr, source, timeout).await?;
             let io = match tls {
                 None => MeshIo::Plain(tcp),
                 Some(tls) => MeshIo::Tls(Box::new(handshake(tcp, addr, timeout, tls).await?)),

@@ -15,7 +15,7 @@ mod connector;
 mod mesh_io;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -67,6 +67,7 @@ struct Pool {
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct PoolKey {
     addr: SocketAddr,
+    source: Option<IpAddr>,
     http2: bool,
     /// mTLS to a server that must be this identity.
     identity: Option<SpiffeId>,
@@ -127,7 +128,8 @@ impl HttpEndpointClient {
                     }),
                     _ => None,
                 };
-                let connector = EndpointConnector::new(key.addr, self.connect_timeout, tls);
+                let connector =
+                    EndpointConnector::new(key.addr, key.source, self.connect_timeout, tls);
                 let client = Client::builder(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .pool_timer(TokioTimer::new())
@@ -173,6 +175,7 @@ impl EndpointClient for HttpEndpointClient {
         let client = match self.mtls_identity(target) {
             Ok(identity) => self.pool(PoolKey {
                 addr: target.addr,
+                source: target.source,
                 http2: wire.http2,
                 identity,
             }),
@@ -287,6 +290,7 @@ mod tests {
             identity: None,
             meshed: false,
             protocol: AppProtocol::AsRequested,
+            source: None,
         };
         let request = Request::builder()
             .uri("/")
@@ -332,6 +336,7 @@ mod tests {
             identity: None,
             meshed,
             protocol,
+            source: None,
         };
         let request = |version, upgrade: bool| {
             let mut request = Request::builder()
