@@ -14,7 +14,7 @@ mod config;
 mod overrides;
 mod pod;
 
-pub use config::{InjectConfig, InjectConfigError, ProxyResources};
+pub use config::{ControlPlane, InjectConfig, InjectConfigError, ProxyResources};
 pub use pod::{Injection, Skip, plan};
 
 /// Name of the init container that installs the redirect rules.
