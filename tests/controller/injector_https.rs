@@ -47,7 +47,11 @@ async fn injector(ca: Arc<Ca>) -> std::net::SocketAddr {
         trust_anchors: ca.trust_anchor_pem().to_owned(),
         ..InjectConfig::default()
     };
-    let tls = webhook_server_config(ca, service_dns_names("plexus-injector", "plexus", "cluster.local")).unwrap();
+    let tls = webhook_server_config(
+        ca,
+        service_dns_names("plexus-injector", "plexus", "cluster.local"),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Injector { index, config }.serve(listener, tls));
@@ -286,15 +290,19 @@ async fn a_configuration_created_late_gets_the_bundle_by_watch_and_a_revert_is_u
     })
     .await;
     server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
-    eventually(Duration::from_secs(2), "caBundle patched within 2 s", || {
-        bundles(&server) == want
-    })
+    eventually(
+        Duration::from_secs(2),
+        "caBundle patched within 2 s",
+        || bundles(&server) == want,
+    )
     .await;
     // `helm upgrade` (or a person) resets it: patched again, by the same watch.
     server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
-    eventually(Duration::from_secs(2), "the reverted caBundle re-applied", || {
-        bundles(&server) == want
-    })
+    eventually(
+        Duration::from_secs(2),
+        "the reverted caBundle re-applied",
+        || bundles(&server) == want,
+    )
     .await;
     assert_eq!(
         server.requests(WEBHOOK_CONFIGURATIONS).0,

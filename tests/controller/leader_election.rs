@@ -56,7 +56,8 @@ async fn leaders(replicas: &[&ControllerProcess]) -> Vec<bool> {
 }
 
 fn holder(api: &ApiServer) -> Option<String> {
-    let lease: Lease = serde_json::from_value(api.object(LEASES, "mesh", "plexus-controller")?).ok()?;
+    let lease: Lease =
+        serde_json::from_value(api.object(LEASES, "mesh", "plexus-controller")?).ok()?;
     lease.spec?.holder_identity
 }
 
@@ -68,9 +69,11 @@ fn bundle(api: &ApiServer) -> Option<Vec<u8>> {
 }
 
 fn ca_of(api: &ApiServer) -> Ca {
-    let secret: Secret =
-        serde_json::from_value(api.object(SECRETS, "mesh", "plexus-ca").expect("the CA Secret"))
-            .unwrap();
+    let secret: Secret = serde_json::from_value(
+        api.object(SECRETS, "mesh", "plexus-ca")
+            .expect("the CA Secret"),
+    )
+    .unwrap();
     let data = secret.data.unwrap();
     let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
     Ca::from_material(&CaMaterial {
@@ -130,7 +133,12 @@ async fn one_replica_writes_and_the_other_takes_over_when_it_dies() {
     // The follower serves the webhook, with a certificate from that CA.
     let webhook: std::net::SocketAddr = replicas[follower].webhook.parse().unwrap();
     let (status, _) = within(BOUND, "the follower's webhook answers", || {
-        send(&ca, webhook, "plexus-injector.mesh.svc", post("/inject", POD))
+        send(
+            &ca,
+            webhook,
+            "plexus-injector.mesh.svc",
+            post("/inject", POD),
+        )
     })
     .await;
     assert_eq!(status, 200);

@@ -570,7 +570,9 @@ fn percent_decoded(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
         match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
             (b'%', Some(byte)) => {
                 out.push(byte);
@@ -596,9 +598,15 @@ fn leaves(value: &Value, prefix: &str) -> Vec<(String, Value)> {
     match value {
         Value::Object(fields) => fields
             .iter()
-            .filter(|(k, _)| !prefix.is_empty() || !matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+            .filter(|(k, _)| {
+                !prefix.is_empty() || !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+            })
             .flat_map(|(k, v)| {
-                let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 leaves(v, &path)
             })
             .collect(),

@@ -36,7 +36,10 @@ impl Leadership {
 
     /// Joins the election for `election.lease`; the Lease is created if absent.
     /// The returned handle follows the election until the process ends.
-    pub async fn elect(client: kube::Client, election: &Election) -> Result<Self, LeaseManagerError> {
+    pub async fn elect(
+        client: kube::Client,
+        election: &Election,
+    ) -> Result<Self, LeaseManagerError> {
         let seconds = election.duration.as_secs().max(2);
         // Renew a third of the way before expiry: one slow renewal does not
         // lose the Lease, and a dead holder is replaced within `duration`.

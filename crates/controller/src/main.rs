@@ -14,8 +14,8 @@ use plexus_controller::identity::{
     BootstrapTokens, CaSettings, IdentityService, TokenAuthority, TokenReviewer, ca_from_dir,
     ca_from_secret, controller_server_config, webhook_server_config,
 };
-use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::leader::{Election, Leadership, holder_identity};
+use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
 use plexus_discovery::feed::{self, FeedSource, Readiness};
 use plexus_discovery::index::{
@@ -256,14 +256,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 on_load,
             ))
         }
-        (FeedSource::Kubernetes, Some(client)) => {
-            tokio::spawn(feed::kubernetes::run(
-                client,
-                index.clone(),
-                ready.clone(),
-                leadership.receiver(),
-            ))
-        }
+        (FeedSource::Kubernetes, Some(client)) => tokio::spawn(feed::kubernetes::run(
+            client,
+            index.clone(),
+            ready.clone(),
+            leadership.receiver(),
+        )),
         (FeedSource::Kubernetes, None) => anyhow::bail!("no Kubernetes client"),
     };
     tokio::spawn(sweep_idle_watches(index.clone()));
@@ -319,8 +317,8 @@ async fn identity(
                 &settings,
                 leadership.receiver(),
             )
-                .await
-                .context("loading the CA")?;
+            .await
+            .context("loading the CA")?;
             (
                 ca,
                 Arc::new(TokenReviewer::new(client, &args.trust_domain)),
@@ -377,11 +375,7 @@ fn start_injector(
         }),
     };
     config.trust_anchors = ca.trust_anchor_pem().to_owned();
-    let mut names = service_dns_names(
-        &args.webhook_service,
-        &args.namespace,
-        &args.cluster_domain,
-    );
+    let mut names = service_dns_names(&args.webhook_service, &args.namespace, &args.cluster_domain);
     names.extend(args.webhook_dns_names.iter().cloned());
     names.extend(args.webhook_ips.iter().map(IpAddr::to_string));
     let tls = webhook_server_config(ca.clone(), names).context("the webhook's certificate")?;

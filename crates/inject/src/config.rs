@@ -152,7 +152,10 @@ mod tests {
             trust_domain: "prod.example.com",
             cluster_domain: "corp.internal",
         });
-        assert_eq!(config.controller_addr, "plexus-controller.mesh.svc.corp.internal:8090");
+        assert_eq!(
+            config.controller_addr,
+            "plexus-controller.mesh.svc.corp.internal:8090"
+        );
         assert_eq!(
             config.controller_identity,
             "spiffe://prod.example.com/ns/mesh/sa/ctl"
