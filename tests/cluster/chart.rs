@@ -70,9 +70,13 @@ struct Release {
 }
 
 fn render(values: Value, namespace: &str) -> Release {
+    render_release("plexus", values, namespace)
+}
+
+fn render_release(name: &str, values: Value, namespace: &str) -> Release {
     let answer = helm(json!({
         "action": "render", "chart": chart_dir(), "values": values,
-        "name": "plexus", "namespace": namespace,
+        "name": name, "namespace": namespace,
     }));
     assert!(answer.get("error").is_none(), "render failed: {answer}");
     let mut objects = Vec::new();
@@ -279,7 +283,7 @@ fn the_webhook_fails_open_and_skips_the_control_plane_namespace() {
         json!({"webhook": {"excludedNamespaces": ["legacy"]}}),
         "mesh-system",
     );
-    let config: MutatingWebhookConfiguration = release.get("plexus-injector");
+    let config: MutatingWebhookConfiguration = release.get("plexus-mesh-system-injector");
     let webhooks = config.webhooks.unwrap();
     assert_eq!(webhooks.len(), 1);
     let hook = &webhooks[0];
@@ -321,7 +325,7 @@ fn the_webhook_fails_open_and_skips_the_control_plane_namespace() {
 #[test]
 fn rbac_is_exactly_what_the_controller_uses() {
     let release = render(json!({}), "plexus");
-    let cluster_role: ClusterRole = release.get("plexus-controller");
+    let cluster_role: ClusterRole = release.get("plexus-plexus-controller");
     let role: Role = release.get("plexus-controller");
     let cluster_wide = flatten(cluster_role.rules.as_deref().unwrap_or_default());
     let in_namespace = flatten(role.rules.as_deref().unwrap_or_default());
@@ -338,14 +342,26 @@ fn rbac_is_exactly_what_the_controller_uses() {
         granted, used,
         "chart RBAC != plexus_controller::rbac::PERMISSIONS"
     );
-    // Least privilege: the CA Secret is read in the control plane's namespace only.
-    assert!(
-        cluster_wide.iter().all(|g| !g.starts_with("/secrets ")),
-        "{cluster_wide:?}"
-    );
-    assert!(
-        in_namespace.iter().all(|g| g.starts_with("/secrets ")),
-        "{in_namespace:?}"
+    // Least privilege: the CA Secret and the Lease in the control plane's namespace only.
+    let namespaced =
+        |g: &String| g.starts_with("/secrets ") || g.starts_with("coordination.k8s.io/leases ");
+    assert!(!cluster_wide.iter().any(namespaced), "{cluster_wide:?}");
+    assert!(in_namespace.iter().all(namespaced), "{in_namespace:?}");
+    // The webhook configuration: only the release's own.
+    let webhook_rule = cluster_role
+        .rules
+        .iter()
+        .flatten()
+        .find(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .any(|r| r == "mutatingwebhookconfigurations")
+        })
+        .unwrap();
+    assert_eq!(
+        webhook_rule.resource_names.as_deref(),
+        Some(&["plexus-plexus-injector".to_string()][..])
     );
     assert_eq!(role.metadata.namespace.as_deref(), Some("plexus"));
 
@@ -353,13 +369,17 @@ fn rbac_is_exactly_what_the_controller_uses() {
     let (deployment, _) = release.controller();
     let pod = deployment.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.service_account_name, account.metadata.name);
-    let cluster_binding: ClusterRoleBinding = release.get("plexus-controller");
+    let cluster_binding: ClusterRoleBinding = release.get("plexus-plexus-controller");
     let binding: RoleBinding = release.get("plexus-controller");
-    for (role_ref, subjects) in [
-        (&cluster_binding.role_ref, &cluster_binding.subjects),
-        (&binding.role_ref, &binding.subjects),
+    for (role_ref, subjects, role) in [
+        (
+            &cluster_binding.role_ref,
+            &cluster_binding.subjects,
+            "plexus-plexus-controller",
+        ),
+        (&binding.role_ref, &binding.subjects, "plexus-controller"),
     ] {
-        assert_eq!(role_ref.name, "plexus-controller");
+        assert_eq!(role_ref.name, role);
         let subject = &subjects.as_ref().unwrap()[0];
         assert_eq!(
             (subject.kind.as_str(), subject.name.as_str()),
@@ -367,6 +387,80 @@ fn rbac_is_exactly_what_the_controller_uses() {
         );
         assert_eq!(subject.namespace.as_deref(), Some("plexus"));
     }
+}
+
+/// The value of the controller container's environment variable `name`.
+fn controller_env(release: &Release, name: &str) -> Option<String> {
+    let (_, container) = release.controller();
+    container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == name)
+        .and_then(|e| e.value.clone())
+}
+
+#[test]
+fn two_installs_have_distinct_cluster_scoped_names_and_each_controller_patches_its_own() {
+    let kinds = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+    ];
+    let cluster_scoped = |release: &Release| -> BTreeSet<String> {
+        release
+            .objects
+            .iter()
+            .filter(|o| kinds.iter().any(|k| o["kind"] == *k))
+            .map(|o| format!("{}/{}", o["kind"], o["metadata"]["name"]))
+            .collect()
+    };
+    // Both releases are named `plexus`, as `helm install plexus` in each namespace would.
+    let (a, b) = (render(json!({}), "team-a"), render(json!({}), "team-b"));
+    let (names_a, names_b) = (cluster_scoped(&a), cluster_scoped(&b));
+    assert_eq!(names_a.len(), 3, "{names_a:?}");
+    assert!(names_a.is_disjoint(&names_b), "{names_a:?} / {names_b:?}");
+    for (release, namespace) in [(&a, "team-a"), (&b, "team-b")] {
+        let own = format!("plexus-{namespace}-injector");
+        let _: MutatingWebhookConfiguration = release.get(&own);
+        assert_eq!(
+            controller_env(release, "PLEXUS_WEBHOOK_CONFIGURATION"),
+            Some(own)
+        );
+        let binding: ClusterRoleBinding = release.get(&format!("plexus-{namespace}-controller"));
+        assert_eq!(
+            binding.role_ref.name,
+            format!("plexus-{namespace}-controller")
+        );
+    }
+    let other = render_release("mesh", json!({}), "team-a");
+    assert!(cluster_scoped(&other).is_disjoint(&names_a));
+}
+
+#[test]
+fn the_controller_gets_the_cluster_domain_and_its_pod_name() {
+    let release = render(json!({"clusterDomain": "corp.internal"}), "plexus");
+    assert_eq!(
+        controller_env(&release, "PLEXUS_CLUSTER_DOMAIN").as_deref(),
+        Some("corp.internal")
+    );
+    let (_, container) = release.controller();
+    let pod_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "POD_NAME")
+        .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(
+        pod_name.as_deref(),
+        Some("metadata.name"),
+        "the Lease holder identity"
+    );
+    assert_eq!(
+        release.inject_config().controller_addr,
+        "plexus-controller.plexus.svc.corp.internal:8090"
+    );
 }
 
 #[test]

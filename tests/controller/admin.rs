@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use plexus_controller::admin::Admin;
+use plexus_controller::leader::Leadership;
 use plexus_controller::metrics::Metrics;
 use plexus_discovery::feed::{self, Readiness};
 use plexus_discovery::index::{IndexConfig, SharedIndex};
@@ -17,6 +18,7 @@ async fn live_ready_metrics_status() {
         index: index.clone(),
         metrics: Arc::new(Metrics::new()),
         ready: ready.clone(),
+        leadership: Leadership::sole(),
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

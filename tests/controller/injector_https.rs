@@ -22,11 +22,12 @@ use plexus_identity::Ca;
 use plexus_identity::tls::{provider, trust_anchors_from_pem};
 use plexus_inject::InjectConfig;
 use plexus_tests::apiserver::ApiServer;
+use plexus_tests::wait::eventually;
 use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
 use tokio::net::{TcpListener, TcpStream};
 
-const POD: &str = include_str!("fixtures/admission/pod-create.json");
+pub(crate) const POD: &str = include_str!("fixtures/admission/pod-create.json");
 const BOUND: Duration = Duration::from_secs(30);
 const WEBHOOK_CONFIGURATIONS: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
@@ -46,7 +47,11 @@ async fn injector(ca: Arc<Ca>) -> std::net::SocketAddr {
         trust_anchors: ca.trust_anchor_pem().to_owned(),
         ..InjectConfig::default()
     };
-    let tls = webhook_server_config(ca, service_dns_names("plexus-injector", "plexus")).unwrap();
+    let tls = webhook_server_config(
+        ca,
+        service_dns_names("plexus-injector", "plexus", "cluster.local"),
+    )
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(Injector { index, config }.serve(listener, tls));
@@ -55,7 +60,7 @@ async fn injector(ca: Arc<Ca>) -> std::net::SocketAddr {
 
 /// An HTTPS client that trusts only `ca` and checks the server's DNS name,
 /// as the API server does with the `caBundle`.
-async fn send(
+pub(crate) async fn send(
     ca: &Ca,
     addr: std::net::SocketAddr,
     server_name: &str,
@@ -93,7 +98,7 @@ async fn send(
     Ok((status, body.to_bytes()))
 }
 
-fn post(path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
+pub(crate) fn post(path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
     http::Request::post(format!("https://plexus-injector.plexus.svc{path}"))
         .header("content-type", "application/json")
         .body(Full::new(body.into()))
@@ -104,7 +109,7 @@ fn post(path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {
 async fn the_api_server_gets_a_patch_with_the_trust_anchors_over_verified_https() {
     let ca = Arc::new(Ca::new_root("cluster.local", Duration::from_secs(3600)).unwrap());
     let addr = injector(ca.clone()).await;
-    for name in service_dns_names("plexus-injector", "plexus") {
+    for name in service_dns_names("plexus-injector", "plexus", "cluster.local") {
         let (status, body) =
             tokio::time::timeout(BOUND, send(&ca, addr, &name, post("/inject", POD)))
                 .await
@@ -191,6 +196,11 @@ async fn other_paths_are_404_big_bodies_413_and_other_names_fail_the_handshake()
 }
 
 fn webhook_configuration(bundles: &[Option<&str>]) -> Value {
+    named_configuration("plexus-injector", bundles)
+}
+
+/// A configuration named `name` with one webhook entry per bundle.
+fn named_configuration(name: &str, bundles: &[Option<&str>]) -> Value {
     let webhooks: Vec<Value> = bundles
         .iter()
         .enumerate()
@@ -204,13 +214,17 @@ fn webhook_configuration(bundles: &[Option<&str>]) -> Value {
         })
         .collect();
     json!({"apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-           "metadata": {"name": "plexus-injector"}, "webhooks": webhooks})
+           "metadata": {"name": name}, "webhooks": webhooks})
 }
 
 fn bundles(server: &ApiServer) -> Vec<Option<Vec<u8>>> {
-    let object = server
-        .object(WEBHOOK_CONFIGURATIONS, "", "plexus-injector")
-        .unwrap();
+    bundles_of(server, "plexus-injector")
+}
+
+fn bundles_of(server: &ApiServer, name: &str) -> Vec<Option<Vec<u8>>> {
+    let Some(object) = server.object(WEBHOOK_CONFIGURATIONS, "", name) else {
+        return Vec::new();
+    };
     let config: MutatingWebhookConfiguration = serde_json::from_value(object).unwrap();
     config
         .webhooks
@@ -255,31 +269,50 @@ async fn every_webhook_entry_gets_the_ca_bundle_and_a_current_one_is_left_alone(
 }
 
 #[tokio::test]
-async fn the_loop_restores_a_bundle_that_an_upgrade_erased() {
+async fn a_configuration_created_late_gets_the_bundle_by_watch_and_a_revert_is_undone() {
     let server = ApiServer::start().await;
-    server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
+    // Another install's configuration, with its own CA's bundle.
+    let theirs = serde_json::to_value(ByteString(b"THEIRS".to_vec())).unwrap();
+    server.apply(
+        WEBHOOK_CONFIGURATIONS,
+        named_configuration("other-injector", &[theirs.as_str()]),
+    );
     let pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+    let want = vec![Some(pem.as_bytes().to_vec())];
     tokio::spawn(ca_bundle::keep_current(
         server.client(),
         "plexus-injector".into(),
         pem.into(),
-        Duration::from_millis(50),
     ));
-    let until = |want: Option<Vec<u8>>| {
-        let server = server.clone();
-        async move {
-            tokio::time::timeout(BOUND, async {
-                while bundles(&server) != [want.clone()] {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            })
-            .await
-            .expect("caBundle patched within bound");
-        }
-    };
-    until(Some(pem.as_bytes().to_vec())).await;
-    // `helm upgrade` re-applies the chart's object, which has no caBundle.
+    // The controller runs before `helm install` created its configuration.
+    eventually(BOUND, "the watch is open", || {
+        server.requests(WEBHOOK_CONFIGURATIONS).1 >= 1
+    })
+    .await;
     server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
-    until(Some(pem.as_bytes().to_vec())).await;
-    assert!(server.object_patches(WEBHOOK_CONFIGURATIONS).len() >= 2);
+    eventually(
+        Duration::from_secs(2),
+        "caBundle patched within 2 s",
+        || bundles(&server) == want,
+    )
+    .await;
+    // `helm upgrade` (or a person) resets it: patched again, by the same watch.
+    server.apply(WEBHOOK_CONFIGURATIONS, webhook_configuration(&[None]));
+    eventually(
+        Duration::from_secs(2),
+        "the reverted caBundle re-applied",
+        || bundles(&server) == want,
+    )
+    .await;
+    assert_eq!(
+        server.requests(WEBHOOK_CONFIGURATIONS).0,
+        1,
+        "one list, then the watch: no polling"
+    );
+    assert_eq!(
+        bundles_of(&server, "other-injector"),
+        [Some(b"THEIRS".to_vec())],
+        "another install's configuration is untouched"
+    );
+    assert_eq!(server.object_patches(WEBHOOK_CONFIGURATIONS).len(), 2);
 }

@@ -2,6 +2,7 @@
 //! lists, watch events, bookmarks, a dropped watch, and a relist after
 //! `410 Gone` that removes what was deleted unseen.
 
+use plexus_controller::leader::Leadership;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,7 +101,12 @@ async fn synced_feed(
 ) -> (JoinHandle<()>, watch::Receiver<Arc<TargetView>>) {
     let index = SharedIndex::new(IndexConfig::default());
     let ready = Readiness::default();
-    let feed = tokio::spawn(kubernetes::run(api.client(), index.clone(), ready.clone()));
+    let feed = tokio::spawn(kubernetes::run(
+        api.client(),
+        index.clone(),
+        ready.clone(),
+        Leadership::sole().receiver(),
+    ));
     let synced = tokio::time::timeout(BOUND, async {
         while !ready.is_ready() {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -208,6 +214,7 @@ async fn route_status_is_written_once_beside_other_controllers() {
         api.client(),
         index.clone(),
         Readiness::default(),
+        Leadership::sole().receiver(),
     ));
 
     let written = tokio::time::timeout(BOUND, async {

@@ -9,6 +9,7 @@ mod file_feed;
 mod inject_webhook;
 mod injector_https;
 mod kubernetes_feed;
+mod leader_election;
 mod tracing;
 
 /// `plexusctl`'s tests.

@@ -7,10 +7,14 @@
 //!
 //! Collections are addressed by their URL path, e.g. `/api/v1/services` or
 //! `/apis/discovery.k8s.io/v1/endpointslices` (cluster-wide lists only).
-//! Single objects are read (`GET`) and changed by JSON Patch (`PATCH`) at
+//! Single objects are created (`POST` to the namespace's collection, 409
+//! `AlreadyExists` if present), read (`GET`) and patched (`PATCH`: JSON Patch,
+//! merge or strategic merge patch, or server-side apply, which answers 409
+//! `Conflict` when it would change a field another field manager set) at
 //! their own URLs (`/api/v1/namespaces/shop/pods/web`, or
-//! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped), and
-//! `/version` answers like a Kubernetes 1.32 API server. Used by the
+//! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped); lists and
+//! watches honour a `metadata.name` field selector, and `/version` answers
+//! like a Kubernetes 1.32 API server. Used by the
 //! controller's feed and injector tests and by `plexusctl check`'s.
 
 use std::collections::{BTreeMap, HashMap};
@@ -30,6 +34,12 @@ use tokio_stream::wrappers::ReceiverStream;
 
 type WatchSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
+/// An open watch, and the one object name it selected, if any.
+struct Watcher {
+    tx: WatchSender,
+    only: Option<String>,
+}
+
 #[derive(Default)]
 struct Collection {
     /// (namespace, name) -> object, with its current resourceVersion.
@@ -38,13 +48,15 @@ struct Collection {
     log: Vec<(u64, &'static str, Value)>,
     /// Watches from a version at or below this get `410 Gone`.
     compacted: u64,
-    watchers: Vec<WatchSender>,
+    watchers: Vec<Watcher>,
     lists: usize,
     watches: usize,
     /// Bodies of the status patches received, in order.
     status_patches: Vec<Value>,
     /// Bodies of the JSON Patches applied to objects, in order.
     object_patches: Vec<Value>,
+    /// Per object: field path -> the field manager that last set it.
+    owners: HashMap<(String, String), HashMap<String, String>>,
 }
 
 #[derive(Default)]
@@ -91,6 +103,9 @@ impl ApiServer {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let server = server.clone();
                         async move {
+                            if req.method() == http::Method::POST {
+                                return Ok(server.create(req).await);
+                            }
                             if req.method() == http::Method::PATCH {
                                 if req.uri().path().ends_with("/status") {
                                     return Ok::<_, Infallible>(server.patch_status(req).await);
@@ -147,7 +162,7 @@ impl ApiServer {
             "ADDED"
         };
         collection.log.push((version, kind, object.clone()));
-        broadcast(collection, line(kind, &object));
+        broadcast_object(collection, kind, &object);
     }
 
     /// Deletes an object (DELETED to watchers).
@@ -162,7 +177,7 @@ impl ApiServer {
         {
             object["metadata"]["resourceVersion"] = json!(version.to_string());
             collection.log.push((version, "DELETED", object.clone()));
-            broadcast(collection, line("DELETED", &object));
+            broadcast_object(collection, "DELETED", &object);
         }
     }
 
@@ -259,12 +274,48 @@ impl ApiServer {
         }
     }
 
-    /// `PATCH` of an object URL with a JSON Patch (RFC 6902): applied whole or
-    /// not at all (a failed `test` answers 422), a MODIFIED event sent.
+    /// `POST <prefix>/namespaces/<ns>/<resource>`: stores a new object (ADDED).
+    async fn create(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
+        let segments: Vec<String> = req.uri().path().split('/').map(str::to_string).collect();
+        let Some([.., _, namespace, resource]) = segments.get(1..).filter(|s| s.len() >= 4) else {
+            return failure(StatusCode::NOT_FOUND, "NotFound");
+        };
+        let prefix = segments[1..segments.len() - 3].join("/");
+        let path = format!("/{prefix}/{resource}");
+        let Ok(body) = req.into_body().collect().await else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        let Ok(mut object) = serde_json::from_slice::<Value>(&body.to_bytes()) else {
+            return failure(StatusCode::BAD_REQUEST, "BadRequest");
+        };
+        object["metadata"]["namespace"] = json!(namespace);
+        if self.object(&path, namespace, &key_of(&object).1).is_some() {
+            return failure(StatusCode::CONFLICT, "AlreadyExists");
+        }
+        self.apply(&path, object.clone());
+        let stored = self.object(&path, namespace, &key_of(&object).1);
+        respond(
+            StatusCode::CREATED,
+            Full::new(Bytes::from(stored.unwrap_or_default().to_string())).boxed(),
+        )
+    }
+
+    /// `PATCH` of an object URL: a JSON Patch (RFC 6902) applied whole or not
+    /// at all (a failed `test` answers 422), a merge or strategic merge patch,
+    /// or a server-side apply (see [`apply_owned`]); a MODIFIED event sent.
     async fn patch_object(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let Some((path, namespace, name)) = object_url(req.uri().path()) else {
             return failure(StatusCode::NOT_FOUND, "NotFound");
         };
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let query = query_of(req.uri());
+        let manager = query.get("fieldManager").cloned().unwrap_or_default();
+        let force = query.get("force").is_some_and(|f| f == "true");
         let Ok(body) = req.into_body().collect().await else {
             return failure(StatusCode::BAD_REQUEST, "BadRequest");
         };
@@ -276,20 +327,41 @@ impl ApiServer {
         let version = state.version;
         let collection = state.collections.entry(path).or_default();
         collection.object_patches.push(value.clone());
-        let Ok(patch) = serde_json::from_value::<json_patch::Patch>(value) else {
-            return failure(StatusCode::BAD_REQUEST, "BadRequest");
-        };
-        let Some(object) = collection.objects.get_mut(&(namespace, name)) else {
+        let key = (namespace, name);
+        let Some(object) = collection.objects.get_mut(&key) else {
             return failure(StatusCode::NOT_FOUND, "NotFound");
         };
         let mut patched = object.clone();
-        if json_patch::patch(&mut patched, &patch).is_err() {
-            return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+        let owners = collection.owners.entry(key).or_default();
+        match content_type.as_str() {
+            "application/json-patch+json" => {
+                let Ok(patch) = serde_json::from_value::<json_patch::Patch>(value) else {
+                    return failure(StatusCode::BAD_REQUEST, "BadRequest");
+                };
+                if json_patch::patch(&mut patched, &patch).is_err() {
+                    return failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid");
+                }
+            }
+            "application/apply-patch+yaml" => {
+                if let Err(field) = apply_owned(&mut patched, owners, &value, &manager, force) {
+                    return failure(StatusCode::CONFLICT, &format!("Conflict: {field}"));
+                }
+            }
+            _ => {
+                for (field, set) in leaves(&value, "") {
+                    if set.is_null() {
+                        owners.remove(&field);
+                    } else {
+                        owners.insert(field, manager.clone());
+                    }
+                }
+                merge(&mut patched, &value);
+            }
         }
         patched["metadata"]["resourceVersion"] = json!(version.to_string());
         *object = patched.clone();
         collection.log.push((version, "MODIFIED", patched.clone()));
-        broadcast(collection, line("MODIFIED", &patched));
+        broadcast_object(collection, "MODIFIED", &patched);
         respond(
             StatusCode::OK,
             Full::new(Bytes::from(patched.to_string())).boxed(),
@@ -342,7 +414,7 @@ impl ApiServer {
         object["metadata"]["resourceVersion"] = json!(version.to_string());
         let object = object.clone();
         collection.log.push((version, "MODIFIED", object.clone()));
-        broadcast(collection, line("MODIFIED", &object));
+        broadcast_object(collection, "MODIFIED", &object);
         respond(
             StatusCode::OK,
             Full::new(Bytes::from(object.to_string())).boxed(),
@@ -351,21 +423,25 @@ impl ApiServer {
 
     fn handle(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let path = req.uri().path().to_string();
-        let query: HashMap<String, String> = req
-            .uri()
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let query = query_of(req.uri());
+        // `metadata.name=<name>` is the one field selector every kind supports.
+        let only = query
+            .get("fieldSelector")
+            .and_then(|s| s.strip_prefix("metadata.name="))
+            .map(str::to_string);
+        let selected = |object: &Value| only.as_ref().is_none_or(|name| key_of(object).1 == *name);
         let mut state = self.lock();
         let version = state.version;
         let collection = state.collections.entry(path).or_default();
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
         if !watch {
             collection.lists += 1;
-            let items: Vec<Value> = collection.objects.values().cloned().collect();
+            let items: Vec<Value> = collection
+                .objects
+                .values()
+                .filter(|o| selected(o))
+                .cloned()
+                .collect();
             let list = json!({"apiVersion": "v1", "kind": "List",
                               "metadata": {"resourceVersion": version.to_string()}, "items": items});
             return respond(
@@ -383,9 +459,11 @@ impl ApiServer {
             let _ = tx.try_send(Ok(Frame::data(gone())));
         } else {
             for (_, kind, object) in collection.log.iter().filter(|(v, _, _)| *v > from) {
-                let _ = tx.try_send(Ok(Frame::data(line(kind, object))));
+                if selected(object) {
+                    let _ = tx.try_send(Ok(Frame::data(line(kind, object))));
+                }
             }
-            collection.watchers.push(tx);
+            collection.watchers.push(Watcher { tx, only });
         }
         respond(
             StatusCode::OK,
@@ -423,8 +501,11 @@ fn object_url(path: &str) -> Option<(String, String, String)> {
 }
 
 fn failure(status: StatusCode, reason: &str) -> Response<BoxBody<Bytes, Infallible>> {
+    // "Conflict: spec.x" -> reason Conflict, the field in the message.
+    let message = reason;
+    let reason = reason.split(':').next().unwrap_or(reason);
     let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-                      "message": reason, "reason": reason, "code": status.as_u16()});
+                      "message": message, "reason": reason, "code": status.as_u16()});
     respond(status, Full::new(Bytes::from(body.to_string())).boxed())
 }
 
@@ -461,7 +542,102 @@ fn merge(target: &mut Value, patch: &Value) {
 fn broadcast(collection: &mut Collection, bytes: Bytes) {
     collection
         .watchers
-        .retain(|tx| tx.try_send(Ok(Frame::data(bytes.clone()))).is_ok());
+        .retain(|w| w.tx.try_send(Ok(Frame::data(bytes.clone()))).is_ok());
+}
+
+/// An event to the watches whose field selector (if any) matches `object`.
+fn broadcast_object(collection: &mut Collection, kind: &str, object: &Value) {
+    let bytes = line(kind, object);
+    let name = key_of(object).1;
+    collection.watchers.retain(|w| {
+        w.only.as_ref().is_some_and(|only| *only != name)
+            || w.tx.try_send(Ok(Frame::data(bytes.clone()))).is_ok()
+    });
+}
+
+/// The query's parameters, percent-decoded.
+fn query_of(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(k, v)| (k.to_string(), percent_decoded(v)))
+        .collect()
+}
+
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The leaf fields of a patch body as dotted paths (`spec.holderIdentity`),
+/// with their values; `apiVersion`, `kind` and `metadata` are not fields a
+/// manager owns here.
+fn leaves(value: &Value, prefix: &str) -> Vec<(String, Value)> {
+    match value {
+        Value::Object(fields) => fields
+            .iter()
+            .filter(|(k, _)| {
+                !prefix.is_empty() || !matches!(k.as_str(), "apiVersion" | "kind" | "metadata")
+            })
+            .flat_map(|(k, v)| {
+                let path = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(v, &path)
+            })
+            .collect(),
+        leaf => vec![(prefix.to_string(), leaf.clone())],
+    }
+}
+
+/// Server-side apply as the API server does it for these objects: each field
+/// of `applied` that another manager set, to a different value, is a
+/// conflict (unless `force`); otherwise the fields are merged in and owned by
+/// `manager`.
+fn apply_owned(
+    object: &mut Value,
+    owners: &mut HashMap<String, String>,
+    applied: &Value,
+    manager: &str,
+    force: bool,
+) -> Result<(), String> {
+    let fields = leaves(applied, "");
+    for (field, value) in &fields {
+        let current = field.split('.').fold(&*object, |v, k| &v[k]);
+        let foreign = owners.get(field).is_some_and(|owner| owner != manager);
+        if foreign && current != value && !force {
+            return Err(field.clone());
+        }
+    }
+    merge(object, applied);
+    for (field, _) in fields {
+        owners.insert(field, manager.to_string());
+    }
+    Ok(())
 }
 
 fn gone() -> Bytes {

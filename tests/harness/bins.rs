@@ -225,8 +225,41 @@ pub async fn start_controller(
     let feed = dir.join("objects.yaml");
     std::fs::write(&feed, objects).expect("write the feed file");
     let mut command = Command::new(bin("plexus-controller"));
+    command.arg(format!("--feed=file:{}", feed.display()));
+    spawn_controller(command, args, env).await
+}
+
+/// Starts `plexus-controller --feed kubernetes` against `api` (a kubeconfig
+/// in `dir` names it) with ephemeral gRPC, admin and webhook ports plus
+/// `args` and `env`, and waits (bounded) for it to report where it listens.
+pub async fn start_controller_on(
+    api: &crate::apiserver::ApiServer,
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ControllerProcess {
+    let kubeconfig = dir.join("kubeconfig");
+    let config = format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: stand-in\n\
+         clusters: [{{name: stand-in, cluster: {{server: \"{}\"}}}}]\n\
+         users: [{{name: stand-in, user: {{}}}}]\n\
+         contexts: [{{name: stand-in, context: {{cluster: stand-in, user: stand-in}}}}]\n",
+        api.url()
+    );
+    std::fs::write(&kubeconfig, config).expect("write the kubeconfig");
+    let mut command = Command::new(bin("plexus-controller"));
     command
-        .arg(format!("--feed=file:{}", feed.display()))
+        .args(["--feed=kubernetes", "--webhook-addr=127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig);
+    spawn_controller(command, args, env).await
+}
+
+async fn spawn_controller(
+    mut command: Command,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ControllerProcess {
+    command
         .args(["--grpc-addr=127.0.0.1:0", "--admin-addr=127.0.0.1:0"])
         .args(args)
         .env("PLEXUS_LOG", "info")

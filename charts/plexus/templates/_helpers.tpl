@@ -23,3 +23,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "plexus.controllerAddr" -}}
 plexus-controller.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}:8090
 {{- end }}
+
+{{/* Prefix of the release's cluster-scoped objects: release name and namespace, so two
+installs (even both named `plexus`, in different namespaces) never share one. */}}
+{{- define "plexus.clusterScopedName" -}}
+{{ printf "%s-%s" .Release.Name .Release.Namespace | trunc 200 | trimSuffix "-" }}
+{{- end }}
+
+{{/* The release's MutatingWebhookConfiguration, which its controller alone patches. */}}
+{{- define "plexus.webhookConfiguration" -}}
+{{ include "plexus.clusterScopedName" . }}-injector
+{{- end }}

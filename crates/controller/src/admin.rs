@@ -1,7 +1,7 @@
 //! The controller's admin endpoint (:9990): `/live`, `/ready` (once the feed
 //! has loaded its initial objects), `/metrics` (Prometheus text) and
-//! `/status` (JSON, the file feed's stand-in for status subresources): the
-//! file feed's file (the version served, the last one refused and why, with
+//! `/status` (JSON, the file feed's stand-in for status subresources):
+//! whether this replica leads (writes to the API server), the file feed's file (the version served, the last one refused and why, with
 //! its line), route statuses, the problems of served objects, and every
 //! refused object version with the version served instead.
 
@@ -17,6 +17,7 @@ use hyper_util::server::conn::auto;
 use serde::Serialize;
 use tokio::net::TcpListener;
 
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use plexus_discovery::feed::Readiness;
 use plexus_discovery::index::{FileStatus, Problem, Refusal, RouteStatus, SharedIndex};
@@ -26,11 +27,14 @@ pub struct Admin {
     pub index: SharedIndex,
     pub metrics: Arc<Metrics>,
     pub ready: Readiness,
+    pub leadership: Leadership,
 }
 
 #[derive(Serialize)]
 struct Status {
     ready: bool,
+    /// Holds the Lease (always, outside a cluster).
+    leader: bool,
     /// With the file feed.
     #[serde(skip_serializing_if = "Option::is_none")]
     file: Option<FileStatus>,
@@ -96,6 +100,7 @@ impl Admin {
                     let index = self.index.lock();
                     Status {
                         ready: self.ready.is_ready(),
+                        leader: self.leadership.is_leader(),
                         file: index.file_status().cloned(),
                         routes: index.route_statuses(),
                         problems: index.problems(),

@@ -1,7 +1,7 @@
 //! `plexus-controller`: discovery feed, Destination and Identity APIs on
 //! :8090, the injector webhook on :8443, admin on :9990.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -14,6 +14,7 @@ use plexus_controller::identity::{
     BootstrapTokens, CaSettings, IdentityService, TokenAuthority, TokenReviewer, ca_from_dir,
     ca_from_secret, controller_server_config, webhook_server_config,
 };
+use plexus_controller::leader::{Election, Leadership, holder_identity};
 use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
 use plexus_discovery::feed::{self, FeedSource, Readiness};
@@ -21,7 +22,7 @@ use plexus_discovery::index::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
 };
 use plexus_identity::{Ca, SpiffeId};
-use plexus_inject::InjectConfig;
+use plexus_inject::{ControlPlane, InjectConfig};
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
@@ -48,10 +49,23 @@ struct Args {
     /// with `--feed file:` it is served only when given.
     #[arg(long, env = "PLEXUS_WEBHOOK_ADDR")]
     webhook_addr: Option<SocketAddr>,
+    /// Run without the injector webhook (then `--grpc-plaintext` may be
+    /// combined with `--feed kubernetes`).
+    #[arg(long, env = "PLEXUS_NO_WEBHOOK", conflicts_with = "webhook_addr")]
+    no_webhook: bool,
+    /// More names for the webhook's serving certificate, besides the
+    /// `--webhook-service` names (comma-separated).
+    #[arg(long, env = "PLEXUS_WEBHOOK_DNS_NAMES", value_delimiter = ',')]
+    webhook_dns_names: Vec<String>,
+    /// IP addresses for the webhook's serving certificate, for a webhook
+    /// registered by `url:` to an address (comma-separated).
+    #[arg(long, env = "PLEXUS_WEBHOOK_IPS", value_delimiter = ',')]
+    webhook_ips: Vec<IpAddr>,
     /// Injection defaults (the chart's `inject.yaml`); built-in defaults when absent.
     #[arg(long, env = "PLEXUS_INJECT_CONFIG")]
     inject_config: Option<PathBuf>,
-    /// The MutatingWebhookConfiguration whose `caBundle` the controller keeps current.
+    /// The MutatingWebhookConfiguration whose `caBundle` the controller keeps
+    /// current; no other is read or patched (the chart names it per release).
     #[arg(
         long,
         env = "PLEXUS_WEBHOOK_CONFIGURATION",
@@ -98,6 +112,18 @@ struct Args {
     /// pod identity of the file (`<namespace>.<service-account>.token`).
     #[arg(long, env = "PLEXUS_BOOTSTRAP_TOKEN_DIR")]
     bootstrap_token_dir: Option<PathBuf>,
+    /// The coordination.k8s.io Lease (in `--namespace`) whose holder writes to
+    /// the API server: route status, the webhook's caBundle, the CA Secret.
+    #[arg(long, env = "PLEXUS_LEASE_NAME", default_value = "plexus-controller")]
+    lease_name: String,
+    /// Seconds a Lease holder that stopped renewing keeps it (at least 2).
+    #[arg(long, env = "PLEXUS_LEASE_DURATION", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(2..))]
+    lease_duration: u64,
+    /// This replica's holder identity in the Lease (the chart sets the pod's
+    /// name); the host name when unset.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
     /// OTLP/gRPC collector for the controller's own spans (pushes, certificate
     /// signing, feed loads), e.g. `http://otel-collector:4317`; unset: no spans.
     #[arg(long, env = "PLEXUS_OTLP_ENDPOINT")]
@@ -147,6 +173,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("--admin-addr {}", args.admin_addr))?;
     let webhook_addr = match (&args.feed, args.webhook_addr) {
+        _ if args.no_webhook => None,
         (_, Some(addr)) => Some(addr),
         (FeedSource::Kubernetes, None) => Some(DEFAULT_WEBHOOK_ADDR),
         (FeedSource::File(_), None) => None,
@@ -179,13 +206,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         ),
         FeedSource::File(_) => None,
     };
+    let leadership = match &client {
+        Some(client) => {
+            let election = Election {
+                namespace: args.namespace.clone(),
+                lease: args.lease_name.clone(),
+                holder: holder_identity(args.pod_name.clone()),
+                duration: std::time::Duration::from_secs(args.lease_duration),
+            };
+            tracing::info!(lease = %election.lease, holder = %election.holder, "joining the leader election");
+            Leadership::elect(client.clone(), &election)
+                .await
+                .with_context(|| format!("the leader election on Lease {}", election.lease))?
+        }
+        None => Leadership::sole(),
+    };
     let identity = if args.grpc_plaintext {
         tracing::warn!(
             "--grpc-plaintext: serving the Destination API without TLS and no Identity API"
         );
         None
     } else {
-        Some(identity(&args, client.clone()).await?)
+        Some(identity(&args, client.clone(), &leadership).await?)
     };
 
     match (webhook_listener, &identity) {
@@ -195,10 +237,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             identity.ca.clone(),
             index.clone(),
             client.clone(),
+            &leadership,
         )?,
         (Some(_), None) => anyhow::bail!(
-            "the injector webhook needs the CA: drop --grpc-plaintext, or with --feed file: \
-             leave out --webhook-addr"
+            "the injector webhook needs the CA: drop --grpc-plaintext, or add --no-webhook"
         ),
         (None, _) => {}
     }
@@ -214,9 +256,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 on_load,
             ))
         }
-        (FeedSource::Kubernetes, Some(client)) => {
-            tokio::spawn(feed::kubernetes::run(client, index.clone(), ready.clone()))
-        }
+        (FeedSource::Kubernetes, Some(client)) => tokio::spawn(feed::kubernetes::run(
+            client,
+            index.clone(),
+            ready.clone(),
+            leadership.receiver(),
+        )),
         (FeedSource::Kubernetes, None) => anyhow::bail!("no Kubernetes client"),
     };
     tokio::spawn(sweep_idle_watches(index.clone()));
@@ -224,6 +269,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         index: index.clone(),
         metrics: metrics.clone(),
         ready,
+        leadership,
     };
     tokio::spawn(admin.serve(admin_listener));
 
@@ -253,7 +299,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// The CA (Secret `plexus-ca` in a cluster, `--ca-dir` outside), how tokens
 /// are checked (TokenReview in a cluster, bootstrap tokens outside), and the
 /// controller's own certificate for TLS on the gRPC port.
-async fn identity(args: &Args, client: Option<kube::Client>) -> anyhow::Result<Identity> {
+async fn identity(
+    args: &Args,
+    client: Option<kube::Client>,
+    leadership: &Leadership,
+) -> anyhow::Result<Identity> {
     let settings = CaSettings {
         trust_domain: args.trust_domain.clone(),
         lifetime: DEFAULT_CA_LIFETIME,
@@ -261,9 +311,14 @@ async fn identity(args: &Args, client: Option<kube::Client>) -> anyhow::Result<I
     };
     let (ca, tokens, bootstrap): (_, Arc<dyn TokenAuthority>, _) = match client {
         Some(client) => {
-            let ca = ca_from_secret(client.clone(), &args.namespace, &settings)
-                .await
-                .context("loading the CA")?;
+            let ca = ca_from_secret(
+                client.clone(),
+                &args.namespace,
+                &settings,
+                leadership.receiver(),
+            )
+            .await
+            .context("loading the CA")?;
             (
                 ca,
                 Arc::new(TokenReviewer::new(client, &args.trust_domain)),
@@ -299,7 +354,8 @@ async fn identity(args: &Args, client: Option<kube::Client>) -> anyhow::Result<I
 }
 
 /// The webhook on `listener` with a certificate from `ca` for the injector
-/// Service's names and, in a cluster, the loop that keeps the webhook
+/// Service's names (and `--webhook-dns-names`, `--webhook-ips`) and, in a
+/// cluster and while leading, the watch that keeps the webhook
 /// configuration's `caBundle` equal to `ca`'s trust anchor.
 fn start_injector(
     args: &Args,
@@ -307,21 +363,32 @@ fn start_injector(
     ca: Arc<Ca>,
     index: SharedIndex,
     client: Option<kube::Client>,
+    leadership: &Leadership,
 ) -> anyhow::Result<()> {
     let mut config = match &args.inject_config {
         Some(path) => InjectConfig::load(path)?,
-        None => InjectConfig::default(),
+        None => InjectConfig::for_control_plane(&ControlPlane {
+            namespace: &args.namespace,
+            service_account: &args.service_account,
+            trust_domain: &args.trust_domain,
+            cluster_domain: &args.cluster_domain,
+        }),
     };
     config.trust_anchors = ca.trust_anchor_pem().to_owned();
-    let names = service_dns_names(&args.webhook_service, &args.namespace);
+    let mut names = service_dns_names(&args.webhook_service, &args.namespace, &args.cluster_domain);
+    names.extend(args.webhook_dns_names.iter().cloned());
+    names.extend(args.webhook_ips.iter().map(IpAddr::to_string));
     let tls = webhook_server_config(ca.clone(), names).context("the webhook's certificate")?;
     tokio::spawn(Injector { index, config }.serve(listener, tls));
     if let Some(client) = client {
-        tokio::spawn(ca_bundle::keep_current(
-            client,
+        let (name, bundle) = (
             args.webhook_configuration.clone(),
             ca.trust_anchor_pem().to_owned(),
-            ca_bundle::DEFAULT_INTERVAL,
+        );
+        tokio::spawn(feed::leading::while_leading(
+            leadership.receiver(),
+            "webhook caBundle",
+            move || ca_bundle::keep_current(client.clone(), name.clone(), bundle.clone()),
         ));
     }
     Ok(())

@@ -80,13 +80,21 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: &["create"],
         used_by: "identity::token_review",
     },
-    // admission::ca_bundle: read the injector's webhook configuration and
-    // patch its caBundle (the chart narrows this to `plexus-injector`).
+    // admission::ca_bundle: watch the injector's webhook configuration and
+    // patch its caBundle (the chart narrows this to the release's own).
     Permission {
         api_group: "admissionregistration.k8s.io",
         resource: "mutatingwebhookconfigurations",
-        verbs: &["get", "patch"],
+        verbs: &["get", "list", "watch", "patch"],
         used_by: "admission::ca_bundle",
+    },
+    // leader: kube-lease-manager reads, creates and (server-side apply,
+    // strategic merge) patches the Lease.
+    Permission {
+        api_group: "coordination.k8s.io",
+        resource: "leases",
+        verbs: &["get", "create", "patch"],
+        used_by: "leader",
     },
 ];
 

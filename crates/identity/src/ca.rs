@@ -230,7 +230,8 @@ impl Ca {
         })
     }
 
-    /// A TLS server certificate for DNS names, with a fresh key made here (the
+    /// A TLS server certificate for DNS names (and IP addresses, written as
+    /// such), with a fresh key made here (the
     /// controller's own HTTPS endpoints, e.g. the admission webhook, which the
     /// API server reaches by Service DNS name and checks against this CA).
     /// Server use only: it carries no SPIFFE ID, so no mesh peer accepts it.
@@ -249,14 +250,17 @@ impl Ca {
         params.distinguished_name = name;
         params.subject_alt_names = dns_names
             .iter()
-            .map(|n| {
-                n.as_str()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                // A webhook registered by `url:` to an address is checked against an IP SAN.
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => n
+                    .as_str()
                     .try_into()
                     .map(SanType::DnsName)
                     .map_err(|source| CaError::Material {
                         field: "DNS name",
                         source,
-                    })
+                    }),
             })
             .collect::<Result<_, _>>()?;
         params.not_before = validity.not_before.into();

@@ -73,16 +73,50 @@ impl InjectConfig {
     }
 }
 
+/// Where the chart puts the controller: its gRPC Service and ServiceAccount.
+pub struct ControlPlane<'a> {
+    pub namespace: &'a str,
+    pub service_account: &'a str,
+    pub trust_domain: &'a str,
+    pub cluster_domain: &'a str,
+}
+
+impl ControlPlane<'_> {
+    /// The chart's defaults: release namespace `plexus`, `cluster.local`.
+    pub const DEFAULT: ControlPlane<'static> = ControlPlane {
+        namespace: "plexus",
+        service_account: "plexus-controller",
+        trust_domain: "cluster.local",
+        cluster_domain: "cluster.local",
+    };
+}
+
 impl Default for InjectConfig {
     fn default() -> Self {
+        Self::for_control_plane(&ControlPlane::DEFAULT)
+    }
+}
+
+impl InjectConfig {
+    /// The defaults for a controller in `plane`: proxies dial
+    /// `plexus-controller.<namespace>.svc.<cluster domain>:8090` and require
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>` of it.
+    pub fn for_control_plane(plane: &ControlPlane) -> Self {
+        let ControlPlane {
+            namespace,
+            service_account,
+            trust_domain,
+            cluster_domain,
+        } = plane;
         Self {
             proxy_image: concat!("plexus/proxy:", env!("CARGO_PKG_VERSION")).to_string(),
             image_pull_policy: "IfNotPresent".to_string(),
-            controller_addr: "plexus-controller.plexus.svc.cluster.local:8090".to_string(),
-            controller_identity: "spiffe://cluster.local/ns/plexus/sa/plexus-controller"
-                .to_string(),
+            controller_addr: format!("plexus-controller.{namespace}.svc.{cluster_domain}:8090"),
+            controller_identity: format!(
+                "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
+            ),
             otlp_endpoint: String::new(),
-            trust_domain: "cluster.local".to_string(),
+            trust_domain: trust_domain.to_string(),
             trust_anchors: String::new(),
             proxy_uid: 2102,
             log_level: "info".to_string(),
@@ -109,6 +143,25 @@ impl Default for ProxyResources {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn defaults_follow_the_control_planes_namespace_and_domains() {
+        let config = InjectConfig::for_control_plane(&ControlPlane {
+            namespace: "mesh",
+            service_account: "ctl",
+            trust_domain: "prod.example.com",
+            cluster_domain: "corp.internal",
+        });
+        assert_eq!(
+            config.controller_addr,
+            "plexus-controller.mesh.svc.corp.internal:8090"
+        );
+        assert_eq!(
+            config.controller_identity,
+            "spiffe://prod.example.com/ns/mesh/sa/ctl"
+        );
+        assert_eq!(config.trust_domain, "prod.example.com");
+    }
 
     #[test]
     fn a_file_overrides_some_keys_and_unknown_keys_are_named() {

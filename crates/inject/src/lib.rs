@@ -14,7 +14,7 @@ mod config;
 mod overrides;
 mod pod;
 
-pub use config::{InjectConfig, InjectConfigError, ProxyResources};
+pub use config::{ControlPlane, InjectConfig, InjectConfigError, ProxyResources};
 pub use overrides::READ as ANNOTATIONS_READ;
 pub use pod::{Injection, Skip, plan};
 

@@ -1,19 +1,23 @@
 //! Keeps the MutatingWebhookConfiguration's `caBundle` equal to the trust
 //! anchor of the CA that signs the webhook's certificate. The chart leaves
-//! `caBundle` out (the CA is made at run time), and `helm upgrade` may reset
-//! it, so the controller checks it on a timer rather than once.
+//! `caBundle` out (the CA is made at run time), `helm install` may create the
+//! object after the controller started, and `helm upgrade` (or a person) may
+//! reset it: so the controller watches that one object and answers every
+//! change, rather than checking once or on a timer.
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, Patch, PatchOperation, TestOperation};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use kube::Api;
 use kube::api::PatchParams;
+use kube::runtime::{WatchStreamExt, watcher};
 
-/// How often the configuration is checked in a cluster.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(30);
+/// A failed patch is tried again after this long, if no change comes first.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// What one check did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,21 +30,43 @@ pub enum Outcome {
     Absent,
 }
 
-/// Checks the configuration `name` every `interval`, forever, patching every
-/// webhook entry whose `clientConfig.caBundle` is not `trust_anchor_pem`.
-/// Failures are logged and retried at the next tick.
-pub async fn keep_current(
-    client: kube::Client,
-    name: String,
-    trust_anchor_pem: String,
-    interval: Duration,
-) {
+/// Watches the configuration `name` (only it: a `metadata.name` field
+/// selector, so another install's configuration is never read or touched)
+/// and patches every webhook entry whose `clientConfig.caBundle` is not
+/// `trust_anchor_pem`, at start and after each change, until dropped.
+pub async fn keep_current(client: kube::Client, name: String, trust_anchor_pem: String) {
     let api: Api<MutatingWebhookConfiguration> = Api::all(client);
-    let mut every = tokio::time::interval(interval);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let selector = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut changes = watcher(api.clone(), selector)
+        .default_backoff()
+        .applied_objects()
+        .boxed();
     let mut last = None;
+    let mut retry: Option<tokio::time::Instant> = None;
+    // The first check runs at once: it reports an absent configuration.
+    let mut first = true;
     loop {
-        every.tick().await;
+        if !first {
+            let retry_due = async {
+                match retry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = changes.next() => match change {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(%name, error = %e, "watching the webhook configuration");
+                        continue;
+                    }
+                    None => return,
+                },
+                () = retry_due => {}
+            }
+        }
+        first = false;
+        retry = None;
         match reconcile(&api, &name, trust_anchor_pem.as_bytes()).await {
             Ok(outcome) => {
                 if last.as_ref() != Some(&outcome) {
@@ -58,8 +84,9 @@ pub async fn keep_current(
                 last = Some(outcome);
             }
             Err(e) => {
-                tracing::warn!(%name, error = %e, "checking the webhook caBundle");
+                tracing::warn!(%name, error = %e, "patching the webhook caBundle");
                 last = None;
+                retry = Some(tokio::time::Instant::now() + RETRY_AFTER);
             }
         }
     }

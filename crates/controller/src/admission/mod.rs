@@ -33,10 +33,10 @@ pub const INJECT_PATH: &str = "/inject";
 pub const MAX_REVIEW_BYTES: usize = 2 * 1024 * 1024;
 
 /// The DNS names the API server uses to reach the webhook Service.
-pub fn service_dns_names(service: &str, namespace: &str) -> Vec<String> {
+pub fn service_dns_names(service: &str, namespace: &str, cluster_domain: &str) -> Vec<String> {
     vec![
         format!("{service}.{namespace}.svc"),
-        format!("{service}.{namespace}.svc.cluster.local"),
+        format!("{service}.{namespace}.svc.{cluster_domain}"),
     ]
 }
 

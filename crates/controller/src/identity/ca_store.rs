@@ -10,6 +10,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, PostParams};
 use plexus_identity::{Ca, CaError, CaMaterial};
+use tokio::sync::watch;
 
 /// The Secret holding the CA, in the controller's namespace.
 pub const CA_SECRET: &str = "plexus-ca";
@@ -46,6 +47,9 @@ pub enum CaStoreError {
     Ca(#[from] CaError),
 }
 
+/// How often a follower looks for the leader's CA Secret.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+
 fn create(settings: &CaSettings) -> Result<Ca, CaError> {
     match &settings.user_root {
         Some((cert, key)) => {
@@ -55,17 +59,32 @@ fn create(settings: &CaSettings) -> Result<Ca, CaError> {
     }
 }
 
-/// Loads the CA from the Secret `plexus-ca` in `namespace`, creating it if
-/// absent. Two replicas may race: the loser's create answers 409 Conflict,
-/// and it loads the winner's CA instead of its own.
+/// Loads the CA from the Secret `plexus-ca` in `namespace`; only the leading
+/// replica creates it when absent (a follower waits until it exists or it
+/// leads). A create that still races (the Lease changed hands) answers 409
+/// Conflict, and the loser loads the winner's CA instead of its own.
 pub async fn ca_from_secret(
     client: kube::Client,
     namespace: &str,
     settings: &CaSettings,
+    mut leading: watch::Receiver<bool>,
 ) -> Result<Ca, CaStoreError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
-    if let Some(secret) = secrets.get_opt(CA_SECRET).await? {
-        return Ok(Ca::from_material(&material_of(&secret)?)?);
+    for attempt in 0.. {
+        if let Some(secret) = secrets.get_opt(CA_SECRET).await? {
+            return Ok(Ca::from_material(&material_of(&secret)?)?);
+        }
+        if *leading.borrow_and_update() {
+            break;
+        }
+        if attempt == 0 {
+            tracing::info!("waiting for the leading replica to create Secret {CA_SECRET}");
+        }
+        tokio::select! {
+            // A closed channel never changes again: only the poll remains.
+            Ok(()) = leading.changed() => {}
+            () = tokio::time::sleep(FOLLOWER_POLL) => {}
+        }
     }
     let ca = create(settings)?;
     match secrets
@@ -191,6 +210,10 @@ mod tests {
         value
     }
 
+    fn leading() -> watch::Receiver<bool> {
+        watch::channel(true).1
+    }
+
     #[tokio::test]
     async fn creates_the_secret_once_and_then_loads_it() {
         let stored: Mutex<Option<serde_json::Value>> = Mutex::new(None);
@@ -211,10 +234,10 @@ mod tests {
             }
         })
         .await;
-        let first = ca_from_secret(server.client(), "plexus", &settings())
+        let first = ca_from_secret(server.client(), "plexus", &settings(), leading())
             .await
             .unwrap();
-        let second = ca_from_secret(server.client(), "plexus", &settings())
+        let second = ca_from_secret(server.client(), "plexus", &settings(), leading())
             .await
             .unwrap();
         assert_eq!(first.material(), second.material());
@@ -241,10 +264,35 @@ mod tests {
             other => panic!("unexpected {other}"),
         })
         .await;
-        let ca = ca_from_secret(server.client(), "plexus", &settings())
+        let ca = ca_from_secret(server.client(), "plexus", &settings(), leading())
             .await
             .unwrap();
         assert_eq!(ca.material(), winner.material());
+    }
+
+    #[tokio::test]
+    async fn a_follower_never_creates_and_loads_the_leaders_secret() {
+        let leaders = Ca::new_root("td", Duration::from_secs(3600)).unwrap();
+        let theirs = secret_json(leaders.material());
+        let gets = Mutex::new(0);
+        let server = ApiStandIn::start(move |method, _, _| match method.as_str() {
+            "GET" => {
+                let mut gets = gets.lock().unwrap();
+                *gets += 1;
+                if *gets == 1 {
+                    Reply::status(404, "NotFound")
+                } else {
+                    Reply::json(200, theirs.clone())
+                }
+            }
+            other => panic!("a follower sent {other}"),
+        })
+        .await;
+        let (_elected, following) = watch::channel(false);
+        let ca = ca_from_secret(server.client(), "plexus", &settings(), following)
+            .await
+            .unwrap();
+        assert_eq!(ca.material(), leaders.material());
     }
 
     #[test]

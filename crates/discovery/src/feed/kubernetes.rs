@@ -33,9 +33,14 @@ use crate::index::{IndexedResource, ObjectRef, SharedIndex, Unreadable};
 /// The kinds watched; `/ready` waits until each has been listed once.
 const KINDS: usize = 6;
 
-/// Watches every kind, and writes route statuses, until the process ends;
-/// `ready` is set once all kinds have completed their first list.
-pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
+/// Watches every kind, and writes route statuses while `leading`, until the
+/// process ends; `ready` is set once all kinds have completed their first list.
+pub async fn run(
+    client: Client,
+    index: SharedIndex,
+    ready: Readiness,
+    leading: tokio::sync::watch::Receiver<bool>,
+) {
     let synced = Arc::new(AtomicUsize::new(0));
     let on_synced = move || {
         if synced.fetch_add(1, Ordering::AcqRel) + 1 == KINDS {
@@ -70,7 +75,9 @@ pub async fn run(client: Client, index: SharedIndex, ready: Readiness) {
             &index,
             on_synced
         ),
-        super::route_status::run(client, index.clone()),
+        super::leading::while_leading(leading, "route status", || {
+            super::route_status::run(client.clone(), index.clone())
+        }),
     );
 }
 

@@ -4,6 +4,7 @@
 mod decode;
 pub mod file;
 pub mod kubernetes;
+pub mod leading;
 pub mod route_status;
 
 use std::path::PathBuf;
