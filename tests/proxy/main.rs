@@ -1,10 +1,11 @@
 //! The proxy's integration tests: in-process proxies on loopback (HTTP, h2c
 //! applications and HTTP/2 floods, TCP, the admin server, mTLS, traces, the
-//! Destination client), the real binary (its static file and environment) and
-//! `Logical` (routing, retries, timeouts, balancing, circuit breaking). One
+//! Destination client), the real binary (its static file and environment; its
+//! `--help`/`--version`, with the other binaries' `--version`) and `Logical` (routing, retries, timeouts, balancing, circuit breaking). One
 //! module per suite; the helpers are `plexus_tests`'.
 
 mod admin;
+mod command_line;
 mod control;
 mod h2;
 mod http;

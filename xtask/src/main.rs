@@ -22,13 +22,18 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Plexus developer tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "Plexus developer tasks",
+    version,
+    propagate_version = true
+)]
 enum Task {
     /// Build the workspace and its tests once, prepare the chart-test Python venv, run every test.
     Test(test_suite::TestArgs),
     /// Measure direct traffic vs one proxy vs a proxy pair, side by side in one run.
     Bench(Box<bench::BenchArgs>),
-    /// Build the container images of images/ with Docker (`--push REGISTRY` to push them).
+    /// Write the container images as OCI archives in target/images (no engine; `--check`, `--push REGISTRY`).
     Images(images::ImagesArgs),
     /// The bench's upstream server (started by `bench` as its own process).
     #[command(hide = true)]

@@ -1,5 +1,6 @@
 //! `plexus-proxy`: reads its `PLEXUS_*` environment, serves until SIGTERM
-//! (or `POST /shutdown`), drains, exits 0.
+//! (or `POST /shutdown`), drains, exits 0. The only arguments are `--help` and
+//! `--version`: the configuration is the environment.
 
 use std::process::ExitCode;
 
@@ -7,7 +8,50 @@ use plexus_proxy::Proxy;
 use plexus_proxy::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
 
+const HELP: &str = "\
+plexus-proxy: the Plexus sidecar proxy. Configured by environment only; main variables:
+  PLEXUS_OUTBOUND_ADDR, PLEXUS_INBOUND_ADDR, PLEXUS_ADMIN_ADDR   listeners
+  PLEXUS_CONTROLLER_ADDR or PLEXUS_STATIC_CONFIG                 where destinations come from
+  PLEXUS_IDENTITY, PLEXUS_IDENTITY_ADDR, PLEXUS_IDENTITY_TOKEN_FILE,
+  PLEXUS_IDENTITY_TRUST_ANCHORS                                  mTLS identity
+  PLEXUS_INBOUND_MTLS_MODE                                       permissive (default) or strict
+  PLEXUS_OTLP_ENDPOINT, PLEXUS_TRACE_SAMPLING                    tracing
+  PLEXUS_LOG                                                     log filter (e.g. info)
+All of them: docs/architecture.md, \"Proxy environment\".
+Usage: plexus-proxy [--help | --version]
+";
+
+/// `Some(exit code)` when the arguments ask for help or the version (or are wrong)
+/// instead of a proxy.
+fn command_line(args: &[String]) -> Option<ExitCode> {
+    match args {
+        [] => None,
+        [flag] if flag == "--help" || flag == "-h" => {
+            print!("{HELP}");
+            Some(ExitCode::SUCCESS)
+        }
+        [flag] if flag == "--version" || flag == "-V" => {
+            println!("plexus-proxy {}", env!("CARGO_PKG_VERSION"));
+            Some(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprintln!(
+                "plexus-proxy: unexpected argument {:?}: the proxy takes only --help or --version (configure it with PLEXUS_* variables)",
+                args.join(" ")
+            );
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Some(code) = command_line(&args) {
+        return code;
+    }
     let config = match Config::from_process_env() {
         Ok(config) => config,
         Err(e) => {
