@@ -96,7 +96,7 @@ async fn one_replica_writes_and_the_other_takes_over_when_it_dies() {
     );
     let dirs = [TempDir::new("leader-a"), TempDir::new("leader-b")];
     let names = ["controller-a", "controller-b"];
-    let mut replicas = vec![
+    let mut replicas = [
         replica(&api, &dirs[0], names[0]).await,
         replica(&api, &dirs[1], names[1]).await,
     ];

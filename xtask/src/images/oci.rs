@@ -194,10 +194,13 @@ mod tests {
         let manifest = ImageManifest::from_reader(manifest_bytes.as_slice()).unwrap();
         assert_eq!(manifest.layers()[0].digest().to_string(), layer.digest);
         assert_eq!(files[&blob_path(&layer.digest)], layer.gzip);
-        let config_bytes = &files[&blob_path(&manifest.config().digest().to_string())];
+        let config_bytes = &files[&blob_path(manifest.config().digest().as_ref())];
         assert_eq!(sha256(config_bytes), manifest.config().digest().to_string());
         let config = ImageConfiguration::from_reader(config_bytes.as_slice()).unwrap();
-        assert_eq!(config.rootfs().diff_ids(), &[layer.diff_id.clone()]);
+        assert_eq!(
+            config.rootfs().diff_ids(),
+            std::slice::from_ref(&layer.diff_id)
+        );
         assert_eq!(
             config.config().as_ref().unwrap().user().as_deref(),
             Some("2102:2102")
