@@ -306,6 +306,7 @@ mod tests {
         let client = HttpEndpointClient::new(Duration::from_secs(1));
         let key = |port| PoolKey {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            source: None,
             http2: false,
             identity: None,
         };
