@@ -5,13 +5,16 @@
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
 //! on no Kubernetes, gRPC or async library (only std and `thiserror`), so the init
 //! container, the injector, the discovery index and the proxy can all use it
-//! without pulling each other in.
+//! without pulling each other in. The one exception is test-only: feature
+//! `proptest` adds [`property`], the shared configuration of property tests.
 
 pub mod annotations;
 pub mod app_source;
 mod direction;
 mod file_version;
 pub mod ports;
+#[cfg(feature = "proptest")]
+pub mod property;
 
 pub use direction::Direction;
 pub use file_version::FileVersion;

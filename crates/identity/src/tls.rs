@@ -230,7 +230,7 @@ pub fn peek_client_hello(prefix: &[u8], own: &SpiffeId) -> PeekedHello {
 mod tests {
     use super::*;
 
-    fn client_hello(server_name: ServerName<'static>) -> Vec<u8> {
+    pub(super) fn client_hello(server_name: ServerName<'static>) -> Vec<u8> {
         let config = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -283,5 +283,72 @@ mod tests {
         let sa = format!("{}.{}", "a".repeat(63), "b".repeat(63));
         let id = SpiffeId::new(&"t".repeat(200), "ns", &sa).unwrap();
         assert_eq!(mesh_server_name(&id), None);
+    }
+}
+
+/// Properties of ClientHello peeking, which reads what any client sends
+/// first: never a panic; a hello for this workload's mesh name is mesh TLS,
+/// any other name is the application's, and any part of a hello asks for more.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::tests::client_hello;
+    use super::*;
+
+    /// A DNS label that starts with a letter (an all-numeric last label
+    /// would make the name no DNS name).
+    const LABEL: &str = "[a-z]([a-z0-9-]{0,8}[a-z0-9])?";
+
+    /// `label(.label)*`.
+    fn dns_name(labels: std::ops::Range<usize>) -> impl Strategy<Value = String> {
+        prop::collection::vec(LABEL, labels).prop_map(|labels| labels.join("."))
+    }
+
+    fn identity() -> impl Strategy<Value = SpiffeId> {
+        (dns_name(1..4), LABEL, dns_name(1..3)).prop_map(
+            |(trust_domain, namespace, service_account)| {
+                SpiffeId::new(&trust_domain, &namespace, &service_account)
+                    .expect("generated from the identity grammar")
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_bytes_are_classified(
+            record in prop::sample::select(vec![&b""[..], b"\x16", b"\x16\x03\x01", b"\x16\x03\x03\x00\x40\x01"]),
+            bytes in prop::collection::vec(any::<u8>(), 0..256),
+            own in identity(),
+        ) {
+            let _ = peek_client_hello(&[record, &bytes].concat(), &own);
+        }
+
+        #[test]
+        fn a_hello_is_mesh_tls_only_for_this_workloads_name(
+            own in identity(),
+            other in dns_name(1..5),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<(prop::sample::Index, u8)>(),
+        ) {
+            let name = mesh_server_name(&own).expect("short generated names are DNS names");
+            let hello = client_hello(name.clone());
+            prop_assert_eq!(peek_client_hello(&hello, &own), PeekedHello::Mesh);
+
+            // Every proper prefix (a hello split over segments) needs more.
+            let prefix = &hello[..cut.index(hello.len())];
+            prop_assert_eq!(peek_client_hello(prefix, &own), PeekedHello::Incomplete);
+
+            // A damaged hello is anything but a panic.
+            let mut damaged = hello.clone();
+            damaged[flip.0.index(hello.len())] ^= flip.1 | 1;
+            let _ = peek_client_hello(&damaged, &own);
+
+            prop_assume!(other != name.to_str());
+            let app = client_hello(ServerName::try_from(other).expect("a generated DNS name"));
+            prop_assert_eq!(peek_client_hello(&app, &own), PeekedHello::OtherTls);
+        }
     }
 }

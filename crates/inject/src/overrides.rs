@@ -131,11 +131,9 @@ fn quantity(s: &str) -> Result<(), String> {
         suffix,
         "" | "m" | "k" | "M" | "G" | "T" | "P" | "E" | "Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei"
     ) || suffix.strip_prefix(['e', 'E']).is_some_and(|exp| {
-        !exp.is_empty()
-            && exp
-                .trim_start_matches(['+', '-'])
-                .chars()
-                .all(|c| c.is_ascii_digit())
+        // One optional sign, then digits: `1e+` and `1e+-3` are not quantities.
+        let digits = exp.strip_prefix(['+', '-']).unwrap_or(exp);
+        !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit())
     });
     if number_ok && suffix_ok {
         Ok(())
@@ -234,8 +232,105 @@ mod tests {
         for ok in ["", "1", "100m", "0.5", "64Mi", "1e3", "2E+2", "1.5Gi"] {
             assert_eq!(quantity(ok), Ok(()), "{ok}");
         }
-        for bad in ["m", "1.2.3", "64MB", "-1", "1e", ".", "10 m"] {
+        for bad in [
+            "m", "1.2.3", "64MB", "-1", "1e", ".", "10 m", "1e+", "1e+-3",
+        ] {
             assert!(quantity(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// Properties of the injector's annotation values: no value panics or
+/// blocks a pod; a bad one is ignored with a warning naming it, a valid one
+/// is what the pod gets.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any value, or one near the syntax of some annotation.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            "[0-9,:\\- ]{0,16}",
+            "[0-9.]{0,5}[a-zA-Z+-]{0,3}[0-9]{0,2}",
+            "[0-9a-f.:/, ]{0,24}",
+            "[a-z_=,:.-]{0,16}",
+        ]
+    }
+
+    /// The Kubernetes quantity grammar, unsigned (a proxy's resources are
+    /// never negative): `<number><suffix>`, the suffix binary SI, decimal SI
+    /// or an exponent.
+    fn kubernetes_quantity(s: &str) -> bool {
+        static GRAMMAR: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+            let pattern =
+                r"^(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[mkMGTPE]|[KMGTPE]i|[eE][+-]?[0-9]+)?$";
+            regex::Regex::new(pattern).expect("a constant pattern")
+        });
+        GRAMMAR.is_match(s)
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_values_are_applied_or_ignored_by_name(values in prop::collection::vec(value(), READ.len())) {
+            let annotations: BTreeMap<String, String> =
+                READ.iter().map(|a| a.to_string()).zip(values).collect();
+            let (settings, warnings) = settings(&InjectConfig::default(), &annotations);
+            for warning in &warnings {
+                prop_assert!(READ.iter().any(|a| warning.contains(&format!("ignoring {a}="))), "{}", warning);
+            }
+            prop_assert!((0.0..=1.0).contains(&settings.trace_sampling));
+            for quantity in [
+                &settings.resources.cpu_request,
+                &settings.resources.cpu_limit,
+                &settings.resources.memory_request,
+                &settings.resources.memory_limit,
+            ] {
+                prop_assert!(quantity.is_empty() || kubernetes_quantity(quantity), "{:?}", quantity);
+            }
+        }
+
+        /// A quantity is accepted exactly when the API server would accept it.
+        #[test]
+        fn quantities_are_the_api_servers(s in "[0-9.]{0,4}[eEmkKMGTPi]{0,2}[+-]{0,2}[0-9.]{0,2}") {
+            prop_assert_eq!(quantity(&s).is_ok(), s.is_empty() || kubernetes_quantity(&s), "{:?}", s);
+        }
+
+        #[test]
+        fn valid_values_are_what_the_pod_gets(
+            ports in prop::collection::vec(1u16.., 1..5),
+            range in (1u16..60_000, 0u16..1000),
+            cidr in (any::<[u8; 4]>(), 0u8..=32),
+            quantity in "([0-9]{1,4}(\\.[0-9]{1,3})?)(m|k|Mi|Gi|e[0-9])?",
+            sampling in 0.0f64..=1.0,
+            shutdown in any::<bool>(),
+        ) {
+            let singles = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            let ranges = format!("{singles},{}-{}", range.0, range.0 + range.1);
+            let cidr = format!("{}/{}", std::net::Ipv4Addr::from(cidr.0), cidr.1);
+            let annotations: BTreeMap<String, String> = [
+                (OPAQUE_PORTS, singles.clone()),
+                (SKIP_INBOUND_PORTS, ranges.clone()),
+                (SKIP_OUTBOUND_CIDRS, cidr.clone()),
+                (PROXY_MEMORY_LIMIT, quantity.clone()),
+                (TRACE_SAMPLING, sampling.to_string()),
+                (SHUTDOWN_ENDPOINT, if shutdown { "enabled" } else { "disabled" }.to_owned()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+            let (settings, warnings) = settings(&InjectConfig::default(), &annotations);
+            prop_assert!(warnings.is_empty(), "{:?}", warnings);
+            prop_assert_eq!(settings.opaque_ports, singles);
+            prop_assert_eq!(settings.skip_inbound_ports, ranges);
+            prop_assert_eq!(settings.skip_outbound_cidrs, cidr);
+            prop_assert_eq!(settings.resources.memory_limit, quantity);
+            prop_assert_eq!(settings.trace_sampling, sampling);
+            prop_assert_eq!(settings.shutdown_endpoint, shutdown);
         }
     }
 }

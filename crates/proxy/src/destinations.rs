@@ -312,28 +312,15 @@ mod tests {
     }
 }
 
-/// The configuration of every property test: 256 cases from a fixed seed,
-/// nothing written to disk, so CI is fast and repeatable.
-#[cfg(test)]
-pub(crate) fn property_config() -> proptest::test_runner::Config {
-    use proptest::test_runner::{Config, RngSeed};
-    Config {
-        cases: 256,
-        failure_persistence: None,
-        rng_seed: RngSeed::Fixed(10),
-        ..Config::default()
-    }
-}
-
 /// Properties of the parsers of network input (bounded, reproducible cases).
 #[cfg(test)]
 mod properties {
-    use super::{authority_key, property_config};
+    use super::authority_key;
     use crate::detect::classify;
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(property_config())]
+        #![proptest_config(plexus_core::property::config())]
 
         #[test]
         fn an_authority_key_is_its_own_key(authority in "\\PC{0,40}") {

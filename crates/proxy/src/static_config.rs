@@ -71,8 +71,10 @@ fn list(problems: &[String]) -> String {
 }
 
 // No `deny_unknown_fields`: unknown fields are collected by `serde_ignored`,
-// all of them, here and inside the proto's types.
+// all of them, here and inside the proto's types. A file that is no map at
+// all has no position to report: the problem then says what was expected.
 #[derive(Deserialize)]
+#[serde(expecting = "a map with `destinations`")]
 struct File {
     #[serde(default)]
     destinations: Vec<Entry>,
@@ -195,7 +197,7 @@ pub fn parse(text: &str) -> Result<Entries, Vec<String>> {
     let file = match parsed {
         Ok(file) => file,
         Err(e) => {
-            problems.push(e.to_string());
+            problems.push(yaml_problem(&e));
             return Err(problems);
         }
     };
@@ -240,6 +242,18 @@ pub fn parse(text: &str) -> Result<Entries, Vec<String>> {
         Ok(entries)
     } else {
         Err(problems)
+    }
+}
+
+/// The reader's message with its position: some messages (a syntax error at
+/// the file's first character, `: `) carry none of their own, and those
+/// about the whole file (several documents) have none to carry.
+fn yaml_problem(error: &serde_yaml::Error) -> String {
+    let message = error.to_string();
+    match error.location() {
+        _ if message.contains(" at line ") => message,
+        Some(at) => format!("{message} at line {} column {}", at.line(), at.column()),
+        None => format!("the file: {message}"),
     }
 }
 
@@ -316,7 +330,7 @@ fn check_target(target: &Target) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const GOOD: &str = r#"
+    pub(super) const GOOD: &str = r#"
 destinations:
   - aliases: ["web.default.svc.cluster.local:80", "web", "10.96.0.10:80"]
     target:
@@ -480,5 +494,138 @@ destinations:
             error.to_string(),
             "/etc/plexus/static.yaml: 2 problems:\n  a: bad\n  b: worse"
         );
+    }
+}
+
+/// Properties of the static file's parser: whatever the file holds, it is
+/// refused with named problems or accepted, never a panic; an unknown field
+/// is never accepted silently.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+
+    /// The field names the file knows, so generated trees reach deep into it.
+    const FIELDS: &[&str] = &[
+        "destinations",
+        "aliases",
+        "target",
+        "name",
+        "routes",
+        "default_backend",
+        "http",
+        "grpc",
+        "rules",
+        "matches",
+        "path",
+        "type",
+        "value",
+        "headers",
+        "backends",
+        "backend",
+        "weight",
+        "endpoints",
+        "address",
+        "ready",
+        "resilience",
+        "load_balancer",
+    ];
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => prop::sample::select(FIELDS).prop_map(str::to_owned),
+            1 => "[a-z_]{0,8}",
+        ]
+    }
+
+    /// Any JSON value (JSON is YAML) shaped like the file: maps of known keys.
+    fn tree() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<u32>().prop_map(Value::from),
+            "[ -~]{0,24}".prop_map(Value::from),
+            Just(Value::from("127.0.0.1:8080")),
+            Just(Value::from("PathPrefix")),
+        ];
+        leaf.prop_recursive(6, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key(), inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Lines of YAML-ish tokens: indentation, keys, flow collections, anchors.
+    fn yamlish() -> impl Strategy<Value = String> {
+        let token = prop_oneof![
+            key(),
+            prop::sample::select(vec![
+                ": ", "- ", "[", "]", "{", "}", ", ", "\n", "\n  ", "\n    ", "&a ", "*a",
+                "!!str ", "\"", "'", "#", "---\n", "|\n", "~", "1e999", "-1", "0x10",
+            ])
+            .prop_map(str::to_owned),
+            "[ -~]{0,6}",
+        ];
+        prop::collection::vec(token, 0..40).prop_map(|tokens| tokens.concat())
+    }
+
+    /// A refusal lists at least one problem, each saying where it is.
+    fn check_refusal(result: Result<Entries, Vec<String>>) -> Result<(), TestCaseError> {
+        if let Err(problems) = result {
+            prop_assert!(!problems.is_empty());
+            for problem in &problems {
+                let placed = problem.contains(" at line ")
+                    || problem.starts_with("destinations")
+                    || problem.ends_with(": unknown field")
+                    || problem.contains("`destinations`")
+                    || problem.starts_with("the file");
+                prop_assert!(placed, "{:?} names no field or position", problem);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_text_is_refused_with_named_problems_or_accepted(text in yamlish()) {
+            check_refusal(parse(&text))?;
+        }
+
+        #[test]
+        fn any_value_is_refused_with_named_problems_or_accepted(value in tree()) {
+            check_refusal(parse(&value.to_string()))?;
+            check_refusal(parse(&serde_json::json!({ "destinations": [value] }).to_string()))?;
+        }
+
+        /// Whatever its value, an unknown field (proto fields never end in
+        /// `_`) anywhere in a good file refuses it, by its path.
+        #[test]
+        fn an_unknown_field_is_never_accepted(
+            name in "[a-z][a-z0-9_]{0,10}_",
+            value in tree(),
+            place in 0..4usize,
+        ) {
+            let mut file: Value = serde_yaml::from_str(super::tests::GOOD).expect("GOOD is YAML");
+            let (path, at) = match place {
+                0 => ("", &mut file),
+                1 => ("destinations[0].", &mut file["destinations"][0]),
+                2 => ("destinations[0].target.routes.", &mut file["destinations"][0]["target"]["routes"]),
+                _ => (
+                    "destinations[0].target.backends.backends.web.endpoints[0].",
+                    &mut file["destinations"][0]["target"]["backends"]["backends"]["web"]["endpoints"][0],
+                ),
+            };
+            at.as_object_mut().expect("a map").insert(name.clone(), value);
+            let problems = parse(&file.to_string()).expect_err("an unknown field is refused");
+            let expected = format!("{path}{name}: unknown field");
+            prop_assert!(problems.contains(&expected), "{:?} lacks {:?}", problems, expected);
+        }
     }
 }

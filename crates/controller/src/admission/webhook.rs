@@ -134,3 +134,186 @@ fn unreadable(why: &str) -> AdmissionResponse {
     response.result = Default::default();
     warn(response, format!("plexus: {why}"))
 }
+
+/// Properties of the webhook, which reads whatever the API server (or
+/// anyone who reaches the port) sends: every body gets a well-formed
+/// allowing AdmissionReview, and a patch always applies to the pod it was
+/// made for.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    /// Namespaces with injection enabled or not.
+    struct Namespaces(bool);
+
+    impl NamespaceAnnotations for Namespaces {
+        fn annotation(&self, _: &str, key: &str) -> Option<String> {
+            (self.0 && key == INJECT).then(|| "enabled".to_owned())
+        }
+    }
+
+    /// Any JSON value.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map("[a-z]{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn container() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![Just("plexus-proxy".to_owned()), "[a-z]{1,8}"],
+            prop::collection::vec(prop_oneof![any::<i32>(), 1..65536i32], 0..3),
+            prop::option::of(any_json()),
+        )
+            .prop_map(|(name, ports, extra)| {
+                let ports: Vec<Value> = ports
+                    .into_iter()
+                    .map(|p| json!({ "containerPort": p }))
+                    .collect();
+                let mut container = json!({ "name": name, "image": "app", "ports": ports });
+                if let Some(extra) = extra {
+                    container["securityContext"] = extra;
+                }
+                container
+            })
+    }
+
+    /// Pod annotations: every one the injector reads, with any value.
+    fn annotations() -> impl Strategy<Value = Value> {
+        let value = prop_oneof!["\\PC{0,16}", "[0-9,. -]{0,12}", Just("enabled".to_owned())];
+        prop::collection::btree_map(
+            prop::sample::select(plexus_inject::ANNOTATIONS_READ),
+            value,
+            0..6,
+        )
+        .prop_map(|m| json!(m))
+    }
+
+    fn pod() -> impl Strategy<Value = Value> {
+        (
+            annotations(),
+            prop::collection::vec(container(), 0..3),
+            prop::option::of(prop::collection::vec(container(), 0..2)),
+            prop::option::of(any::<bool>()),
+            prop::option::of(any_json()),
+        )
+            .prop_map(|(annotations, containers, init, host_network, volumes)| {
+                let mut spec = json!({ "containers": containers });
+                if let Some(init) = init {
+                    spec["initContainers"] = json!(init);
+                }
+                if let Some(host_network) = host_network {
+                    spec["hostNetwork"] = json!(host_network);
+                }
+                if let Some(volumes) = volumes {
+                    spec["volumes"] = volumes;
+                }
+                json!({
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": { "name": "web", "annotations": annotations },
+                    "spec": spec,
+                })
+            })
+    }
+
+    /// An AdmissionReview with a random pod, kind and operation.
+    fn review_of_a_pod() -> impl Strategy<Value = (Value, Value)> {
+        (
+            pod(),
+            prop::sample::select(vec!["CREATE", "UPDATE", "DELETE", "CONNECT"]),
+            prop::sample::select(vec!["Pod", "Deployment"]),
+            "[a-f0-9-]{1,36}",
+        )
+            .prop_map(|(pod, operation, kind, uid)| {
+                let review = json!({
+                    "apiVersion": "admission.k8s.io/v1",
+                    "kind": "AdmissionReview",
+                    "request": {
+                        "uid": uid,
+                        "kind": { "group": "", "version": "v1", "kind": kind },
+                        "resource": { "group": "", "version": "v1", "resource": "pods" },
+                        "operation": operation,
+                        "namespace": "shop",
+                        "userInfo": {},
+                        "object": pod,
+                    },
+                });
+                (review, pod)
+            })
+    }
+
+    /// The answer is an allowing AdmissionReview; its patch, if any, is a
+    /// JSON Patch that applies to `pod` and leaves a Pod with the proxy.
+    fn check_answer(
+        answer: &[u8],
+        uid: Option<&str>,
+        pod: Option<&Value>,
+    ) -> Result<(), TestCaseError> {
+        let answer: Value = serde_json::from_slice(answer).expect("the answer is JSON");
+        prop_assert_eq!(&answer["apiVersion"], "admission.k8s.io/v1");
+        prop_assert_eq!(&answer["kind"], "AdmissionReview");
+        let response = &answer["response"];
+        prop_assert_eq!(&response["allowed"], true, "{}", answer);
+        if let Some(uid) = uid {
+            prop_assert_eq!(&response["uid"], uid);
+        }
+        let Some(patch) = response.get("patch").filter(|p| !p.is_null()) else {
+            return Ok(());
+        };
+        prop_assert_eq!(&response["patchType"], "JSONPatch");
+        let bytes: ByteString = serde_json::from_value(patch.clone()).expect("a base64 patch");
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes.0).expect("a JSON Patch");
+        let mut patched = pod.cloned().expect("a patch only for a pod");
+        json_patch::patch(&mut patched, &patch).expect("the patch applies to the pod");
+        let patched: Pod = serde_json::from_value(patched).expect("the patched pod is a Pod");
+        let spec = patched.spec.unwrap_or_default();
+        let proxies = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter(|c| c.name == "plexus-proxy")
+            .count();
+        prop_assert_eq!(proxies, 1);
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_body_gets_an_allowing_review(body in prop::collection::vec(any::<u8>(), 0..128)) {
+            check_answer(&review(&body, &Namespaces(true), &InjectConfig::default()), None, None)?;
+        }
+
+        #[test]
+        fn any_json_gets_an_allowing_review(value in any_json(), inject in any::<bool>()) {
+            let answer = review(&serde_json::to_vec(&value).unwrap(), &Namespaces(inject), &InjectConfig::default());
+            check_answer(&answer, None, None)?;
+        }
+
+        #[test]
+        fn any_pod_gets_an_allowing_review_and_a_patch_that_applies(
+            (review_json, pod) in review_of_a_pod(),
+            inject in any::<bool>(),
+        ) {
+            let body = serde_json::to_vec(&review_json).unwrap();
+            let answer = review(&body, &Namespaces(inject), &InjectConfig::default());
+            let uid = review_json["request"]["uid"].as_str();
+            check_answer(&answer, uid, Some(&pod))?;
+        }
+    }
+}

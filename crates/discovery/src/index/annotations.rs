@@ -379,3 +379,117 @@ mod tests {
         assert_eq!(a.errors[0].annotation, ALLOWED_CLIENTS);
     }
 }
+
+/// Properties of annotation values, which any user of the cluster writes:
+/// no value panics, a bad one is an error naming its annotation, and valid
+/// generated values read back as generated.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Any value, or one near the syntax of some annotation.
+    fn value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "\\PC{0,24}",
+            "[0-9,:\\- ]{0,16}",
+            "([0-9]{0,6}(h|m|s|ms|us|ns)){0,5}",
+            "[a-z0-9./,\\- ]{0,40}",
+            "spiffe://[a-z./]{0,12}/ns/[a-z-]{0,6}/sa/[a-z.-]{0,6}",
+        ]
+    }
+
+    /// Reads every annotation the index reads.
+    fn read_all(map: &BTreeMap<String, String>) -> Vec<AnnotationError> {
+        let mut a = Annotations::new(Some(map));
+        let _ = a.resilience();
+        let _ = a.inject();
+        let _ = a.mtls_mode();
+        let _ = a.allowed_clients("cluster.local");
+        let _ = a.opaque_ports();
+        a.errors
+    }
+
+    fn label() -> &'static str {
+        "[a-z]([a-z0-9-]{0,8}[a-z0-9])?"
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_values_are_read_or_named_errors(values in prop::collection::vec(value(), READ.len())) {
+            let map: BTreeMap<String, String> =
+                READ.iter().map(|a| a.to_string()).zip(values).collect();
+            for error in read_all(&map) {
+                prop_assert!(READ.contains(&error.annotation), "{:?}", error);
+                prop_assert!(!error.message.is_empty());
+            }
+        }
+
+        #[test]
+        fn a_port_list_reads_back_its_ports(
+            ranges in prop::collection::vec((1u16.., 0u16..200), 1..5),
+            dash in prop::sample::select(vec!["-", ":"]),
+            probe in any::<u16>(),
+        ) {
+            let ranges: Vec<(u16, u16)> =
+                ranges.into_iter().map(|(first, len)| (first, first.saturating_add(len))).collect();
+            let list = ranges
+                .iter()
+                .map(|(first, last)| if first == last { first.to_string() } else { format!("{first}{dash}{last}") })
+                .collect::<Vec<_>>()
+                .join(",");
+            let map = BTreeMap::from([(OPAQUE_PORTS.to_owned(), list.clone())]);
+            let ports = Annotations::new(Some(&map)).opaque_ports().expect("a valid list");
+            for (first, last) in &ranges {
+                prop_assert!(ports.contains(*first) && ports.contains(*last), "{}", list);
+            }
+            let covered = ranges.iter().any(|(first, last)| (*first..=*last).contains(&probe));
+            prop_assert_eq!(ports.contains(probe), covered, "{} {}", list, probe);
+        }
+
+        #[test]
+        fn a_duration_reads_back_in_milliseconds(
+            h in prop::option::of(0u64..10_000),
+            m in prop::option::of(0u64..100_000),
+            s in prop::option::of(0u64..100_000),
+            ms in prop::option::of(0u64..100_000),
+        ) {
+            prop_assume!(h.is_some() || m.is_some() || s.is_some() || ms.is_some());
+            let text: String = [(h, "h"), (m, "m"), (s, "s"), (ms, "ms")]
+                .iter()
+                .filter_map(|(n, unit)| n.map(|n| format!("{n}{unit}")))
+                .collect();
+            let total = h.unwrap_or(0) * 3_600_000 + m.unwrap_or(0) * 60_000 + s.unwrap_or(0) * 1000 + ms.unwrap_or(0);
+            prop_assert_eq!(parse_duration_ms(&text), Ok(total), "{}", text);
+        }
+
+        #[test]
+        fn switches_and_identities_read_back(
+            inject in any::<bool>(),
+            strict in any::<bool>(),
+            upper in any::<bool>(),
+            clients in prop::collection::vec((label(), label()), 1..4),
+        ) {
+            let mode = if strict { "strict" } else { "permissive" };
+            let mode = if upper { mode.to_ascii_uppercase() } else { mode.to_owned() };
+            let list = clients.iter().map(|(ns, sa)| format!("{ns}/{sa}")).collect::<Vec<_>>().join(", ");
+            let map = BTreeMap::from([
+                (INJECT.to_owned(), if inject { "enabled" } else { "disabled" }.to_owned()),
+                (MTLS_MODE.to_owned(), mode),
+                (ALLOWED_CLIENTS.to_owned(), list),
+            ]);
+            let mut a = Annotations::new(Some(&map));
+            prop_assert_eq!(a.inject(), Some(inject));
+            prop_assert_eq!(a.mtls_mode(), Some(if strict { MtlsMode::Strict } else { MtlsMode::Permissive }));
+            let expected: Vec<String> = clients
+                .iter()
+                .map(|(ns, sa)| format!("spiffe://cluster.local/ns/{ns}/sa/{sa}"))
+                .collect();
+            prop_assert_eq!(a.allowed_clients("cluster.local"), Some(expected));
+            prop_assert!(a.errors.is_empty(), "{:?}", a.errors);
+        }
+    }
+}

@@ -129,6 +129,8 @@ pub struct ControllerDestinations {
     client: DestinationClient<Channel>,
     config: ControllerConfig,
     watches: Mutex<HashMap<String, Watched>>,
+    /// [`MAX_WATCHED_TARGETS`]; smaller in tests.
+    max_watched: usize,
     /// Set while lookups find every slot held; logged once per episode.
     full: AtomicBool,
 }
@@ -168,10 +170,15 @@ impl ControllerDestinations {
 
     /// Over a given channel: the TLS one of `MeshTls::controller_channel_to`.
     pub fn with_channel(channel: Channel, config: ControllerConfig) -> Arc<Self> {
+        Self::with_limit(channel, config, MAX_WATCHED_TARGETS)
+    }
+
+    fn with_limit(channel: Channel, config: ControllerConfig, max_watched: usize) -> Arc<Self> {
         let this = Arc::new(Self {
             client: DestinationClient::new(channel),
             config,
             watches: Mutex::new(HashMap::new()),
+            max_watched,
             full: AtomicBool::new(false),
         });
         tokio::spawn(sweep_idle(Arc::downgrade(&this)));
@@ -186,12 +193,12 @@ impl ControllerDestinations {
             watched.last_used = Instant::now();
             return Some(watched.status.clone());
         }
-        if watches.len() >= MAX_WATCHED_TARGETS {
+        if watches.len() >= self.max_watched {
             drop_idle(&mut watches, self.config.idle_timeout);
-            if watches.len() >= MAX_WATCHED_TARGETS {
+            if watches.len() >= self.max_watched {
                 if !self.full.swap(true, Ordering::Relaxed) {
                     tracing::warn!(
-                        limit = MAX_WATCHED_TARGETS,
+                        limit = self.max_watched,
                         "every destination watch is in use; new targets are forwarded as not meshed"
                     );
                 }
@@ -428,5 +435,58 @@ mod tests {
         assert_eq!(next_wait(&mut backoff), RECONNECT_MAX);
         let mut backoff = reconnect.make_backoff();
         assert!(next_wait(&mut backoff) <= RECONNECT_MIN.mul_f64(1.5));
+    }
+
+    fn watched(destinations: &ControllerDestinations) -> Vec<String> {
+        let watches = destinations.watches.lock().unwrap();
+        let mut keys: Vec<String> = watches.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// At the limit a new target is refused (forwarded as not meshed) while
+    /// every watch is recent or held; once some are idle, an idle unheld one
+    /// is dropped to make room and a held one stays.
+    #[tokio::test(start_paused = true)]
+    async fn at_the_limit_an_idle_watch_makes_room_and_a_busy_one_refuses() {
+        let idle_timeout = Duration::from_secs(30);
+        let config = ControllerConfig {
+            // Nothing listens: the watches only ever retry.
+            addr: "http://127.0.0.1:1".into(),
+            context_namespace: "default".into(),
+            proxy_id: "test".into(),
+            first_answer_timeout: Duration::from_secs(3),
+            idle_timeout,
+        };
+        let channel = plaintext_channel(&config.addr).unwrap();
+        let destinations = ControllerDestinations::with_limit(channel, config, 2);
+
+        assert!(destinations.status_of("a:80").is_some());
+        assert!(destinations.status_of("b:80").is_some());
+        assert!(destinations.status_of("c:80").is_none(), "none is idle");
+        assert!(matches!(
+            destinations.resolve("c:80").await,
+            Resolution::NotMeshed
+        ));
+        assert!(
+            destinations.status_of("a:80").is_some(),
+            "a watched target is still served"
+        );
+        assert_eq!(watched(&destinations), ["a:80", "b:80"]);
+
+        // `a:80` is meshed and held: its status keeps one receiver of the
+        // target and a Logical another. Both go unused past the timeout.
+        let _held = {
+            let watches = destinations.watches.lock().unwrap();
+            let target = &watches["a:80"].target;
+            (target.subscribe(), target.subscribe())
+        };
+        tokio::time::advance(idle_timeout + Duration::from_secs(1)).await;
+        assert!(destinations.status_of("c:80").is_some());
+        assert_eq!(watched(&destinations), ["a:80", "c:80"]);
+        assert!(
+            destinations.status_of("d:80").is_none(),
+            "c:80 is recent, a:80 held"
+        );
     }
 }

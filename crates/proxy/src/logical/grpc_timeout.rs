@@ -113,7 +113,7 @@ mod properties {
     use super::*;
 
     proptest! {
-        #![proptest_config(crate::destinations::property_config())]
+        #![proptest_config(plexus_core::property::config())]
 
         /// Encoding rounds down to the unit that fits, never up.
         #[test]

@@ -420,3 +420,103 @@ mod tests {
         assert_eq!(h["b3"], format!("{TRACE}-1111111111111111-0").as_str());
     }
 }
+
+/// Properties of trace-context parsing: any header value is a context or
+/// none, never a panic; a valid one comes back unchanged.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const TRACEPARENT: &str = "traceparent";
+
+    /// Any printable value, or one that looks almost like a context.
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[ -~]{0,80}",
+            "[0-9a-fA-F]{0,34}(-[0-9a-fA-Fdx]{0,34}){0,5}",
+        ]
+    }
+
+    fn only(name: &'static str, value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+        headers
+    }
+
+    fn outgoing(incoming: &Incoming) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Incoming::Parent { context, format } = incoming {
+            inject(context, Some(*format), &mut headers);
+        }
+        headers
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_header_value_is_a_context_or_none(
+            name in prop::sample::select(vec![
+                TRACEPARENT, B3_SINGLE, B3_TRACE_ID, B3_SPAN_ID, B3_SAMPLED, B3_FLAGS,
+            ]),
+            value in header_value(),
+            trace in header_value(),
+            span in header_value(),
+        ) {
+            let _ = extract(&only(name, &value));
+            let mut multi = only(B3_TRACE_ID, &trace);
+            multi.extend(only(B3_SPAN_ID, &span));
+            multi.extend(only(name, &value));
+            let _ = extract(&multi);
+        }
+
+        /// Parse then format gives the same `traceparent`, in lowercase.
+        #[test]
+        fn a_valid_traceparent_round_trips(
+            trace in "[0-9a-f]{32}",
+            span in "[0-9a-f]{16}",
+            flags in prop::sample::select(vec!["00", "01"]),
+        ) {
+            prop_assume!(trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'));
+            let value = format!("00-{trace}-{span}-{flags}");
+            let incoming = extract(&only(TRACEPARENT, &value));
+            prop_assert!(matches!(incoming, Incoming::Parent { format: Format::W3c, .. }), "{:?}", incoming);
+            let out = outgoing(&incoming);
+            prop_assert_eq!(out.get(TRACEPARENT).and_then(|v| v.to_str().ok()), Some(value.as_str()));
+        }
+
+        /// Version `ff` is forbidden, and all-zero ids name no trace.
+        #[test]
+        fn an_invalid_traceparent_is_none(
+            trace in "[0-9a-f]{32}",
+            span in "[0-9a-f]{16}",
+            which in 0..3u8,
+        ) {
+            let value = match which {
+                0 => format!("ff-{trace}-{span}-01"),
+                1 => format!("00-{}-{span}-01", "0".repeat(32)),
+                _ => format!("00-{trace}-{}-01", "0".repeat(16)),
+            };
+            prop_assert_eq!(extract(&only(TRACEPARENT, &value)), Incoming::None);
+        }
+
+        /// A sampled B3 single header comes back in the same form, with the same ids.
+        #[test]
+        fn a_valid_b3_single_round_trips(
+            trace in "[0-9a-f]{32}",
+            span in "[0-9a-f]{16}",
+            sampled in prop::sample::select(vec!["0", "1"]),
+        ) {
+            prop_assume!(trace.bytes().any(|b| b != b'0') && span.bytes().any(|b| b != b'0'));
+            let value = format!("{trace}-{span}-{sampled}");
+            let incoming = extract(&only(B3_SINGLE, &value));
+            prop_assert!(matches!(incoming, Incoming::Parent { format: Format::B3Single, .. }), "{:?}", incoming);
+            let out = outgoing(&incoming);
+            prop_assert_eq!(out.get(B3_SINGLE).and_then(|v| v.to_str().ok()), Some(value.as_str()));
+        }
+    }
+}

@@ -451,3 +451,213 @@ mod tests {
         assert_eq!(rule.retry.attempts(), 3);
     }
 }
+
+/// Properties of route compilation: any match values compile or are
+/// refused with a named field, never a panic, and what compiles routes any
+/// request; an Exact path matches that path alone.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::test_support::*;
+    use super::*;
+
+    fn kind() -> impl Strategy<Value = String> {
+        prop_oneof![
+            prop::sample::select(vec!["", "Exact", "PathPrefix", "RegularExpression"])
+                .prop_map(str::to_owned),
+            "[A-Za-z]{0,8}",
+        ]
+    }
+
+    /// Paths, regexes (valid or not), header names and values alike.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(/[a-z0-9.~-]{0,6}){0,4}/?",
+            "[\\[\\](){}|*+?.^$\\\\a-z0-9/-]{0,16}",
+            "\\PC{0,16}",
+        ]
+    }
+
+    fn weight() -> impl Strategy<Value = Option<u32>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(0)),
+            Just(Some(u32::MAX)),
+            any::<u32>().prop_map(Some)
+        ]
+    }
+
+    fn header_match() -> impl Strategy<Value = proto::HeaderMatch> {
+        (kind(), text(), text()).prop_map(|(kind, name, value)| header(&kind, &name, &value))
+    }
+
+    fn http_match() -> impl Strategy<Value = proto::HttpMatch> {
+        (
+            prop::option::of((kind(), text())),
+            prop::collection::vec(header_match(), 0..3),
+            prop::collection::vec(header_match(), 0..3),
+            prop_oneof![Just(String::new()), "[A-Z]{1,7}", "\\PC{0,8}"],
+        )
+            .prop_map(|(path, headers, query_params, method)| proto::HttpMatch {
+                path: path.and_then(|(kind, value)| super::test_support::path(&kind, &value)),
+                headers,
+                query_params,
+                method,
+            })
+    }
+
+    fn backends() -> impl Strategy<Value = Vec<proto::WeightedBackend>> {
+        let backend = ("[a-c]{0,1}", weight())
+            .prop_map(|(backend, weight)| proto::WeightedBackend { backend, weight });
+        prop::collection::vec(backend, 0..4)
+    }
+
+    fn timeouts() -> impl Strategy<Value = Option<proto::Timeouts>> {
+        prop::option::of((any::<u64>(), any::<u64>()).prop_map(
+            |(request_ms, backend_request_ms)| proto::Timeouts {
+                request_ms,
+                backend_request_ms,
+            },
+        ))
+    }
+
+    fn retry() -> impl Strategy<Value = Option<proto::RetryPolicy>> {
+        let policy = (
+            any::<u32>(),
+            prop::collection::vec(any::<u32>(), 0..3),
+            prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+            prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
+        )
+            .prop_map(|(attempts, codes, backoff_base_ms, backoff_max_ms)| {
+                proto::RetryPolicy {
+                    attempts,
+                    grpc_codes: codes.clone(),
+                    codes,
+                    backoff_base_ms,
+                    backoff_max_ms,
+                }
+            });
+        prop::option::of(policy)
+    }
+
+    fn proto_table() -> impl Strategy<Value = proto::RouteTable> {
+        let http_rule = (
+            prop::collection::vec(http_match(), 0..3),
+            backends(),
+            timeouts(),
+            retry(),
+        )
+            .prop_map(
+                |(matches, backends, timeouts, retry)| proto::HttpRouteRule {
+                    matches,
+                    backends,
+                    timeouts,
+                    retry,
+                },
+            );
+        let grpc_match = (
+            kind(),
+            text(),
+            text(),
+            prop::collection::vec(header_match(), 0..2),
+        )
+            .prop_map(|(r#type, service, method, headers)| proto::GrpcMatch {
+                r#type,
+                service,
+                method,
+                headers,
+            });
+        let grpc_rule = (
+            prop::collection::vec(grpc_match, 0..3),
+            backends(),
+            timeouts(),
+            retry(),
+        )
+            .prop_map(
+                |(matches, backends, timeouts, retry)| proto::GrpcRouteRule {
+                    matches,
+                    backends,
+                    timeouts,
+                    retry,
+                },
+            );
+        (
+            prop::collection::vec(prop::collection::vec(http_rule, 0..3), 0..3),
+            prop::collection::vec(prop::collection::vec(grpc_rule, 0..3), 0..2),
+        )
+            .prop_map(|(http, grpc)| proto::RouteTable {
+                http: http.into_iter().map(|rules| route("r", rules)).collect(),
+                grpc: grpc
+                    .into_iter()
+                    .map(|rules| proto::GrpcRoute {
+                        name: "g".into(),
+                        rules,
+                    })
+                    .collect(),
+                default_backend: String::new(),
+            })
+    }
+
+    /// A request with a generated path, method and one header.
+    fn request() -> impl Strategy<Value = Request<()>> {
+        (
+            "(/[a-zA-Z0-9.~_-]{0,6}){0,4}(\\?[a-z=&]{0,8})?",
+            prop::sample::select(vec!["GET", "POST", "PUT"]),
+            prop::sample::select(vec!["application/grpc", "text/plain"]),
+            "[a-z-]{1,8}",
+            "[ -~]{0,8}",
+        )
+            .prop_map(|(path, method, content_type, name, value)| {
+                let path = if path.is_empty() || path.starts_with('?') {
+                    format!("/{path}")
+                } else {
+                    path
+                };
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(())
+                    .expect("a generated request");
+                request
+                    .headers_mut()
+                    .insert(CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+                if let (Ok(name), Ok(value)) = (
+                    HeaderName::try_from(name),
+                    http::HeaderValue::try_from(value),
+                ) {
+                    request.headers_mut().insert(name, value);
+                }
+                request
+            })
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        /// Compiling skips each bad rule with a problem that names its field;
+        /// what compiles routes any request to a rule and picks a backend or none.
+        #[test]
+        fn any_table_compiles_or_names_its_problems(table in proto_table(), request in request()) {
+            for problem in RouteTable::check(&table) {
+                prop_assert!(
+                    problem.starts_with("routes.http[") || problem.starts_with("routes.grpc["),
+                    "{:?} names no field", problem
+                );
+            }
+            let compiled = RouteTable::compile(&table, "default-svc");
+            let _ = compiled.route(&request).split.pick();
+        }
+
+        #[test]
+        fn an_exact_path_matches_exactly_that_path(
+            path in "(/[a-zA-Z0-9.~_-]{1,6}){1,4}",
+            suffix in prop::sample::select(vec!["/", "x", "/x"]),
+        ) {
+            let t = table(vec![route("exact", vec![rule(vec![m(super::test_support::path("Exact", &path))], "exact")])]);
+            prop_assert_eq!(backend(&t, get(&path)), "exact");
+            prop_assert_eq!(backend(&t, get(&format!("{path}{suffix}"))), "default-svc");
+            prop_assert_eq!(backend(&t, get(&format!("{path}?q=1"))), "exact");
+        }
+    }
+}
