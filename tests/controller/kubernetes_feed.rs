@@ -439,3 +439,43 @@ async fn a_bad_new_route_generation_falls_back_to_the_served_one_and_its_status_
     );
     feed.abort();
 }
+
+#[tokio::test]
+async fn without_the_gateway_api_crds_the_feed_is_ready_and_routes_apply_once_they_are_installed() {
+    let api = ApiServer::start().await;
+    api.set_served(HTTP_ROUTES, false);
+    api.set_served(GRPC_ROUTES, false);
+    api.apply(
+        SERVICES,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
+               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
+    );
+    api.apply(SLICES, slice("web-a", &["10.0.0.1"]));
+    let (feed, mut rx) = synced_feed(&api, "missing route kinds held readiness").await;
+    until(&mut rx, "the service, routes or not", |v| {
+        endpoints(v) == ["10.0.0.1:8080"]
+    })
+    .await;
+    assert!(
+        api.requests(HTTP_ROUTES).0 >= 1,
+        "HTTPRoutes were asked for"
+    );
+
+    // The CRDs installed, a route created: picked up without a restart, on
+    // the watcher's next list (its backoff stays below 30 s).
+    api.set_served(HTTP_ROUTES, true);
+    api.apply(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"namespace": "shop", "name": "web-route"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
+    );
+    until(&mut rx, "the route after the CRDs appeared", |v| {
+        v.meshed
+            .as_ref()
+            .is_some_and(|t| t.routes.value.http.len() == 1)
+    })
+    .await;
+    feed.abort();
+}

@@ -17,7 +17,7 @@
 //! like a Kubernetes 1.32 API server. Used by the
 //! controller's feed and injector tests and by `plexusctl check`'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -63,6 +63,9 @@ struct Collection {
 struct State {
     version: u64,
     collections: HashMap<String, Collection>,
+    /// Collections answered `404 NotFound`, as for a kind whose CRD is not
+    /// installed.
+    unserved: HashSet<String>,
 }
 
 /// A running stand-in; dropped with the test's runtime.
@@ -220,6 +223,18 @@ impl ApiServer {
         let object = json!({"apiVersion": api_version, "kind": kind,
                             "metadata": {"resourceVersion": version.to_string()}});
         broadcast(collection, line("BOOKMARK", &object));
+    }
+
+    /// Answers `404 NotFound` to lists and watches of `path` from now on, as
+    /// for a kind whose CRD is not installed (or, with `served`, serves it
+    /// again, as once the CRD is installed).
+    pub fn set_served(&self, path: &str, served: bool) {
+        let mut state = self.lock();
+        if served {
+            state.unserved.remove(path);
+        } else {
+            state.unserved.insert(path.to_string());
+        }
     }
 
     /// How many lists and watches `path` has served.
@@ -432,8 +447,16 @@ impl ApiServer {
         let selected = |object: &Value| only.as_ref().is_none_or(|name| key_of(object).1 == *name);
         let mut state = self.lock();
         let version = state.version;
+        let unserved = state.unserved.contains(&path);
         let collection = state.collections.entry(path).or_default();
         let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+        if unserved {
+            collection.lists += usize::from(!watch);
+            return failure(
+                StatusCode::NOT_FOUND,
+                "NotFound: the server could not find the requested resource",
+            );
+        }
         if !watch {
             collection.lists += 1;
             let items: Vec<Value> = collection

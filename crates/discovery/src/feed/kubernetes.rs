@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use futures_util::{FutureExt, StreamExt};
 use gateway_api::experimental::grpcroutes::GrpcRoute;
@@ -115,6 +116,7 @@ where
     let mut state = KindState {
         listed: HashSet::new(),
         synced: false,
+        not_served: NotServed::default(),
     };
     while let Some(first) = events.next().await {
         let mut batch = vec![first];
@@ -142,6 +144,7 @@ struct KindState {
     /// a relist never holds every object of a kind in memory.
     listed: HashSet<ObjectRef>,
     synced: bool,
+    not_served: NotServed,
 }
 
 impl KindState {
@@ -168,6 +171,9 @@ impl KindState {
                     .lock()
                     .retain::<W::Indexed>(&std::mem::take(&mut self.listed));
                 tracing::debug!(%kind, "kubernetes feed: listed");
+                if self.not_served.served() {
+                    tracing::info!(%kind, "kubernetes feed: kind served now; its routes apply");
+                }
                 if !self.synced {
                     self.synced = true;
                     on_synced();
@@ -180,9 +186,13 @@ impl KindState {
                         crate::index::Kind::HttpRoute | crate::index::Kind::GrpcRoute
                     ) =>
             {
-                // Gateway API CRDs not installed: no routes, but do not hold readiness.
-                if !self.synced {
+                // Gateway API CRDs not installed: no routes, but do not hold
+                // readiness. The watcher lists again with its backoff (at most
+                // 30 s apart), so CRDs installed later are picked up.
+                if self.not_served.remind(Instant::now()) {
                     tracing::warn!(%kind, "kubernetes feed: kind not served (Gateway API CRDs missing?); no routes until it is");
+                }
+                if !self.synced {
                     self.synced = true;
                     on_synced();
                 }
@@ -191,6 +201,35 @@ impl KindState {
                 tracing::warn!(%kind, %error, "kubernetes feed: watch failed; retrying with backoff")
             }
         }
+    }
+}
+
+/// How often a kind that the API server does not serve is warned about:
+/// once when found missing, then at most once per [`NotServed::REMIND`]
+/// while it stays missing (the watcher asks again every few seconds).
+#[derive(Debug, Default)]
+struct NotServed {
+    /// When it was last warned about; `None` while the kind is served.
+    warned: Option<Instant>,
+}
+
+impl NotServed {
+    const REMIND: Duration = Duration::from_secs(60);
+
+    /// The kind was found missing at `now`: whether to warn.
+    fn remind(&mut self, now: Instant) -> bool {
+        let due = self
+            .warned
+            .is_none_or(|last| now.saturating_duration_since(last) >= Self::REMIND);
+        if due {
+            self.warned = Some(now);
+        }
+        due
+    }
+
+    /// The kind was listed: whether it had been missing until now.
+    fn served(&mut self) -> bool {
+        self.warned.take().is_some()
     }
 }
 
@@ -272,5 +311,26 @@ where
             Lenient::Read(object) => Ok(object),
             Lenient::Unreadable(object) => Err(object),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kind_is_warned_once_then_at_most_once_a_minute() {
+        let start = Instant::now();
+        let mut missing = NotServed::default();
+        let warned: Vec<u64> = (0..=150)
+            .filter(|second| missing.remind(start + Duration::from_secs(*second)))
+            .collect();
+        assert_eq!(warned, [0, 60, 120]);
+        assert!(missing.served(), "served after being missing");
+        assert!(!missing.served(), "said once");
+        assert!(
+            missing.remind(start + Duration::from_secs(151)),
+            "missing again: warned at once"
+        );
     }
 }
