@@ -25,6 +25,10 @@ use crate::workspace::{Workspace, cargo};
 const HELM_PYTHON_SDK: &str = "helm-python-sdk";
 const HELM_PYTHON_SDK_VERSION: &str = "0.2.2";
 
+/// xtask's own tasks (bench, images, demo) are built, linted and tested with
+/// the rest; every cargo call below passes the same, so none rebuilds.
+const WORKSPACE_FEATURES: [&str; 2] = ["--features", "xtask/demo"];
+
 /// Set to `1` to fail, rather than skip, when the root-only tests cannot run.
 const REQUIRE_ROOT_TESTS: &str = "PLEXUS_REQUIRE_ROOT_TESTS";
 
@@ -51,6 +55,7 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     let mut build = cargo();
     build
         .args(["build", "--workspace", "--all-targets"])
+        .args(WORKSPACE_FEATURES)
         .current_dir(&workspace.root);
     if !run_step("build the workspace and its tests", &mut build)?.success() {
         bail!("building the workspace failed");
@@ -74,7 +79,8 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
     let mut doc_outcome = None;
     if nextest && args.extra.is_empty() {
         let mut doc = cargo();
-        doc.args(["test", "--workspace", "--doc"]);
+        doc.args(["test", "--workspace", "--doc"])
+            .args(WORKSPACE_FEATURES);
         with_env(&mut doc);
         doc_outcome = Some(run_step(
             "run the doc tests (nextest skips them)",
@@ -84,7 +90,9 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
 
     let mut tests = cargo();
     if nextest {
-        tests.args(["nextest", "run", "--workspace"]);
+        tests
+            .args(["nextest", "run", "--workspace"])
+            .args(WORKSPACE_FEATURES);
         if root_tests == RootTests::Run {
             tests.args(["--run-ignored", "all"]);
         }
@@ -98,7 +106,7 @@ pub fn run(args: TestArgs) -> Result<ExitCode> {
         }
         tests.args(&args.extra);
     } else {
-        tests.args(["test", "--workspace"]);
+        tests.args(["test", "--workspace"]).args(WORKSPACE_FEATURES);
         tests.args(&args.extra);
         if root_tests == RootTests::Run {
             tests.args(["--", "--include-ignored"]);

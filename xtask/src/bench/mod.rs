@@ -166,14 +166,14 @@ fn relaunch_optimized() -> anyhow::Error {
         let workspace = Workspace::locate()?;
         eprintln!("bench: building xtask (release) for an optimized load generator and upstream");
         let status = crate::workspace::cargo()
-            .args(["build", "--release", "-p", "xtask", "--no-default-features"])
+            .args(["build", "--release", "-p", "xtask", "--features", "tools"])
             .current_dir(&workspace.root)
             .stdout(std::process::Stdio::null())
             .status()
-            .context("running `cargo build --release -p xtask --no-default-features`")?;
+            .context("running `cargo build --release -p xtask --features tools`")?;
         ensure!(
             status.success(),
-            "`cargo build --release -p xtask --no-default-features` failed ({status})"
+            "`cargo build --release -p xtask --features tools` failed ({status})"
         );
         let mut command =
             std::process::Command::new(workspace.target_dir.join("release").join("xtask"));

@@ -288,6 +288,8 @@ fn build_binaries(workspace: &Workspace) -> Result<()> {
     let mut build = cargo();
     build
         .args(["build", "--release", "--locked"])
+        // the demo app is xtask's `demo-app` task
+        .args(["--features", "xtask/demo"])
         .current_dir(&workspace.root);
     for image in &IMAGES {
         for package in image.packages {
