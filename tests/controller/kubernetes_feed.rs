@@ -36,6 +36,26 @@ fn slice(name: &str, ips: &[&str]) -> Value {
     })
 }
 
+fn web_service() -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
+           "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}})
+}
+
+/// One HTTPRoute rule on `web`, to `web` itself.
+fn web_route() -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"namespace": "shop", "name": "web-route"},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                    "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}})
+}
+
+/// `web` is served with [`web_route`]'s one rule.
+fn routed(view: &TargetView) -> bool {
+    view.meshed
+        .as_ref()
+        .is_some_and(|t| t.routes.value.http.len() == 1)
+}
+
 fn endpoints(view: &TargetView) -> Vec<String> {
     let Some(target) = &view.meshed else {
         return Vec::new();
@@ -128,11 +148,7 @@ async fn lists_watches_and_relists_into_the_index() {
         NAMESPACES,
         json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}),
     );
-    api.apply(
-        SERVICES,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
-               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
-    );
+    api.apply(SERVICES, web_service());
     api.apply(SLICES, slice("web-a", &["10.0.0.1"]));
     api.apply(
         PODS,
@@ -157,19 +173,8 @@ async fn lists_watches_and_relists_into_the_index() {
     api.apply(SLICES, slice("web-a", &["10.0.0.1", "10.0.0.2"]));
     until(&mut rx, "a MODIFIED slice", |v| endpoints(v).len() == 2).await;
     api.bookmark(SLICES, "discovery.k8s.io/v1", "EndpointSlice");
-    api.apply(
-        HTTP_ROUTES,
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-               "metadata": {"namespace": "shop", "name": "web-route"},
-               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
-                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
-    );
-    until(&mut rx, "the route", |v| {
-        v.meshed
-            .as_ref()
-            .is_some_and(|t| t.routes.value.http.len() == 1)
-    })
-    .await;
+    api.apply(HTTP_ROUTES, web_route());
+    until(&mut rx, "the route", routed).await;
 
     // A dropped watch: the feed watches again from where it was and misses nothing.
     let (_, watches_before) = api.requests(SLICES);
@@ -317,11 +322,7 @@ fn condition<'a>(conditions: &'a [Value], kind: &str) -> Option<&'a Value> {
 #[tokio::test]
 async fn a_bad_new_route_generation_falls_back_to_the_served_one_and_its_status_says_why() {
     let api = ApiServer::start().await;
-    api.apply(
-        SERVICES,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
-               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
-    );
+    api.apply(SERVICES, web_service());
     api.apply(
         HTTP_ROUTES,
         split(1, json!([{"backendRefs": [{"name": "web", "port": 80}]}])),
@@ -445,11 +446,7 @@ async fn without_the_gateway_api_crds_the_feed_is_ready_and_routes_apply_once_th
     let api = ApiServer::start().await;
     api.set_served(HTTP_ROUTES, false);
     api.set_served(GRPC_ROUTES, false);
-    api.apply(
-        SERVICES,
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": "shop", "name": "web"},
-               "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80}]}}),
-    );
+    api.apply(SERVICES, web_service());
     api.apply(SLICES, slice("web-a", &["10.0.0.1"]));
     let (feed, mut rx) = synced_feed(&api, "missing route kinds held readiness").await;
     until(&mut rx, "the service, routes or not", |v| {
@@ -464,18 +461,7 @@ async fn without_the_gateway_api_crds_the_feed_is_ready_and_routes_apply_once_th
     // The CRDs installed, a route created: picked up without a restart, on
     // the watcher's next list (its backoff stays below 30 s).
     api.set_served(HTTP_ROUTES, true);
-    api.apply(
-        HTTP_ROUTES,
-        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-               "metadata": {"namespace": "shop", "name": "web-route"},
-               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
-                        "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}}),
-    );
-    until(&mut rx, "the route after the CRDs appeared", |v| {
-        v.meshed
-            .as_ref()
-            .is_some_and(|t| t.routes.value.http.len() == 1)
-    })
-    .await;
+    api.apply(HTTP_ROUTES, web_route());
+    until(&mut rx, "the route after the CRDs appeared", routed).await;
     feed.abort();
 }
