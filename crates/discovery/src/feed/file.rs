@@ -498,6 +498,23 @@ items:
     }
 
     #[test]
+    fn reference_grants_read_in_either_version() {
+        let grant = |version: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/{version}\nkind: ReferenceGrant\n\
+                 metadata: {{name: from-shop, namespace: data}}\n\
+                 spec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}}]\n  \
+                 to: [{{group: \"\", kind: Service}}]\n"
+            )
+        };
+        for version in ["v1beta1", "v1"] {
+            let objects = parse(&grant(version)).unwrap();
+            assert_eq!(objects.reference_grants.len(), 1, "{version}");
+            assert_eq!(objects.len(), 1);
+        }
+    }
+
+    #[test]
     fn a_file_that_is_not_yaml_is_one_error_naming_its_line() {
         let Err(Refused::Syntax(error)) = parse("this: is: not: yaml: [") else {
             panic!("refused as a syntax error")
