@@ -1,5 +1,6 @@
 //! The Destination API over real gRPC on loopback, with a tonic client from
-//! `plexus-api`: snapshot then deltas, not-meshed targets, server policies,
+//! `plexus-api`: snapshot then deltas, a backendRef unresolved and then
+//! resolved, not-meshed targets, server policies,
 //! a slow watcher that does not hold up the others, and HTTP/2 clients that
 //! flood PINGs or SETTINGS without reading, closed by the port's keep-alive.
 
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use plexus_api::v1::destination_client::DestinationClient;
@@ -121,6 +123,49 @@ async fn snapshot_then_only_what_changed() {
         "{target:?}"
     );
     assert_eq!(endpoint_count(&delta), Some(1));
+}
+
+#[tokio::test]
+async fn a_backend_ref_to_a_missing_service_is_marked_unresolved_until_it_appears() {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(service());
+    let route: HttpRoute = serde_json::from_value(json!({
+        "metadata": {"namespace": "shop", "name": "canary"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                 "rules": [{"backendRefs": [{"name": "canary", "port": 80}]}]},
+    }))
+    .unwrap();
+    index.lock().apply(route);
+    let mut client = start(index.clone()).await;
+    let mut stream = watch(&mut client, "web:80").await;
+    let split = |update: &DestinationUpdate| {
+        let routes = update.target.as_ref()?.routes.as_ref()?;
+        Some(routes.http.first()?.rules.first()?.backends.clone())
+    };
+    let first = next(&mut stream).await;
+    let backends = split(&first).expect("the route");
+    assert_eq!(backends[0].backend, "canary.shop.svc.cluster.local:80");
+    assert_eq!(
+        backends[0].unresolved,
+        "BackendNotFound: Service shop/canary does not exist"
+    );
+
+    let mut canary = service();
+    canary.metadata.name = Some("canary".into());
+    canary.spec.as_mut().unwrap().cluster_ip = Some("10.96.0.11".into());
+    index.lock().apply(canary);
+    let delta = next(&mut stream).await;
+    assert_eq!(split(&delta).expect("the route again")[0].unresolved, "");
+    let target = delta.target.as_ref().unwrap();
+    assert!(
+        target
+            .backends
+            .as_ref()
+            .unwrap()
+            .backends
+            .contains_key("canary.shop.svc.cluster.local:80"),
+        "{target:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The Kubernetes feed against the in-process API server stand-in: initial
-//! lists, watch events, bookmarks, a dropped watch, and a relist after
-//! `410 Gone` that removes what was deleted unseen.
+//! lists, watch events, bookmarks, a dropped watch, a relist after `410
+//! Gone` that removes what was deleted unseen, and the route status written
+//! back (`Accepted`, "Fall Back", `ResolvedRefs` as Services and
+//! ReferenceGrants come and go).
 
 use plexus_controller::leader::Leadership;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ const PODS: &str = "/api/v1/pods";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
 const HTTP_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
 const GRPC_ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/grpcroutes";
+const REFERENCE_GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 
 const BOUND: Duration = Duration::from_secs(30);
 
@@ -159,7 +162,15 @@ async fn lists_watches_and_relists_into_the_index() {
 
     let (feed, mut rx) =
         synced_feed(&api, "the feed never reported its initial lists synced").await;
-    for path in [NAMESPACES, SERVICES, PODS, SLICES, HTTP_ROUTES, GRPC_ROUTES] {
+    for path in [
+        NAMESPACES,
+        SERVICES,
+        PODS,
+        SLICES,
+        HTTP_ROUTES,
+        GRPC_ROUTES,
+        REFERENCE_GRANTS,
+    ] {
         assert!(api.requests(path).0 >= 1, "{path} was listed");
     }
 
@@ -446,6 +457,7 @@ async fn without_the_gateway_api_crds_the_feed_is_ready_and_routes_apply_once_th
     let api = ApiServer::start().await;
     api.set_served(HTTP_ROUTES, false);
     api.set_served(GRPC_ROUTES, false);
+    api.set_served(REFERENCE_GRANTS, false);
     api.apply(SERVICES, web_service());
     api.apply(SLICES, slice("web-a", &["10.0.0.1"]));
     let (feed, mut rx) = synced_feed(&api, "missing route kinds held readiness").await;
@@ -463,5 +475,114 @@ async fn without_the_gateway_api_crds_the_feed_is_ready_and_routes_apply_once_th
     api.set_served(HTTP_ROUTES, true);
     api.apply(HTTP_ROUTES, web_route());
     until(&mut rx, "the route after the CRDs appeared", routed).await;
+    feed.abort();
+}
+
+fn service(namespace: &str, name: &str, ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"namespace": namespace, "name": name},
+           "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80}]}})
+}
+
+#[tokio::test]
+async fn resolved_refs_follow_services_and_reference_grants_as_they_come() {
+    let api = ApiServer::start().await;
+    api.apply(SERVICES, service("shop", "web", "10.96.0.10"));
+    api.apply(
+        HTTP_ROUTES,
+        split(
+            1,
+            json!([{"backendRefs": [
+                {"name": "web", "port": 80},
+                {"name": "canary", "port": 80},
+                {"name": "db", "namespace": "data", "port": 80},
+            ]}]),
+        ),
+    );
+    let (feed, mut rx) =
+        synced_feed(&api, "the feed never reported its initial lists synced").await;
+    let resolved_refs = |conditions: &[Value]| condition(conditions, "ResolvedRefs").cloned();
+    let conditions = our_conditions(&api, "split", "ResolvedRefs written", |c| {
+        resolved_refs(c).is_some()
+    })
+    .await;
+    assert_eq!(
+        condition(&conditions, "Accepted").unwrap()["status"],
+        "True",
+        "the route applies"
+    );
+    let refs = resolved_refs(&conditions).unwrap();
+    assert_eq!(
+        (
+            &refs["status"],
+            &refs["reason"],
+            &refs["observedGeneration"]
+        ),
+        (&json!("False"), &json!("BackendNotFound"), &json!(1))
+    );
+    let message = refs["message"].as_str().unwrap();
+    assert!(
+        message.contains("spec.rules[0].backendRefs[1]: Service shop/canary does not exist")
+            && message
+                .contains("spec.rules[0].backendRefs[2]: Service data/db is in another namespace"),
+        "each bad backendRef named: {message}"
+    );
+    let unresolved = |v: &TargetView| -> Vec<String> {
+        v.meshed.as_ref().map_or_else(Vec::new, |t| {
+            t.routes.value.http[0].rules[0]
+                .backends
+                .iter()
+                .map(|b| {
+                    b.unresolved
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .collect()
+        })
+    };
+    until(&mut rx, "the unresolved shares marked", |v| {
+        unresolved(v) == ["", "BackendNotFound", "RefNotPermitted"]
+    })
+    .await;
+
+    // The canary Service appears: only the cross-namespace backendRef is left.
+    api.apply(SERVICES, service("shop", "canary", "10.96.0.11"));
+    our_conditions(&api, "split", "RefNotPermitted once canary exists", |c| {
+        resolved_refs(c).is_some_and(|r| r["reason"] == "RefNotPermitted")
+    })
+    .await;
+
+    // The Service in `data`, and a grant there for HTTPRoutes from `shop`.
+    api.apply(SERVICES, service("data", "db", "10.96.0.20"));
+    api.apply(
+        REFERENCE_GRANTS,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+               "metadata": {"namespace": "data", "name": "from-shop"},
+               "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "shop"}],
+                        "to": [{"group": "", "kind": "Service", "name": "db"}]}}),
+    );
+    let conditions = our_conditions(&api, "split", "every backendRef resolved", |c| {
+        resolved_refs(c).is_some_and(|r| r["status"] == "True")
+    })
+    .await;
+    assert_eq!(
+        resolved_refs(&conditions).unwrap()["reason"],
+        "ResolvedRefs"
+    );
+    until(&mut rx, "every share served", |v| {
+        unresolved(v) == ["", "", ""]
+    })
+    .await;
+
+    // The grant goes: RefNotPermitted again.
+    api.delete(REFERENCE_GRANTS, "data", "from-shop");
+    our_conditions(
+        &api,
+        "split",
+        "RefNotPermitted once the grant is gone",
+        |c| resolved_refs(c).is_some_and(|r| r["reason"] == "RefNotPermitted"),
+    )
+    .await;
     feed.abort();
 }

@@ -53,6 +53,7 @@ pub fn weighted(backend: &str, weight: u32) -> proto::WeightedBackend {
     proto::WeightedBackend {
         backend: backend.into(),
         weight: Some(weight),
+        ..Default::default()
     }
 }
 

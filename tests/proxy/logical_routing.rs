@@ -102,3 +102,47 @@ async fn a_backend_without_ready_endpoints_answers_no_endpoints() {
     assert_eq!(answer.status, 503);
     assert_eq!(answer.header("plexus-error"), Some("no-endpoints"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolved_backend_gets_its_share_as_500_and_the_other_backend_the_rest() {
+    let stable = http_upstream(|_| async { ok() }).await;
+    let gone = proto::WeightedBackend {
+        unresolved: "BackendNotFound: Service test/gone does not exist".into(),
+        ..weighted("gone.test.svc.cluster.local:80", 1)
+    };
+    let h = Harness::new(target(
+        catch_all(proto::HttpRouteRule {
+            backends: vec![weighted("stable", 1), gone],
+            ..Default::default()
+        }),
+        vec![("stable", backend(vec![endpoint(stable.addr)], None))],
+    ));
+    const N: usize = 400;
+    let mut unresolved = 0;
+    for _ in 0..N {
+        let answer = h.get("/").await;
+        match answer.status.as_u16() {
+            200 => assert_eq!(answer.header("plexus-error"), None),
+            500 => {
+                assert_eq!(answer.header("plexus-error"), Some("unresolved-backend"));
+                let body = String::from_utf8_lossy(&answer.body);
+                assert!(
+                    body.contains("Service test/gone does not exist"),
+                    "the body says why: {body}"
+                );
+                unresolved += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(
+        stable.requests() + unresolved,
+        N,
+        "every 200 came from stable"
+    );
+    // 50 % expected; 50 of 400 is 5 standard deviations (10).
+    assert!(
+        (150..=250).contains(&unresolved),
+        "{unresolved} of {N} unresolved"
+    );
+}

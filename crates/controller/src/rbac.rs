@@ -53,6 +53,13 @@ pub const PERMISSIONS: &[Permission] = &[
         verbs: LIST_WATCH,
         used_by: "plexus_discovery::feed::kubernetes",
     },
+    // Cross-namespace backendRefs: ResolvedRefs, and whether such a backend is served.
+    Permission {
+        api_group: "gateway.networking.k8s.io",
+        resource: "referencegrants",
+        verbs: LIST_WATCH,
+        used_by: "plexus_discovery::feed::kubernetes",
+    },
     // plexus_discovery::feed::route_status: the Accepted condition of routes with Service parents.
     Permission {
         api_group: "gateway.networking.k8s.io",

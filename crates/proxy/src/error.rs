@@ -20,6 +20,9 @@ pub enum ProxyError {
     UnknownTarget(String),
     #[error("backend {0} has no ready endpoints")]
     NoEndpoints(String),
+    /// A backendRef the controller could not resolve (Gateway API: its share gets 500).
+    #[error("backend {backend} does not resolve: {why}")]
+    UnresolvedBackend { backend: String, why: String },
     #[error("connecting to {endpoint} failed: {reason}")]
     ConnectFailed { endpoint: String, reason: String },
     #[error("upstream {endpoint} failed: {reason}")]
@@ -44,6 +47,7 @@ impl ProxyError {
             Self::HeadersTooLarge => "headers-too-large",
             Self::UnknownTarget(_) => "unknown-target",
             Self::NoEndpoints(_) => "no-endpoints",
+            Self::UnresolvedBackend { .. } => "unresolved-backend",
             Self::ConnectFailed { .. } => "connect-failed",
             Self::UpstreamFailed { .. } => "upstream-failed",
             Self::Timeout(_) => "timeout",
@@ -59,6 +63,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::UnresolvedBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownTarget(_) | Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -108,6 +113,7 @@ impl ProxyError {
             Self::Overloaded(_) | Self::BudgetExhausted(_) => 8, // RESOURCE_EXHAUSTED
             Self::UnknownTarget(_)
             | Self::NoEndpoints(_)
+            | Self::UnresolvedBackend { .. }
             | Self::ConnectFailed { .. }
             | Self::UpstreamFailed { .. }
             | Self::ShuttingDown => 14, // UNAVAILABLE

@@ -313,7 +313,8 @@ fn check_target(target: &Target) -> Vec<String> {
     for (kind, i, rules) in kinds {
         for (r, refs) in rules.iter().enumerate() {
             for (b, reference) in refs.iter().enumerate() {
-                if !known(&reference.backend) {
+                // An unresolved reference names no backend of the table: its share gets 500.
+                if reference.unresolved.is_empty() && !known(&reference.backend) {
                     problems.push(format!(
                         "routes.{kind}[{i}].rules[{r}].backends[{b}].backend: {:?} is not in backends.backends",
                         reference.backend

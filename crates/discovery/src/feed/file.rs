@@ -33,7 +33,9 @@ use serde_yaml::Value;
 
 use super::Readiness;
 use super::decode::{decode, unreadable};
-use crate::index::{FileRefusal, FileStatus, Index, Kind, Problem, SharedIndex, Unreadable};
+use crate::index::{
+    FileRefusal, FileStatus, Index, Kind, Problem, ReferenceGrant, SharedIndex, Unreadable,
+};
 
 /// How often the file's modification time is checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -47,6 +49,7 @@ pub struct Objects {
     pub pods: Vec<Pod>,
     pub http_routes: Vec<HttpRoute>,
     pub grpc_routes: Vec<GrpcRoute>,
+    pub reference_grants: Vec<ReferenceGrant>,
     /// Objects of a known kind that do not read into its type.
     pub unreadable: Vec<Unreadable>,
     /// Documents that name no object (no `kind`).
@@ -62,6 +65,7 @@ impl Objects {
             + self.pods.len()
             + self.http_routes.len()
             + self.grpc_routes.len()
+            + self.reference_grants.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,16 +83,27 @@ impl Objects {
             of_kind(Kind::Pod),
             of_kind(Kind::Service),
             of_kind(Kind::EndpointSlice),
+            of_kind(Kind::ReferenceGrant),
             of_kind(Kind::HttpRoute),
             of_kind(Kind::GrpcRoute),
         ];
-        let [namespaces, pods, services, slices, http_routes, grpc_routes] = unreadable;
+        let [
+            namespaces,
+            pods,
+            services,
+            slices,
+            grants,
+            http_routes,
+            grpc_routes,
+        ] = unreadable;
         index.set_file_version(Some(version));
         index.set_feed_problems(self.problems);
         index.relist(self.namespaces, namespaces);
         index.relist(self.pods, pods);
         index.relist(self.services, services);
         index.relist(self.endpoint_slices, slices);
+        // Before the routes, whose backendRefs they may allow.
+        index.relist(self.reference_grants, grants);
         index.relist(self.http_routes, http_routes);
         index.relist(self.grpc_routes, grpc_routes);
         index.set_file_version(None);
@@ -219,6 +234,13 @@ fn add(value: Value, objects: &mut Objects) {
         ("gateway.networking.k8s.io/v1", "GRPCRoute") => {
             read(value, Kind::GrpcRoute, objects, |o| &mut o.grpc_routes)
         }
+        // The same fields in both versions.
+        (
+            "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1",
+            "ReferenceGrant",
+        ) => read(value, Kind::ReferenceGrant, objects, |o| {
+            &mut o.reference_grants
+        }),
         _ if kind.is_empty() => {
             let meta = value.get("metadata").cloned().unwrap_or(Value::Null);
             let object = match (text(&meta, "namespace"), text(&meta, "name")) {
@@ -473,6 +495,23 @@ items:
         assert_eq!(refusals.len(), 1);
         assert_eq!(refusals[0].served, None, "nothing of it was ever served");
         assert_eq!(refusals[0].refused.revision, Some(Revision::File(1)));
+    }
+
+    #[test]
+    fn reference_grants_read_in_either_version() {
+        let grant = |version: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/{version}\nkind: ReferenceGrant\n\
+                 metadata: {{name: from-shop, namespace: data}}\n\
+                 spec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}}]\n  \
+                 to: [{{group: \"\", kind: Service}}]\n"
+            )
+        };
+        for version in ["v1beta1", "v1"] {
+            let objects = parse(&grant(version)).unwrap();
+            assert_eq!(objects.reference_grants.len(), 1, "{version}");
+            assert_eq!(objects.len(), 1);
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! watches, relists after `410 Gone` and backs off on errors), its events
 //! mapped to the index's `apply` / `delete` / `retain` / `refuse`.
 //!
-//! Routes are watched [`Lenient`]ly: the cluster's Gateway API CRDs may be
+//! Routes and ReferenceGrants are watched [`Lenient`]ly: the cluster's Gateway API CRDs may be
 //! newer than this build's types (a filter type they do not know), and a
 //! typed watch would drop such an event, and fail every relist of the kind
 //! (so `/ready` never). Core kinds are watched typed: the API server
@@ -29,10 +29,10 @@ use serde::{Deserialize, Deserializer};
 
 use super::Readiness;
 use super::decode::{decode_json, unreadable};
-use crate::index::{IndexedResource, ObjectRef, SharedIndex, Unreadable};
+use crate::index::{IndexedResource, ObjectRef, ReferenceGrant, SharedIndex, Unreadable};
 
 /// The kinds watched; `/ready` waits until each has been listed once.
-const KINDS: usize = 6;
+const KINDS: usize = 7;
 
 /// Watches every kind, and writes route statuses while `leading`, until the
 /// process ends; `ready` is set once all kinds have completed their first list.
@@ -73,6 +73,11 @@ pub async fn run(
         ),
         watch(
             Api::<Lenient<GrpcRoute>>::all(client.clone()),
+            &index,
+            on_synced.clone()
+        ),
+        watch(
+            Api::<Lenient<ReferenceGrant>>::all(client.clone()),
             &index,
             on_synced
         ),
@@ -183,7 +188,9 @@ impl KindState {
                 if status.code == 404
                     && matches!(
                         kind,
-                        crate::index::Kind::HttpRoute | crate::index::Kind::GrpcRoute
+                        crate::index::Kind::HttpRoute
+                            | crate::index::Kind::GrpcRoute
+                            | crate::index::Kind::ReferenceGrant
                     ) =>
             {
                 // Gateway API CRDs not installed: no routes, but do not hold

@@ -1,6 +1,7 @@
-//! In a cluster: writes each route's `Accepted` condition (and, while a
-//! refused generation waits, `PartiallyInvalid`), per Service parent, to the
-//! route's status subresource, as Gateway API implementations do. Entries
+//! In a cluster: writes each route's `Accepted` and `ResolvedRefs`
+//! conditions (and, while a refused generation waits, `PartiallyInvalid`),
+//! per Service parent, to the route's status subresource, as Gateway API
+//! implementations do. Entries
 //! of other controllers in `status.parents` are kept; a status already as
 //! desired is not written again (so our own write, coming back as a
 //! MODIFIED event, does not loop).
@@ -17,8 +18,8 @@ use kube::{Api, Client};
 use serde_json::{Value, json};
 
 use crate::index::{
-    CONDITION_PARTIALLY_INVALID, CONTROLLER_NAME, Kind, ObjectRef, REASON_UNSUPPORTED_VALUE,
-    RouteStatus, SharedIndex,
+    CONDITION_PARTIALLY_INVALID, CONDITION_RESOLVED_REFS, CONTROLLER_NAME, Kind, ObjectRef,
+    REASON_UNSUPPORTED_VALUE, RouteStatus, SharedIndex,
 };
 
 /// A failed write is tried again after this long (or at the next change).
@@ -95,7 +96,8 @@ async fn write(
 /// The `status.parents` the route should have: other controllers' entries as
 /// they are, then ours. `None` when the route already has exactly that.
 ///
-/// Ours carry `Accepted` per Service parent. While the newest generation is
+/// Ours carry `Accepted` per Service parent, and beside `Accepted=True`,
+/// `ResolvedRefs` of the served generation. While the newest generation is
 /// refused and an earlier one is served (Gateway API's "Fall Back"), a parent
 /// that still routes by the earlier one is `Accepted=True` for *that*
 /// generation, and `PartiallyInvalid=True` (reason `UnsupportedValue`, message
@@ -110,35 +112,56 @@ pub fn desired_parents(status: &RouteStatus, now: &Value) -> Option<Vec<Value>> 
         .collect();
     for parent in &status.parents {
         // Keep a transition time while the condition's status stays the same.
-        let condition = |kind: &str, value: &str, reason: &str, generation: Option<i64>| {
-            let previous = status
-                .existing
-                .iter()
-                .filter(ours)
-                .filter(|e| e["parentRef"] == parent.parent_ref)
-                .flat_map(|e| e["conditions"].as_array().into_iter().flatten())
-                .find(|c| c["type"] == kind && c["status"] == value);
-            let since = previous.map_or_else(|| now.clone(), |c| c["lastTransitionTime"].clone());
-            json!({
-                "type": kind,
-                "status": value,
-                "reason": reason,
-                "message": parent.message,
-                "observedGeneration": generation.unwrap_or(0),
-                "lastTransitionTime": since,
-            })
-        };
+        let condition =
+            |kind: &str, value: &str, reason: &str, message: &str, generation: Option<i64>| {
+                let previous = status
+                    .existing
+                    .iter()
+                    .filter(ours)
+                    .filter(|e| e["parentRef"] == parent.parent_ref)
+                    .flat_map(|e| e["conditions"].as_array().into_iter().flatten())
+                    .find(|c| c["type"] == kind && c["status"] == value);
+                let since =
+                    previous.map_or_else(|| now.clone(), |c| c["lastTransitionTime"].clone());
+                json!({
+                    "type": kind,
+                    "status": value,
+                    "reason": reason,
+                    "message": message,
+                    "observedGeneration": generation.unwrap_or(0),
+                    "lastTransitionTime": since,
+                })
+            };
         let falls_back = parent.accepted && status.refused.is_some();
+        let accepted = |value: &str, generation: Option<i64>| {
+            condition(
+                "Accepted",
+                value,
+                &parent.reason,
+                &parent.message,
+                generation,
+            )
+        };
         let mut conditions = vec![match (parent.accepted, falls_back) {
-            (true, true) => condition("Accepted", "True", &parent.reason, status.served_generation),
-            (true, false) => condition("Accepted", "True", &parent.reason, status.generation),
-            (false, _) => condition("Accepted", "False", &parent.reason, status.generation),
+            (true, true) => accepted("True", status.served_generation),
+            (true, false) => accepted("True", status.generation),
+            (false, _) => accepted("False", status.generation),
         }];
+        if let Some(refs) = status.resolved_refs.as_ref().filter(|_| parent.accepted) {
+            conditions.push(condition(
+                CONDITION_RESOLVED_REFS,
+                if refs.resolved { "True" } else { "False" },
+                &refs.reason,
+                &refs.message,
+                status.served_generation,
+            ));
+        }
         if falls_back {
             conditions.push(condition(
                 CONDITION_PARTIALLY_INVALID,
                 "True",
                 REASON_UNSUPPORTED_VALUE,
+                &parent.message,
                 status.generation,
             ));
         }
@@ -241,7 +264,25 @@ mod tests {
             (&json!("Accepted"), &json!("True"), &json!(4)),
             "accepted, for the generation served"
         );
-        let invalid = &conditions[1];
+        let resolved = &conditions[1];
+        assert_eq!(
+            (&resolved["type"], &resolved["status"], &resolved["reason"]),
+            (
+                &json!("ResolvedRefs"),
+                &json!("False"),
+                &json!("BackendNotFound")
+            ),
+            "the served generation's backendRef names a Service the index lacks"
+        );
+        assert_eq!(
+            resolved["observedGeneration"], 4,
+            "of the generation served"
+        );
+        assert_eq!(
+            resolved["message"],
+            "spec.rules[0].backendRefs[0]: Service shop/web does not exist"
+        );
+        let invalid = &conditions[2];
         assert_eq!(
             (&invalid["type"], &invalid["status"], &invalid["reason"]),
             (

@@ -16,6 +16,7 @@ mod annotations;
 mod ledger;
 mod lookup;
 mod model;
+mod refs;
 mod resources;
 mod routes;
 #[cfg(test)]
@@ -33,15 +34,17 @@ use serde::Serialize;
 pub use self::annotations::READ as ANNOTATIONS_READ;
 pub use self::ledger::{FileRefusal, FileStatus, Refusal, Revision, Unreadable, Version};
 pub use self::lookup::{Lookup, TargetError};
+pub use self::refs::ReferenceGrant;
 pub use self::resources::IndexedResource;
 pub use self::routes::{
-    CONDITION_PARTIALLY_INVALID, CONTROLLER_NAME, ParentStatus, REASON_UNSUPPORTED_VALUE,
-    RouteStatus,
+    CONDITION_PARTIALLY_INVALID, CONDITION_RESOLVED_REFS, CONTROLLER_NAME, ParentStatus,
+    REASON_UNSUPPORTED_VALUE, ResolvedRefs, RouteStatus,
 };
 pub use self::views::{MeshedTarget, TargetView, Versioned};
 
 use self::ledger::Ledger;
 use self::model::{PodInfo, ServiceInfo, SliceInfo, Stored, WorkloadAnnotations};
+use self::refs::GrantInfo;
 use self::routes::{RouteInfo, RouteKey};
 use self::watches::{Changes, Watches};
 
@@ -110,6 +113,7 @@ pub enum Kind {
     Pod,
     HttpRoute,
     GrpcRoute,
+    ReferenceGrant,
 }
 
 impl Kind {
@@ -122,6 +126,7 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::HttpRoute => "HTTPRoute",
             Kind::GrpcRoute => "GRPCRoute",
+            Kind::ReferenceGrant => "ReferenceGrant",
         }
     }
 }
@@ -207,6 +212,12 @@ pub struct Index {
     pod_services: HashMap<ObjectRef, HashMap<ObjectRef, u32>>,
     routes: HashMap<RouteKey, Stored<RouteInfo>>,
     routes_by_service: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    /// Service -> served routes with a backendRef to it, whose ResolvedRefs
+    /// follows it into existence and out.
+    routes_by_backend: HashMap<ObjectRef, BTreeSet<RouteKey>>,
+    /// Ordered by namespace: a cross-namespace backendRef reads the grants
+    /// of its Service's namespace.
+    grants: BTreeMap<ObjectRef, Stored<GrantInfo>>,
     /// Status of every route with a Service parent, accepted or not.
     route_status: BTreeMap<RouteKey, RouteStatus>,
     /// Bumped whenever a route status changes, for the status writer.
@@ -235,6 +246,8 @@ impl Index {
             pod_services: HashMap::new(),
             routes: HashMap::new(),
             routes_by_service: HashMap::new(),
+            routes_by_backend: HashMap::new(),
+            grants: BTreeMap::new(),
             route_status: BTreeMap::new(),
             route_status_version: tokio::sync::watch::Sender::new(0),
             ledger: Ledger::default(),

@@ -1,5 +1,6 @@
 //! How each Kubernetes kind enters and leaves the index, keeping the reverse
-//! maps (ClusterIP, pod IP, pod -> Services, Service -> routes) in step and
+//! maps (ClusterIP, pod IP, pod -> Services, Service -> routes attached to
+//! it and routes referring to it) in step and
 //! recording what changed for the watches.
 //!
 //! A version with problems is refused while an earlier one is served (see
@@ -16,7 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use super::ledger::Admission;
 use super::model::Stored;
-use super::routes::{self, Converted, RouteKey};
+use super::refs::{GrantInfo, ReferenceGrant};
+use super::routes::{self, BackendTarget, Converted, RouteKey};
 use super::watches::Changes;
 use super::{Index, Kind, ObjectRef, Unreadable, Version, model};
 
@@ -432,13 +434,26 @@ fn apply_route(
     changes: &mut Changes,
 ) {
     let key = RouteKey { kind, route };
+    admit_route(index, &key, version, converted, changes);
+    index.refresh_resolved_refs(&key);
+}
+
+/// Serves the new version of a route, or keeps the served one ("Fall
+/// Back"); either way sets its status, but for `ResolvedRefs`.
+fn admit_route(
+    index: &mut Index,
+    key: &RouteKey,
+    version: Version,
+    converted: Converted,
+    changes: &mut Changes,
+) {
     // Served: accepted by at least one parent.
-    let served = index.routes.get(&key);
+    let served = index.routes.get(key);
     let served_version = served.map(|s| s.version.clone());
     let unchanged = served.is_some_and(|s| Some(&s.model) == converted.info.as_ref());
     let problems = converted.problems;
     let admission = index.ledger.admit(
-        kind,
+        key.kind,
         &key.route,
         served_version.as_ref(),
         unchanged,
@@ -448,21 +463,21 @@ fn apply_route(
     if admission == Admission::Keep {
         // Keep implies a Service parent, so a status.
         if let Some(latest) = converted.status {
-            let status = routes::fall_back(index.route_status.get(&key), latest, &problems);
-            index.set_route_status(key, status);
+            let status = routes::fall_back(index.route_status.get(key), latest, &problems);
+            index.set_route_status(key.clone(), status);
         }
         return;
     }
     index.set_route_status(key.clone(), converted.status);
     let Some(info) = converted.info else {
-        remove_route(index, &key, changes);
+        remove_route(index, key, changes);
         return;
     };
-    if let Some(served) = index.routes.get_mut(&key).filter(|s| s.model == info) {
+    if let Some(served) = index.routes.get_mut(key).filter(|s| s.model == info) {
         served.version = version;
         return;
     }
-    remove_route(index, &key, changes);
+    remove_route(index, key, changes);
     for parent in &info.parents {
         index
             .routes_by_service
@@ -471,13 +486,28 @@ fn apply_route(
             .insert(key.clone());
         changes.services.insert(parent.service.clone());
     }
+    for service in referred_services(&info) {
+        index
+            .routes_by_backend
+            .entry(service.clone())
+            .or_default()
+            .insert(key.clone());
+    }
     index.routes.insert(
-        key,
+        key.clone(),
         Stored {
             model: info,
             version,
         },
     );
+}
+
+/// The Services a route's backendRefs name.
+fn referred_services(info: &routes::RouteInfo) -> impl Iterator<Item = &ObjectRef> {
+    info.backend_refs.iter().filter_map(|r| match &r.target {
+        BackendTarget::Service { service, .. } => Some(service),
+        BackendTarget::OtherKind(_) => None,
+    })
 }
 
 /// An unreadable route: refused; its status says so, and what is served.
@@ -492,6 +522,7 @@ fn refuse_route(index: &mut Index, object: Unreadable) {
     let served_status = served.as_ref().and(index.route_status.get(&key));
     let status = routes::fall_back(served_status, latest, &object.problems);
     index.set_route_status(key.clone(), status);
+    index.refresh_resolved_refs(&key);
     index
         .ledger
         .refuse(key.kind, &key.route, served, version, object.problems);
@@ -520,6 +551,14 @@ fn remove_route(index: &mut Index, key: &RouteKey, changes: &mut Changes) {
         }
         changes.services.insert(parent.service.clone());
     }
+    for service in referred_services(&old) {
+        if let Some(routes) = index.routes_by_backend.get_mut(service) {
+            routes.remove(key);
+            if routes.is_empty() {
+                index.routes_by_backend.remove(service);
+            }
+        }
+    }
 }
 
 fn route_keys(index: &Index, kind: Kind) -> Vec<ObjectRef> {
@@ -533,4 +572,47 @@ fn route_keys(index: &Index, kind: Kind) -> Vec<ObjectRef> {
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect()
+}
+
+impl IndexedResource for ReferenceGrant {
+    const KIND: Kind = Kind::ReferenceGrant;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn apply_to(self, index: &mut Index, changes: &mut Changes) {
+        let key = IndexedResource::key(&self);
+        let version = index.version_of(&self.metadata);
+        let info = GrantInfo::of(&self);
+        // Nothing in a grant is judged: the API server validates it, and what
+        // it says of kinds other than routes and Services is not ours.
+        index.ledger.accept(Kind::ReferenceGrant, &key, Vec::new());
+        let namespace = key.namespace.clone();
+        let served = index.grants.insert(
+            key,
+            Stored {
+                model: info.clone(),
+                version,
+            },
+        );
+        if served.is_none_or(|s| s.model != info) {
+            changes.grant_namespaces.insert(namespace);
+        }
+    }
+
+    fn delete_from(index: &mut Index, key: &ObjectRef, changes: &mut Changes) {
+        index.ledger.forget(Kind::ReferenceGrant, key);
+        if index.grants.remove(key).is_some() {
+            changes.grant_namespaces.insert(key.namespace.clone());
+        }
+    }
+
+    fn keys(index: &Index) -> Vec<ObjectRef> {
+        index.grants.keys().cloned().collect()
+    }
+
+    fn served_version<'a>(index: &'a Index, key: &ObjectRef) -> Option<&'a Version> {
+        index.grants.get(key).map(|s| &s.version)
+    }
 }

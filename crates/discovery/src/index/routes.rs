@@ -1,7 +1,7 @@
 //! Gateway API HTTPRoute and GRPCRoute attached to Services (GAMMA), turned
 //! into the Destination API's route model, with the status each parent gets.
 
-use std::collections::BTreeSet;
+use std::collections::HashMap;
 
 use gateway_api::experimental::grpcroutes::{
     GrpcRoute as GRPCRoute, GrpcRouteParentRefs, GrpcRouteRules, GrpcRouteRulesBackendRefs,
@@ -36,6 +36,9 @@ pub const REASON_NOT_ALLOWED: &str = "NotAllowedByParent";
 /// The Gateway API condition type of a route whose newest generation is
 /// refused while an earlier one is served ("Fall Back").
 pub const CONDITION_PARTIALLY_INVALID: &str = "PartiallyInvalid";
+/// The Gateway API condition type saying whether every backendRef resolves;
+/// also its reason when they do.
+pub const CONDITION_RESOLVED_REFS: &str = "ResolvedRefs";
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteKey {
@@ -58,14 +61,56 @@ pub enum RouteRules {
     Grpc(Vec<GrpcRouteRule>),
 }
 
+impl RouteRules {
+    /// The rules with each weighted backend in `unresolved` (by its
+    /// `backend`) marked with why, so the proxy answers its share with 500.
+    pub fn with_unresolved(&self, unresolved: &HashMap<&str, String>) -> RouteRules {
+        let mark = |backends: &mut Vec<WeightedBackend>| {
+            for b in backends {
+                if let Some(why) = unresolved.get(b.backend.as_str()) {
+                    b.unresolved.clone_from(why);
+                }
+            }
+        };
+        let mut rules = self.clone();
+        match &mut rules {
+            RouteRules::Http(rules) => rules.iter_mut().for_each(|r| mark(&mut r.backends)),
+            RouteRules::Grpc(rules) => rules.iter_mut().for_each(|r| mark(&mut r.backends)),
+        }
+        rules
+    }
+}
+
+/// What a backendRef names. Whether it resolves depends on what the index
+/// holds at the time (`Index::resolve_backend`), so it is decided there,
+/// for the route status and for the proxies alike.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendTarget {
+    /// A Service port, in the route's namespace or another.
+    Service { service: ObjectRef, port: u16 },
+    /// Anything but a core Service, as written: `Kind.group namespace/name`.
+    OtherKind(String),
+}
+
+/// One backendRef of a route's rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendRefInfo {
+    /// Where it is written, `spec.rules[0].backendRefs[1]`.
+    pub field: String,
+    /// The `backend` of its weighted backend: the Service port's canonical
+    /// name, or the reference as written for other kinds.
+    pub key: String,
+    pub target: BackendTarget,
+}
+
 /// An accepted route, ready to be put in targets.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RouteInfo {
     pub created: Option<Timestamp>,
     pub parents: Vec<ServiceParent>,
     pub rules: RouteRules,
-    /// Every backend the rules name: (Service, port).
-    pub backends: BTreeSet<(ObjectRef, u16)>,
+    /// Every backendRef of the rules, in order.
+    pub backend_refs: Vec<BackendRefInfo>,
 }
 
 impl RouteInfo {
@@ -94,6 +139,18 @@ pub struct ParentStatus {
     pub message: String,
 }
 
+/// Gateway API's `ResolvedRefs` condition of a served route: the same for
+/// each parent that accepts it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ResolvedRefs {
+    pub resolved: bool,
+    /// `ResolvedRefs`, else the reason of the first backendRef that does not
+    /// resolve (`BackendNotFound`, `RefNotPermitted`, `InvalidKind`).
+    pub reason: String,
+    /// Each backendRef that does not resolve, by field, and why.
+    pub message: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RouteStatus {
     pub kind: Kind,
@@ -111,6 +168,10 @@ pub struct RouteStatus {
     /// earlier version is served (Gateway API's "Fall Back").
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refused: Option<String>,
+    /// Whether the served version's backendRefs resolve; `None` while
+    /// nothing of the route is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolved_refs: Option<ResolvedRefs>,
     /// `status.parents` as the object carried it (every controller's).
     #[serde(skip)]
     pub existing: Vec<Value>,
@@ -397,7 +458,7 @@ where
         created: meta.creation_timestamp.as_ref().map(|t| t.0),
         parents: accepted,
         rules,
-        backends: reader.backends,
+        backend_refs: reader.backend_refs,
     });
     Converted {
         info,
@@ -408,6 +469,7 @@ where
             generation: meta.generation,
             served_generation: meta.generation,
             refused: None,
+            resolved_refs: None,
             existing,
         }),
         problems,
@@ -443,6 +505,7 @@ pub fn unreadable_status(object: &Unreadable) -> RouteStatus {
         generation: object.meta.generation,
         served_generation: None,
         refused: None,
+        resolved_refs: None,
         existing: object.status_parents.clone(),
     }
 }
@@ -512,12 +575,12 @@ pub fn fall_back(
     })
 }
 
-/// What a route's rules are read against, every backend they name, and
+/// What a route's rules are read against, every backendRef they hold, and
 /// every bad field found.
 struct RuleReader<'a> {
     route: ObjectRef,
     cluster_domain: &'a str,
-    backends: BTreeSet<(ObjectRef, u16)>,
+    backend_refs: Vec<BackendRefInfo>,
     errors: FieldErrors,
 }
 
@@ -529,12 +592,12 @@ impl<'a> RuleReader<'a> {
         Self {
             route: ObjectRef::of(meta),
             cluster_domain,
-            backends: BTreeSet::new(),
+            backend_refs: Vec::new(),
             errors: FieldErrors::default(),
         }
     }
 
-    /// A rule's backendRefs as weighted backends, noting each backend read.
+    /// A rule's backendRefs as weighted backends, noting each one read.
     fn backend_refs<'b, B: 'b>(
         &mut self,
         at: &str,
@@ -549,43 +612,57 @@ impl<'a> RuleReader<'a> {
         })
     }
 
+    /// A backendRef as a weighted backend, noted in `backend_refs`. One that
+    /// names another kind or namespace reads: whether it resolves is the
+    /// route status's `ResolvedRefs`, not a bad field.
     fn backend(&mut self, at: &str, b: BackendRef<'_>) -> Result<WeightedBackend, FieldError> {
         if b.has_filters {
             return Err(error(format!("{at}.filters"), "filters are not supported"));
         }
-        if !matches!(b.group, None | Some("" | "core")) || !matches!(b.kind, None | Some("Service"))
-        {
-            return Err(error(
-                format!("{at}.kind"),
-                "only Service backends are supported",
-            ));
-        }
-        if b.namespace.is_some_and(|ns| ns != self.route.namespace) {
-            return Err(error(
-                format!("{at}.namespace"),
-                "backends in another namespace are not supported",
-            ));
-        }
-        let port = match b.port.map(u16::try_from) {
-            Some(Ok(port)) if port != 0 => port,
-            _ => {
-                return Err(error(
-                    format!("{at}.port"),
-                    "a Service backend needs a port",
-                ));
-            }
-        };
         let weight = match b.weight.map(u32::try_from) {
             None => None,
             Some(Ok(w)) => Some(w),
             Some(Err(_)) => return Err(error(format!("{at}.weight"), "weights are 0 or more")),
         };
-        let service = ObjectRef::new(self.route.namespace.clone(), b.name);
-        let name = canonical_name(&service, port, self.cluster_domain);
-        self.backends.insert((service, port));
+        let namespace = b.namespace.unwrap_or(&self.route.namespace);
+        let group = b.group.unwrap_or("");
+        let kind = b.kind.unwrap_or("Service");
+        let target = if matches!(group, "" | "core") && kind == "Service" {
+            let port = match b.port.map(u16::try_from) {
+                Some(Ok(port)) if port != 0 => port,
+                _ => {
+                    return Err(error(
+                        format!("{at}.port"),
+                        "a Service backend needs a port",
+                    ));
+                }
+            };
+            BackendTarget::Service {
+                service: ObjectRef::new(namespace, b.name),
+                port,
+            }
+        } else {
+            let kind = match group {
+                "" | "core" => kind.to_string(),
+                group => format!("{kind}.{group}"),
+            };
+            BackendTarget::OtherKind(format!("{kind} {namespace}/{}", b.name))
+        };
+        let key = match &target {
+            BackendTarget::Service { service, port } => {
+                canonical_name(service, *port, self.cluster_domain)
+            }
+            BackendTarget::OtherKind(written) => written.clone(),
+        };
+        self.backend_refs.push(BackendRefInfo {
+            field: at.to_string(),
+            key: key.clone(),
+            target,
+        });
         Ok(WeightedBackend {
-            backend: name,
+            backend: key,
             weight,
+            unresolved: String::new(),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Computing what a watcher sees: a target's view (protocol, routes, backends,
 //! each with a version) and a workload's server policy.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use tokio::time::Instant;
 use super::annotations::{MtlsMode, spiffe_id};
 use super::lookup::canonical_name;
 use super::model::{PodInfo, SliceEndpoint};
-use super::routes::RouteRules;
+use super::routes::{BackendTarget, RouteRules};
 use super::watches::{Changes, Deps};
 use super::{Index, Lookup, ObjectRef};
 
@@ -149,6 +150,7 @@ impl Index {
         if changes.is_empty() {
             return;
         }
+        self.refresh_routes_referring_to(&changes);
         for lookup in self.watches.affected(&changes) {
             let Some(previous) = self.watches.current(&lookup) else {
                 continue;
@@ -231,22 +233,35 @@ impl Index {
         let mut backends = HashMap::new();
         backends.insert(name.clone(), self.backend(service, port, deps));
         for (key, route) in &attached {
+            // backendRef -> why it does not resolve; its share gets 500 at the proxy.
+            let mut unresolved = HashMap::new();
+            for backend_ref in &route.backend_refs {
+                if let BackendTarget::Service { service, .. } = &backend_ref.target {
+                    // Watched whether it resolves or not: it may come to, or stop.
+                    deps.services.push(service.clone());
+                    deps.namespaces.push(service.namespace.clone());
+                }
+                match self.resolve_backend(key, &backend_ref.target) {
+                    Ok((service, port)) => {
+                        if let Entry::Vacant(slot) = backends.entry(backend_ref.key.clone()) {
+                            slot.insert(self.backend(service, port, deps));
+                        }
+                    }
+                    Err(why) => {
+                        unresolved.insert(backend_ref.key.as_str(), why.to_string());
+                    }
+                }
+            }
             let route_name = key.route.to_string();
-            match &route.rules {
+            match route.rules.with_unresolved(&unresolved) {
                 RouteRules::Http(rules) => routes.http.push(plexus_api::v1::HttpRoute {
                     name: route_name,
-                    rules: rules.clone(),
+                    rules,
                 }),
                 RouteRules::Grpc(rules) => routes.grpc.push(plexus_api::v1::GrpcRoute {
                     name: route_name,
-                    rules: rules.clone(),
+                    rules,
                 }),
-            }
-            for (backend, backend_port) in &route.backends {
-                let key = canonical_name(backend, *backend_port, &self.config.cluster_domain);
-                if let std::collections::hash_map::Entry::Vacant(slot) = backends.entry(key) {
-                    slot.insert(self.backend(backend, *backend_port, deps));
-                }
             }
         }
 

@@ -19,6 +19,9 @@ pub struct Changes {
     pub ips: HashSet<IpAddr>,
     pub namespaces: HashSet<String>,
     pub pods: HashSet<ObjectRef>,
+    /// Namespaces whose ReferenceGrants changed: backendRefs into them may
+    /// resolve differently.
+    pub grant_namespaces: HashSet<String>,
 }
 
 impl Changes {
@@ -27,6 +30,7 @@ impl Changes {
             && self.ips.is_empty()
             && self.namespaces.is_empty()
             && self.pods.is_empty()
+            && self.grant_namespaces.is_empty()
     }
 }
 
@@ -35,6 +39,7 @@ impl Changes {
 pub struct Deps {
     pub services: Vec<ObjectRef>,
     pub ips: Vec<IpAddr>,
+    /// Namespaces whose annotations, or whose ReferenceGrants, the view read.
     pub namespaces: Vec<String>,
 }
 
@@ -90,7 +95,7 @@ impl Watches {
         for ip in &changes.ips {
             out.extend(self.by_ip.get(ip).into_iter().flatten().cloned());
         }
-        for ns in &changes.namespaces {
+        for ns in changes.namespaces.iter().chain(&changes.grant_namespaces) {
             out.extend(self.by_namespace.get(ns).into_iter().flatten().cloned());
         }
         out

@@ -236,15 +236,21 @@ async fn serve(
     request: Request<Body>,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
-    let backend_name = rule
+    let picked = rule
         .split
         .pick()
         .ok_or_else(|| ProxyError::NoEndpoints(rule.label.0.to_string()))?;
-    span.set_backend(backend_name);
+    span.set_backend(&picked.name);
+    if let Some(why) = &picked.unresolved {
+        return Err(ProxyError::UnresolvedBackend {
+            backend: picked.name.to_string(),
+            why: why.to_string(),
+        });
+    }
     let backend = compiled
         .backends
-        .get(&**backend_name)
-        .ok_or_else(|| ProxyError::NoEndpoints(backend_name.to_string()))?;
+        .get(&*picked.name)
+        .ok_or_else(|| ProxyError::NoEndpoints(picked.name.to_string()))?;
 
     // The caller's gRPC deadline bounds the request like the route's timeout.
     let caller_timeout = request
@@ -558,7 +564,7 @@ mod tests {
                     rules: vec![proto::HttpRouteRule {
                         backends: vec![proto::WeightedBackend {
                             backend: "b".into(),
-                            weight: None,
+                            ..Default::default()
                         }],
                         ..rule
                     }],

@@ -1,26 +1,39 @@
 //! A rule's weighted backends (a traffic split): a backend is drawn per
 //! request in proportion to its weight; weight 0 gets nothing, no weight is 1.
+//! A backend the controller could not resolve keeps its share, which the
+//! proxy answers with 500 (Gateway API: an invalid backendRef's share fails).
 
 use std::sync::Arc;
 
 use plexus_api::v1 as proto;
 use rand::Rng;
 
+/// One backend of a split, as drawn.
+#[derive(Debug)]
+pub struct SplitBackend {
+    /// A key of the target's backends (or, when unresolved, only a name for it).
+    pub name: Arc<str>,
+    /// Why the backendRef does not resolve; `None` when it does.
+    pub unresolved: Option<Arc<str>>,
+}
+
 #[derive(Debug)]
 pub struct BackendSplit {
-    backends: Vec<(Arc<str>, u64)>,
+    backends: Vec<(SplitBackend, u64)>,
     total: u64,
 }
 
 impl BackendSplit {
     pub fn new(backends: &[proto::WeightedBackend]) -> BackendSplit {
-        let backends: Vec<(Arc<str>, u64)> = backends
+        let backends: Vec<(SplitBackend, u64)> = backends
             .iter()
             .map(|b| {
-                (
-                    Arc::from(b.backend.as_str()),
-                    u64::from(b.weight.unwrap_or(1)),
-                )
+                let backend = SplitBackend {
+                    name: Arc::from(b.backend.as_str()),
+                    unresolved: (!b.unresolved.is_empty())
+                        .then(|| Arc::from(b.unresolved.as_str())),
+                };
+                (backend, u64::from(b.weight.unwrap_or(1)))
             })
             .filter(|(_, weight)| *weight > 0)
             .collect();
@@ -36,14 +49,18 @@ impl BackendSplit {
                 total: 0,
             };
         }
+        let backend = SplitBackend {
+            name: Arc::from(backend),
+            unresolved: None,
+        };
         BackendSplit {
-            backends: vec![(Arc::from(backend), 1)],
+            backends: vec![(backend, 1)],
             total: 1,
         }
     }
 
     /// A backend drawn by weight; `None` when every weight is 0 (or none named).
-    pub fn pick(&self) -> Option<&Arc<str>> {
+    pub fn pick(&self) -> Option<&SplitBackend> {
         if let [(only, _)] = self.backends.as_slice() {
             return Some(only);
         }
@@ -69,7 +86,12 @@ mod tests {
         proto::WeightedBackend {
             backend: backend.into(),
             weight,
+            ..Default::default()
         }
+    }
+
+    fn picked(split: &BackendSplit) -> Option<String> {
+        split.pick().map(|b| b.name.to_string())
     }
 
     #[test]
@@ -81,7 +103,7 @@ mod tests {
         ]);
         let mut a = 0;
         for _ in 0..4000 {
-            match split.pick().map(|b| b.to_string()).as_deref() {
+            match picked(&split).as_deref() {
                 Some("a") => a += 1,
                 Some("b") => {}
                 other => panic!("unexpected pick {other:?}"),
@@ -99,12 +121,22 @@ mod tests {
                 .is_none()
         );
         assert!(BackendSplit::single("").pick().is_none());
+        assert_eq!(picked(&BackendSplit::single("b")).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn an_unresolved_backend_keeps_its_share_and_says_why() {
+        let gone = proto::WeightedBackend {
+            unresolved: "BackendNotFound: Service shop/gone does not exist".into(),
+            ..weighted("gone", Some(1))
+        };
+        let split = BackendSplit::new(&[gone]);
+        let backend = split.pick().expect("the unresolved backend is drawn");
         assert_eq!(
-            BackendSplit::single("b")
-                .pick()
-                .map(|b| b.to_string())
-                .as_deref(),
-            Some("b")
+            backend.unresolved.as_deref(),
+            Some("BackendNotFound: Service shop/gone does not exist")
         );
+        let resolved = BackendSplit::new(&[weighted("web", None)]);
+        assert_eq!(resolved.pick().and_then(|b| b.unresolved.clone()), None);
     }
 }

@@ -106,7 +106,7 @@ mod tests {
             }],
             backends: vec![proto::WeightedBackend {
                 backend: backend.into(),
-                weight: None,
+                ..Default::default()
             }],
             ..Default::default()
         };

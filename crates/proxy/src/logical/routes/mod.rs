@@ -296,7 +296,7 @@ mod test_support {
     pub fn weighted(backend: &str) -> Vec<proto::WeightedBackend> {
         vec![proto::WeightedBackend {
             backend: backend.into(),
-            weight: None,
+            ..Default::default()
         }]
     }
 
@@ -330,7 +330,7 @@ mod test_support {
         t.route(&request)
             .split
             .pick()
-            .map(|b| b.to_string())
+            .map(|b| b.name.to_string())
             .unwrap_or_default()
     }
 
@@ -508,8 +508,12 @@ mod properties {
     }
 
     fn backends() -> impl Strategy<Value = Vec<proto::WeightedBackend>> {
-        let backend = ("[a-c]{0,1}", weight())
-            .prop_map(|(backend, weight)| proto::WeightedBackend { backend, weight });
+        let backend =
+            ("[a-c]{0,1}", weight()).prop_map(|(backend, weight)| proto::WeightedBackend {
+                backend,
+                weight,
+                ..Default::default()
+            });
         prop::collection::vec(backend, 0..4)
     }
 
