@@ -506,3 +506,36 @@ async fn the_probe_in_a_namespace_the_webhook_skips_is_not_injected() {
     );
     assert!(hint(&results, INJECTION).contains("namespaceSelector excludes kube-system"));
 }
+
+#[tokio::test]
+async fn a_webhook_registered_by_url_is_dialled_there_and_must_be_named_by_its_certificate() {
+    let server = ApiServer::start().await;
+    let ca = healthy(&server).await;
+    let addr = injector(ca.clone()).await;
+    let by_url = |url: String| {
+        let mut config = webhook_configuration(CONFIGURATION, None, "Fail");
+        config["webhooks"][0]["clientConfig"] = json!({"url": url,
+            "caBundle": base64(ca.trust_anchor_pem().as_bytes())});
+        config
+    };
+    // The injector's certificate names its Service only, not the IP (issue 11's
+    // out-of-cluster case): the API server's handshake fails on the name.
+    server.apply(WEBHOOKS, by_url(format!("https://{addr}/inject")));
+    let results = check(&server, false).await;
+    let injection = failed_injection(&results);
+    assert!(
+        injection.contains(&format!("https://{addr}/inject")) && injection.contains("certificate"),
+        "{injection}"
+    );
+    // Nothing outside loopback is dialled.
+    server.apply(WEBHOOKS, by_url("https://192.0.2.1/inject".into()));
+    let results = check(&server, false).await;
+    assert!(failed_injection(&results).contains("loopback IPs only"));
+}
+
+/// The failed injection line's detail.
+fn failed_injection(results: &[CheckResult]) -> String {
+    let injection = by_name(results, INJECTION);
+    assert!(!injection.passed, "{injection:?}");
+    injection.detail.clone()
+}
