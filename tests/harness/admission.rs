@@ -116,12 +116,14 @@ async fn call(
     object: &Value,
 ) -> Result<Verdict, String> {
     let client = &webhook["clientConfig"];
-    let (addr, server_name, path) = target(client, routes)?;
+    let Target {
+        addr,
+        server_name,
+        port,
+        path,
+    } = target(client, routes)?;
     let timeout = webhook["timeoutSeconds"].as_u64().unwrap_or(10);
-    let url = format!(
-        "https://{server_name}:{}{path}?timeout={timeout}s",
-        addr.port()
-    );
+    let url = format!("https://{server_name}:{port}{path}?timeout={timeout}s");
     let bundle: ByteString = serde_json::from_value(client["caBundle"].clone()).map_err(|_| {
         format!("Post {url:?}: x509: certificate signed by unknown authority (no caBundle)")
     })?;
@@ -182,8 +184,18 @@ async fn call(
     Ok(Verdict::Allowed(Some(patch)))
 }
 
-/// Where `clientConfig` is called: address, TLS server name and path.
-fn target(client: &Value, routes: &ServiceRoutes) -> Result<(SocketAddr, String, String), String> {
+/// Where a `clientConfig` is called.
+struct Target {
+    /// The loopback address dialled.
+    addr: SocketAddr,
+    /// The name the certificate must have: the Service's DNS name or the URL's host.
+    server_name: String,
+    /// The port as the configuration names it (a Service's port, not its endpoint's).
+    port: u16,
+    path: String,
+}
+
+fn target(client: &Value, routes: &ServiceRoutes) -> Result<Target, String> {
     if let Some(url) = client["url"].as_str() {
         let uri: http::Uri = url.parse().map_err(|e| format!("url {url:?}: {e}"))?;
         if uri.scheme_str() != Some("https") {
@@ -196,12 +208,13 @@ fn target(client: &Value, routes: &ServiceRoutes) -> Result<(SocketAddr, String,
             .ok()
             .filter(IpAddr::is_loopback)
             .ok_or_else(|| format!("url {url:?}: the stand-in dials loopback IPs only"))?;
-        let path = uri.path().to_string();
-        return Ok((
-            SocketAddr::new(ip, uri.port_u16().unwrap_or(443)),
-            host.to_string(),
-            path,
-        ));
+        let port = uri.port_u16().unwrap_or(443);
+        return Ok(Target {
+            addr: SocketAddr::new(ip, port),
+            server_name: host.to_string(),
+            port,
+            path: uri.path().to_string(),
+        });
     }
     let service = &client["service"];
     let text = |v: &Value| v.as_str().unwrap_or_default().to_string();
@@ -210,12 +223,16 @@ fn target(client: &Value, routes: &ServiceRoutes) -> Result<(SocketAddr, String,
         .as_u64()
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(443);
-    let path = service["path"].as_str().unwrap_or("/").to_string();
     let addr = routes
         .get(&(namespace.clone(), name.clone(), port))
         .copied()
         .ok_or_else(|| format!("service \"{name}\" not found or has no endpoints"))?;
-    Ok((addr, format!("{name}.{namespace}.svc"), path))
+    Ok(Target {
+        addr,
+        server_name: format!("{name}.{namespace}.svc"),
+        port,
+        path: service["path"].as_str().unwrap_or("/").to_string(),
+    })
 }
 
 /// Whether one of `rules` covers this create (`*` matches anything).

@@ -10,10 +10,11 @@
 //! Single objects are created (`POST` to the namespace's collection, 409
 //! `AlreadyExists` if present, a `generateName` completed; first through the
 //! webhooks of the stored MutatingWebhookConfigurations, as
-//! [`crate::admission`] says; `dryRun=All` answers and stores nothing), read (`GET`) and patched (`PATCH`: JSON Patch,
-//! merge or strategic merge patch, or server-side apply, which answers 409
-//! `Conflict` when it would change a field another field manager set) at
-//! their own URLs (`/api/v1/namespaces/shop/pods/web`, or
+//! [`crate::admission`] says; `dryRun=All` answers and stores nothing), read
+//! (`GET`) and patched (`PATCH`: JSON Patch, merge or strategic merge patch,
+//! or server-side apply, which answers 409 `Conflict` when it would change a
+//! field another field manager set) at their own URLs
+//! (`/api/v1/namespaces/shop/pods/web`, or
 //! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped); lists and
 //! watches honour a `metadata.name` field selector, and `/version` answers
 //! like a Kubernetes 1.32 API server. Used by the
