@@ -19,6 +19,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use plexus_controller::rbac::PERMISSIONS;
 use plexus_inject::InjectConfig;
+use plexusctl::check::release::{self as chart_names, CLUSTER_SCOPED_NAME_MAX};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
@@ -422,6 +423,7 @@ fn two_installs_have_distinct_cluster_scoped_names_and_each_controller_patches_i
     assert!(names_a.is_disjoint(&names_b), "{names_a:?} / {names_b:?}");
     for (release, namespace) in [(&a, "team-a"), (&b, "team-b")] {
         let own = format!("plexus-{namespace}-injector");
+        assert_eq!(chart_names::webhook_configuration("plexus", namespace), own);
         let _: MutatingWebhookConfiguration = release.get(&own);
         assert_eq!(
             controller_env(release, "PLEXUS_WEBHOOK_CONFIGURATION"),
@@ -435,6 +437,33 @@ fn two_installs_have_distinct_cluster_scoped_names_and_each_controller_patches_i
     }
     let other = render_release("mesh", json!({}), "team-a");
     assert!(cluster_scoped(&other).is_disjoint(&names_a));
+}
+
+#[test]
+fn plexusctl_derives_the_webhook_configuration_name_as_the_chart_does() {
+    let (long_release, long_namespace) = ("r".repeat(150), "n".repeat(63));
+    // The cut lands on the `-` between release and namespace, which goes too.
+    let cut_at_dash = "r".repeat(CLUSTER_SCOPED_NAME_MAX - 1);
+    for (name, namespace) in [
+        ("plexus", "plexus"),
+        ("mesh", "team-a"),
+        (long_release.as_str(), long_namespace.as_str()),
+        (cut_at_dash.as_str(), "ns"),
+    ] {
+        let rendered = render_release(name, json!({}), namespace);
+        let configurations: Vec<&Value> = rendered
+            .objects
+            .iter()
+            .filter(|o| o["kind"] == "MutatingWebhookConfiguration")
+            .collect();
+        assert_eq!(configurations.len(), 1);
+        let derived = chart_names::webhook_configuration(name, namespace);
+        assert_eq!(configurations[0]["metadata"]["name"], derived.as_str());
+        assert_eq!(
+            controller_env(&rendered, "PLEXUS_WEBHOOK_CONFIGURATION"),
+            Some(derived)
+        );
+    }
 }
 
 #[test]

@@ -8,55 +8,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::ObjectMeta;
+use k8s_openapi::api::core::v1::Pod;
 use plexus_controller::admission::ca_bundle::{self, Outcome};
-use plexus_controller::admission::{Injector, MAX_REVIEW_BYTES, service_dns_names};
-use plexus_controller::identity::webhook_server_config;
-use plexus_discovery::index::{IndexConfig, SharedIndex};
+use plexus_controller::admission::{MAX_REVIEW_BYTES, service_dns_names};
 use plexus_identity::Ca;
-use plexus_identity::tls::{provider, trust_anchors_from_pem};
-use plexus_inject::InjectConfig;
 use plexus_tests::apiserver::ApiServer;
+use plexus_tests::controller::injector;
+use plexus_tests::http::https_exchange;
 use plexus_tests::wait::eventually;
-use rustls::pki_types::ServerName;
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
 
 pub(crate) const POD: &str = include_str!("fixtures/admission/pod-create.json");
 const BOUND: Duration = Duration::from_secs(30);
 const WEBHOOK_CONFIGURATIONS: &str =
     "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
-
-/// The webhook on loopback, with namespace `shop` annotated for injection.
-async fn injector(ca: Arc<Ca>) -> std::net::SocketAddr {
-    let index = SharedIndex::new(IndexConfig::default());
-    index.lock().apply(Namespace {
-        metadata: ObjectMeta {
-            name: Some("shop".into()),
-            annotations: Some([("plexus.io/inject".into(), "enabled".into())].into()),
-            ..ObjectMeta::default()
-        },
-        ..Namespace::default()
-    });
-    let config = InjectConfig {
-        trust_anchors: ca.trust_anchor_pem().to_owned(),
-        ..InjectConfig::default()
-    };
-    let tls = webhook_server_config(
-        ca,
-        service_dns_names("plexus-injector", "plexus", "cluster.local"),
-    )
-    .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(Injector { index, config }.serve(listener, tls));
-    addr
-}
 
 /// An HTTPS client that trusts only `ca` and checks the server's DNS name,
 /// as the API server does with the `caBundle`.
@@ -66,36 +34,7 @@ pub(crate) async fn send(
     server_name: &str,
     request: http::Request<Full<Bytes>>,
 ) -> Result<(http::StatusCode, Bytes), String> {
-    let roots = trust_anchors_from_pem(ca.trust_anchor_pem().as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from(server_name.to_owned()).unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, connection) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok((status, body.to_bytes()))
+    https_exchange(ca.trust_anchor_pem().as_bytes(), addr, server_name, request).await
 }
 
 pub(crate) fn post(path: &str, body: impl Into<Bytes>) -> http::Request<Full<Bytes>> {

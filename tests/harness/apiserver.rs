@@ -8,10 +8,13 @@
 //! Collections are addressed by their URL path, e.g. `/api/v1/services` or
 //! `/apis/discovery.k8s.io/v1/endpointslices` (cluster-wide lists only).
 //! Single objects are created (`POST` to the namespace's collection, 409
-//! `AlreadyExists` if present), read (`GET`) and patched (`PATCH`: JSON Patch,
-//! merge or strategic merge patch, or server-side apply, which answers 409
-//! `Conflict` when it would change a field another field manager set) at
-//! their own URLs (`/api/v1/namespaces/shop/pods/web`, or
+//! `AlreadyExists` if present, a `generateName` completed; first through the
+//! webhooks of the stored MutatingWebhookConfigurations, as
+//! [`crate::admission`] says; `dryRun=All` answers and stores nothing), read
+//! (`GET`) and patched (`PATCH`: JSON Patch, merge or strategic merge patch,
+//! or server-side apply, which answers 409 `Conflict` when it would change a
+//! field another field manager set) at their own URLs
+//! (`/api/v1/namespaces/shop/pods/web`, or
 //! `/apis/<group>/<version>/<resource>/<name>` when cluster-scoped); lists and
 //! watches honour a `metadata.name` field selector, and `/version` answers
 //! like a Kubernetes 1.32 API server. Used by the
@@ -31,6 +34,8 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+use crate::admission::{Create, Refusal, ServiceRoutes, labels_of, mutate};
 
 type WatchSender = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 
@@ -73,7 +78,13 @@ struct State {
 pub struct ApiServer {
     addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// Where webhooks' Services are reached ([`ApiServer::route_service`]).
+    services: Arc<Mutex<ServiceRoutes>>,
 }
+
+const WEBHOOK_CONFIGURATIONS: &str =
+    "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations";
+const NAMESPACES: &str = "/api/v1/namespaces";
 
 fn key_of(object: &Value) -> (String, String) {
     let meta = &object["metadata"];
@@ -97,6 +108,7 @@ impl ApiServer {
         let server = ApiServer {
             addr,
             state: Arc::default(),
+            services: Arc::default(),
         };
         let accepting = server.clone();
         tokio::spawn(async move {
@@ -289,7 +301,10 @@ impl ApiServer {
         }
     }
 
-    /// `POST <prefix>/namespaces/<ns>/<resource>`: stores a new object (ADDED).
+    /// `POST <prefix>/namespaces/<ns>/<resource>`: names an object that has
+    /// only a `generateName`, puts it through mutating admission (see
+    /// [`crate::admission`]) and stores it (ADDED); with `dryRun=All` it
+    /// answers the admitted object and stores nothing.
     async fn create(&self, req: Request<Incoming>) -> Response<BoxBody<Bytes, Infallible>> {
         let segments: Vec<String> = req.uri().path().split('/').map(str::to_string).collect();
         let Some([.., _, namespace, resource]) = segments.get(1..).filter(|s| s.len() >= 4) else {
@@ -297,6 +312,9 @@ impl ApiServer {
         };
         let prefix = segments[1..segments.len() - 3].join("/");
         let path = format!("/{prefix}/{resource}");
+        let dry_run = query_of(req.uri())
+            .get("dryRun")
+            .is_some_and(|d| d == "All");
         let Ok(body) = req.into_body().collect().await else {
             return failure(StatusCode::BAD_REQUEST, "BadRequest");
         };
@@ -304,8 +322,35 @@ impl ApiServer {
             return failure(StatusCode::BAD_REQUEST, "BadRequest");
         };
         object["metadata"]["namespace"] = json!(namespace);
+        if key_of(&object).1.is_empty()
+            && let Some(stem) = object["metadata"]["generateName"].as_str()
+        {
+            object["metadata"]["name"] = json!(format!("{stem}{}", generated_suffix()));
+        }
+        let (group, version) = match prefix.split('/').collect::<Vec<_>>()[..] {
+            ["api", version] => ("", version),
+            ["apis", group, version] => (group, version),
+            _ => return failure(StatusCode::NOT_FOUND, "NotFound"),
+        };
+        let create = Create {
+            group,
+            version,
+            resource,
+            namespace,
+            dry_run,
+        };
+        let object = match self.admit(&create, object).await {
+            Ok(object) => object,
+            Err(refusal) => return failure(refusal.status, &refusal.reason),
+        };
         if self.object(&path, namespace, &key_of(&object).1).is_some() {
             return failure(StatusCode::CONFLICT, "AlreadyExists");
+        }
+        if dry_run {
+            return respond(
+                StatusCode::CREATED,
+                Full::new(Bytes::from(object.to_string())).boxed(),
+            );
         }
         self.apply(&path, object.clone());
         let stored = self.object(&path, namespace, &key_of(&object).1);
@@ -313,6 +358,46 @@ impl ApiServer {
             StatusCode::CREATED,
             Full::new(Bytes::from(stored.unwrap_or_default().to_string())).boxed(),
         )
+    }
+
+    /// Where the Service `namespace/name` port `port` is reached, as cluster
+    /// DNS and the Service's endpoints lead the real API server: a webhook
+    /// whose `clientConfig` names that Service is called there.
+    pub fn route_service(&self, namespace: &str, name: &str, port: u16, addr: SocketAddr) {
+        assert!(
+            addr.ip().is_loopback(),
+            "webhooks are dialled on loopback only"
+        );
+        self.services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((namespace.to_string(), name.to_string(), port), addr);
+    }
+
+    /// `object` after the stored MutatingWebhookConfigurations' webhooks.
+    async fn admit(&self, create: &Create<'_>, object: Value) -> Result<Value, Refusal> {
+        let configurations: Vec<Value> = {
+            let state = self.lock();
+            state
+                .collections
+                .get(WEBHOOK_CONFIGURATIONS)
+                .map(|c| c.objects.values().cloned().collect())
+                .unwrap_or_default()
+        };
+        let namespace = self.object(NAMESPACES, "", create.namespace);
+        let mut labels =
+            namespace.map_or_else(BTreeMap::new, |n| labels_of(&n["metadata"]["labels"]));
+        // The API server sets this label on every namespace.
+        labels.insert(
+            "kubernetes.io/metadata.name".into(),
+            create.namespace.into(),
+        );
+        let routes = self
+            .services
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        mutate(configurations, &routes, create, &labels, object).await
     }
 
     /// `PATCH` of an object URL: a JSON Patch (RFC 6902) applied whole or not
@@ -661,6 +746,14 @@ fn apply_owned(
         owners.insert(field, manager.to_string());
     }
     Ok(())
+}
+
+/// Five characters of `[a-z0-9]`, as the API server completes a `generateName`.
+fn generated_suffix() -> String {
+    const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| char::from(ALPHABET[rand::random_range(0..ALPHABET.len())]))
+        .collect()
 }
 
 fn gone() -> Bytes {

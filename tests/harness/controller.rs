@@ -1,20 +1,26 @@
 //! The controller's pieces in-process, as the proxy tests meet them: a CA
 //! with the Identity API (bootstrap tokens, TLS serving) in front of it and,
-//! on the same TLS port, the Destination API over an index; and that
-//! controller on a file feed with two sidecars meshed by it.
+//! on the same TLS port, the Destination API over an index; that controller
+//! on a file feed with two sidecars meshed by it; and its injector webhook.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::ObjectMeta;
+use plexus_controller::admission::{Injector, service_dns_names};
 use plexus_controller::destination::DestinationService;
 use plexus_controller::grpc::{self, GrpcTransport};
-use plexus_controller::identity::{BootstrapTokens, IdentityService, controller_server_config};
+use plexus_controller::identity::{
+    BootstrapTokens, IdentityService, controller_server_config, webhook_server_config,
+};
 use plexus_controller::metrics::Metrics;
 use plexus_discovery::feed::{self, Readiness};
 use plexus_discovery::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_identity::{Ca, SpiffeId};
+use plexus_inject::InjectConfig;
 use plexus_proxy::RunningProxy;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
@@ -147,4 +153,32 @@ impl MeshedPair {
             _dir: dir,
         }
     }
+}
+
+/// The controller's injector webhook on loopback, as the chart deploys it: HTTPS
+/// with a certificate from `ca` for the Service `plexus-injector` in namespace
+/// `plexus`, and namespace `shop` annotated for injection in its index.
+pub async fn injector(ca: Arc<Ca>) -> SocketAddr {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(Namespace {
+        metadata: ObjectMeta {
+            name: Some("shop".into()),
+            annotations: Some([("plexus.io/inject".into(), "enabled".into())].into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    });
+    let config = InjectConfig {
+        trust_anchors: ca.trust_anchor_pem().to_owned(),
+        ..InjectConfig::default()
+    };
+    let tls = webhook_server_config(
+        ca,
+        service_dns_names("plexus-injector", "plexus", "cluster.local"),
+    )
+    .expect("webhook TLS");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(Injector { index, config }.serve(listener, tls));
+    addr
 }

@@ -1,15 +1,18 @@
 //! HTTP clients for the tests: single connections with hyper's client
 //! (HTTP/1.1, HTTP/2 prior knowledge), one request over a stream the test
-//! opened itself (from inside a network namespace, say), raw exchanges, and
-//! GETs on admin servers.
+//! opened itself (from inside a network namespace, say), raw exchanges, GETs
+//! on admin servers, and HTTPS verified against given trust anchors.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use plexus_identity::tls::{provider, trust_anchors_from_pem};
 use plexus_proxy::body::{self, Body};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
@@ -158,4 +161,48 @@ pub async fn get_over(
         headers: head.headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// One request over HTTPS (HTTP/2 by ALPN) on a new connection to `addr`,
+/// trusting only the PEM certificates `trust_anchors` and checking that the
+/// server's certificate names `server_name`, as the API server calls a
+/// webhook with its `caBundle`. Every failure is an error, never a panic:
+/// the API server stand-in reports them as a failed webhook call.
+pub async fn https_exchange(
+    trust_anchors: &[u8],
+    addr: SocketAddr,
+    server_name: &str,
+    request: Request<Full<Bytes>>,
+) -> Result<(StatusCode, Bytes), String> {
+    let roots = trust_anchors_from_pem(trust_anchors).map_err(|e| e.to_string())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let name = ServerName::try_from(server_name.to_owned()).map_err(|e| e.to_string())?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("dial {addr}: {e}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((status, body.to_bytes()))
 }

@@ -11,12 +11,14 @@
 //! - [`upstream`]: small servers on loopback (HTTP/1 + h2 + gRPC + upgrades, TCP).
 //! - [`proxy`]: an in-process `plexus-proxy` with a static config.
 //! - [`logical`]: a `Logical` (routes, backends, resilience) over a static target.
-//! - [`controller`]: the controller's Identity and Destination APIs in-process.
+//! - [`controller`]: the controller's Identity and Destination APIs and its injector in-process.
 //! - [`apiserver`]: an in-process stand-in for the Kubernetes API server.
+//! - [`admission`]: its mutating admission (webhooks called over verified HTTPS).
 //! - [`bins`]: the workspace's real binaries as processes.
 //! - [`otlp`]: `plexusctl traces`' OTLP receiver as the tests use it.
 //! - [`netns`]: network-namespace "pods" for the root-only tests.
 
+pub mod admission;
 pub mod apiserver;
 pub mod bins;
 pub mod controller;

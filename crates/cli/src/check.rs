@@ -1,26 +1,26 @@
 //! `plexusctl check`: what a user runs before and after installing Plexus.
 //! Each check is one line, ✔ or ✘, and a failed one says what to do next.
-//! It reads the cluster through the API server only (the default kubeconfig
-//! or the in-cluster configuration), so it needs no more than `get` rights.
+//! It reads the cluster through the API server (the default kubeconfig or the
+//! in-cluster configuration): `get` rights, and `create` on pods in the probe
+//! namespace for one dry-run pod that is never stored.
+
+mod gateway_api;
+mod probe;
+pub mod release;
+mod webhook;
 
 use std::fmt;
 
-use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use plexus_core::PROXY_CONTAINER;
 use plexus_core::annotations::INJECT;
 
-/// The chart's names.
+pub use gateway_api::{BUNDLE_VERSION, CHANNEL};
+
+/// The chart's name for the controller's Deployment (namespaced, so not per release).
 const CONTROLLER_DEPLOYMENT: &str = "plexus-controller";
-const WEBHOOK_CONFIGURATION: &str = "plexus-injector";
-/// The Gateway API kinds the controller watches.
-const GATEWAY_API_CRDS: [&str; 2] = [
-    "httproutes.gateway.networking.k8s.io",
-    "grpcroutes.gateway.networking.k8s.io",
-];
 
 /// Check the cluster and the Plexus installation; exits non-zero if a check fails.
 #[derive(Debug, clap::Args)]
@@ -28,6 +28,14 @@ pub struct CheckCommand {
     /// The control plane's namespace.
     #[arg(long, default_value = "plexus")]
     pub namespace: String,
+    /// The Helm release: the chart names cluster-scoped objects (the webhook
+    /// configuration) after it and the namespace.
+    #[arg(long, default_value = "plexus")]
+    pub release: String,
+    /// Where the dry-run probe pod is created: any namespace the webhook's
+    /// namespaceSelector admits (not the control plane's, not kube-system).
+    #[arg(long, default_value = "default")]
+    pub probe_namespace: String,
     /// Also check that this meshed pod's proxy is ready (it has its certificate).
     #[arg(long, value_name = "NAMESPACE/NAME", value_parser = parse_pod)]
     pub pod: Option<(String, String)>,
@@ -107,6 +115,7 @@ pub const API_SERVER: &str = "API server reachable";
 pub const GATEWAY_API: &str = "Gateway API CRDs present";
 pub const CONTROLLER: &str = "controller ready";
 pub const WEBHOOK: &str = "webhook configured";
+pub const INJECTION: &str = "webhook injects pods";
 pub const POD_PROXY: &str = "pod's proxy ready";
 
 /// Runs every check in order. When the API server cannot be reached the
@@ -118,9 +127,10 @@ pub async fn run_checks(client: &kube::Client, options: &CheckCommand) -> Vec<Ch
     }
     let mut results = vec![
         reachable,
-        gateway_api(client).await,
-        controller(client, &options.namespace).await,
-        webhook(client).await,
+        gateway_api::check(client).await,
+        controller(client, options).await,
+        webhook::check(client, options).await,
+        probe::check(client, options).await,
     ];
     if let Some((namespace, name)) = &options.pod {
         results.push(pod_proxy(client, namespace, name).await);
@@ -139,35 +149,8 @@ async fn api_server(client: &kube::Client) -> CheckResult {
     }
 }
 
-async fn gateway_api(client: &kube::Client) -> CheckResult {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut missing = Vec::new();
-    for name in GATEWAY_API_CRDS {
-        match crds.get_opt(name).await {
-            Ok(Some(_)) => {}
-            Ok(None) => missing.push(name),
-            Err(e) => {
-                return CheckResult::fail(
-                    GATEWAY_API,
-                    format!("reading CRD {name}: {e}"),
-                    "plexusctl check needs `get` on customresourcedefinitions",
-                );
-            }
-        }
-    }
-    if missing.is_empty() {
-        CheckResult::pass(GATEWAY_API, GATEWAY_API_CRDS.join(", "))
-    } else {
-        CheckResult::fail(
-            GATEWAY_API,
-            format!("missing {}", missing.join(", ")),
-            "install the standard channel of Gateway API v1.2 or later (kubernetes-sigs/gateway-api \
-             releases); routes are ignored without it",
-        )
-    }
-}
-
-async fn controller(client: &kube::Client, namespace: &str) -> CheckResult {
+async fn controller(client: &kube::Client, options: &CheckCommand) -> CheckResult {
+    let namespace = &options.namespace;
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let shown = format!("deployment {namespace}/{CONTROLLER_DEPLOYMENT}");
     match deployments.get_opt(CONTROLLER_DEPLOYMENT).await {
@@ -194,8 +177,9 @@ async fn controller(client: &kube::Client, namespace: &str) -> CheckResult {
             CONTROLLER,
             format!("{shown} not found"),
             format!(
-                "helm install plexus charts/plexus -n {namespace} --create-namespace \
-                 (or pass --namespace where Plexus is installed)"
+                "helm install {} charts/plexus -n {namespace} --create-namespace \
+                 (or pass --namespace where Plexus is installed)",
+                options.release
             ),
         ),
         Err(e) => CheckResult::fail(
@@ -203,54 +187,6 @@ async fn controller(client: &kube::Client, namespace: &str) -> CheckResult {
             format!("reading {shown}: {e}"),
             "plexusctl check needs `get` on deployments",
         ),
-    }
-}
-
-async fn webhook(client: &kube::Client) -> CheckResult {
-    let configs: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let shown = format!("MutatingWebhookConfiguration {WEBHOOK_CONFIGURATION}");
-    let config = match configs.get_opt(WEBHOOK_CONFIGURATION).await {
-        Ok(Some(config)) => config,
-        Ok(None) => {
-            return CheckResult::fail(
-                WEBHOOK,
-                format!("{shown} not found"),
-                "install the chart (it creates the webhook configuration); pods are not injected",
-            );
-        }
-        Err(e) => {
-            return CheckResult::fail(
-                WEBHOOK,
-                format!("reading {shown}: {e}"),
-                "plexusctl check needs `get` on mutatingwebhookconfigurations",
-            );
-        }
-    };
-    let webhooks = config.webhooks.unwrap_or_default();
-    let without: Vec<&str> = webhooks
-        .iter()
-        .filter(|w| {
-            w.client_config
-                .ca_bundle
-                .as_ref()
-                .is_none_or(|b| b.0.is_empty())
-        })
-        .map(|w| w.name.as_str())
-        .collect();
-    if webhooks.is_empty() {
-        CheckResult::fail(
-            WEBHOOK,
-            format!("{shown} has no webhooks"),
-            "reinstall the chart",
-        )
-    } else if !without.is_empty() {
-        CheckResult::fail(
-            WEBHOOK,
-            format!("{shown}: no caBundle on {}", without.join(", ")),
-            "the controller sets it once it runs: check the controller first, then its logs",
-        )
-    } else {
-        CheckResult::pass(WEBHOOK, format!("{shown} with a caBundle"))
     }
 }
 
@@ -274,13 +210,7 @@ async fn pod_proxy(client: &kube::Client, namespace: &str, name: &str) -> CheckR
             );
         }
     };
-    let meshed = pod.spec.iter().any(|spec| {
-        spec.containers
-            .iter()
-            .chain(spec.init_containers.iter().flatten())
-            .any(|c| c.name == PROXY_CONTAINER)
-    });
-    if !meshed {
+    if !carries_proxy(&pod) {
         return CheckResult::fail(
             POD_PROXY,
             format!("{shown} has no {PROXY_CONTAINER} container: not meshed"),
@@ -319,6 +249,17 @@ async fn pod_proxy(client: &kube::Client, namespace: &str, name: &str) -> CheckR
             format!("kubectl -n {namespace} describe pod {name}"),
         ),
     }
+}
+
+/// Whether the injector gave `pod` the proxy (a native sidecar: it is among
+/// the init containers).
+fn carries_proxy(pod: &Pod) -> bool {
+    pod.spec.iter().any(|spec| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .any(|c| c.name == PROXY_CONTAINER)
+    })
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
 //! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names, the
-//! proxy's container name and what makes a watched file a new version.
+//! proxy's container name, the CA Secret's name and what makes a watched file a new version.
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
 //! on no Kubernetes, gRPC or async library (only std and `thiserror`), so the init
@@ -22,3 +22,9 @@ pub use file_version::FileVersion;
 /// Name of the proxy's native-sidecar container: the injector adds it, and its
 /// presence is what marks a pod as meshed to discovery and to `plexusctl check`.
 pub const PROXY_CONTAINER: &str = "plexus-proxy";
+
+/// The Secret that holds the mesh's CA in the controller's namespace, and its key
+/// for the trust anchors (PEM): the controller writes both, and `plexusctl check`
+/// compares the webhook's `caBundle` with them.
+pub const CA_SECRET: &str = "plexus-ca";
+pub const CA_TRUST_ANCHOR_KEY: &str = "ca.crt";

@@ -13,11 +13,11 @@ use plexus_identity::{Ca, CaError, CaMaterial};
 use tokio::sync::watch;
 
 /// The Secret holding the CA, in the controller's namespace.
-pub const CA_SECRET: &str = "plexus-ca";
+pub use plexus_core::CA_SECRET;
 /// Keys in the Secret, and file names in the CA directory.
 pub const CERTIFICATE_KEY: &str = "tls.crt";
 pub const PRIVATE_KEY_KEY: &str = "tls.key";
-pub const TRUST_ANCHOR_KEY: &str = "ca.crt";
+pub const TRUST_ANCHOR_KEY: &str = plexus_core::CA_TRUST_ANCHOR_KEY;
 
 /// Lifetime of a CA the controller makes itself.
 pub const DEFAULT_CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 60 * 60);
