@@ -243,14 +243,16 @@ mod tests {
         assert_eq!(first.material(), second.material());
     }
 
-    #[tokio::test]
-    async fn a_replica_that_loses_the_race_uses_the_winners_ca() {
-        let winner = Ca::new_root("td", Duration::from_secs(3600)).unwrap();
-        let theirs = secret_json(winner.material());
-        // The first GET sees nothing (the other replica has not created yet),
-        // the create conflicts, the second GET sees the winner's Secret.
+    /// An API server whose first GET finds no CA Secret and every later one
+    /// finds `ca`'s (another replica created it meanwhile); `other` answers
+    /// every other method.
+    async fn secret_appearing(
+        ca: &Ca,
+        other: impl Fn(&str) -> Reply + Send + Sync + 'static,
+    ) -> ApiStandIn {
+        let theirs = secret_json(ca.material());
         let gets = Mutex::new(0);
-        let server = ApiStandIn::start(move |method, _, _| match method.as_str() {
+        ApiStandIn::start(move |method, _, _| match method.as_str() {
             "GET" => {
                 let mut gets = gets.lock().unwrap();
                 *gets += 1;
@@ -260,6 +262,16 @@ mod tests {
                     Reply::json(200, theirs.clone())
                 }
             }
+            method => other(method),
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_loses_the_race_uses_the_winners_ca() {
+        let winner = Ca::new_root("td", Duration::from_secs(3600)).unwrap();
+        // The create conflicts: the other replica created it meanwhile.
+        let server = secret_appearing(&winner, |method| match method {
             "POST" => Reply::status(409, "AlreadyExists"),
             other => panic!("unexpected {other}"),
         })
@@ -273,21 +285,7 @@ mod tests {
     #[tokio::test]
     async fn a_follower_never_creates_and_loads_the_leaders_secret() {
         let leaders = Ca::new_root("td", Duration::from_secs(3600)).unwrap();
-        let theirs = secret_json(leaders.material());
-        let gets = Mutex::new(0);
-        let server = ApiStandIn::start(move |method, _, _| match method.as_str() {
-            "GET" => {
-                let mut gets = gets.lock().unwrap();
-                *gets += 1;
-                if *gets == 1 {
-                    Reply::status(404, "NotFound")
-                } else {
-                    Reply::json(200, theirs.clone())
-                }
-            }
-            other => panic!("a follower sent {other}"),
-        })
-        .await;
+        let server = secret_appearing(&leaders, |other| panic!("a follower sent {other}")).await;
         let (_elected, following) = watch::channel(false);
         let ca = ca_from_secret(server.client(), "plexus", &settings(), following)
             .await
