@@ -32,16 +32,16 @@ use crate::controller_loopback::processes::{Controller, Proxy, port_below_epheme
 const DESTINATIONS: usize = 10_000;
 /// Requests in flight at once, each on its own keep-alive connection.
 const CONNECTIONS: usize = 16;
-/// Longer than calling the 10,000 takes (about 20 s in a debug build on a
+/// Longer than calling the 10,000 takes (15 to 22 s in a debug build on a
 /// busy 2-core machine), so that none idles out before the peak holds them
-/// all; as short as that allows, since the release waits for it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(25);
+/// all; no longer, since the release waits for it.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A destination's `Logical` goes within 1.5 idle timeouts of its last use
 /// (sweeps every half timeout), its watch at the next sweep after that;
 /// plus a loaded machine.
-const RELEASE_BOUND: Duration = Duration::from_secs(2 * 25 + 30);
+const RELEASE_BOUND: Duration = Duration::from_secs(2 * 30 + 30);
 /// Two sweeps after the last watch went, with a loaded machine's delays.
-const SWEEPS_BOUND: Duration = Duration::from_secs(25 + 10);
+const SWEEPS_BOUND: Duration = Duration::from_secs(30 + 10);
 const NAMESPACE: &str = "shop";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +98,8 @@ async fn ten_thousand_idle_destinations_leave_no_watch_and_no_memory_behind() {
     assert_eq!(
         peak.watches,
         baseline.watches + DESTINATIONS as u64,
-        "every destination watched at the peak"
+        "every destination watched at the peak (calling them took {traffic:.1?}, the idle \
+         timeout is {IDLE_TIMEOUT:?})"
     );
     assert_eq!(after.watches, baseline.watches, "every watch released");
     assert!(

@@ -372,6 +372,7 @@ fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) -> 
         let held = watched.target.receiver_count() > 1;
         held || watched.last_used.elapsed() < idle_timeout
     });
+    crate::memory::shrink_swept(watches);
     watches.len() < before
 }
 

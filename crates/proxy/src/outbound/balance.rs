@@ -18,7 +18,7 @@ use crate::connect::EndpointClient;
 use crate::destinations::{Destinations, Resolution, sweep_period};
 use crate::error::ProxyError;
 use crate::logical::{Logical, LogicalMetrics};
-use crate::memory::TrimAfterSweeps;
+use crate::memory::{self, TrimAfterSweeps};
 use crate::metrics::ProxyMetrics;
 use crate::upstream::{LogicalTarget, Upstream};
 
@@ -78,7 +78,8 @@ impl Targets {
     pub fn release_idle(&self, idle: Duration) -> bool {
         let now = Instant::now();
         let mut released = Vec::new();
-        self.logicals().retain(|name, (logical, last_used)| {
+        let mut logicals = self.logicals();
+        logicals.retain(|name, (logical, last_used)| {
             // Another holder is a connection (or its cache of the last authority).
             let keep = Arc::strong_count(logical) > 1 || now < *last_used + idle;
             if !keep {
@@ -86,6 +87,8 @@ impl Targets {
             }
             keep
         });
+        memory::shrink_swept(&mut logicals);
+        drop(logicals);
         let logicals_released = !released.is_empty();
         for name in released {
             self.request_metrics.forget_target(&name);
