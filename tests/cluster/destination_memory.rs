@@ -32,16 +32,17 @@ use crate::controller_loopback::processes::{Controller, Proxy, port_below_epheme
 const DESTINATIONS: usize = 10_000;
 /// Requests in flight at once, each on its own keep-alive connection.
 const CONNECTIONS: usize = 16;
-/// Longer than calling the 10,000 takes (15 to 22 s in a debug build on a
-/// busy 2-core machine), so that none idles out before the peak holds them
-/// all; no longer, since the release waits for it.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longer than calling the 10,000 usually takes (15 to 22 s in a debug build
+/// on a busy 2-core machine), so that the peak holds them all; no longer,
+/// since the release waits for it. On a slower machine the first ones idle
+/// out before the last are called: the peak is lower, the release the same.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(25);
 /// A destination's `Logical` goes within 1.5 idle timeouts of its last use
 /// (sweeps every half timeout), its watch at the next sweep after that;
 /// plus a loaded machine.
-const RELEASE_BOUND: Duration = Duration::from_secs(2 * 30 + 30);
+const RELEASE_BOUND: Duration = Duration::from_secs(2 * 25 + 30);
 /// Two sweeps after the last watch went, with a loaded machine's delays.
-const SWEEPS_BOUND: Duration = Duration::from_secs(30 + 10);
+const SWEEPS_BOUND: Duration = Duration::from_secs(25 + 10);
 const NAMESPACE: &str = "shop";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -70,41 +71,42 @@ async fn ten_thousand_idle_destinations_leave_no_watch_and_no_memory_behind() {
     call(proxy.outbound, 0..DESTINATIONS).await;
     let traffic = started.elapsed();
     let peak = measure.now().await;
+    eprintln!(
+        "{DESTINATIONS} destinations called in {traffic:.1?} (idle timeout {IDLE_TIMEOUT:?}); \
+         CPU for the calls: proxy {:.1?}, controller {:.1?}",
+        peak.proxy.cpu - baseline.proxy.cpu,
+        peak.controller.cpu - baseline.controller.cpu,
+    );
+    assert!(
+        peak.watches >= baseline.watches + DESTINATIONS as u64 / 2,
+        "most destinations watched at once at the peak: {} (calling them took {traffic:.1?}, \
+         the idle timeout is {IDLE_TIMEOUT:?})",
+        peak.watches
+    );
+    let grown = peak.proxy.rss_kib.saturating_sub(baseline.proxy.rss_kib);
+    assert!(
+        grown >= MIN_GROWTH_KIB,
+        "the destinations cost the proxy {grown} KiB: too little to measure a release by"
+    );
 
     let released = Instant::now();
-    let grown = peak.proxy.rss_kib.saturating_sub(baseline.proxy.rss_kib);
     let allowed = baseline.proxy.rss_kib + grown * KEPT_PERCENT / 100;
-    let after = measure.after_release(allowed).await;
-    let release = released.elapsed();
-
+    let after = measure.after_release(baseline.watches, allowed).await;
     eprintln!(
-        "{DESTINATIONS} destinations called in {traffic:.1?}; released within {release:.1?} \
-         (idle timeout {IDLE_TIMEOUT:?})\n\
+        "released within {:.1?} of the last call\n\
          controller watches: baseline {}, peak {}, after {}\n\
-         proxy RSS (KiB): baseline {}, peak {}, after {}; CPU for the calls {:.1?}\n\
-         controller RSS (KiB): baseline {}, peak {}, after {}; CPU for the calls {:.1?}",
+         proxy RSS (KiB): baseline {}, peak {}, after {} (at most {allowed})\n\
+         controller RSS (KiB): baseline {}, peak {}, after {}",
+        released.elapsed(),
         baseline.watches,
         peak.watches,
         after.watches,
         baseline.proxy.rss_kib,
         peak.proxy.rss_kib,
         after.proxy.rss_kib,
-        peak.proxy.cpu - baseline.proxy.cpu,
         baseline.controller.rss_kib,
         peak.controller.rss_kib,
         after.controller.rss_kib,
-        peak.controller.cpu - baseline.controller.cpu,
-    );
-    assert_eq!(
-        peak.watches,
-        baseline.watches + DESTINATIONS as u64,
-        "every destination watched at the peak (calling them took {traffic:.1?}, the idle \
-         timeout is {IDLE_TIMEOUT:?})"
-    );
-    assert_eq!(after.watches, baseline.watches, "every watch released");
-    assert!(
-        grown >= MIN_GROWTH_KIB,
-        "the destinations cost the proxy {grown} KiB: too little to measure a release by"
     );
 }
 
@@ -139,20 +141,21 @@ impl Measure<'_> {
         }
     }
 
-    /// Once the destinations are released: no target is watched (the
-    /// proxy's own policy watch counts as `api="server"`), and the proxy's
-    /// RSS is down to `rss_kib`; the freed memory goes back to the system
-    /// at the sweep that frees it or the next one.
-    async fn after_release(&self, rss_kib: u64) -> Figures {
+    /// Once the destinations are released: the watch count is back to
+    /// `watches` (the proxy's own policy watch counts as `api="server"`), the proxy's
+    /// RSS is down to `rss_kib` (the freed memory goes back to the system
+    /// at the sweep that frees it or the next one); fails the test if not
+    /// within the bounds.
+    async fn after_release(&self, watches: u64, rss_kib: u64) -> Figures {
         let controller = self.controller;
         within(
             RELEASE_BOUND,
             "the destinations' watches released",
             || async move {
-                let watches = controller.watchers().await?;
-                (watches == 0)
+                let now = controller.watchers().await?;
+                (now == watches)
                     .then_some(())
-                    .ok_or(format!("{watches} watches"))
+                    .ok_or(format!("{now} watches"))
             },
         )
         .await;
