@@ -16,7 +16,7 @@
 //! `--nocapture` shows the figures.
 
 mod feed;
-mod processes;
+pub(crate) mod processes;
 mod traffic;
 mod upstream;
 
@@ -316,7 +316,7 @@ impl Mesh {
         let controller = Controller::start(feed.path()).await;
         let mut proxies = Vec::new();
         for n in 1..=PROXIES {
-            proxies.push(Proxy::start(&n.to_string(), controller.grpc, NAMESPACE).await);
+            proxies.push(Proxy::start(&n.to_string(), controller.grpc, NAMESPACE, &[]).await);
         }
         let mesh = Self {
             feed,

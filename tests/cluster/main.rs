@@ -10,6 +10,8 @@
 
 mod chart;
 mod controller_loopback;
+/// Issue 10's 10,000-destination memory test, on the same binaries.
+mod destination_memory;
 mod manifests;
 /// Typed round trips of Kubernetes objects (chart and manifests).
 mod typed;

@@ -110,7 +110,7 @@ impl Process {
     }
 
     /// What the process used so far (Linux's /proc): CPU time, all threads,
-    /// user and system; and its peak resident memory.
+    /// user and system; and its resident memory, now and at its peak.
     pub fn usage(&self) -> Usage {
         let pid = self.child.id().expect("the process runs");
         let read = |file: &str| {
@@ -128,14 +128,17 @@ impl Process {
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
         let ticks = fields[14 - 3] + fields[15 - 3];
         let status = read("status");
-        let peak_rss_kib = status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmHWM in /proc/<pid>/status");
+        let kib = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+        };
         Usage {
             cpu: Duration::from_millis(ticks * 1000 / per_second),
-            peak_rss_kib,
+            rss_kib: kib("VmRSS:"),
+            peak_rss_kib: kib("VmHWM:"),
         }
     }
 
@@ -150,6 +153,7 @@ impl Process {
 #[derive(Clone, Copy, Debug)]
 pub struct Usage {
     pub cpu: Duration,
+    pub rss_kib: u64,
     pub peak_rss_kib: u64,
 }
 

@@ -79,7 +79,9 @@ pub trait EndpointClient: Send + Sync + 'static {
     fn send(&self, target: &EndpointTarget, request: Request<Body>) -> ResponseFuture;
 
     /// Drops what is kept per endpoint (pooled connections) for endpoints
-    /// that no request used for `idle`; a client that keeps nothing has
-    /// nothing to do.
-    fn release_idle(&self, _idle: Duration) {}
+    /// that no request used for `idle`, and says whether there were any; a
+    /// client that keeps nothing has nothing to do.
+    fn release_idle(&self, _idle: Duration) -> bool {
+        false
+    }
 }

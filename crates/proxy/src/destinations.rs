@@ -11,7 +11,8 @@
 //! (default 30 s) loses its `Logical` and metric series
 //! (`crate::outbound::Targets`), its connection pools
 //! (`EndpointClient::release_idle`) and its controller watch
-//! (`crate::control`); each is swept every [`sweep_period`].
+//! (`crate::control`); each is swept every [`sweep_period`], and what a
+//! sweep frees is handed back to the system (`crate::memory`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

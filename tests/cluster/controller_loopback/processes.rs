@@ -15,7 +15,7 @@ use super::{BOUND, http_get};
 /// A loopback address with a free port in 20000..32768: below Linux's default
 /// ephemeral range (32768..60999), where neither `bind(0)` nor `connect`
 /// picks ports.
-fn port_below_ephemeral() -> SocketAddr {
+pub fn port_below_ephemeral() -> SocketAddr {
     (0..1000)
         .map(|_| rand::random_range(20_000..32_768))
         .find_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
@@ -70,15 +70,25 @@ impl Controller {
         controller
     }
 
-    /// `plexus_controller_watchers{api="destination"}`: open Watch streams.
+    /// `plexus_controller_watchers{api="destination"}`: open Watch streams
+    /// (0 before the first, when the series does not exist yet).
     pub async fn watchers(&self) -> Result<u64, String> {
         let reply = http_get(self.admin, "admin", "/metrics", &[]).await?;
-        reply
+        if reply.status != 200 {
+            return Err(format!("/metrics: {}", reply.status));
+        }
+        let series = "plexus_controller_watchers{api=\"destination\"} ";
+        match reply
             .body
             .lines()
-            .find_map(|line| line.strip_prefix("plexus_controller_watchers{api=\"destination\"} "))
-            .and_then(|value| value.trim().parse().ok())
-            .ok_or_else(|| "no plexus_controller_watchers in /metrics".to_string())
+            .find_map(|line| line.strip_prefix(series))
+        {
+            None => Ok(0),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|e| format!("{series}{value}: {e}")),
+        }
     }
 
     /// Its `/status` (JSON).
@@ -105,7 +115,13 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub async fn start(name: &str, controller: SocketAddr, namespace: &str) -> Self {
+    /// `env`: more `PLEXUS_*` variables.
+    pub async fn start(
+        name: &str,
+        controller: SocketAddr,
+        namespace: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut command = Command::new(bin("plexus-proxy"));
         command
             .env_clear()
@@ -116,7 +132,8 @@ impl Proxy {
             .env("PLEXUS_POD_NAMESPACE", namespace)
             // One worker: the machine has two cores for everything in the test.
             .env("PLEXUS_WORKER_THREADS", "1")
-            .env("PLEXUS_LOG", "info");
+            .env("PLEXUS_LOG", "info")
+            .envs(env.iter().copied());
         let what = format!("plexus-proxy {name}");
         let (process, line) = Process::spawn(command, &what, "proxy listening").await;
         let admin = addr_field(&line, "admin_addr");

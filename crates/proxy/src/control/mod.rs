@@ -28,6 +28,7 @@ use tower::util::rng::HasherRng;
 use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture, sweep_period};
 use crate::inbound::policy::{self, PolicyWatch};
+use crate::memory::TrimAfterSweeps;
 use crate::tls::MeshTls;
 
 pub use server_policy::watch_server_policy;
@@ -345,8 +346,10 @@ fn apply(
 
 /// Drops, every [`sweep_period`], the watches of targets nobody resolved
 /// recently and nobody holds; dropping one aborts its task, which ends its
-/// stream (the controller's watch count drops).
+/// stream (the controller's watch count drops). Freed memory goes back to
+/// the system.
 async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
+    let mut trim = TrimAfterSweeps::default();
     loop {
         let period = match this.upgrade() {
             Some(this) => sweep_period(this.config.idle_timeout),
@@ -355,16 +358,22 @@ async fn sweep_idle(this: std::sync::Weak<ControllerDestinations>) {
         tokio::time::sleep(period).await;
         let Some(this) = this.upgrade() else { return };
         let mut watches = this.watches.lock().unwrap_or_else(|e| e.into_inner());
-        drop_idle(&mut watches, this.config.idle_timeout);
+        let dropped = drop_idle(&mut watches, this.config.idle_timeout);
+        drop(watches);
+        trim.swept(dropped);
     }
 }
 
-fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) {
+/// Whether any watch was dropped.
+fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) -> bool {
+    let before = watches.len();
     watches.retain(|_, watched| {
         // One receiver lives in the status itself; more mean a user holds it.
         let held = watched.target.receiver_count() > 1;
         held || watched.last_used.elapsed() < idle_timeout
     });
+    crate::memory::shrink_swept(watches);
+    watches.len() < before
 }
 
 /// A lazily connecting plaintext channel to `addr` (`http://host:port`).

@@ -18,6 +18,7 @@ use crate::connect::EndpointClient;
 use crate::destinations::{Destinations, Resolution, sweep_period};
 use crate::error::ProxyError;
 use crate::logical::{Logical, LogicalMetrics};
+use crate::memory::{self, TrimAfterSweeps};
 use crate::metrics::ProxyMetrics;
 use crate::upstream::{LogicalTarget, Upstream};
 
@@ -43,15 +44,17 @@ pub struct Redirected {
 
 /// Releases, every [`sweep_period`], what idle destinations hold: their
 /// `Logical`s and metric series, and the client's pools of endpoints no
-/// request used (passthrough destinations among them). Dropping a `Logical`
-/// lets the destination source drop its watch. Ends with the `Targets`.
+/// request used (passthrough destinations among them), and hands the freed
+/// memory back to the system. Dropping a `Logical` lets the destination
+/// source drop its watch. Ends with the `Targets`.
 pub async fn release_idle_destinations(targets: Weak<Targets>, idle: Duration) {
+    let mut trim = TrimAfterSweeps::default();
     loop {
         tokio::time::sleep(sweep_period(idle)).await;
         let Some(targets) = targets.upgrade() else {
             return;
         };
-        targets.release_idle(idle);
+        trim.swept(targets.release_idle(idle));
     }
 }
 
@@ -71,11 +74,12 @@ impl Targets {
         }
     }
 
-    /// One sweep of [`release_idle_destinations`].
-    pub fn release_idle(&self, idle: Duration) {
+    /// One sweep of [`release_idle_destinations`]: whether it released anything.
+    pub fn release_idle(&self, idle: Duration) -> bool {
         let now = Instant::now();
         let mut released = Vec::new();
-        self.logicals().retain(|name, (logical, last_used)| {
+        let mut logicals = self.logicals();
+        logicals.retain(|name, (logical, last_used)| {
             // Another holder is a connection (or its cache of the last authority).
             let keep = Arc::strong_count(logical) > 1 || now < *last_used + idle;
             if !keep {
@@ -83,11 +87,15 @@ impl Targets {
             }
             keep
         });
+        memory::shrink_swept(&mut logicals);
+        drop(logicals);
+        let logicals_released = !released.is_empty();
         for name in released {
             self.request_metrics.forget_target(&name);
             self.metrics.forget_target(&name);
         }
-        self.client.release_idle(idle);
+        let pools_released = self.client.release_idle(idle);
+        logicals_released || pools_released
     }
 
     fn logicals(
@@ -200,7 +208,7 @@ mod tests {
 
         // Held by a connection: kept however long it idles.
         tokio::time::advance(IDLE * 2).await;
-        targets.release_idle(IDLE);
+        assert!(!targets.release_idle(IDLE), "nothing to release");
         let held = logical(targets.by_authority("web").await.unwrap());
         assert!(Arc::ptr_eq(&first, &held));
         drop((first, held));
@@ -209,12 +217,15 @@ mod tests {
         // Unheld but used within the timeout: kept.
         let before = Arc::downgrade(&logical(targets.by_authority("web").await.unwrap()));
         tokio::time::advance(IDLE / 2).await;
-        targets.release_idle(IDLE);
+        assert!(!targets.release_idle(IDLE));
         assert!(before.upgrade().is_some(), "used {:?} ago", IDLE / 2);
 
         // Unheld and idle: dropped with its series; the next lookup builds a new one.
         tokio::time::advance(IDLE).await;
-        targets.release_idle(IDLE);
+        assert!(
+            targets.release_idle(IDLE),
+            "a release to give back to the system"
+        );
         assert!(before.upgrade().is_none(), "the idle Logical was dropped");
         assert!(!exposition(&registry).contains(WEB), "its series went too");
         let _after = logical(targets.by_authority("web").await.unwrap());

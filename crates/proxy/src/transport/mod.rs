@@ -155,15 +155,18 @@ impl HttpEndpointClient {
 }
 
 impl EndpointClient for HttpEndpointClient {
-    fn release_idle(&self, idle: Duration) {
+    fn release_idle(&self, idle: Duration) -> bool {
         let now = self.millis_since_start();
         let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
         let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        let before = pools.len();
         pools.retain(|_, pool| {
             // Another holder is a request still in flight.
             let in_flight = Arc::strong_count(&pool.client) > 1;
             in_flight || now.saturating_sub(pool.last_used.load(Ordering::Relaxed)) < idle
         });
+        crate::memory::shrink_swept(&mut pools);
+        pools.len() < before
     }
 
     fn send(&self, target: &EndpointTarget, mut request: Request<Body>) -> ResponseFuture {
@@ -316,17 +319,17 @@ mod tests {
         let in_flight = client.pool(key(2));
         tokio::time::advance(idle / 2).await;
         drop(client.pool(key(3)));
-        client.release_idle(idle);
-        assert_eq!(pools(&client), 3, "nothing is idle yet");
+        assert!(!client.release_idle(idle), "nothing is idle yet");
+        assert_eq!(pools(&client), 3);
 
         tokio::time::advance(idle).await;
         drop(client.pool(key(3)));
-        client.release_idle(idle);
+        assert!(client.release_idle(idle));
         // 1 idled out; 2 is held by a request in flight; 3 was just used.
         assert_eq!(pools(&client), 2);
         assert!(client.pools.read().unwrap().contains_key(&key(2)));
         drop(in_flight);
-        client.release_idle(idle);
+        assert!(client.release_idle(idle));
         assert_eq!(pools(&client), 1);
     }
 
