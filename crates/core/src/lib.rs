@@ -1,9 +1,11 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
 //! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names, the
-//! proxy's container name, the CA Secret's name and what makes a watched file a new version.
+//! proxy's container name, the CA Secret's name, what makes a watched file a new version, and
+//! how swept state is given back to the system ([`memory`]).
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
-//! on no Kubernetes, gRPC or async library (only std and `thiserror`), so the init
+//! on no Kubernetes, gRPC or async library (only std, `thiserror`, and `libc` for
+//! glibc's `malloc_trim`), so the init
 //! container, the injector, the discovery index and the proxy can all use it
 //! without pulling each other in. The one exception is test-only: feature
 //! `proptest` adds [`property`], the shared configuration of property tests.
@@ -12,6 +14,7 @@ pub mod annotations;
 pub mod app_source;
 mod direction;
 mod file_version;
+pub mod memory;
 pub mod ports;
 #[cfg(feature = "proptest")]
 pub mod property;

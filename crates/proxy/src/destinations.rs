@@ -12,7 +12,7 @@
 //! (`crate::outbound::Targets`), its connection pools
 //! (`EndpointClient::release_idle`) and its controller watch
 //! (`crate::control`); each is swept every [`sweep_period`], and what a
-//! sweep frees is handed back to the system (`crate::memory`).
+//! sweep frees is handed back to the system (`plexus_core::memory`).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

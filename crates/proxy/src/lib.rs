@@ -30,7 +30,6 @@ mod h2_flood;
 mod head_timeout;
 mod hop_by_hop;
 mod http;
-mod memory;
 mod metrics;
 mod opaque;
 mod outbound;

@@ -572,17 +572,18 @@ fn dropped_watchers_are_swept() {
     let mut index = index();
     let rx = index.watch_target("web:80", "shop").unwrap();
     let server = index.watch_server("shop", "web-1");
-    index.sweep_watches();
+    assert!(!index.sweep_watches(), "both watches are held");
     assert_eq!(
         (index.sizes().target_watches, index.sizes().server_watches),
         (1, 1)
     );
     drop((rx, server));
-    index.sweep_watches();
+    assert!(index.sweep_watches(), "the sweep released them");
     assert_eq!(
         (index.sizes().target_watches, index.sizes().server_watches),
         (0, 0)
     );
+    assert!(!index.sweep_watches(), "nothing left to release");
 }
 
 #[test]

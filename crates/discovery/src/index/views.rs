@@ -164,9 +164,9 @@ impl Index {
         }
     }
 
-    /// Drops the watches no stream holds any more.
-    pub fn sweep_watches(&mut self) {
-        self.watches.sweep();
+    /// Drops the watches no stream holds any more; whether there were any.
+    pub fn sweep_watches(&mut self) -> bool {
+        self.watches.sweep()
     }
 
     pub(super) fn compute_target(

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use plexus_api::v1::ServerPolicy;
+use plexus_core::memory;
 use tokio::sync::watch;
 
 use super::views::TargetView;
@@ -138,18 +139,26 @@ impl Watches {
         }
     }
 
-    /// Drops the watches no one holds any more.
-    pub fn sweep(&mut self) {
+    /// Drops the watches no one holds any more; whether there were any.
+    pub fn sweep(&mut self) -> bool {
         let idle: Vec<Lookup> = self
             .targets
             .iter()
             .filter(|(_, w)| w.tx.receiver_count() == 0)
             .map(|(l, _)| l.clone())
             .collect();
+        let servers = self.servers.len();
+        let released = !idle.is_empty();
         for lookup in idle {
             self.remove_target(&lookup);
         }
         self.servers.retain(|_, tx| tx.receiver_count() > 0);
+        memory::shrink_swept(&mut self.targets);
+        memory::shrink_swept(&mut self.by_service);
+        memory::shrink_swept(&mut self.by_ip);
+        memory::shrink_swept(&mut self.by_namespace);
+        memory::shrink_swept(&mut self.servers);
+        released || self.servers.len() < servers
     }
 
     fn link(&mut self, lookup: &Lookup, deps: &Deps) {

@@ -28,8 +28,8 @@ use tower::util::rng::HasherRng;
 use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture, sweep_period};
 use crate::inbound::policy::{self, PolicyWatch};
-use crate::memory::TrimAfterSweeps;
 use crate::tls::MeshTls;
+use plexus_core::memory::{self, TrimAfterSweeps};
 
 pub use server_policy::watch_server_policy;
 pub use update::apply_update;
@@ -372,7 +372,7 @@ fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) -> 
         let held = watched.target.receiver_count() > 1;
         held || watched.last_used.elapsed() < idle_timeout
     });
-    crate::memory::shrink_swept(watches);
+    memory::shrink_swept(watches);
     watches.len() < before
 }
 

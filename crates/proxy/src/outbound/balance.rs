@@ -18,9 +18,9 @@ use crate::connect::EndpointClient;
 use crate::destinations::{Destinations, Resolution, sweep_period};
 use crate::error::ProxyError;
 use crate::logical::{Logical, LogicalMetrics};
-use crate::memory::{self, TrimAfterSweeps};
 use crate::metrics::ProxyMetrics;
 use crate::upstream::{LogicalTarget, Upstream};
+use plexus_core::memory::{self, TrimAfterSweeps};
 
 /// The outbound side's view of destinations, with one `Logical` per target.
 pub struct Targets {

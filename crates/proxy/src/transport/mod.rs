@@ -165,7 +165,7 @@ impl EndpointClient for HttpEndpointClient {
             let in_flight = Arc::strong_count(&pool.client) > 1;
             in_flight || now.saturating_sub(pool.last_used.load(Ordering::Relaxed)) < idle
         });
-        crate::memory::shrink_swept(&mut pools);
+        plexus_core::memory::shrink_swept(&mut pools);
         pools.len() < before
     }
 

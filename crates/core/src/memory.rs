@@ -1,5 +1,6 @@
-//! Memory freed by the sweeps of idle destinations, given back to the system:
-//! the swept maps' spare capacity, and the allocator's free pages.
+//! Memory freed by the sweeps of idle destinations and watches, given back to
+//! the system: the swept maps' spare capacity, and the allocator's free pages.
+//! Shared by the proxy (its destinations) and the controller (its watches).
 //!
 //! glibc's malloc returns freed memory to the kernel only from the top of a
 //! heap. The state of thousands of destinations, freed together by a sweep,
@@ -29,7 +30,7 @@ impl TrimAfterSweeps {
 
 /// Hands the free pages of every malloc arena back to the kernel
 /// (`malloc_trim`). It walks the heap: for the sweeps, never the request path.
-fn return_freed_to_system() {
+pub fn return_freed_to_system() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim works on malloc's own free lists under its own locks;
     // it frees nothing a caller still holds.
