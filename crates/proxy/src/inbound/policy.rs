@@ -196,4 +196,34 @@ mod tests {
         });
         assert!(typo.strict, "an unknown mode fails closed");
     }
+
+    #[test]
+    fn an_update_keeps_an_unchanged_limits_buckets_and_a_changed_limit_starts_anew() {
+        let limited = |burst| ServerPolicy {
+            rate_limit: Some(plexus_api::v1::RateLimit {
+                requests: 1,
+                period_seconds: 3600,
+                burst,
+                per_identity: false,
+            }),
+            ..Default::default()
+        };
+        let admits = |p: &Policy| p.rate_limit.as_ref().is_none_or(|l| l.admit(None).is_ok());
+        let first = Policy::compile(&limited(1));
+        assert!(admits(&first));
+        assert!(!admits(&first), "the burst of 1 is spent");
+
+        let resent = Policy::compile_after(&limited(1), Some(&first));
+        assert!(!admits(&resent), "the same limit keeps its bucket");
+        let unrelated = ServerPolicy {
+            mtls_mode: STRICT.into(),
+            ..limited(1)
+        };
+        assert!(!admits(&Policy::compile_after(&unrelated, Some(&resent))));
+
+        let altered = Policy::compile_after(&limited(2), Some(&resent));
+        assert!(admits(&altered) && admits(&altered) && !admits(&altered));
+        let removed = Policy::compile_after(&ServerPolicy::default(), Some(&altered));
+        assert!(removed.rate_limit.is_none() && admits(&removed));
+    }
 }
