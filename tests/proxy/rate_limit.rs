@@ -1,6 +1,7 @@
 //! The inbound rate limit from a Pod's annotations, through the controller's
 //! `WatchServer`, applied by the server proxy to real mTLS clients. The
-//! limits are per hour, so no token comes back while a test runs.
+//! burst tests' limits are per hour, so no token comes back while they run;
+//! the last test measures the rate itself.
 //!
 //! Each test's pod is also STRICT: a plaintext request refused with 403
 //! shows the pod's policy (and its limit: one object, one update) has
@@ -10,6 +11,7 @@ use http::Response;
 use hyper::body::Incoming;
 use plexus_proxy::RunningProxy;
 use plexus_tests::controller::{MeshedPair, id};
+use plexus_tests::http::{get, http1, text};
 use plexus_tests::wait::bounded;
 use std::time::Duration;
 
@@ -119,4 +121,61 @@ async fn per_identity_one_client_exhausting_its_bucket_does_not_limit_another() 
     );
     let counted = metric(&pair.server, "plexus_proxy_inbound_rate_limited_total ").await;
     assert_eq!(counted, 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_load_requests_are_admitted_at_the_configured_rate_within_ten_percent() {
+    const RATE: f64 = 100.0;
+    const BURST: f64 = 20.0;
+    let app = app().await;
+    let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 100/s, plexus.io/rate-limit-burst: "20","#;
+    let pair = MeshedPair::start(app.addr, |port| {
+        objects_annotated("permissive", limited, port)
+    })
+    .await;
+    wait_ready(&pair.server).await;
+    wait_ready(&pair.client).await;
+    policy_applied(&pair.server).await;
+    first_call(&pair.client).await;
+
+    // Four clients calling as fast as they can, far above the rate, for 2 s;
+    // the burst absorbs scheduling stalls of up to 200 ms on a busy machine.
+    let started = tokio::time::Instant::now();
+    let window = Duration::from_secs(2);
+    let callers: Vec<_> = (0..4)
+        .map(|_| {
+            let client = pair.client.outbound_addr;
+            tokio::spawn(async move {
+                let (mut admitted, mut limited) = (0u32, 0u32);
+                let mut send = http1(client).await;
+                while started.elapsed() < window {
+                    let response = send.send_request(get("/", "web:80")).await;
+                    match response.as_ref().map(|r| r.status().as_u16()) {
+                        Ok(200) => admitted += 1,
+                        Ok(429) => limited += 1,
+                        other => panic!("unexpected answer {other:?}"),
+                    }
+                    // Read to the end, so the connection carries the next request.
+                    text(response.expect("response")).await;
+                }
+                (admitted, limited)
+            })
+        })
+        .collect();
+    let (mut admitted, mut limited) = (0u32, 0u32);
+    for caller in callers {
+        let (a, l) = bounded("a caller", caller).await.expect("caller");
+        admitted += a;
+        limited += l;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // The burst left after `first_call`, plus the rate over the window.
+    let expected = BURST - 1.0 + RATE * elapsed;
+    eprintln!("{admitted} admitted, {limited} limited in {elapsed:.3} s; expected {expected:.0}");
+    assert!(limited > admitted, "the clients called above the rate");
+    let admitted = f64::from(admitted);
+    assert!(
+        (admitted - expected).abs() <= expected * 0.1,
+        "{admitted} admitted, expected {expected:.0} within 10 %"
+    );
 }
