@@ -109,7 +109,7 @@ pub struct MeshedPair {
     pub file: PathBuf,
     /// The file feed's readiness.
     pub ready: Readiness,
-    _controller: Authority,
+    controller: Authority,
     _dir: TempDir,
 }
 
@@ -122,18 +122,13 @@ impl MeshedPair {
             cluster_domain: DEFAULT_CLUSTER_DOMAIN.into(),
         });
         let controller = Authority::controller(index.clone()).await;
-        let sidecar = |sa: &str, pod: &str| {
-            controller
-                .sidecar(&id("shop", sa))
-                .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
-                .env("PLEXUS_POD_NAMESPACE", "shop")
-                .env("PLEXUS_POD_NAME", pod)
-        };
-        let server = sidecar("web", "web-1")
+        let server = meshed_sidecar(&controller, "web", "web-1")
             .env("PLEXUS_INBOUND_APP_ADDR", app)
             .start()
             .await;
-        let client = sidecar("frontend", "frontend-1").start().await;
+        let client = meshed_sidecar(&controller, "frontend", "frontend-1")
+            .start()
+            .await;
         let dir = TempDir::new("meshed-pair");
         let file = dir.join("objects.yaml");
         std::fs::write(&file, objects(server.inbound_addr.port())).expect("feed file");
@@ -149,10 +144,26 @@ impl MeshedPair {
             client,
             file,
             ready,
-            _controller: controller,
+            controller,
             _dir: dir,
         }
     }
+}
+
+impl MeshedPair {
+    /// The sidecar of one more pod of `shop` (service account `sa`), taking
+    /// its identity and destinations from the pair's controller.
+    pub fn sidecar(&self, sa: &str, pod: &str) -> TestProxy {
+        meshed_sidecar(&self.controller, sa, pod)
+    }
+}
+
+fn meshed_sidecar(controller: &Authority, sa: &str, pod: &str) -> TestProxy {
+    controller
+        .sidecar(&id("shop", sa))
+        .env("PLEXUS_CONTROLLER_ADDR", controller.addr)
+        .env("PLEXUS_POD_NAMESPACE", "shop")
+        .env("PLEXUS_POD_NAME", pod)
 }
 
 /// The controller's injector webhook on loopback, as the chart deploys it: HTTPS

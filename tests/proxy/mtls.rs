@@ -34,7 +34,7 @@ fn frontend() -> SpiffeId {
 }
 
 /// The app: answers with the `plexus-client-id` it received (`-` if none).
-async fn app() -> Upstream {
+pub(crate) async fn app() -> Upstream {
     http_upstream(|request: Request<Incoming>| async move {
         let client = request
             .headers()
@@ -106,7 +106,7 @@ fn meshed_target(endpoint: SocketAddr, identity: &SpiffeId) -> String {
     )
 }
 
-async fn wait_ready(proxy: &RunningProxy) {
+pub(crate) async fn wait_ready(proxy: &RunningProxy) {
     bounded("the proxy gets its certificate", async {
         while admin_get(proxy.admin_addr, "/ready").await.0 != 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -116,7 +116,7 @@ async fn wait_ready(proxy: &RunningProxy) {
 }
 
 /// A sample of `/metrics` by its name and labels (the line's prefix).
-async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
+pub(crate) async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     metrics
         .lines()
@@ -125,7 +125,7 @@ async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> {
+pub(crate) async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> {
     let mut send = http1(proxy.outbound_addr).await;
     let mut request = get("/", "web:80");
     if let Some(forged) = forged {
@@ -136,7 +136,7 @@ async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> 
     send.send_request(request).await.expect("response")
 }
 
-fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+pub(crate) fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
     response
         .headers()
         .get(name)
@@ -350,7 +350,7 @@ async fn a_server_certified_by_another_ca_is_refused() {
 }
 
 /// A plaintext client straight to the server proxy's inbound port.
-async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
+pub(crate) async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
     let mut send = http1(server.inbound_addr).await;
     let mut request = get("/", "web:80");
     request.headers_mut().insert(
@@ -591,6 +591,12 @@ async fn traffic_flows_through_certificate_rotations_without_a_failure() {
 /// Service `web`, announced on its sidecar's inbound port (local mode), in a
 /// namespace whose mTLS mode is `mode`; `frontend-1` (service account `frontend`).
 fn objects(mode: &str, inbound_port: u16) -> String {
+    objects_annotated(mode, "", inbound_port)
+}
+
+/// [`objects`] with `web_annotations` (YAML flow-map entries, each followed
+/// by a comma) on `web-1`, and `admin-1` (service account `admin`).
+pub(crate) fn objects_annotated(mode: &str, web_annotations: &str, inbound_port: u16) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -614,7 +620,7 @@ endpoints:
 ---
 apiVersion: v1
 kind: Pod
-metadata: {{name: web-1, namespace: shop, annotations: {{plexus.io/inject: enabled}}}}
+metadata: {{name: web-1, namespace: shop, annotations: {{{web_annotations} plexus.io/inject: enabled}}}}
 spec: {{serviceAccountName: web, containers: [{{name: app}}]}}
 status: {{podIP: 127.0.0.1}}
 ---
@@ -623,6 +629,12 @@ kind: Pod
 metadata: {{name: frontend-1, namespace: shop, annotations: {{plexus.io/inject: enabled}}}}
 spec: {{serviceAccountName: frontend, containers: [{{name: app}}]}}
 status: {{podIP: 127.0.0.2}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: admin-1, namespace: shop, annotations: {{plexus.io/inject: enabled}}}}
+spec: {{serviceAccountName: admin, containers: [{{name: app}}]}}
+status: {{podIP: 127.0.0.3}}
 "#
     )
 }

@@ -35,6 +35,9 @@ pub enum ProxyError {
     BudgetExhausted(String),
     #[error("client {0} is not allowed")]
     Forbidden(String),
+    /// The workload's inbound rate limit; the client may retry after that many seconds.
+    #[error("rate limit exceeded: retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("proxy is shutting down")]
     ShuttingDown,
 }
@@ -54,6 +57,7 @@ impl ProxyError {
             Self::Overloaded(_) => "overloaded",
             Self::BudgetExhausted(_) => "budget-exhausted",
             Self::Forbidden(_) => "forbidden",
+            Self::RateLimited { .. } => "rate-limited",
             Self::ShuttingDown => "shutting-down",
         }
     }
@@ -63,6 +67,7 @@ impl ProxyError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnresolvedBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Self::UnknownTarget(_) | Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
@@ -101,6 +106,12 @@ impl ProxyError {
             r
         };
         response.headers_mut().insert(ERROR_HEADER, reason);
+        if let Self::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
+            );
+        }
         response
     }
 
@@ -110,7 +121,7 @@ impl ProxyError {
             Self::BadRequest(_) | Self::HeadersTooLarge => 3, // INVALID_ARGUMENT
             Self::Forbidden(_) => 7,                          // PERMISSION_DENIED
             Self::Timeout(_) => 4,                            // DEADLINE_EXCEEDED
-            Self::Overloaded(_) | Self::BudgetExhausted(_) => 8, // RESOURCE_EXHAUSTED
+            Self::Overloaded(_) | Self::BudgetExhausted(_) | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             Self::UnknownTarget(_)
             | Self::NoEndpoints(_)
             | Self::UnresolvedBackend { .. }

@@ -1,5 +1,6 @@
 //! The transport side's metrics: requests and their latency by direction,
-//! target, route and status; open and shed connections by direction.
+//! target, route and status; open and shed connections by direction;
+//! inbound requests refused by the rate limit.
 //!
 //! All in one `prometheus_client` registry, which the logical side also
 //! registers into; `/metrics` encodes it. The `target` label is a meshed
@@ -56,6 +57,8 @@ pub struct ProxyMetrics {
     open_outbound: Gauge,
     open_inbound: Gauge,
     shed: Family<DirectionLabels, Counter>,
+    /// Inbound requests answered 429 `rate-limited`.
+    pub(crate) rate_limited: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -89,6 +92,12 @@ impl ProxyMetrics {
             "Client connections closed on accept because the listener was at its cap, by direction",
             shed.clone(),
         );
+        let rate_limited = Counter::default();
+        registry.register(
+            "plexus_proxy_inbound_rate_limited",
+            "Inbound HTTP requests refused (429) by the workload's local rate limit",
+            rate_limited.clone(),
+        );
         let gauge = |direction| {
             open.get_or_create(&DirectionLabels {
                 direction: DirectionLabel(direction),
@@ -101,6 +110,7 @@ impl ProxyMetrics {
             requests,
             latency,
             shed,
+            rate_limited,
             by_target: Arc::default(),
         }
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
-use plexus_api::v1::{Concurrency, FailureAccrual, Resilience, RetryBudget};
+use plexus_api::v1::{Concurrency, FailureAccrual, RateLimit, Resilience, RetryBudget};
 use plexus_core::annotations::{INJECT, OPAQUE_PORTS};
 use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
@@ -21,6 +21,9 @@ pub const FAILURE_ACCRUAL_MAX_BACKOFF: &str = "plexus.io/failure-accrual-max-bac
 pub const LOAD_BALANCER: &str = "plexus.io/load-balancer";
 pub const MAX_CONCURRENCY: &str = "plexus.io/max-concurrency";
 pub const MAX_QUEUE: &str = "plexus.io/max-queue";
+pub const RATE_LIMIT: &str = "plexus.io/rate-limit";
+pub const RATE_LIMIT_BURST: &str = "plexus.io/rate-limit-burst";
+pub const RATE_LIMIT_PER_IDENTITY: &str = "plexus.io/rate-limit-per-identity";
 
 /// Every annotation the discovery index reads; docs/annotations.md lists the same.
 pub const READ: &[&str] = &[
@@ -36,6 +39,9 @@ pub const READ: &[&str] = &[
     LOAD_BALANCER,
     MAX_CONCURRENCY,
     MAX_QUEUE,
+    RATE_LIMIT,
+    RATE_LIMIT_BURST,
+    RATE_LIMIT_PER_IDENTITY,
 ];
 
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
@@ -203,6 +209,62 @@ impl<'a> Annotations<'a> {
     pub fn opaque_ports(&mut self) -> Option<PortSet> {
         self.get(OPAQUE_PORTS, |v| v.parse::<PortSet>())
     }
+
+    /// `plexus.io/rate-limit` (`100/s`, `600/m`, `1000/h`), with
+    /// `plexus.io/rate-limit-burst` (default: one second of the rate, at
+    /// least 1) and `plexus.io/rate-limit-per-identity` (`enabled`: a
+    /// bucket per client identity). The last two need the first.
+    pub fn rate_limit(&mut self) -> Option<RateLimit> {
+        let rate = self.get(RATE_LIMIT, parse_rate);
+        let burst = self.get(RATE_LIMIT_BURST, |v| match v.parse::<u32>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err("a whole number of requests, at least 1".to_string()),
+        });
+        let per_identity = self.get(RATE_LIMIT_PER_IDENTITY, |v| match v {
+            "enabled" => Ok(true),
+            "disabled" => Ok(false),
+            _ => Err("enabled or disabled".to_string()),
+        });
+        let Some((requests, period_seconds)) = rate else {
+            if self.raw(RATE_LIMIT).is_none() {
+                for (name, set) in [
+                    (RATE_LIMIT_BURST, burst.is_some()),
+                    (RATE_LIMIT_PER_IDENTITY, per_identity.is_some()),
+                ] {
+                    if set {
+                        self.errors.push(AnnotationError {
+                            annotation: name,
+                            message: format!("has no effect without {RATE_LIMIT}"),
+                        });
+                    }
+                }
+            }
+            return None;
+        };
+        Some(RateLimit {
+            requests,
+            period_seconds,
+            burst: burst.unwrap_or_else(|| requests.div_ceil(period_seconds).max(1)),
+            per_identity: per_identity.unwrap_or(false),
+        })
+    }
+}
+
+/// A rate, `<requests>/<s|m|h>`: the requests and the period in seconds.
+fn parse_rate(value: &str) -> Result<(u32, u32), String> {
+    let expected = || "a rate of requests per s, m or h (e.g. 100/s, 600/m)".to_string();
+    let (requests, unit) = value.split_once('/').ok_or_else(expected)?;
+    let requests = match requests.trim().parse::<u32>() {
+        Ok(n) if n > 0 => n,
+        _ => return Err(expected()),
+    };
+    let period_seconds = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(expected()),
+    };
+    Ok((requests, period_seconds))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -353,6 +415,59 @@ mod tests {
     }
 
     #[test]
+    fn rate_limits_are_read_with_a_default_burst_of_one_second() {
+        let read = |pairs: &[(&str, &str)]| {
+            let map = annotations(pairs);
+            let mut a = Annotations::new(Some(&map));
+            let limit = a.rate_limit();
+            (limit, a.errors)
+        };
+        let (limit, errors) = read(&[(RATE_LIMIT, "100/s")]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            limit,
+            Some(RateLimit {
+                requests: 100,
+                period_seconds: 1,
+                burst: 100,
+                per_identity: false
+            })
+        );
+        let (limit, _) = read(&[
+            (RATE_LIMIT, "30 / m"),
+            (RATE_LIMIT_BURST, "5"),
+            (RATE_LIMIT_PER_IDENTITY, "enabled"),
+        ]);
+        assert_eq!(
+            limit,
+            Some(RateLimit {
+                requests: 30,
+                period_seconds: 60,
+                burst: 5,
+                per_identity: true
+            })
+        );
+        assert_eq!(read(&[(RATE_LIMIT, "1/h")]).0.unwrap().burst, 1);
+
+        for bad in ["100", "0/s", "-1/s", "10/d", "ten/s"] {
+            let (limit, errors) = read(&[(RATE_LIMIT, bad)]);
+            assert_eq!(limit, None, "{bad}");
+            assert_eq!(errors[0].annotation, RATE_LIMIT, "{bad}");
+            assert!(
+                errors[0].message.contains("a rate of requests"),
+                "{errors:?}"
+            );
+        }
+        let (limit, errors) = read(&[(RATE_LIMIT, "10/s"), (RATE_LIMIT_BURST, "0")]);
+        assert_eq!(limit.unwrap().burst, 10, "a bad burst keeps the default");
+        assert_eq!(errors[0].annotation, RATE_LIMIT_BURST);
+        let (limit, errors) = read(&[(RATE_LIMIT_PER_IDENTITY, "enabled")]);
+        assert_eq!(limit, None);
+        assert_eq!(errors[0].annotation, RATE_LIMIT_PER_IDENTITY);
+        assert!(errors[0].message.contains("without plexus.io/rate-limit"));
+    }
+
+    #[test]
     fn port_sets_and_clients() {
         let set: PortSet = "3306, 4000-4002".parse().unwrap();
         assert!(set.contains(3306) && set.contains(4001) && !set.contains(80));
@@ -408,6 +523,7 @@ mod properties {
         let _ = a.mtls_mode();
         let _ = a.allowed_clients("cluster.local");
         let _ = a.opaque_ports();
+        let _ = a.rate_limit();
         a.errors
     }
 

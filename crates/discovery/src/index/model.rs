@@ -7,7 +7,7 @@ use std::ops::Deref;
 
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use plexus_api::v1::Resilience;
+use plexus_api::v1::{RateLimit, Resilience};
 
 use super::annotations::{Annotations, MtlsMode, PortSet};
 use super::{Kind, ObjectRef, Problem, Version};
@@ -40,6 +40,8 @@ pub struct WorkloadAnnotations {
     pub mtls_mode: Option<MtlsMode>,
     pub allowed_clients: Option<Vec<String>>,
     pub opaque_ports: Option<PortSet>,
+    /// `plexus.io/rate-limit` and its companions, as one: a Pod's replaces its namespace's.
+    pub rate_limit: Option<RateLimit>,
 }
 
 impl WorkloadAnnotations {
@@ -49,6 +51,7 @@ impl WorkloadAnnotations {
             mtls_mode: a.mtls_mode(),
             allowed_clients: a.allowed_clients(trust_domain),
             opaque_ports: a.opaque_ports(),
+            rate_limit: a.rate_limit(),
         }
     }
 }

@@ -4,7 +4,7 @@ use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use plexus_api::v1::{Backend, Target};
+use plexus_api::v1::{Backend, RateLimit, Target};
 use serde_json::{Value, json};
 
 use super::*;
@@ -565,6 +565,62 @@ async fn server_policy_follows_namespace_and_pod_annotations() {
         ["spiffe://cluster.local/ns/shop/sa/client"]
     );
     assert_eq!(policy.mtls_mode, "strict");
+}
+
+#[tokio::test]
+async fn a_rate_limit_annotation_reaches_the_server_policy_and_the_pods_wins() {
+    let mut index = index();
+    let mut rx = index.watch_server("shop", "web-1");
+    assert_eq!(rx.borrow_and_update().rate_limit, None);
+
+    index.apply(from::<Namespace>(json!({
+        "metadata": {"name": "shop", "annotations": {"plexus.io/rate-limit": "600/m"}},
+    })));
+    assert_eq!(
+        rx.borrow_and_update().rate_limit,
+        Some(RateLimit {
+            requests: 600,
+            period_seconds: 60,
+            burst: 10,
+            per_identity: false
+        })
+    );
+
+    let mut p = pod("shop", "web-1", "10.0.0.1", "web-sa", true);
+    p.metadata.annotations = Some(
+        [
+            ("plexus.io/rate-limit", "5/s"),
+            ("plexus.io/rate-limit-burst", "20"),
+            ("plexus.io/rate-limit-per-identity", "enabled"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    index.apply(p.clone());
+    assert_eq!(
+        rx.borrow_and_update().rate_limit,
+        Some(RateLimit {
+            requests: 5,
+            period_seconds: 1,
+            burst: 20,
+            per_identity: true
+        })
+    );
+
+    // A bad value refuses the pod's new version, naming the annotation; its last good limit stays.
+    p.metadata.annotations = Some(
+        [("plexus.io/rate-limit".to_string(), "fast".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    index.apply(p);
+    assert_eq!(rx.borrow_and_update().rate_limit.unwrap().requests, 5);
+    let refusals = index.refusals();
+    assert_eq!(
+        refusals[0].problems[0].field, "metadata.annotations[plexus.io/rate-limit]",
+        "{refusals:?}"
+    );
 }
 
 #[test]

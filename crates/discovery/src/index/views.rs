@@ -453,6 +453,9 @@ impl Index {
             .and_then(|p| p.annotations.allowed_clients.clone())
             .or_else(|| namespace?.allowed_clients.clone())
             .unwrap_or_default();
+        let rate_limit = pod
+            .and_then(|p| p.annotations.rate_limit)
+            .or_else(|| namespace?.rate_limit);
         let opaque_ports = match pod {
             Some(pod) => self.opaque_ports(&key.namespace, pod),
             None => namespace.and_then(|ns| ns.opaque_ports.as_ref()),
@@ -465,6 +468,7 @@ impl Index {
                 .flat_map(|p| p.ports())
                 .map(u32::from)
                 .collect(),
+            rate_limit,
         }
     }
 }

@@ -39,5 +39,6 @@ pub(super) fn read(r: &mut Reader) -> ServerPolicy {
         mtls_mode: mode,
         allowed_identities,
         opaque_ports: Vec::new(),
+        rate_limit: None,
     }
 }

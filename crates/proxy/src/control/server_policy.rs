@@ -41,7 +41,8 @@ async fn follow(
                 allowed = update.allowed_identities.len(),
                 "inbound policy"
             );
-            policy.send_replace(Arc::new(Policy::compile(&update)));
+            let next = Policy::compile_after(&update, Some(&policy.borrow()));
+            policy.send_replace(Arc::new(next));
         },
         || policy.is_closed(),
     )

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::Request;
 use hyper::body::Incoming;
 use plexus_core::Direction;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
@@ -99,6 +100,7 @@ pub(super) async fn forward<I>(
                     .map(|app| Upstream::passthrough_from(app.addr, app.source)),
                 client,
                 policy: inbound.policy.clone(),
+                rate_limited: inbound.http.metrics.rate_limited.clone(),
             };
             let io = PrefixedIo::new(prefix, io);
             crate::http::serve(io, protocol, inbound.http.clone(), requests, drain).await;
@@ -134,6 +136,8 @@ struct InboundRequests {
     app: Option<Upstream>,
     client: Client,
     policy: PolicyWatch,
+    /// `plexus_proxy_inbound_rate_limited_total`.
+    rate_limited: Counter,
 }
 
 impl RequestPath for InboundRequests {
@@ -151,8 +155,14 @@ impl RequestPath for InboundRequests {
         request: &mut Request<Incoming>,
         span: &mut RequestSpan,
     ) -> Result<(), ProxyError> {
-        self.client
-            .admit_request(&self.policy, request.headers_mut())?;
+        let admitted = self
+            .client
+            .admit_request(&self.policy, request.headers_mut());
+        if let Err(ProxyError::RateLimited { .. }) = admitted {
+            self.rate_limited.inc();
+            span.set_rate_limited();
+        }
+        admitted?;
         if span.is_recording() {
             // Set from the verified certificate by `admit_request`, never by the client.
             let client = request.headers().get(CLIENT_ID_HEADER);

@@ -10,13 +10,15 @@
 //!    terminated, the client's identity taken from its certificate, and the
 //!    decrypted stream detected again; the application's own TLS passes.
 //! 3. **policy** ([`policy`]): whether the client may call this workload,
-//!    asked again on every HTTP request and, for opaque TCP, on every change.
+//!    asked again on every HTTP request and, for opaque TCP, on every change;
+//!    HTTP requests beyond the workload's rate limit ([`rate_limit`]) get 429.
 //! 4. **forward** ([`forward`]): HTTP requests or opaque TCP to the
 //!    application on the pod's IP (from 127.0.0.6), with the verified client
 //!    in `plexus-client-id`.
 
 mod forward;
 pub mod policy;
+mod rate_limit;
 mod tls;
 
 use std::net::SocketAddr;

@@ -1,5 +1,5 @@
-//! The policy step: who may call this workload, and whether plaintext is
-//! accepted. One model, the Destination API's `ServerPolicy`,
+//! The policy step: who may call this workload, whether plaintext is
+//! accepted, and how often (the local rate limit, [`super::rate_limit`]). One model, the Destination API's `ServerPolicy`,
 //! whether it comes from the controller (`WatchServer`) or from the
 //! environment (static mode); compiled once per update, checked per HTTP request and, for opaque TCP,
 //! on every update.
@@ -12,6 +12,7 @@ use plexus_api::v1::ServerPolicy;
 use plexus_identity::SpiffeId;
 use tokio::sync::watch;
 
+use super::rate_limit::RateLimiter;
 use crate::error::ProxyError;
 use crate::ports::PortSet;
 
@@ -48,13 +49,26 @@ impl Client {
     }
 
     /// One request: refused (403 `forbidden`) unless the current policy
-    /// admits the client; then `plexus-client-id` replaces any the client sent.
+    /// admits the client, then (429 `rate-limited`) when its rate limit
+    /// has no token for it; then `plexus-client-id` replaces any the client sent.
     pub fn admit_request(
         &self,
         policy: &PolicyWatch,
         headers: &mut HeaderMap,
     ) -> Result<(), ProxyError> {
-        self.admitted(policy).map_err(ProxyError::Forbidden)?;
+        {
+            let policy = policy.borrow();
+            let identity = self.identity.as_ref();
+            policy.admit(identity).map_err(ProxyError::Forbidden)?;
+            // Without a limit, this branch is all a request pays.
+            if let Some(limiter) = &policy.rate_limit {
+                limiter
+                    .admit(identity.map(SpiffeId::as_str))
+                    .map_err(|limited| ProxyError::RateLimited {
+                        retry_after_secs: limited.retry_after_secs(),
+                    })?;
+            }
+        }
         headers.remove(CLIENT_ID_HEADER);
         if let Some(id) = &self.id_header {
             headers.insert(CLIENT_ID_HEADER, id.clone());
@@ -85,13 +99,29 @@ pub struct Policy {
     /// Empty: any client the mode accepts.
     allowed: HashSet<String>,
     pub opaque_ports: PortSet,
+    /// `None`: no limit.
+    rate_limit: Option<Arc<RateLimiter>>,
 }
 
 impl Policy {
     /// An unknown mode reads as STRICT: a typo must not open the workload.
     pub fn compile(policy: &ServerPolicy) -> Self {
+        Self::compile_after(policy, None)
+    }
+
+    /// Compiles an update of `previous`: an unchanged rate limit keeps its
+    /// buckets (a resent or unrelated update must not grant a new burst); a
+    /// changed one starts with full buckets, from the next request on.
+    pub fn compile_after(policy: &ServerPolicy, previous: Option<&Policy>) -> Self {
         let mode = policy.mtls_mode.trim().to_ascii_lowercase();
+        let rate_limit = policy.rate_limit.as_ref().and_then(|limit| {
+            match previous.and_then(|p| p.rate_limit.as_ref()) {
+                Some(kept) if kept.enforces(limit) => Some(kept.clone()),
+                _ => RateLimiter::new(limit).map(Arc::new),
+            }
+        });
         Self {
+            rate_limit,
             strict: !(mode.is_empty() || mode == PERMISSIVE),
             allowed: policy.allowed_identities.iter().cloned().collect(),
             opaque_ports: policy
@@ -165,5 +195,35 @@ mod tests {
             ..Default::default()
         });
         assert!(typo.strict, "an unknown mode fails closed");
+    }
+
+    #[test]
+    fn an_update_keeps_an_unchanged_limits_buckets_and_a_changed_limit_starts_anew() {
+        let limited = |burst| ServerPolicy {
+            rate_limit: Some(plexus_api::v1::RateLimit {
+                requests: 1,
+                period_seconds: 3600,
+                burst,
+                per_identity: false,
+            }),
+            ..Default::default()
+        };
+        let admits = |p: &Policy| p.rate_limit.as_ref().is_none_or(|l| l.admit(None).is_ok());
+        let first = Policy::compile(&limited(1));
+        assert!(admits(&first));
+        assert!(!admits(&first), "the burst of 1 is spent");
+
+        let resent = Policy::compile_after(&limited(1), Some(&first));
+        assert!(!admits(&resent), "the same limit keeps its bucket");
+        let unrelated = ServerPolicy {
+            mtls_mode: STRICT.into(),
+            ..limited(1)
+        };
+        assert!(!admits(&Policy::compile_after(&unrelated, Some(&resent))));
+
+        let altered = Policy::compile_after(&limited(2), Some(&resent));
+        assert!(admits(&altered) && admits(&altered) && !admits(&altered));
+        let removed = Policy::compile_after(&ServerPolicy::default(), Some(&altered));
+        assert!(removed.rate_limit.is_none() && admits(&removed));
     }
 }

@@ -204,6 +204,17 @@ impl RequestSpan {
         }
     }
 
+    /// The inbound rate limit refused the request (`plexus.rate_limited`).
+    pub fn set_rate_limited(&self) {
+        if let Some(active) = self.recording() {
+            active
+                .recorded
+                .cx
+                .span()
+                .set_attribute(KeyValue::new("plexus.rate_limited", true));
+        }
+    }
+
     /// The response head sent back (status code, and `grpc-status` of a
     /// trailers-only gRPC response).
     pub fn record_response(&self, response: &response::Parts) {
