@@ -9,8 +9,9 @@ use gateway_api::experimental::grpcroutes::{
 };
 use gateway_api::experimental::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestHeaderModifier,
-    HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPathType,
-    HttpRouteRulesFiltersResponseHeaderModifier, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPath,
+    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersResponseHeaderModifier,
+    HttpRouteRulesFiltersType,
 };
 use plexus_api::v1::{
     GrpcFilters, HeaderModifier, HeaderValue, HttpFilters, HttpMatch, PathModifier, RequestRedirect,
@@ -62,10 +63,10 @@ pub(super) fn http_filters(
             HttpRouteRulesFiltersType::RequestRedirect => {
                 let at = format!("{at}.requestRedirect");
                 let redirect = match &f.request_redirect {
-                    Some(r) => errors.check(request_redirect(&at, r, matches)),
+                    Some(r) => request_redirect(errors, &at, r, matches),
                     None => errors.check(Err(missing(&at, &kind))),
                 };
-                if redirect.is_some() && has_backends {
+                if has_backends {
                     errors.check::<()>(Err(error(
                         at.clone(),
                         "a rule that redirects must have no backendRefs",
@@ -268,92 +269,95 @@ fn header_value(at: &str, value: &str) -> Result<String, FieldError> {
 
 /// A redirect checked: a precise hostname, a port, status 301 or 302, and a
 /// path modifier whose type's field is the one set; ReplacePrefixMatch needs
-/// the rule to match by one path prefix.
+/// the rule to match by one path prefix. `None` when a field is bad (every
+/// one kept in `errors`).
 fn request_redirect(
+    errors: &mut FieldErrors,
     at: &str,
     r: &HttpRouteRulesFiltersRequestRedirect,
     matches: &[HttpMatch],
-) -> Result<RequestRedirect, FieldError> {
-    let hostname = match r.hostname.as_deref() {
-        None => String::new(),
-        Some(h) if precise_hostname(h) => h.to_string(),
-        Some(h) => {
-            return Err(error(
-                format!("{at}.hostname"),
-                format!("{h:?} is not a precise hostname (RFC 1123, lower case)"),
-            ));
-        }
-    };
-    let port = match r.port {
-        None => None,
+) -> Option<RequestRedirect> {
+    let hostname = errors.check(match r.hostname.as_deref() {
+        None => Ok(String::new()),
+        Some(h) if precise_hostname(h) => Ok(h.to_string()),
+        Some(h) => Err(error(
+            format!("{at}.hostname"),
+            format!("{h:?} is not a precise hostname (RFC 1123, lower case)"),
+        )),
+    });
+    let port = errors.check(match r.port {
+        None => Ok(None),
         Some(p) => match u16::try_from(p) {
-            Ok(p) if p != 0 => Some(u32::from(p)),
-            _ => {
-                return Err(error(
-                    format!("{at}.port"),
-                    format!("{p} is not a port number"),
-                ));
-            }
+            Ok(p) if p != 0 => Ok(Some(u32::from(p))),
+            _ => Err(error(
+                format!("{at}.port"),
+                format!("{p} is not a port number"),
+            )),
         },
-    };
-    let status_code = match r.status_code {
-        None => 302,
-        Some(code @ (301 | 302)) => code as u32,
-        Some(code) => {
-            return Err(error(
-                format!("{at}.statusCode"),
-                format!("{code} is not supported (301 or 302)"),
-            ));
-        }
-    };
+    });
+    let status_code = errors.check(match r.status_code {
+        None => Ok(302),
+        Some(code @ (301 | 302)) => Ok(code as u32),
+        Some(code) => Err(error(
+            format!("{at}.statusCode"),
+            format!("{code} is not supported (301 or 302)"),
+        )),
+    });
     let path = match &r.path {
-        None => None,
-        Some(p) => {
-            let at = format!("{at}.path");
-            let (value, other, field) = match p.r#type {
-                HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => (
-                    &p.replace_full_path,
-                    &p.replace_prefix_match,
-                    "replaceFullPath",
-                ),
-                HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => (
-                    &p.replace_prefix_match,
-                    &p.replace_full_path,
-                    "replacePrefixMatch",
-                ),
-            };
-            let kind = wire_name(&p.r#type);
-            if other.is_some() {
-                return Err(error(
-                    at,
-                    format!("type {kind} takes {field} and nothing else"),
-                ));
-            }
-            let Some(value) = value else {
-                return Err(error(
-                    format!("{at}.{field}"),
-                    format!("required by type {kind}"),
-                ));
-            };
-            check_path(&format!("{at}.{field}"), value)?;
-            if field == "replacePrefixMatch" && !one_path_prefix(matches) {
-                return Err(error(
-                    format!("{at}.{field}"),
-                    "needs the rule to have exactly one match, a PathPrefix",
-                ));
-            }
-            Some(PathModifier {
-                r#type: kind,
-                value: value.clone(),
-            })
-        }
+        None => Some(None),
+        Some(p) => errors
+            .check(path_modifier(&format!("{at}.path"), p, matches))
+            .map(Some),
     };
-    Ok(RequestRedirect {
+    Some(RequestRedirect {
         scheme: r.scheme.as_ref().map(wire_name).unwrap_or_default(),
-        hostname,
-        path,
-        port,
-        status_code,
+        hostname: hostname?,
+        path: path?,
+        port: port?,
+        status_code: status_code?,
+    })
+}
+
+fn path_modifier(
+    at: &str,
+    p: &HttpRouteRulesFiltersRequestRedirectPath,
+    matches: &[HttpMatch],
+) -> Result<PathModifier, FieldError> {
+    let (value, other, field) = match p.r#type {
+        HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => (
+            &p.replace_full_path,
+            &p.replace_prefix_match,
+            "replaceFullPath",
+        ),
+        HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => (
+            &p.replace_prefix_match,
+            &p.replace_full_path,
+            "replacePrefixMatch",
+        ),
+    };
+    let kind = wire_name(&p.r#type);
+    if other.is_some() {
+        return Err(error(
+            at.to_string(),
+            format!("type {kind} takes {field} and nothing else"),
+        ));
+    }
+    let Some(value) = value else {
+        return Err(error(
+            format!("{at}.{field}"),
+            format!("required by type {kind}"),
+        ));
+    };
+    check_path(&format!("{at}.{field}"), value)?;
+    if field == "replacePrefixMatch" && !one_path_prefix(matches) {
+        return Err(error(
+            format!("{at}.{field}"),
+            "needs the rule to have exactly one match, a PathPrefix",
+        ));
+    }
+    Ok(PathModifier {
+        r#type: kind,
+        value: value.clone(),
     })
 }
 
@@ -534,7 +538,11 @@ mod tests {
                 "spec.rules[0].filters[3].responseHeaderModifier: required by type ResponseHeaderModifier",
                 "spec.rules[0].filters[4].type: RequestMirror is not supported",
                 "spec.rules[1].filters[0].requestRedirect.hostname: \"Bad_Host\" is not a precise hostname (RFC 1123, lower case)",
+                "spec.rules[1].filters[0].requestRedirect.statusCode: 308 is not supported (301 or 302)",
+                "spec.rules[1].filters[0].requestRedirect.path.replacePrefixMatch: needs the rule to have exactly one match, a PathPrefix",
+                "spec.rules[1].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
                 "spec.rules[2].filters[0].requestRedirect.path.replaceFullPath: \"no-slash\" is not an absolute path (no query, fragment or spaces)",
+                "spec.rules[2].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
                 "spec.rules[3].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
             ]
         );
