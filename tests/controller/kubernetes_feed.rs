@@ -586,3 +586,68 @@ async fn resolved_refs_follow_services_and_reference_grants_as_they_come() {
     .await;
     feed.abort();
 }
+
+/// The HTTPRoute `shop/name` on `web`, one rule to `web` with `filter`.
+fn filtered(name: &str, filter: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"namespace": "shop", "name": name},
+           "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                    "rules": [{"backendRefs": [{"name": "web", "port": 80}], "filters": [filter]}]}})
+}
+
+#[tokio::test]
+async fn a_route_with_a_header_filter_is_served_and_one_with_url_rewrite_is_refused_by_field() {
+    let api = ApiServer::start().await;
+    api.apply(SERVICES, web_service());
+    api.apply(
+        HTTP_ROUTES,
+        filtered(
+            "headers",
+            json!({"type": "RequestHeaderModifier",
+                   "requestHeaderModifier": {"set": [{"name": "x-env", "value": "prod"}]}}),
+        ),
+    );
+    api.apply(
+        HTTP_ROUTES,
+        filtered(
+            "rewrite",
+            json!({"type": "URLRewrite", "urlRewrite": {"hostname": "elsewhere"}}),
+        ),
+    );
+    let (feed, mut rx) = synced_feed(&api, "the feed never synced").await;
+    until(&mut rx, "the header filter in the target", |v| {
+        v.meshed.as_ref().is_some_and(|t| {
+            let names: Vec<&str> = t
+                .routes
+                .value
+                .http
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            let set = t.routes.value.http[0].rules[0]
+                .filters
+                .as_ref()
+                .and_then(|f| f.request_header_modifier.as_ref())
+                .map(|m| m.set.clone());
+            names == ["shop/headers"] && set.is_some_and(|s| s[0].value == "prod")
+        })
+    })
+    .await;
+    let accepted = our_conditions(&api, "headers", "headers Accepted", |c| {
+        condition(c, "Accepted").is_some()
+    })
+    .await;
+    assert_eq!(condition(&accepted, "Accepted").unwrap()["status"], "True");
+    let refused = our_conditions(&api, "rewrite", "rewrite refused", |c| {
+        condition(c, "Accepted").is_some()
+    })
+    .await;
+    let refused = condition(&refused, "Accepted").unwrap();
+    assert_eq!(refused["status"], "False");
+    assert_eq!(refused["reason"], "UnsupportedValue");
+    assert_eq!(
+        refused["message"],
+        "spec.rules[0].filters[0].type: URLRewrite is not supported"
+    );
+    feed.abort();
+}

@@ -326,3 +326,59 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
     let exit = bounded("exit", child.wait()).await.unwrap();
     assert!(exit.success(), "{exit:?}");
 }
+
+/// A static file's rule filters reach `/config` in the proto's shape, and the
+/// in-process proxy's outbound listener applies them end to end.
+#[tokio::test]
+async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
+    let upstream = echo_upstream().await;
+    let yaml = format!(
+        r#"destinations:
+  - aliases: ["web:80"]
+    target:
+      routes:
+        default_backend: default
+        http:
+          - name: default/moved
+            rules:
+              - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
+                filters:
+                  request_redirect: {{ path: {{ type: ReplacePrefixMatch, value: /new }}, status_code: 301 }}
+              - filters:
+                  response_header_modifier: {{ set: [{{ name: x-served-by, value: plexus }}] }}
+                backends: [{{ backend: default }}]
+      backends:
+        backends:
+          default: {{ endpoints: [{{ address: "{}", ready: true }}] }}
+"#,
+        upstream.addr
+    );
+    let proxy = proxy().static_config(yaml).start().await;
+    let (status, config) = admin_get(proxy.admin_addr, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let rules = &config["destinations"][0]["routes"]["http"][0]["rules"];
+    assert_eq!(
+        rules[0]["filters"]["request_redirect"]["path"]["type"],
+        "ReplacePrefixMatch"
+    );
+    assert_eq!(
+        rules[1]["filters"]["response_header_modifier"]["set"][0]["name"],
+        "x-served-by"
+    );
+
+    let mut client = http1(proxy.outbound_addr).await;
+    let response = client
+        .send_request(get("/old/page?x=1", "web"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(response.headers()["location"], "http://web/new/page?x=1");
+    let _ = text(response).await;
+    assert_eq!(upstream.requests(), 0, "the redirect reached no backend");
+    let response = client.send_request(get("/other", "web")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["x-served-by"], "plexus");
+    let _ = text(response).await;
+    assert_eq!(upstream.requests(), 1);
+}

@@ -12,6 +12,7 @@ mod http;
 mod limits;
 mod logical_balancing;
 mod logical_circuit;
+mod logical_filters;
 mod logical_retries;
 mod logical_routing;
 mod logical_timeouts;

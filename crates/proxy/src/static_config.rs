@@ -461,6 +461,46 @@ destinations:
     }
 
     #[test]
+    fn rule_filters_are_read_and_each_bad_one_named() {
+        let filters = "backends: [{ backend: web, weight: 90 }, { backend: canary, weight: 10 }]\n                \
+                       filters:\n                  \
+                       request_header_modifier: { set: [{ name: X-Env, value: prod }], remove: [x-secret] }\n                  \
+                       response_header_modifier: { add: [{ name: x-served-by, value: plexus }] }\n                  \
+                       request_redirect: { scheme: https, port: 8443, status_code: 301, path: { type: ReplacePrefixMatch, value: /v2 } }";
+        let good = GOOD.replace(
+            "backends: [{ backend: web, weight: 90 }, { backend: canary, weight: 10 }]",
+            filters,
+        );
+        let entries = parse(&good).unwrap();
+        let rule = &entries[0].1.routes.as_ref().unwrap().http[0].rules[0];
+        let read = rule.filters.as_ref().expect("filters");
+        assert_eq!(
+            read.request_redirect.as_ref().map(|r| r.port),
+            Some(Some(8443))
+        );
+
+        let bad = good
+            .replace("status_code: 301", "status_code: 308")
+            .replace("filters:", "filters:\n                  url_rewrite: {}");
+        assert_eq!(
+            problems(&bad),
+            [
+                "destinations[0].target.routes.http[0].rules[0].filters.url_rewrite: unknown field",
+                "destinations[0].target.routes.http[0].rules[0].filters.request_redirect.status_code: \
+                 308 is not supported (301 or 302)",
+            ]
+        );
+        let bad_header = good.replace("name: X-Env", "name: \"X Env\"");
+        assert_eq!(
+            problems(&bad_header),
+            [
+                "destinations[0].target.routes.http[0].rules[0].filters.request_header_modifier.set[0].name: \
+                 invalid header name \"X Env\""
+            ]
+        );
+    }
+
+    #[test]
     fn an_empty_file_and_a_shared_target_name_are_refused() {
         assert!(problems("")[0].contains("empty"));
         assert!(problems(" \n")[0].contains("empty"));

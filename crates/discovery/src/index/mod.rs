@@ -13,6 +13,7 @@
 //! gRPC watchers send exactly the parts that did.
 
 mod annotations;
+mod filters;
 mod ledger;
 mod lookup;
 mod model;

@@ -20,6 +20,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::annotations::parse_duration_ms;
+use super::filters;
 use super::ledger::summary;
 use super::lookup::canonical_name;
 use super::{Kind, ObjectRef, Problem, Unreadable};
@@ -186,12 +187,12 @@ pub struct Converted {
 }
 
 /// A field and what is wrong with it.
-struct FieldError {
+pub(super) struct FieldError {
     field: String,
     message: String,
 }
 
-fn error(field: String, message: impl Into<String>) -> FieldError {
+pub(super) fn error(field: String, message: impl Into<String>) -> FieldError {
     FieldError {
         field,
         message: message.into(),
@@ -201,11 +202,11 @@ fn error(field: String, message: impl Into<String>) -> FieldError {
 /// Every bad field found reading a route: reading goes on past the first, so
 /// one status message and one log line name them all.
 #[derive(Default)]
-struct FieldErrors(Vec<FieldError>);
+pub(super) struct FieldErrors(pub(super) Vec<FieldError>);
 
 impl FieldErrors {
     /// The value, or `None` with its error kept.
-    fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
+    pub(super) fn check<T>(&mut self, result: Result<T, FieldError>) -> Option<T> {
         result.map_err(|e| self.0.push(e)).ok()
     }
 }
@@ -617,7 +618,10 @@ impl<'a> RuleReader<'a> {
     /// route status's `ResolvedRefs`, not a bad field.
     fn backend(&mut self, at: &str, b: BackendRef<'_>) -> Result<WeightedBackend, FieldError> {
         if b.has_filters {
-            return Err(error(format!("{at}.filters"), "filters are not supported"));
+            return Err(error(
+                format!("{at}.filters"),
+                "backendRef filters are not supported",
+            ));
         }
         let weight = match b.weight.map(u32::try_from) {
             None => None,
@@ -667,18 +671,9 @@ impl<'a> RuleReader<'a> {
     }
 }
 
-/// Route filters are not supported: a rule that has any is refused.
-fn no_filters<F>(at: &str, filters: &Option<Vec<F>>) -> Result<(), FieldError> {
-    if filters.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(error(format!("{at}.filters"), "filters are not supported"));
-    }
-    Ok(())
-}
-
 /// A rule as far as it reads; its bad fields are in `reader.errors` (and
 /// refuse the whole route).
 fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> HttpRouteRule {
-    reader.errors.check(no_filters(at, &rule.filters));
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
         let path = m.path.as_ref().and_then(|path| {
             let kind = path
@@ -717,6 +712,8 @@ fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> Ht
     });
     let weighted = reader.backend_refs(at, &rule.backend_refs);
     let errors = &mut reader.errors;
+    let has_backends = rule.backend_refs.as_ref().is_some_and(|b| !b.is_empty());
+    let filters = filters::http_filters(errors, at, &rule.filters, &matches, has_backends);
     let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
         request_ms: duration(
             errors,
@@ -772,11 +769,12 @@ fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> Ht
         backends: weighted,
         timeouts,
         retry,
+        filters,
     }
 }
 
 fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> GrpcRouteRule {
-    reader.errors.check(no_filters(at, &rule.filters));
+    let filters = filters::grpc_filters(&mut reader.errors, at, &rule.filters);
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
         let (kind, service, method) = match &m.method {
             Some(method) => (
@@ -811,6 +809,7 @@ fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> Gr
         backends: weighted,
         timeouts: None,
         retry: None,
+        filters,
     }
 }
 
@@ -871,7 +870,7 @@ fn duration(errors: &mut FieldErrors, at: &str, value: Option<&str>) -> u64 {
 }
 
 /// The Gateway API spelling of a generated enum ("PathPrefix", "GET"), from its serde name.
-fn wire_name<T: Serialize>(value: &T) -> String {
+pub(super) fn wire_name<T: Serialize>(value: &T) -> String {
     match serde_json::to_value(value) {
         Ok(serde_json::Value::String(s)) => s,
         _ => String::new(),

@@ -34,7 +34,7 @@ use self::backend::Backend;
 use self::balance::Picked;
 use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
-use self::routes::{RouteTable, Rule};
+use self::routes::{Filters, RouteTable, Rule};
 use crate::body::{self, Body};
 use crate::connect::{AppProtocol, EndpointClient, EndpointTarget};
 use crate::error::ProxyError;
@@ -133,7 +133,11 @@ impl Logical {
         let compiled = self.inner.current();
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
-        let mut response = match serve(&compiled, &rule, request, span).await {
+        let served = match &rule.filters {
+            None => serve(&compiled, &rule, request, span).await,
+            Some(filters) => serve_filtered(&compiled, &rule, filters, request, span).await,
+        };
+        let mut response = match served {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(route = %rule.label.0, %error, "request failed in the proxy");
@@ -279,6 +283,25 @@ async fn serve(
             .unwrap_or_else(|_| Err(ProxyError::Timeout(millis(timeout)))),
         _ => admitted.await,
     }
+}
+
+/// [`serve`] through the rule's filters: a redirect is answered here, else
+/// the request's headers are modified before it is sent and the backend's
+/// response's on the way back.
+async fn serve_filtered(
+    compiled: &Compiled,
+    rule: &Rule,
+    filters: &Filters,
+    mut request: Request<Body>,
+    span: &mut RequestSpan,
+) -> Result<Response<Body>, ProxyError> {
+    if let Some(redirect) = &filters.redirect {
+        return Ok(redirect.respond(&request));
+    }
+    filters.request_headers.apply(request.headers_mut());
+    let mut response = serve(compiled, rule, request, span).await?;
+    filters.response_headers.apply(response.headers_mut());
+    Ok(response)
 }
 
 /// Sends attempts until one is final, the policy's attempts are used up, or

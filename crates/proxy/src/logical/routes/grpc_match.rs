@@ -4,6 +4,7 @@
 use http::Request;
 use plexus_api::v1 as proto;
 
+use super::filters::Filters;
 use super::{HeaderMatcher, Matcher, ProtoRule, ValueMatcher, compile_headers};
 
 #[derive(Debug)]
@@ -86,6 +87,18 @@ impl ProtoRule for proto::GrpcRouteRule {
 
     fn retry(&self) -> Option<&proto::RetryPolicy> {
         self.retry.as_ref()
+    }
+
+    fn filters(&self, field: &str) -> Result<Option<Filters>, String> {
+        let Some(filters) = &self.filters else {
+            return Ok(None);
+        };
+        Filters::compile(
+            filters.request_header_modifier.as_ref(),
+            filters.response_header_modifier.as_ref(),
+            None,
+            field,
+        )
     }
 }
 

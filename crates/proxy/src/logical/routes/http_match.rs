@@ -5,6 +5,7 @@ use http::{Method, Request};
 use plexus_api::v1 as proto;
 use regex::Regex;
 
+use super::filters::{Filters, Redirect};
 use super::{HeaderMatcher, Matcher, ProtoRule, ValueMatcher, compile_headers, full_match_regex};
 
 #[derive(Debug)]
@@ -112,6 +113,43 @@ impl ProtoRule for proto::HttpRouteRule {
 
     fn retry(&self) -> Option<&proto::RetryPolicy> {
         self.retry.as_ref()
+    }
+
+    fn filters(&self, field: &str) -> Result<Option<Filters>, String> {
+        let Some(filters) = &self.filters else {
+            return Ok(None);
+        };
+        let redirect = filters
+            .request_redirect
+            .as_ref()
+            .map(|r| {
+                Redirect::compile(
+                    r,
+                    one_path_prefix(self),
+                    &format!("{field}.request_redirect"),
+                )
+            })
+            .transpose()?;
+        Filters::compile(
+            filters.request_header_modifier.as_ref(),
+            filters.response_header_modifier.as_ref(),
+            redirect,
+            field,
+        )
+    }
+}
+
+/// The prefix of the rule's one PathPrefix match ("/" without matches),
+/// which a ReplacePrefixMatch redirect replaces; `None` otherwise.
+fn one_path_prefix(rule: &proto::HttpRouteRule) -> Option<&str> {
+    match rule.matches.as_slice() {
+        [] => Some("/"),
+        [m] => match &m.path {
+            None => Some("/"),
+            Some(p) if matches!(p.r#type.as_str(), "" | "PathPrefix") => Some(&p.value),
+            Some(_) => None,
+        },
+        _ => None,
     }
 }
 

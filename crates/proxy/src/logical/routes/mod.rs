@@ -9,6 +9,7 @@
 //! service, longest exact method, most header matches (`grpc_match`). Ties keep
 //! the controller's order of routes, then rule order.
 
+mod filters;
 mod grpc_match;
 mod http_match;
 
@@ -21,6 +22,7 @@ use http::{HeaderMap, Request};
 use plexus_api::v1 as proto;
 use regex::Regex;
 
+pub use self::filters::Filters;
 use super::RouteLabel;
 use super::retry::RetryPolicy;
 use super::split::BackendSplit;
@@ -35,6 +37,8 @@ pub struct Rule {
     /// One attempt.
     pub try_timeout: Option<Duration>,
     pub retry: RetryPolicy,
+    /// Boxed: a rule without filters pays one pointer and one branch.
+    pub filters: Option<Box<Filters>>,
 }
 
 /// A compiled route table.
@@ -59,6 +63,8 @@ trait ProtoRule {
     fn backends(&self) -> &[proto::WeightedBackend];
     fn timeouts(&self) -> Option<&proto::Timeouts>;
     fn retry(&self) -> Option<&proto::RetryPolicy>;
+    /// The rule's filters, `None` when it has none; an error names the field.
+    fn filters(&self, field: &str) -> Result<Option<Filters>, String>;
 }
 
 trait Matcher {
@@ -99,6 +105,7 @@ impl RouteTable {
             request_timeout: None,
             try_timeout: None,
             retry: RetryPolicy::none(),
+            filters: None,
         });
         let http = table
             .http
@@ -149,9 +156,12 @@ fn candidates<'a, R: ProtoRule + 'a>(
     for (i, (name, rules)) in routes.enumerate() {
         for (r, rule) in rules.iter().enumerate() {
             let field = format!("routes.{kind}[{i}].rules[{r}]");
-            match rule.matchers(&field) {
-                Ok(matchers) => {
-                    let compiled = Arc::new(Rule::new(name, rule, default_backend));
+            let compiled = rule
+                .matchers(&field)
+                .and_then(|m| Ok((m, rule.filters(&format!("{field}.filters"))?)));
+            match compiled {
+                Ok((matchers, filters)) => {
+                    let compiled = Arc::new(Rule::new(name, rule, default_backend, filters));
                     candidates.extend(matchers.into_iter().map(|matcher| Candidate {
                         matcher,
                         rule: compiled.clone(),
@@ -186,7 +196,12 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 impl Rule {
-    fn new(route: &str, rule: &impl ProtoRule, default_backend: &str) -> Rule {
+    fn new(
+        route: &str,
+        rule: &impl ProtoRule,
+        default_backend: &str,
+        filters: Option<Filters>,
+    ) -> Rule {
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let timeouts = rule.timeouts();
         Rule {
@@ -200,6 +215,7 @@ impl Rule {
             request_timeout: timeouts.and_then(|t| millis(t.request_ms)),
             try_timeout: timeouts.and_then(|t| millis(t.backend_request_ms)),
             retry: RetryPolicy::from_proto(rule.retry()),
+            filters: filters.map(Box::new),
         }
     }
 }
@@ -526,6 +542,54 @@ mod properties {
         ))
     }
 
+    fn header_modifier() -> impl Strategy<Value = proto::HeaderModifier> {
+        let value =
+            || (text(), text()).prop_map(|(name, value)| proto::HeaderValue { name, value });
+        (
+            prop::collection::vec(value(), 0..2),
+            prop::collection::vec(value(), 0..2),
+            prop::collection::vec(text(), 0..2),
+        )
+            .prop_map(|(set, add, remove)| proto::HeaderModifier { set, add, remove })
+    }
+
+    fn http_filters() -> impl Strategy<Value = proto::HttpFilters> {
+        let path = (
+            prop::sample::select(vec!["ReplaceFullPath", "ReplacePrefixMatch", "Other"]),
+            text(),
+        )
+            .prop_map(|(kind, value)| proto::PathModifier {
+                r#type: kind.into(),
+                value,
+            });
+        let redirect = (
+            prop::sample::select(vec!["", "http", "https", "ftp"]),
+            text(),
+            prop::option::of(path),
+            prop::option::of(any::<u32>()),
+            prop::sample::select(vec![0u32, 301, 302, 307]),
+        )
+            .prop_map(|(scheme, hostname, path, port, status_code)| {
+                proto::RequestRedirect {
+                    scheme: scheme.into(),
+                    hostname,
+                    path,
+                    port,
+                    status_code,
+                }
+            });
+        (
+            prop::option::of(header_modifier()),
+            prop::option::of(header_modifier()),
+            prop::option::of(redirect),
+        )
+            .prop_map(|(request, response, redirect)| proto::HttpFilters {
+                request_header_modifier: request,
+                response_header_modifier: response,
+                request_redirect: redirect,
+            })
+    }
+
     fn retry() -> impl Strategy<Value = Option<proto::RetryPolicy>> {
         let policy = (
             any::<u32>(),
@@ -551,15 +615,17 @@ mod properties {
             backends(),
             timeouts(),
             retry(),
+            prop::option::of(http_filters()),
         )
-            .prop_map(
-                |(matches, backends, timeouts, retry)| proto::HttpRouteRule {
+            .prop_map(|(matches, backends, timeouts, retry, filters)| {
+                proto::HttpRouteRule {
                     matches,
                     backends,
                     timeouts,
                     retry,
-                },
-            );
+                    filters,
+                }
+            });
         let grpc_match = (
             kind(),
             text(),
@@ -584,6 +650,7 @@ mod properties {
                     backends,
                     timeouts,
                     retry,
+                    filters: None,
                 },
             );
         (
@@ -650,7 +717,16 @@ mod properties {
                 );
             }
             let compiled = RouteTable::compile(&table, "default-svc");
-            let _ = compiled.route(&request).split.pick();
+            let rule = compiled.route(&request);
+            let _ = rule.split.pick();
+            if let Some(filters) = &rule.filters {
+                let mut headers = request.headers().clone();
+                filters.request_headers.apply(&mut headers);
+                if let Some(redirect) = &filters.redirect {
+                    let response = redirect.respond(&request);
+                    prop_assert!(response.status().is_redirection());
+                }
+            }
         }
 
         #[test]

@@ -1,0 +1,388 @@
+//! A rule's Gateway API filters, compiled once per update: header
+//! modifications of the request (before it is forwarded) and of the backend's
+//! response, and a redirect the proxy answers itself. A rule without filters
+//! carries none (`Rule::filters` is `None`), so it pays one branch per request.
+
+use http::header::{HOST, LOCATION};
+use http::uri::Authority;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use plexus_api::v1 as proto;
+
+use crate::body::{self, Body};
+
+/// What a rule does to its requests and responses besides routing them.
+#[derive(Debug)]
+pub struct Filters {
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
+    /// Set: the request is answered with a redirect and goes nowhere.
+    pub redirect: Option<Redirect>,
+}
+
+impl Filters {
+    /// `None` when nothing would change a request or response.
+    pub fn compile(
+        request_headers: Option<&proto::HeaderModifier>,
+        response_headers: Option<&proto::HeaderModifier>,
+        redirect: Option<Redirect>,
+        field: &str,
+    ) -> Result<Option<Filters>, String> {
+        let filters = Filters {
+            request_headers: HeaderModifier::compile(
+                request_headers,
+                &format!("{field}.request_header_modifier"),
+            )?,
+            response_headers: HeaderModifier::compile(
+                response_headers,
+                &format!("{field}.response_header_modifier"),
+            )?,
+            redirect,
+        };
+        let idle = filters.request_headers.is_empty()
+            && filters.response_headers.is_empty()
+            && filters.redirect.is_none();
+        Ok((!idle).then_some(filters))
+    }
+}
+
+/// Gateway API's header filter, applied as set, add, remove.
+#[derive(Debug, Default)]
+pub struct HeaderModifier {
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+    remove: Vec<HeaderName>,
+}
+
+impl HeaderModifier {
+    fn compile(proto: Option<&proto::HeaderModifier>, field: &str) -> Result<Self, String> {
+        let Some(proto) = proto else {
+            return Ok(HeaderModifier::default());
+        };
+        let values = |list: &[proto::HeaderValue], kind: &str| {
+            list.iter()
+                .enumerate()
+                .map(|(i, h)| {
+                    let field = format!("{field}.{kind}[{i}]");
+                    let value = HeaderValue::from_str(&h.value).map_err(|_| {
+                        format!("{field}.value: invalid header value {:?}", h.value)
+                    })?;
+                    Ok((header_name(&h.name, &format!("{field}.name"))?, value))
+                })
+                .collect::<Result<Vec<_>, String>>()
+        };
+        Ok(HeaderModifier {
+            set: values(&proto.set, "set")?,
+            add: values(&proto.add, "add")?,
+            remove: proto
+                .remove
+                .iter()
+                .enumerate()
+                .map(|(i, name)| header_name(name, &format!("{field}.remove[{i}]")))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name, value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name, value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Parsing lowercases: header names are case-insensitive.
+fn header_name(name: &str, field: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("{field}: invalid header name {name:?}"))
+}
+
+/// Gateway API's request redirect: the `Location` is the request's URL with
+/// the filter's parts replaced.
+#[derive(Debug)]
+pub struct Redirect {
+    scheme: Option<&'static str>,
+    hostname: Option<String>,
+    path: Option<PathRewrite>,
+    port: Option<u16>,
+    status: StatusCode,
+}
+
+#[derive(Debug)]
+enum PathRewrite {
+    Full(String),
+    /// The rule's matched prefix and what replaces it, both without a
+    /// trailing '/'.
+    Prefix {
+        prefix: String,
+        replacement: String,
+    },
+}
+
+impl Redirect {
+    /// `matched_prefix`: the rule's one PathPrefix match (`None` when the rule
+    /// has another kind or several matches), which ReplacePrefixMatch needs.
+    pub fn compile(
+        proto: &proto::RequestRedirect,
+        matched_prefix: Option<&str>,
+        field: &str,
+    ) -> Result<Redirect, String> {
+        let scheme = match proto.scheme.as_str() {
+            "" => None,
+            "http" => Some("http"),
+            "https" => Some("https"),
+            other => {
+                return Err(format!(
+                    "{field}.scheme: unknown scheme {other:?} (expected http or https)"
+                ));
+            }
+        };
+        let hostname = match proto.hostname.as_str() {
+            "" => None,
+            host => {
+                // A host alone: no port, no user info.
+                let alone = host
+                    .parse::<Authority>()
+                    .is_ok_and(|a| a.port().is_none() && a.host() == host);
+                if !alone {
+                    return Err(format!("{field}.hostname: invalid host name {host:?}"));
+                }
+                Some(host.to_owned())
+            }
+        };
+        let port = proto
+            .port
+            .map(|p| {
+                u16::try_from(p)
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| format!("{field}.port: {p} is not a port number"))
+            })
+            .transpose()?;
+        let status = match proto.status_code {
+            0 | 302 => StatusCode::FOUND,
+            301 => StatusCode::MOVED_PERMANENTLY,
+            other => {
+                return Err(format!(
+                    "{field}.status_code: {other} is not supported (301 or 302)"
+                ));
+            }
+        };
+        let path = proto
+            .path
+            .as_ref()
+            .map(|p| PathRewrite::compile(p, matched_prefix, &format!("{field}.path")))
+            .transpose()?;
+        Ok(Redirect {
+            scheme,
+            hostname,
+            path,
+            port,
+            status,
+        })
+    }
+
+    /// The redirect for `request`, with an empty body.
+    pub fn respond<B>(&self, request: &Request<B>) -> Response<Body> {
+        let mut response = Response::new(body::empty());
+        *response.status_mut() = self.status;
+        if let Ok(location) = HeaderValue::try_from(self.location(request)) {
+            response.headers_mut().insert(LOCATION, location);
+        }
+        response
+    }
+
+    fn location<B>(&self, request: &Request<B>) -> String {
+        let uri = request.uri();
+        let request_scheme = uri.scheme_str().unwrap_or("http");
+        let authority = uri.authority().cloned().or_else(|| {
+            let host = request.headers().get(HOST)?.to_str().ok()?;
+            host.parse::<Authority>().ok()
+        });
+        let scheme = self.scheme.unwrap_or(request_scheme);
+        let host = match (&self.hostname, &authority) {
+            (Some(host), _) => host.as_str(),
+            (None, Some(authority)) => authority.host(),
+            (None, None) => "",
+        };
+        // Gateway API: a set scheme brings its well-known port; otherwise the
+        // port the request was addressed to stays.
+        let port = self.port.or_else(|| match self.scheme {
+            Some(_) => None,
+            None => authority.as_ref().and_then(Authority::port_u16),
+        });
+        let port = match (scheme, port) {
+            ("http", Some(80)) | ("https", Some(443)) | (_, None) => String::new(),
+            (_, Some(port)) => format!(":{port}"),
+        };
+        let path = match &self.path {
+            None => uri.path().to_owned(),
+            Some(rewrite) => rewrite.apply(uri.path()),
+        };
+        match uri.query() {
+            Some(query) => format!("{scheme}://{host}{port}{path}?{query}"),
+            None => format!("{scheme}://{host}{port}{path}"),
+        }
+    }
+}
+
+impl PathRewrite {
+    fn compile(
+        proto: &proto::PathModifier,
+        matched_prefix: Option<&str>,
+        field: &str,
+    ) -> Result<PathRewrite, String> {
+        match proto.r#type.as_str() {
+            "ReplaceFullPath" => Ok(PathRewrite::Full(proto.value.clone())),
+            "ReplacePrefixMatch" => {
+                let prefix = matched_prefix.ok_or_else(|| {
+                    format!("{field}.type: ReplacePrefixMatch needs the rule to have exactly one match, a PathPrefix")
+                })?;
+                Ok(PathRewrite::Prefix {
+                    prefix: prefix.trim_end_matches('/').to_owned(),
+                    replacement: proto.value.trim_end_matches('/').to_owned(),
+                })
+            }
+            other => Err(format!(
+                "{field}.type: unknown path modifier {other:?} (expected ReplaceFullPath or ReplacePrefixMatch)"
+            )),
+        }
+    }
+
+    fn apply(&self, path: &str) -> String {
+        match self {
+            PathRewrite::Full(full) => full.clone(),
+            PathRewrite::Prefix {
+                prefix,
+                replacement,
+            } => {
+                // The rule matched, so `path` starts with the prefix, element-wise.
+                let rest = path.get(prefix.len()..).unwrap_or_default();
+                let path = format!("{replacement}{rest}");
+                if path.is_empty() {
+                    "/".to_owned()
+                } else {
+                    path
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefix(prefix: &str, replacement: &str) -> PathRewrite {
+        let proto = proto::PathModifier {
+            r#type: "ReplacePrefixMatch".into(),
+            value: replacement.into(),
+        };
+        PathRewrite::compile(&proto, Some(prefix), "path").unwrap()
+    }
+
+    #[test]
+    fn replace_prefix_match_follows_the_gateway_api_table() {
+        // (request path, prefix, replacement, redirected path), from the spec.
+        let table = [
+            ("/foo/bar", "/foo", "/xfoo", "/xfoo/bar"),
+            ("/foo/bar", "/foo", "/xfoo/", "/xfoo/bar"),
+            ("/foo/bar", "/foo/", "/xfoo", "/xfoo/bar"),
+            ("/foo/bar", "/foo/", "/xfoo/", "/xfoo/bar"),
+            ("/foo", "/foo", "/xfoo", "/xfoo"),
+            ("/foo/", "/foo", "/xfoo", "/xfoo/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+            ("/foo", "/", "/bar", "/bar/foo"),
+        ];
+        for (path, p, replacement, expected) in table {
+            assert_eq!(
+                prefix(p, replacement).apply(path),
+                expected,
+                "{path} {p} {replacement}"
+            );
+        }
+    }
+
+    #[test]
+    fn header_modifier_sets_adds_and_removes_case_insensitively() {
+        let proto = proto::HeaderModifier {
+            set: vec![proto::HeaderValue {
+                name: "X-Env".into(),
+                value: "prod".into(),
+            }],
+            add: vec![proto::HeaderValue {
+                name: "X-Tag".into(),
+                value: "b".into(),
+            }],
+            remove: vec!["X-SECRET".into()],
+        };
+        let modifier = HeaderModifier::compile(Some(&proto), "m").unwrap();
+        let mut headers = HeaderMap::new();
+        headers.append("x-env", HeaderValue::from_static("dev"));
+        headers.append("x-env", HeaderValue::from_static("test"));
+        headers.append("x-tag", HeaderValue::from_static("a"));
+        headers.append("x-secret", HeaderValue::from_static("s"));
+        modifier.apply(&mut headers);
+        let all = |name: &str| -> Vec<&str> {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        assert_eq!(all("x-env"), ["prod"]);
+        assert_eq!(all("x-tag"), ["a", "b"]);
+        assert!(headers.get("x-secret").is_none());
+    }
+
+    #[test]
+    fn bad_names_values_schemes_and_codes_name_their_field() {
+        let bad_name = proto::HeaderModifier {
+            remove: vec!["bad name".into()],
+            ..Default::default()
+        };
+        let error =
+            HeaderModifier::compile(Some(&bad_name), "f.request_header_modifier").unwrap_err();
+        assert_eq!(
+            error,
+            "f.request_header_modifier.remove[0]: invalid header name \"bad name\""
+        );
+        let redirect = |r: proto::RequestRedirect| Redirect::compile(&r, None, "r").unwrap_err();
+        let scheme = redirect(proto::RequestRedirect {
+            scheme: "ftp".into(),
+            ..Default::default()
+        });
+        assert!(
+            scheme.starts_with("r.scheme: unknown scheme \"ftp\""),
+            "{scheme}"
+        );
+        let code = redirect(proto::RequestRedirect {
+            status_code: 307,
+            ..Default::default()
+        });
+        assert_eq!(code, "r.status_code: 307 is not supported (301 or 302)");
+        let prefix = redirect(proto::RequestRedirect {
+            path: Some(proto::PathModifier {
+                r#type: "ReplacePrefixMatch".into(),
+                value: "/x".into(),
+            }),
+            ..Default::default()
+        });
+        assert!(
+            prefix.starts_with("r.path.type: ReplacePrefixMatch needs"),
+            "{prefix}"
+        );
+    }
+}
