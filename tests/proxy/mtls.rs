@@ -29,12 +29,12 @@ fn web() -> SpiffeId {
     id("shop", "web")
 }
 
-fn frontend() -> SpiffeId {
+pub(super) fn frontend() -> SpiffeId {
     id("shop", "frontend")
 }
 
 /// The app: answers with the `plexus-client-id` it received (`-` if none).
-async fn app() -> Upstream {
+pub(super) async fn app() -> Upstream {
     http_upstream(|request: Request<Incoming>| async move {
         let client = request
             .headers()
@@ -106,7 +106,7 @@ fn meshed_target(endpoint: SocketAddr, identity: &SpiffeId) -> String {
     )
 }
 
-async fn wait_ready(proxy: &RunningProxy) {
+pub(super) async fn wait_ready(proxy: &RunningProxy) {
     bounded("the proxy gets its certificate", async {
         while admin_get(proxy.admin_addr, "/ready").await.0 != 200 {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -116,7 +116,7 @@ async fn wait_ready(proxy: &RunningProxy) {
 }
 
 /// A sample of `/metrics` by its name and labels (the line's prefix).
-async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
+pub(super) async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
     let (_, metrics) = admin_get(proxy.admin_addr, "/metrics").await;
     metrics
         .lines()
@@ -125,7 +125,7 @@ async fn metric(proxy: &RunningProxy, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> {
+pub(super) async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> {
     let mut send = http1(proxy.outbound_addr).await;
     let mut request = get("/", "web:80");
     if let Some(forged) = forged {
@@ -136,7 +136,7 @@ async fn call(proxy: &RunningProxy, forged: Option<&str>) -> Response<Incoming> 
     send.send_request(request).await.expect("response")
 }
 
-fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
+pub(super) fn header<'a>(response: &'a Response<Incoming>, name: &str) -> &'a str {
     response
         .headers()
         .get(name)
@@ -350,7 +350,7 @@ async fn a_server_certified_by_another_ca_is_refused() {
 }
 
 /// A plaintext client straight to the server proxy's inbound port.
-async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
+pub(super) async fn plaintext_get(server: &RunningProxy) -> Response<Incoming> {
     let mut send = http1(server.inbound_addr).await;
     let mut request = get("/", "web:80");
     request.headers_mut().insert(
@@ -589,13 +589,14 @@ async fn traffic_flows_through_certificate_rotations_without_a_failure() {
 
 /// The file feed's objects: `web-1` (service account `web`) behind the
 /// Service `web`, announced on its sidecar's inbound port (local mode), in a
-/// namespace whose mTLS mode is `mode`; `frontend-1` (service account `frontend`).
-fn objects(mode: &str, inbound_port: u16) -> String {
+/// namespace whose mTLS mode is `mode` and whose `plexus.io/allowed-clients`
+/// is `allowed_clients` (empty: any); `frontend-1` (service account `frontend`).
+pub(super) fn objects(mode: &str, allowed_clients: &str, inbound_port: u16) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Namespace
-metadata: {{name: shop, annotations: {{plexus.io/inject: enabled, plexus.io/mtls-mode: {mode}}}}}
+metadata: {{name: shop, annotations: {{plexus.io/inject: enabled, plexus.io/mtls-mode: {mode}, plexus.io/allowed-clients: "{allowed_clients}"}}}}
 ---
 apiVersion: v1
 kind: Service
@@ -630,7 +631,7 @@ status: {{podIP: 127.0.0.2}}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
     let app = app().await;
-    let pair = MeshedPair::start(app.addr, |inbound| objects("strict", inbound)).await;
+    let pair = MeshedPair::start(app.addr, |inbound| objects("strict", "", inbound)).await;
     let MeshedPair {
         server,
         client,
@@ -675,7 +676,8 @@ async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
     );
 
     // A policy change reaches the running proxy.
-    std::fs::write(&file, objects("permissive", server.inbound_addr.port())).expect("feed file");
+    std::fs::write(&file, objects("permissive", "", server.inbound_addr.port()))
+        .expect("feed file");
     bounded("the server proxy applies PERMISSIVE", async {
         while plaintext_get(&server).await.status() != 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
