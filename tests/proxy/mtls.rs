@@ -29,7 +29,7 @@ fn web() -> SpiffeId {
     id("shop", "web")
 }
 
-fn frontend() -> SpiffeId {
+pub(super) fn frontend() -> SpiffeId {
     id("shop", "frontend")
 }
 
@@ -589,19 +589,25 @@ async fn traffic_flows_through_certificate_rotations_without_a_failure() {
 
 /// The file feed's objects: `web-1` (service account `web`) behind the
 /// Service `web`, announced on its sidecar's inbound port (local mode), in a
-/// namespace whose mTLS mode is `mode`; `frontend-1` (service account `frontend`).
-fn objects(mode: &str, inbound_port: u16) -> String {
-    objects_annotated(mode, "", inbound_port)
+/// namespace whose mTLS mode is `mode` and whose `plexus.io/allowed-clients`
+/// is `allowed_clients` (empty: any); `frontend-1` (service account `frontend`).
+pub(crate) fn objects(mode: &str, allowed_clients: &str, inbound_port: u16) -> String {
+    objects_annotated(mode, allowed_clients, "", inbound_port)
 }
 
 /// [`objects`] with `web_annotations` (YAML flow-map entries, each followed
 /// by a comma) on `web-1`, and `admin-1` (service account `admin`).
-pub(crate) fn objects_annotated(mode: &str, web_annotations: &str, inbound_port: u16) -> String {
+pub(crate) fn objects_annotated(
+    mode: &str,
+    allowed_clients: &str,
+    web_annotations: &str,
+    inbound_port: u16,
+) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Namespace
-metadata: {{name: shop, annotations: {{plexus.io/inject: enabled, plexus.io/mtls-mode: {mode}}}}}
+metadata: {{name: shop, annotations: {{plexus.io/inject: enabled, plexus.io/mtls-mode: {mode}, plexus.io/allowed-clients: "{allowed_clients}"}}}}
 ---
 apiVersion: v1
 kind: Service
@@ -642,7 +648,7 @@ status: {{podIP: 127.0.0.3}}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
     let app = app().await;
-    let pair = MeshedPair::start(app.addr, |inbound| objects("strict", inbound)).await;
+    let pair = MeshedPair::start(app.addr, |inbound| objects("strict", "", inbound)).await;
     let MeshedPair {
         server,
         client,
@@ -687,7 +693,8 @@ async fn the_controller_feeds_destinations_and_the_inbound_policy_over_tls() {
     );
 
     // A policy change reaches the running proxy.
-    std::fs::write(&file, objects("permissive", server.inbound_addr.port())).expect("feed file");
+    std::fs::write(&file, objects("permissive", "", server.inbound_addr.port()))
+        .expect("feed file");
     bounded("the server proxy applies PERMISSIVE", async {
         while plaintext_get(&server).await.status() != 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -67,7 +67,7 @@ async fn requests_beyond_the_burst_get_429_with_retry_after_until_the_limit_goes
     let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 1/h, plexus.io/rate-limit-burst: "3","#;
     let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", limited, port)
+        objects_annotated("permissive", "", limited, port)
     })
     .await;
     wait_ready(&pair.server).await;
@@ -83,7 +83,7 @@ async fn requests_beyond_the_burst_get_429_with_retry_after_until_the_limit_goes
 
     // The limit removed: the next requests pass.
     let port = pair.server.inbound_addr.port();
-    std::fs::write(&pair.file, objects_annotated("permissive", "", port)).expect("feed file");
+    std::fs::write(&pair.file, objects_annotated("permissive", "", "", port)).expect("feed file");
     bounded("the limit is lifted", async {
         while call(&pair.client, None).await.status() != 200 {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -98,7 +98,7 @@ async fn per_identity_one_client_exhausting_its_bucket_does_not_limit_another() 
     let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 1/h, plexus.io/rate-limit-burst: "2", plexus.io/rate-limit-per-identity: enabled,"#;
     let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", limited, port)
+        objects_annotated("permissive", "", limited, port)
     })
     .await;
     let admin = pair.sidecar("admin", "admin-1").start().await;
@@ -130,7 +130,7 @@ async fn under_load_requests_are_admitted_at_the_configured_rate_within_ten_perc
     let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 100/s, plexus.io/rate-limit-burst: "20","#;
     let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", limited, port)
+        objects_annotated("permissive", "", limited, port)
     })
     .await;
     wait_ready(&pair.server).await;
