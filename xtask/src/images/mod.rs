@@ -125,10 +125,9 @@ pub const IMAGES: [Image; 3] = [
         entrypoint: &["/usr/local/bin/xtask", "demo-app"],
         ports: &[8080],
         with_iptables: false,
-        checks: &[(
-            &["/usr/local/bin/xtask", "demo-app", "--version"],
-            NONROOT_UID,
-        )],
+        // `--help`: the app's own `--version <VERSION>` (the version it
+        // reports, v1 or v2 of the demo's canary) shadows clap's flag.
+        checks: &[(&["/usr/local/bin/xtask", "demo-app", "--help"], NONROOT_UID)],
     },
 ];
 
@@ -193,6 +192,7 @@ pub fn run(args: ImagesArgs) -> Result<()> {
     }
     let workspace = Workspace::locate()?;
     let out = workspace.target_dir.join("images");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let started = Instant::now();
     build_binaries(&workspace)?;
     eprintln!(
