@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use plexus_proxy::RunningProxy;
 use plexus_tests::controller::{MeshedPair, id};
 use plexus_tests::http::{get, http1, text};
+use plexus_tests::upstream::Upstream;
 use plexus_tests::wait::bounded;
 use std::time::Duration;
 
@@ -25,6 +26,21 @@ async fn policy_applied(server: &RunningProxy) {
         }
     })
     .await;
+}
+
+/// The meshed pair with `limited` (annotations on `web-1`), once both
+/// sidecars are ready and the server applies the pod's policy; the app is
+/// returned to keep it serving.
+async fn limited_pair(limited: &'static str) -> (Upstream, MeshedPair) {
+    let app = app().await;
+    let pair = MeshedPair::start(app.addr, |port| {
+        objects_annotated("permissive", "", limited, port)
+    })
+    .await;
+    wait_ready(&pair.server).await;
+    wait_ready(&pair.client).await;
+    policy_applied(&pair.server).await;
+    (app, pair)
 }
 
 /// The first response of `client` that reached the server proxy: until the
@@ -64,15 +80,8 @@ async fn statuses(client: &RunningProxy, n: usize) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_burst_get_429_with_retry_after_until_the_limit_goes() {
-    let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 1/h, plexus.io/rate-limit-burst: "3","#;
-    let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", "", limited, port)
-    })
-    .await;
-    wait_ready(&pair.server).await;
-    wait_ready(&pair.client).await;
-    policy_applied(&pair.server).await;
+    let (_app, pair) = limited_pair(limited).await;
 
     let first = first_call(&pair.client).await;
     assert_eq!(first.status(), 200, "{:?}", first.headers());
@@ -95,17 +104,10 @@ async fn requests_beyond_the_burst_get_429_with_retry_after_until_the_limit_goes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_identity_one_client_exhausting_its_bucket_does_not_limit_another() {
-    let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 1/h, plexus.io/rate-limit-burst: "2", plexus.io/rate-limit-per-identity: enabled,"#;
-    let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", "", limited, port)
-    })
-    .await;
+    let (_app, pair) = limited_pair(limited).await;
     let admin = pair.sidecar("admin", "admin-1").start().await;
-    for proxy in [&pair.server, &pair.client, &admin] {
-        wait_ready(proxy).await;
-    }
-    policy_applied(&pair.server).await;
+    wait_ready(&admin).await;
 
     assert_eq!(first_call(&pair.client).await.status(), 200);
     assert_eq!(statuses(&pair.client, 3).await, [200, 429, 429]);
@@ -127,15 +129,8 @@ async fn per_identity_one_client_exhausting_its_bucket_does_not_limit_another() 
 async fn under_load_requests_are_admitted_at_the_configured_rate_within_ten_percent() {
     const RATE: f64 = 100.0;
     const BURST: f64 = 20.0;
-    let app = app().await;
     let limited = r#"plexus.io/mtls-mode: strict, plexus.io/rate-limit: 100/s, plexus.io/rate-limit-burst: "20","#;
-    let pair = MeshedPair::start(app.addr, |port| {
-        objects_annotated("permissive", "", limited, port)
-    })
-    .await;
-    wait_ready(&pair.server).await;
-    wait_ready(&pair.client).await;
-    policy_applied(&pair.server).await;
+    let (_app, pair) = limited_pair(limited).await;
     first_call(&pair.client).await;
 
     // Four clients calling as fast as they can, far above the rate, for 2 s;
