@@ -596,7 +596,7 @@ fn filtered(name: &str, filter: Value) -> Value {
 }
 
 #[tokio::test]
-async fn a_route_with_a_header_filter_is_served_and_one_with_url_rewrite_is_refused_by_field() {
+async fn filtered_routes_carry_their_filters_and_an_unknown_extension_ref_is_refused_by_field() {
     let api = ApiServer::start().await;
     api.apply(SERVICES, web_service());
     api.apply(
@@ -611,12 +611,53 @@ async fn a_route_with_a_header_filter_is_served_and_one_with_url_rewrite_is_refu
         HTTP_ROUTES,
         filtered(
             "rewrite",
-            json!({"type": "URLRewrite", "urlRewrite": {"hostname": "elsewhere"}}),
+            json!({"type": "URLRewrite", "urlRewrite": {"hostname": "elsewhere",
+                   "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}),
+        ),
+    );
+    // The mirror's Service does not exist: accepted, its ref unresolved.
+    api.apply(
+        HTTP_ROUTES,
+        filtered(
+            "mirror",
+            json!({"type": "RequestMirror", "requestMirror": {
+                   "backendRef": {"name": "shadow", "port": 8080}, "percent": 25}}),
+        ),
+    );
+    api.apply(
+        HTTP_ROUTES,
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+               "metadata": {"namespace": "shop", "name": "backend-headers"},
+               "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                        "rules": [{"backendRefs": [{"name": "web", "port": 80, "filters": [
+                            {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                "add": [{"name": "x-backend", "value": "web"}]}}]}]}]}}),
+    );
+    api.apply(
+        HTTP_ROUTES,
+        filtered(
+            "extension",
+            json!({"type": "ExtensionRef", "extensionRef": {
+                   "group": "faults.example.io", "kind": "Fault", "name": "slow"}}),
         ),
     );
     let (feed, mut rx) = synced_feed(&api, "the feed never synced").await;
-    until(&mut rx, "the header filter in the target", |v| {
-        v.meshed.as_ref().is_some_and(|t| {
+    until(
+        &mut rx,
+        "every accepted route's filters in the target",
+        |v| {
+            let Some(t) = v.meshed.as_ref() else {
+                return false;
+            };
+            let rule = |name: &str| {
+                t.routes
+                    .value
+                    .http
+                    .iter()
+                    .find(|r| r.name == name)
+                    .map(|r| r.rules[0].clone())
+            };
+            let filters = |name: &str| rule(name).and_then(|r| r.filters);
             let names: Vec<&str> = t
                 .routes
                 .value
@@ -624,21 +665,55 @@ async fn a_route_with_a_header_filter_is_served_and_one_with_url_rewrite_is_refu
                 .iter()
                 .map(|r| r.name.as_str())
                 .collect();
-            let set = t.routes.value.http[0].rules[0]
-                .filters
-                .as_ref()
-                .and_then(|f| f.request_header_modifier.as_ref())
-                .map(|m| m.set.clone());
-            names == ["shop/headers"] && set.is_some_and(|s| s[0].value == "prod")
+            let header_set = filters("shop/headers")
+                .and_then(|f| f.request_header_modifier)
+                .is_some_and(|m| m.set[0].value == "prod");
+            let rewrite = filters("shop/rewrite").and_then(|f| f.url_rewrite);
+            let rewritten = rewrite.is_some_and(|r| {
+                r.hostname == "elsewhere"
+                    && r.path
+                        .is_some_and(|p| p.r#type == "ReplacePrefixMatch" && p.value == "/v2")
+            });
+            let mirrors = filters("shop/mirror")
+                .map(|f| f.request_mirrors)
+                .unwrap_or_default();
+            let mirrored = mirrors.first().is_some_and(|m| {
+                m.backend == "shadow.shop.svc.cluster.local:8080"
+                    && m.unresolved.starts_with("BackendNotFound: ")
+                    && m.fraction
+                        .as_ref()
+                        .is_some_and(|f| (f.numerator, f.denominator) == (25, 100))
+            });
+            let backend_headers = rule("shop/backend-headers")
+                .and_then(|r| r.backends[0].filters.clone())
+                .and_then(|f| f.response_header_modifier)
+                .is_some_and(|m| m.add[0].value == "web");
+            names.len() == 4 && header_set && rewritten && mirrored && backend_headers
+        },
+    )
+    .await;
+    for name in ["headers", "rewrite", "mirror", "backend-headers"] {
+        let accepted = our_conditions(&api, name, "Accepted", |c| {
+            condition(c, "Accepted").is_some()
         })
+        .await;
+        assert_eq!(
+            condition(&accepted, "Accepted").unwrap()["status"],
+            "True",
+            "{name}"
+        );
+    }
+    // Named alone once `web` is indexed too (the index may write status before).
+    let missing =
+        "spec.rules[0].filters[0].requestMirror.backendRef: Service shop/shadow does not exist";
+    let mirror = our_conditions(&api, "mirror", "the mirror's ref named unresolved", |c| {
+        condition(c, "ResolvedRefs").is_some_and(|r| r["message"] == missing)
     })
     .await;
-    let accepted = our_conditions(&api, "headers", "headers Accepted", |c| {
-        condition(c, "Accepted").is_some()
-    })
-    .await;
-    assert_eq!(condition(&accepted, "Accepted").unwrap()["status"], "True");
-    let refused = our_conditions(&api, "rewrite", "rewrite refused", |c| {
+    let refs = condition(&mirror, "ResolvedRefs").unwrap();
+    assert_eq!(refs["status"], "False");
+    assert_eq!(refs["reason"], "BackendNotFound");
+    let refused = our_conditions(&api, "extension", "extension refused", |c| {
         condition(c, "Accepted").is_some()
     })
     .await;
@@ -647,7 +722,7 @@ async fn a_route_with_a_header_filter_is_served_and_one_with_url_rewrite_is_refu
     assert_eq!(refused["reason"], "UnsupportedValue");
     assert_eq!(
         refused["message"],
-        "spec.rules[0].filters[0].type: URLRewrite is not supported"
+        "spec.rules[0].filters[0].type: ExtensionRef is not supported"
     );
     feed.abort();
 }

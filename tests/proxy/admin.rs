@@ -327,11 +327,12 @@ async fn sigterm_drains_the_binary_and_exits_zero() {
     assert!(exit.success(), "{exit:?}");
 }
 
-/// A static file's rule filters reach `/config` in the proto's shape, and the
-/// in-process proxy's outbound listener applies them end to end.
+/// A static file's rule and backend filters reach `/config` in the proto's
+/// shape, and the in-process proxy's outbound listener applies them end to end.
 #[tokio::test]
 async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
     let upstream = echo_upstream().await;
+    let shadow = echo_upstream().await;
     let yaml = format!(
         r#"destinations:
   - aliases: ["web:80"]
@@ -344,14 +345,22 @@ async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
               - matches: [{{ path: {{ type: PathPrefix, value: /old }} }}]
                 filters:
                   request_redirect: {{ path: {{ type: ReplacePrefixMatch, value: /new }}, status_code: 301 }}
+              - matches: [{{ path: {{ type: PathPrefix, value: /api }} }}]
+                filters:
+                  url_rewrite: {{ hostname: api.internal, path: {{ type: ReplacePrefixMatch, value: /v2 }} }}
+                  request_mirrors: [{{ backend: shadow }}]
+                backends: [{{ backend: default }}]
               - filters:
                   response_header_modifier: {{ set: [{{ name: x-served-by, value: plexus }}] }}
-                backends: [{{ backend: default }}]
+                backends:
+                  - backend: default
+                    filters: {{ response_header_modifier: {{ add: [{{ name: x-backend, value: default }}] }} }}
       backends:
         backends:
           default: {{ endpoints: [{{ address: "{}", ready: true }}] }}
+          shadow: {{ endpoints: [{{ address: "{}", ready: true }}] }}
 "#,
-        upstream.addr
+        upstream.addr, shadow.addr
     );
     let proxy = proxy().static_config(yaml).start().await;
     let (status, config) = admin_get(proxy.admin_addr, "/config").await;
@@ -363,8 +372,20 @@ async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
         "ReplacePrefixMatch"
     );
     assert_eq!(
-        rules[1]["filters"]["response_header_modifier"]["set"][0]["name"],
+        rules[1]["filters"]["url_rewrite"]["hostname"],
+        "api.internal"
+    );
+    assert_eq!(
+        rules[1]["filters"]["request_mirrors"][0]["backend"],
+        "shadow"
+    );
+    assert_eq!(
+        rules[2]["filters"]["response_header_modifier"]["set"][0]["name"],
         "x-served-by"
+    );
+    assert_eq!(
+        rules[2]["backends"][0]["filters"]["response_header_modifier"]["add"][0]["value"],
+        "default"
     );
 
     let mut client = http1(proxy.outbound_addr).await;
@@ -379,6 +400,12 @@ async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
     let response = client.send_request(get("/other", "web")).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["x-served-by"], "plexus");
+    assert_eq!(response.headers()["x-backend"], "default");
     let _ = text(response).await;
     assert_eq!(upstream.requests(), 1);
+    let response = client.send_request(get("/api/items", "web")).await.unwrap();
+    assert_eq!(response.headers()["x-path"], "/v2/items");
+    assert_eq!(response.headers()["x-host-header"], "api.internal");
+    let _ = text(response).await;
+    eventually(BOUND, "the mirror's copy", || shadow.requests() == 1).await;
 }

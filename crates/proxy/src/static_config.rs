@@ -323,6 +323,19 @@ fn check_target(target: &Target) -> Vec<String> {
             }
         }
     }
+    for (i, route) in routes.http.iter().enumerate() {
+        for (r, rule) in route.rules.iter().enumerate() {
+            let mirrors = rule.filters.iter().flat_map(|f| &f.request_mirrors);
+            for (m, mirror) in mirrors.enumerate() {
+                if mirror.unresolved.is_empty() && !known(&mirror.backend) {
+                    problems.push(format!(
+                        "routes.http[{i}].rules[{r}].filters.request_mirrors[{m}].backend: {:?} is not in backends.backends",
+                        mirror.backend
+                    ));
+                }
+            }
+        }
+    }
     problems.extend(logical::check(target));
     problems
 }
@@ -481,13 +494,44 @@ destinations:
 
         let bad = good
             .replace("status_code: 301", "status_code: 308")
-            .replace("filters:", "filters:\n                  url_rewrite: {}");
+            .replace("filters:", "filters:\n                  url_rewrites: {}");
         assert_eq!(
             problems(&bad),
             [
-                "destinations[0].target.routes.http[0].rules[0].filters.url_rewrite: unknown field",
+                "destinations[0].target.routes.http[0].rules[0].filters.url_rewrites: unknown field",
                 "destinations[0].target.routes.http[0].rules[0].filters.request_redirect.status_code: \
                  308 is not supported (301 or 302)",
+            ]
+        );
+        let rewriting = good.replace(
+            "request_redirect: { scheme: https, port: 8443, status_code: 301, path: { type: ReplacePrefixMatch, value: /v2 } }",
+            "url_rewrite: { hostname: new.example, path: { type: ReplaceFullPath, value: /v2 } }\n                  \
+             request_mirrors: [{ backend: canary, fraction: { numerator: 1, denominator: 4 } }]",
+        );
+        let entries = parse(&rewriting).unwrap();
+        let rule = &entries[0].1.routes.as_ref().unwrap().http[0].rules[0];
+        let read = rule.filters.as_ref().expect("filters");
+        assert_eq!(
+            read.url_rewrite.as_ref().map(|r| r.hostname.as_str()),
+            Some("new.example")
+        );
+        assert_eq!(
+            read.request_mirrors[0]
+                .fraction
+                .as_ref()
+                .map(|f| f.denominator),
+            Some(4)
+        );
+        let unknown_mirror = rewriting
+            .replace("backend: canary, fraction", "backend: nope, fraction")
+            .replace("denominator: 4", "denominator: 0");
+        assert_eq!(
+            problems(&unknown_mirror),
+            [
+                "destinations[0].target.routes.http[0].rules[0].filters.request_mirrors[0].backend: \
+                 \"nope\" is not in backends.backends",
+                "destinations[0].target.routes.http[0].rules[0].filters.request_mirrors[0].fraction: \
+                 1/0 is not a fraction (0 <= numerator <= denominator, denominator > 0)",
             ]
         );
         let bad_header = good.replace("name: X-Env", "name: \"X Env\"");

@@ -1,37 +1,45 @@
-//! Gateway API rule-level filters of HTTPRoute and GRPCRoute, checked as the
-//! spec validates them and turned into the Destination API's filters:
-//! RequestHeaderModifier, ResponseHeaderModifier and (HTTPRoute only)
-//! RequestRedirect. Every other filter type is refused by name.
+//! Gateway API filters of HTTPRoute and GRPCRoute rules and of HTTPRoute
+//! backendRefs, checked as the spec validates them and turned into the
+//! Destination API's filters: RequestHeaderModifier, ResponseHeaderModifier
+//! and (HTTPRoute rules only) RequestRedirect, URLRewrite and RequestMirror.
+//! Every other filter type is refused by name.
 
 use gateway_api::experimental::grpcroutes::{
     GrpcRouteRulesFilters, GrpcRouteRulesFiltersRequestHeaderModifier,
     GrpcRouteRulesFiltersResponseHeaderModifier, GrpcRouteRulesFiltersType,
 };
 use gateway_api::experimental::httproutes::{
+    HttpRouteRulesBackendRefsFilters, HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersResponseHeaderModifier, HttpRouteRulesBackendRefsFiltersType,
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestHeaderModifier,
+    HttpRouteRulesFiltersRequestMirror, HttpRouteRulesFiltersRequestMirrorFraction,
     HttpRouteRulesFiltersRequestRedirect, HttpRouteRulesFiltersRequestRedirectPath,
-    HttpRouteRulesFiltersRequestRedirectPathType, HttpRouteRulesFiltersResponseHeaderModifier,
-    HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersResponseHeaderModifier, HttpRouteRulesFiltersType,
+    HttpRouteRulesFiltersUrlRewrite, HttpRouteRulesFiltersUrlRewritePath,
 };
 use plexus_api::v1::{
-    GrpcFilters, HeaderModifier, HeaderValue, HttpFilters, HttpMatch, PathModifier, RequestRedirect,
+    BackendFilters, Fraction, GrpcFilters, HeaderModifier, HeaderValue, HttpFilters, HttpMatch,
+    PathModifier, RequestMirror, RequestRedirect, UrlRewrite,
 };
 
-use super::routes::{FieldError, FieldErrors, error, wire_name};
+use super::routes::{BackendRef, FieldError, FieldErrors, RuleReader, error, wire_name};
 
 /// Gateway API's `maxItems` for each of `set`, `add` and `remove`.
 const MAX_HEADER_ENTRIES: usize = 16;
 /// Gateway API's `maxLength` of a header name and of a header value.
 const MAX_HEADER_NAME: usize = 256;
 const MAX_HEADER_VALUE: usize = 4096;
-/// Gateway API's `maxLength` of a redirect's path.
+/// Gateway API's `maxLength` of a redirect's or rewrite's path.
 const MAX_PATH: usize = 1024;
+/// The denominator of a mirror's `percent`, and of a `fraction` without one.
+const PERCENT: u32 = 100;
 
 /// The filters of an HTTPRoute rule at `at`; `None` when it has none (or
 /// none that read). `matches` and `has_backends` are the rule's, which a
-/// redirect is checked against.
+/// redirect or rewrite is checked against; mirror backendRefs are noted in
+/// `reader` like the rule's own, so they resolve (and are named in status) alike.
 pub(super) fn http_filters(
-    errors: &mut FieldErrors,
+    reader: &mut RuleReader<'_>,
     at: &str,
     filters: &Option<Vec<HttpRouteRulesFilters>>,
     matches: &[HttpMatch],
@@ -42,7 +50,10 @@ pub(super) fn http_filters(
     for (i, f) in filters.iter().flatten().enumerate() {
         let at = format!("{at}.filters[{i}]");
         let kind = wire_name(&f.r#type);
-        if !seen.first(errors, &at, &kind) {
+        let errors = &mut reader.errors;
+        // Gateway API allows RequestMirror more than once per rule.
+        let repeatable = f.r#type == HttpRouteRulesFiltersType::RequestMirror;
+        if !repeatable && !seen.first(errors, &at, &kind) {
             continue;
         }
         match f.r#type {
@@ -61,6 +72,7 @@ pub(super) fn http_filters(
                 );
             }
             HttpRouteRulesFiltersType::RequestRedirect => {
+                seen.exclusive(errors, &at, "URLRewrite", &kind);
                 let at = format!("{at}.requestRedirect");
                 let redirect = match &f.request_redirect {
                     Some(r) => request_redirect(errors, &at, r, matches),
@@ -74,10 +86,67 @@ pub(super) fn http_filters(
                 }
                 read.request_redirect = redirect;
             }
+            HttpRouteRulesFiltersType::UrlRewrite => {
+                seen.exclusive(errors, &at, "RequestRedirect", &kind);
+                let at = format!("{at}.urlRewrite");
+                read.url_rewrite = match &f.url_rewrite {
+                    Some(r) => url_rewrite(errors, &at, r, matches),
+                    None => errors.check(Err(missing(&at, &kind))),
+                };
+            }
+            HttpRouteRulesFiltersType::RequestMirror => {
+                let at = format!("{at}.requestMirror");
+                let mirror = match &f.request_mirror {
+                    Some(m) => request_mirror(reader, &at, m),
+                    None => reader.errors.check(Err(missing(&at, &kind))),
+                };
+                read.request_mirrors.extend(mirror);
+            }
             _ => unsupported(errors, &at, &kind),
         }
     }
     (read != HttpFilters::default()).then_some(read)
+}
+
+/// The filters of an HTTPRoute backendRef at `at` (its `filters`): header
+/// modifiers, each once; `None` when it has none.
+pub(super) fn backend_filters(
+    errors: &mut FieldErrors,
+    at: &str,
+    filters: &Option<Vec<HttpRouteRulesBackendRefsFilters>>,
+) -> Option<BackendFilters> {
+    let mut read = BackendFilters::default();
+    let mut seen = Seen::default();
+    for (i, f) in filters.iter().flatten().enumerate() {
+        let at = format!("{at}.filters[{i}]");
+        let kind = wire_name(&f.r#type);
+        if !seen.first(errors, &at, &kind) {
+            continue;
+        }
+        match f.r#type {
+            HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier => {
+                read.request_header_modifier = header_modifier(
+                    errors,
+                    &format!("{at}.requestHeaderModifier"),
+                    f.request_header_modifier.as_ref().map(Modifier::from),
+                );
+            }
+            HttpRouteRulesBackendRefsFiltersType::ResponseHeaderModifier => {
+                read.response_header_modifier = header_modifier(
+                    errors,
+                    &format!("{at}.responseHeaderModifier"),
+                    f.response_header_modifier.as_ref().map(Modifier::from),
+                );
+            }
+            _ => {
+                errors.check::<()>(Err(error(
+                    format!("{at}.type"),
+                    format!("{kind} is not supported on a backendRef"),
+                )));
+            }
+        }
+    }
+    (read != BackendFilters::default()).then_some(read)
 }
 
 /// The filters of a GRPCRoute rule at `at`; `None` when it has none.
@@ -133,6 +202,16 @@ impl Seen {
         self.0.push(kind.to_string());
         true
     }
+
+    /// Keeps an error when `other`, which `kind` excludes, was already seen.
+    fn exclusive(&self, errors: &mut FieldErrors, at: &str, other: &str, kind: &str) {
+        if self.0.iter().any(|k| k == other) {
+            errors.check::<()>(Err(error(
+                format!("{at}.type"),
+                format!("{kind} and {other} may not be combined in a rule"),
+            )));
+        }
+    }
 }
 
 fn unsupported(errors: &mut FieldErrors, at: &str, kind: &str) {
@@ -170,6 +249,8 @@ macro_rules! modifier_from {
 modifier_from!(
     HttpRouteRulesFiltersRequestHeaderModifier,
     HttpRouteRulesFiltersResponseHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersRequestHeaderModifier,
+    HttpRouteRulesBackendRefsFiltersResponseHeaderModifier,
     GrpcRouteRulesFiltersRequestHeaderModifier,
     GrpcRouteRulesFiltersResponseHeaderModifier
 );
@@ -277,14 +358,7 @@ fn request_redirect(
     r: &HttpRouteRulesFiltersRequestRedirect,
     matches: &[HttpMatch],
 ) -> Option<RequestRedirect> {
-    let hostname = errors.check(match r.hostname.as_deref() {
-        None => Ok(String::new()),
-        Some(h) if precise_hostname(h) => Ok(h.to_string()),
-        Some(h) => Err(error(
-            format!("{at}.hostname"),
-            format!("{h:?} is not a precise hostname (RFC 1123, lower case)"),
-        )),
-    });
+    let hostname = errors.check(hostname(&format!("{at}.hostname"), r.hostname.as_deref()));
     let port = errors.check(match r.port {
         None => Ok(None),
         Some(p) => match u16::try_from(p) {
@@ -306,7 +380,7 @@ fn request_redirect(
     let path = match &r.path {
         None => Some(None),
         Some(p) => errors
-            .check(path_modifier(&format!("{at}.path"), p, matches))
+            .check(path_modifier(&format!("{at}.path"), p.into(), matches))
             .map(Some),
     };
     Some(RequestRedirect {
@@ -318,24 +392,54 @@ fn request_redirect(
     })
 }
 
+/// The fields of a redirect's or a rewrite's path, the same in both generated types.
+struct PathSpec<'a> {
+    /// `ReplaceFullPath` or `ReplacePrefixMatch`.
+    kind: String,
+    replace_full_path: Option<&'a str>,
+    replace_prefix_match: Option<&'a str>,
+}
+
+macro_rules! path_spec_from {
+    ($($generated:ty),+) => {$(
+        impl<'a> From<&'a $generated> for PathSpec<'a> {
+            fn from(p: &'a $generated) -> Self {
+                PathSpec {
+                    kind: wire_name(&p.r#type),
+                    replace_full_path: p.replace_full_path.as_deref(),
+                    replace_prefix_match: p.replace_prefix_match.as_deref(),
+                }
+            }
+        }
+    )+};
+}
+
+path_spec_from!(
+    HttpRouteRulesFiltersRequestRedirectPath,
+    HttpRouteRulesFiltersUrlRewritePath
+);
+
+/// A path modifier whose type's field is the one set, an absolute path;
+/// ReplacePrefixMatch needs the rule to match by one path prefix.
 fn path_modifier(
     at: &str,
-    p: &HttpRouteRulesFiltersRequestRedirectPath,
+    p: PathSpec<'_>,
     matches: &[HttpMatch],
 ) -> Result<PathModifier, FieldError> {
-    let (value, other, field) = match p.r#type {
-        HttpRouteRulesFiltersRequestRedirectPathType::ReplaceFullPath => (
-            &p.replace_full_path,
-            &p.replace_prefix_match,
-            "replaceFullPath",
-        ),
-        HttpRouteRulesFiltersRequestRedirectPathType::ReplacePrefixMatch => (
-            &p.replace_prefix_match,
-            &p.replace_full_path,
+    let (value, other, field) = if p.kind == "ReplacePrefixMatch" {
+        (
+            p.replace_prefix_match,
+            p.replace_full_path,
             "replacePrefixMatch",
-        ),
+        )
+    } else {
+        (
+            p.replace_full_path,
+            p.replace_prefix_match,
+            "replaceFullPath",
+        )
     };
-    let kind = wire_name(&p.r#type);
+    let kind = p.kind;
     if other.is_some() {
         return Err(error(
             at.to_string(),
@@ -357,8 +461,102 @@ fn path_modifier(
     }
     Ok(PathModifier {
         r#type: kind,
-        value: value.clone(),
+        value: value.to_string(),
     })
+}
+
+/// A rewrite checked: a precise hostname and a path modifier (as a
+/// redirect's). `None` when a field is bad (every one kept in `errors`).
+fn url_rewrite(
+    errors: &mut FieldErrors,
+    at: &str,
+    r: &HttpRouteRulesFiltersUrlRewrite,
+    matches: &[HttpMatch],
+) -> Option<UrlRewrite> {
+    let hostname = errors.check(hostname(&format!("{at}.hostname"), r.hostname.as_deref()));
+    let path = match &r.path {
+        None => Some(None),
+        Some(p) => errors
+            .check(path_modifier(&format!("{at}.path"), p.into(), matches))
+            .map(Some),
+    };
+    Some(UrlRewrite {
+        hostname: hostname?,
+        path: path?,
+    })
+}
+
+/// A mirror checked: its backendRef read like the rule's (noted in `reader`,
+/// so it resolves alike), and at most one of `percent` and `fraction`.
+fn request_mirror(
+    reader: &mut RuleReader<'_>,
+    at: &str,
+    m: &HttpRouteRulesFiltersRequestMirror,
+) -> Option<RequestMirror> {
+    let backend = reader.backend(
+        &format!("{at}.backendRef"),
+        BackendRef::from(&m.backend_ref),
+    );
+    let backend = reader.errors.check(backend);
+    let fraction = reader
+        .errors
+        .check(mirror_fraction(at, m.percent, m.fraction.as_ref()));
+    Some(RequestMirror {
+        backend: backend?.backend,
+        unresolved: String::new(),
+        fraction: fraction?,
+    })
+}
+
+/// `percent` (0 to 100) or `fraction` (numerator <= denominator, the
+/// denominator 100 unless given and at least 1); neither: every request.
+fn mirror_fraction(
+    at: &str,
+    percent: Option<i32>,
+    fraction: Option<&HttpRouteRulesFiltersRequestMirrorFraction>,
+) -> Result<Option<Fraction>, FieldError> {
+    match (percent, fraction) {
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(error(
+            at.to_string(),
+            "percent and fraction may not both be set",
+        )),
+        (Some(p), None) => match u32::try_from(p) {
+            Ok(p) if p <= PERCENT => Ok(Some(Fraction {
+                numerator: p,
+                denominator: PERCENT,
+            })),
+            _ => Err(error(
+                format!("{at}.percent"),
+                format!("{p} is not a percentage (0 to 100)"),
+            )),
+        },
+        (None, Some(f)) => {
+            let denominator = match f.denominator.map(u32::try_from) {
+                None => PERCENT,
+                Some(Ok(d)) if d > 0 => d,
+                Some(_) => {
+                    return Err(error(
+                        format!("{at}.fraction.denominator"),
+                        "must be at least 1",
+                    ));
+                }
+            };
+            match u32::try_from(f.numerator) {
+                Ok(numerator) if numerator <= denominator => Ok(Some(Fraction {
+                    numerator,
+                    denominator,
+                })),
+                _ => Err(error(
+                    format!("{at}.fraction.numerator"),
+                    format!(
+                        "{} is not between 0 and the denominator {denominator}",
+                        f.numerator
+                    ),
+                )),
+            }
+        }
+    }
 }
 
 /// A rule without matches matches every path, a PathPrefix "/".
@@ -382,6 +580,18 @@ fn check_path(at: &str, value: &str) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+/// A hostname to put in place of the request's; empty when unset.
+fn hostname(at: &str, hostname: Option<&str>) -> Result<String, FieldError> {
+    match hostname {
+        None => Ok(String::new()),
+        Some(h) if precise_hostname(h) => Ok(h.to_string()),
+        Some(h) => Err(error(
+            at.to_string(),
+            format!("{h:?} is not a precise hostname (RFC 1123, lower case)"),
+        )),
+    }
 }
 
 /// Gateway API's PreciseHostname: RFC 1123 labels, lower case, no wildcard.
@@ -504,14 +714,14 @@ mod tests {
             .collect();
         let converted = http(json!([
             {"filters": [
-                {"type": "URLRewrite", "urlRewrite": {"hostname": "x"}},
+                {"type": "ExtensionRef", "extensionRef": {"group": "x.io", "kind": "Fault", "name": "f"}},
                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {
                     "set": [{"name": "X-A", "value": "1"}, {"name": "x-a", "value": "2"}],
                     "add": seventeen,
                     "remove": ["bad name"]}},
                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {}},
                 {"type": "ResponseHeaderModifier"},
-                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}}},
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80}, "percent": 150}},
             ]},
             {"backendRefs": [{"name": "web", "port": 80}], "matches": [
                 {"path": {"type": "Exact", "value": "/a"}}], "filters": [
@@ -530,13 +740,13 @@ mod tests {
         assert_eq!(
             problems(&converted),
             [
-                "spec.rules[0].filters[0].type: URLRewrite is not supported",
+                "spec.rules[0].filters[0].type: ExtensionRef is not supported",
                 "spec.rules[0].filters[1].requestHeaderModifier.set[1].name: \"x-a\" is listed twice (header names are case-insensitive)",
                 "spec.rules[0].filters[1].requestHeaderModifier.add: 17 entries; at most 16",
                 "spec.rules[0].filters[1].requestHeaderModifier.remove[0]: \"bad name\" is not a valid header name",
                 "spec.rules[0].filters[2].type: RequestHeaderModifier may appear once per rule",
                 "spec.rules[0].filters[3].responseHeaderModifier: required by type ResponseHeaderModifier",
-                "spec.rules[0].filters[4].type: RequestMirror is not supported",
+                "spec.rules[0].filters[4].requestMirror.percent: 150 is not a percentage (0 to 100)",
                 "spec.rules[1].filters[0].requestRedirect.hostname: \"Bad_Host\" is not a precise hostname (RFC 1123, lower case)",
                 "spec.rules[1].filters[0].requestRedirect.statusCode: 308 is not supported (301 or 302)",
                 "spec.rules[1].filters[0].requestRedirect.path.replacePrefixMatch: needs the rule to have exactly one match, a PathPrefix",
@@ -549,9 +759,133 @@ mod tests {
         let parent = &converted.status.as_ref().expect("status").parents[0];
         assert!(!parent.accepted);
         assert!(
-            parent.message.contains("URLRewrite is not supported"),
+            parent.message.contains("ExtensionRef is not supported"),
             "{}",
             parent.message
+        );
+    }
+
+    #[test]
+    fn rewrites_mirrors_and_backend_filters_compile_into_the_rule() {
+        let converted = http(json!([
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "backendRefs": [
+                {"name": "web", "port": 80, "filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                        "set": [{"name": "x-canary", "value": "no"}]}},
+                    {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                        "remove": ["x-internal"]}}]},
+                {"name": "web-v2", "port": 80}],
+             "filters": [
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "new.example",
+                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"}}},
+                {"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"name": "shadow", "port": 8080}, "percent": 50}},
+                {"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"name": "audit", "namespace": "ops", "port": 80},
+                    "fraction": {"numerator": 1, "denominator": 3}}},
+            ]},
+        ]));
+        assert_eq!(problems(&converted), Vec::<String>::new());
+        let filters = http_filters_of(&converted).expect("filters");
+        assert_eq!(
+            filters.url_rewrite,
+            Some(UrlRewrite {
+                hostname: "new.example".into(),
+                path: Some(PathModifier {
+                    r#type: "ReplacePrefixMatch".into(),
+                    value: "/new".into(),
+                }),
+            })
+        );
+        assert_eq!(
+            filters.request_mirrors,
+            [
+                RequestMirror {
+                    backend: "shadow.shop.svc.cluster.local:8080".into(),
+                    unresolved: String::new(),
+                    fraction: Some(Fraction {
+                        numerator: 50,
+                        denominator: 100
+                    }),
+                },
+                RequestMirror {
+                    backend: "audit.ops.svc.cluster.local:80".into(),
+                    unresolved: String::new(),
+                    fraction: Some(Fraction {
+                        numerator: 1,
+                        denominator: 3
+                    }),
+                },
+            ]
+        );
+        let info = converted.info.as_ref().expect("accepted");
+        let RouteRules::Http(rules) = &info.rules else {
+            panic!("an HTTP route");
+        };
+        assert_eq!(
+            rules[0].backends[0].filters,
+            Some(BackendFilters {
+                request_header_modifier: Some(HeaderModifier {
+                    set: vec![header("x-canary", "no")],
+                    ..Default::default()
+                }),
+                response_header_modifier: Some(HeaderModifier {
+                    remove: vec!["x-internal".into()],
+                    ..Default::default()
+                }),
+            })
+        );
+        assert_eq!(rules[0].backends[1].filters, None);
+        // Mirror backendRefs resolve like the rule's: named by their field.
+        let fields: Vec<&str> = info.backend_refs.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.rules[0].backendRefs[0]",
+                "spec.rules[0].backendRefs[1]",
+                "spec.rules[0].filters[1].requestMirror.backendRef",
+                "spec.rules[0].filters[2].requestMirror.backendRef",
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_rewrites_mirrors_and_backend_filters_are_named() {
+        let converted = http(json!([
+            {"matches": [{"path": {"type": "Exact", "value": "/a"}}], "filters": [
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "Bad_Host",
+                    "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]},
+            {"filters": [
+                {"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}},
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "x.example"}}]},
+            {"filters": [
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m"},
+                    "percent": 10, "fraction": {"numerator": 1}}},
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80},
+                    "fraction": {"numerator": 3, "denominator": 2}}},
+                {"type": "RequestMirror", "requestMirror": {"backendRef": {"name": "m", "port": 80},
+                    "fraction": {"numerator": 0, "denominator": 0}}},
+                {"type": "RequestMirror"}]},
+            {"backendRefs": [{"name": "web", "port": 80, "filters": [
+                {"type": "URLRewrite", "urlRewrite": {"hostname": "x.example"}},
+                {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                    "remove": ["bad name"]}}]}]},
+        ]));
+        assert_eq!(
+            problems(&converted),
+            [
+                "spec.rules[0].filters[0].urlRewrite.hostname: \"Bad_Host\" is not a precise hostname (RFC 1123, lower case)",
+                "spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: needs the rule to have exactly one match, a PathPrefix",
+                "spec.rules[1].filters[1].type: URLRewrite and RequestRedirect may not be combined in a rule",
+                "spec.rules[2].filters[0].requestMirror.backendRef.port: a Service backend needs a port",
+                "spec.rules[2].filters[0].requestMirror: percent and fraction may not both be set",
+                "spec.rules[2].filters[1].requestMirror.fraction.numerator: 3 is not between 0 and the denominator 2",
+                "spec.rules[2].filters[2].requestMirror.fraction.denominator: must be at least 1",
+                "spec.rules[2].filters[3].requestMirror: required by type RequestMirror",
+                "spec.rules[3].backendRefs[0].filters[0].type: URLRewrite is not supported on a backendRef",
+                "spec.rules[3].backendRefs[0].filters[1].requestHeaderModifier.remove[0]: \"bad name\" is not a valid header name",
+            ]
         );
     }
 
@@ -616,6 +950,22 @@ mod tests {
         assert_eq!(
             problems(&refused),
             ["spec.rules[0].filters[0].type: ExtensionRef is not supported"]
+        );
+        let backend_filtered: GrpcRoute = serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": "g"},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 80}],
+                "rules": [{"backendRefs": [{"name": "web", "port": 80, "filters": [
+                    {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                        "set": [{"name": "x-a", "value": "1"}]}}]}]}],
+            },
+        }))
+        .expect("test route");
+        assert_eq!(
+            problems(&grpc_route(&backend_filtered, "cluster.local")),
+            [
+                "spec.rules[0].backendRefs[0].filters: backendRef filters are not supported on a GRPCRoute"
+            ]
         );
     }
 }

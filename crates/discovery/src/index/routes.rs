@@ -9,12 +9,13 @@ use gateway_api::experimental::grpcroutes::{
 };
 use gateway_api::experimental::httproutes::{
     HttpRoute as HTTPRoute, HttpRouteParentRefs, HttpRouteRules, HttpRouteRulesBackendRefs,
-    HttpRouteRulesMatchesHeaders, HttpRouteRulesMatchesQueryParams,
+    HttpRouteRulesFiltersRequestMirrorBackendRef, HttpRouteRulesMatchesHeaders,
+    HttpRouteRulesMatchesQueryParams,
 };
 use k8s_openapi::jiff::Timestamp;
 use plexus_api::v1::{
-    GrpcMatch, GrpcRouteRule, HeaderMatch, HttpMatch, HttpRouteRule, PathMatch, RetryPolicy,
-    Timeouts, WeightedBackend,
+    BackendFilters, GrpcMatch, GrpcRouteRule, HeaderMatch, HttpMatch, HttpRouteRule, PathMatch,
+    RetryPolicy, Timeouts, WeightedBackend,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -64,7 +65,8 @@ pub enum RouteRules {
 
 impl RouteRules {
     /// The rules with each weighted backend in `unresolved` (by its
-    /// `backend`) marked with why, so the proxy answers its share with 500.
+    /// `backend`) marked with why, so the proxy answers its share with 500;
+    /// a mirror to one is marked alike, and mirrors nothing.
     pub fn with_unresolved(&self, unresolved: &HashMap<&str, String>) -> RouteRules {
         let mark = |backends: &mut Vec<WeightedBackend>| {
             for b in backends {
@@ -75,7 +77,15 @@ impl RouteRules {
         };
         let mut rules = self.clone();
         match &mut rules {
-            RouteRules::Http(rules) => rules.iter_mut().for_each(|r| mark(&mut r.backends)),
+            RouteRules::Http(rules) => rules.iter_mut().for_each(|r| {
+                mark(&mut r.backends);
+                let mirrors = r.filters.iter_mut().flat_map(|f| &mut f.request_mirrors);
+                for m in mirrors {
+                    if let Some(why) = unresolved.get(m.backend.as_str()) {
+                        m.unresolved.clone_from(why);
+                    }
+                }
+            }),
             RouteRules::Grpc(rules) => rules.iter_mut().for_each(|r| mark(&mut r.backends)),
         }
         rules
@@ -228,15 +238,15 @@ struct ParentRef<'a> {
     section_name: Option<&'a str>,
 }
 
-/// The fields of a backendRef, the same in HTTPRoute and GRPCRoute.
-struct BackendRef<'a> {
+/// The fields of a backendRef, the same in HTTPRoute and GRPCRoute (and in
+/// a mirror's, without a weight).
+pub(super) struct BackendRef<'a> {
     group: Option<&'a str>,
     kind: Option<&'a str>,
     name: &'a str,
     namespace: Option<&'a str>,
     port: Option<i32>,
     weight: Option<i32>,
-    has_filters: bool,
 }
 
 /// The fields of a header or query-param match, the same in HTTPRoute and GRPCRoute.
@@ -279,10 +289,20 @@ from_generated!(
         namespace: b.namespace.as_deref(),
         port: b.port,
         weight: b.weight,
-        has_filters: b.filters.as_ref().is_some_and(|f| !f.is_empty()),
     },
     HttpRouteRulesBackendRefs,
     GrpcRouteRulesBackendRefs
+);
+from_generated!(
+    |b| BackendRef {
+        group: b.group.as_deref(),
+        kind: b.kind.as_deref(),
+        name: &b.name,
+        namespace: b.namespace.as_deref(),
+        port: b.port,
+        weight: None,
+    },
+    HttpRouteRulesFiltersRequestMirrorBackendRef
 );
 from_generated!(
     |m| ValueMatch {
@@ -578,11 +598,11 @@ pub fn fall_back(
 
 /// What a route's rules are read against, every backendRef they hold, and
 /// every bad field found.
-struct RuleReader<'a> {
+pub(super) struct RuleReader<'a> {
     route: ObjectRef,
     cluster_domain: &'a str,
     backend_refs: Vec<BackendRefInfo>,
-    errors: FieldErrors,
+    pub(super) errors: FieldErrors,
 }
 
 impl<'a> RuleReader<'a> {
@@ -598,31 +618,33 @@ impl<'a> RuleReader<'a> {
         }
     }
 
-    /// A rule's backendRefs as weighted backends, noting each one read.
+    /// A rule's backendRefs as weighted backends, noting each one read;
+    /// `filters` reads a backendRef's filters.
     fn backend_refs<'b, B: 'b>(
         &mut self,
         at: &str,
         refs: &'b Option<Vec<B>>,
+        mut filters: impl FnMut(&mut FieldErrors, &str, &'b B) -> Option<BackendFilters>,
     ) -> Vec<WeightedBackend>
     where
         BackendRef<'b>: From<&'b B>,
     {
         each(&format!("{at}.backendRefs"), refs, |at, b| {
             let backend = self.backend(at, BackendRef::from(b));
-            self.errors.check(backend)
+            let filters = filters(&mut self.errors, at, b);
+            let backend = self.errors.check(backend)?;
+            Some(WeightedBackend { filters, ..backend })
         })
     }
 
     /// A backendRef as a weighted backend, noted in `backend_refs`. One that
     /// names another kind or namespace reads: whether it resolves is the
     /// route status's `ResolvedRefs`, not a bad field.
-    fn backend(&mut self, at: &str, b: BackendRef<'_>) -> Result<WeightedBackend, FieldError> {
-        if b.has_filters {
-            return Err(error(
-                format!("{at}.filters"),
-                "backendRef filters are not supported",
-            ));
-        }
+    pub(super) fn backend(
+        &mut self,
+        at: &str,
+        b: BackendRef<'_>,
+    ) -> Result<WeightedBackend, FieldError> {
         let weight = match b.weight.map(u32::try_from) {
             None => None,
             Some(Ok(w)) => Some(w),
@@ -667,6 +689,7 @@ impl<'a> RuleReader<'a> {
             backend: key,
             weight,
             unresolved: String::new(),
+            filters: None,
         })
     }
 }
@@ -710,10 +733,12 @@ fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> Ht
             method: m.method.as_ref().map(wire_name).unwrap_or_default(),
         })
     });
-    let weighted = reader.backend_refs(at, &rule.backend_refs);
-    let errors = &mut reader.errors;
+    let weighted = reader.backend_refs(at, &rule.backend_refs, |errors, at, b| {
+        filters::backend_filters(errors, at, &b.filters)
+    });
     let has_backends = rule.backend_refs.as_ref().is_some_and(|b| !b.is_empty());
-    let filters = filters::http_filters(errors, at, &rule.filters, &matches, has_backends);
+    let filters = filters::http_filters(reader, at, &rule.filters, &matches, has_backends);
+    let errors = &mut reader.errors;
     let timeouts = rule.timeouts.as_ref().map(|t| Timeouts {
         request_ms: duration(
             errors,
@@ -803,7 +828,15 @@ fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> Gr
             headers: value_matches(&mut reader.errors, &format!("{at}.headers"), &m.headers),
         })
     });
-    let weighted = reader.backend_refs(at, &rule.backend_refs);
+    let weighted = reader.backend_refs(at, &rule.backend_refs, |errors, at, b| {
+        if b.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+            errors.check::<()>(Err(error(
+                format!("{at}.filters"),
+                "backendRef filters are not supported on a GRPCRoute",
+            )));
+        }
+        None
+    });
     GrpcRouteRule {
         matches,
         backends: weighted,

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus_api::v1 as proto;
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tower::retry::budget::{Budget, TpsBudget};
 
@@ -13,6 +13,7 @@ use super::accrual::{AccrualPolicy, Transition};
 use super::balance::{Balancer, Picked, Strategy};
 use super::concurrency::ConcurrencyLimit;
 use super::metrics::{BackendLabels, EjectionMetrics, LogicalMetrics, RetryReason};
+use super::mirror::MAX_COPIES_IN_FLIGHT;
 use crate::connect::{AppProtocol, EndpointClient};
 use crate::error::ProxyError;
 
@@ -31,6 +32,9 @@ pub struct Backend {
     labels: BackendLabels,
     ejection: EjectionMetrics,
     metrics: LogicalMetrics,
+    /// Mirror copies sent to this backend at once; kept across rebuilds, so
+    /// updates cannot raise the bound.
+    pub mirror_slots: Arc<Semaphore>,
 }
 
 impl Backend {
@@ -61,6 +65,10 @@ impl Backend {
             ejection: metrics.ejection_metrics(&labels),
             labels,
             metrics: metrics.clone(),
+            mirror_slots: previous.map_or_else(
+                || Arc::new(Semaphore::new(MAX_COPIES_IN_FLIGHT)),
+                |p| p.mirror_slots.clone(),
+            ),
         };
         backend.update_endpoints(proto, protocol, client);
         backend

@@ -5,6 +5,8 @@
 //! the balancer (`balance`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
 //! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints.
+//! A rule's filters (`routes`) change the request and response on the way,
+//! and may copy the request to mirrors (`mirror`).
 //!
 //! The target's model is the Destination API's `Target`; it is compiled once
 //! per update, never per request.
@@ -15,6 +17,7 @@ mod balance;
 mod concurrency;
 mod grpc_timeout;
 mod metrics;
+mod mirror;
 mod permit_body;
 mod replay;
 mod retry;
@@ -134,7 +137,7 @@ impl Logical {
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
         let served = match &rule.filters {
-            None => serve(&compiled, &rule, request, span).await,
+            None => serve(&compiled, &rule, None, request, span).await,
             Some(filters) => serve_filtered(&compiled, &rule, filters, request, span).await,
         };
         let mut response = match served {
@@ -233,11 +236,15 @@ impl Compiled {
     }
 }
 
-/// Routes `request` to a backend and sends it there, within the rule's timeouts.
+/// Routes `request` to a backend and sends it there, within the rule's
+/// timeouts. With `filters` (the rule's), the backend's own filters apply
+/// after them, and the response gets the rule's response headers, then the
+/// backend's.
 async fn serve(
     compiled: &Compiled,
     rule: &Rule,
-    request: Request<Body>,
+    filters: Option<&Filters>,
+    mut request: Request<Body>,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     let picked = rule
@@ -250,6 +257,10 @@ async fn serve(
             backend: picked.name.to_string(),
             why: why.to_string(),
         });
+    }
+    let backend_filters = filters.and(picked.filters.as_deref());
+    if let Some(own) = backend_filters {
+        own.request_headers.apply(request.headers_mut());
     }
     let backend = compiled
         .backends
@@ -277,17 +288,24 @@ async fn serve(
             None => response,
         })
     };
-    match (deadline, timeout) {
+    let mut response = match (deadline, timeout) {
         (Some(deadline), Some(timeout)) => tokio::time::timeout_at(deadline, admitted)
             .await
             .unwrap_or_else(|_| Err(ProxyError::Timeout(millis(timeout)))),
         _ => admitted.await,
+    }?;
+    if let Some(filters) = filters {
+        filters.response_headers.apply(response.headers_mut());
     }
+    if let Some(own) = backend_filters {
+        own.response_headers.apply(response.headers_mut());
+    }
+    Ok(response)
 }
 
-/// [`serve`] through the rule's filters: a redirect is answered here, else
-/// the request's headers are modified before it is sent and the backend's
-/// response's on the way back.
+/// [`serve`] through the rule's filters: a redirect is answered here; else
+/// the request's headers, host and path are changed, copies go to the
+/// mirrors, and the request is sent.
 async fn serve_filtered(
     compiled: &Compiled,
     rule: &Rule,
@@ -299,9 +317,13 @@ async fn serve_filtered(
         return Ok(redirect.respond(&request));
     }
     filters.request_headers.apply(request.headers_mut());
-    let mut response = serve(compiled, rule, request, span).await?;
-    filters.response_headers.apply(response.headers_mut());
-    Ok(response)
+    if let Some(rewrite) = &filters.rewrite {
+        rewrite.apply(&mut request);
+    }
+    if !filters.mirrors.is_empty() {
+        request = mirror::send_copies(&compiled.backends, &filters.mirrors, request).await?;
+    }
+    serve(compiled, rule, Some(filters), request, span).await
 }
 
 /// Sends attempts until one is final, the policy's attempts are used up, or
@@ -722,6 +744,96 @@ mod tests {
         let response = l.handle(get("POST")).await;
         assert_eq!(response.headers()["plexus-error"], "connect-failed");
         assert_eq!(client.calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// Answers 200 at once, but never to the mirror's endpoint (port 2),
+    /// whose copies it counts.
+    #[derive(Default)]
+    struct SilentMirror {
+        copies: AtomicUsize,
+    }
+
+    impl EndpointClient for SilentMirror {
+        fn send(&self, target: &EndpointTarget, _: Request<Body>) -> ResponseFuture {
+            if target.addr.port() == 2 {
+                self.copies.fetch_add(1, Ordering::SeqCst);
+                return Box::pin(std::future::pending());
+            }
+            Box::pin(async { status(200).expect("an answer") })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_mirror_holds_a_bounded_number_of_copies_until_they_time_out() {
+        let one_endpoint = |port: u16| proto::Backend {
+            endpoints: vec![proto::Endpoint {
+                address: format!("127.0.0.1:{port}"),
+                ready: true,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let rule = proto::HttpRouteRule {
+            backends: vec![proto::WeightedBackend {
+                backend: "b".into(),
+                ..Default::default()
+            }],
+            filters: Some(proto::HttpFilters {
+                request_mirrors: vec![proto::RequestMirror {
+                    backend: "m".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let target = proto::Target {
+            name: "t".into(),
+            routes: Some(proto::RouteTable {
+                http: vec![proto::HttpRoute {
+                    name: "ns/r".into(),
+                    rules: vec![rule],
+                }],
+                ..Default::default()
+            }),
+            backends: Some(proto::BackendTable {
+                backends: [
+                    ("b".to_owned(), one_endpoint(1)),
+                    ("m".to_owned(), one_endpoint(2)),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            ..Default::default()
+        };
+        let client = Arc::new(SilentMirror::default());
+        let (_tx, rx) = watch::channel(Arc::new(target));
+        let l = Logical::new(rx, client.clone(), LogicalMetrics::default());
+        let copies = || client.copies.load(Ordering::SeqCst);
+        // Lets the copies' tasks run (this runtime has one thread).
+        let settle = || async {
+            for _ in 0..1_000 {
+                tokio::task::yield_now().await;
+            }
+        };
+        for _ in 0..100 {
+            assert_eq!(l.handle(get("GET")).await.status(), 200);
+        }
+        settle().await;
+        assert_eq!(
+            copies(),
+            mirror::MAX_COPIES_IN_FLIGHT,
+            "the rest were dropped"
+        );
+        tokio::time::advance(mirror::COPY_TIMEOUT).await;
+        settle().await;
+        assert_eq!(l.handle(get("GET")).await.status(), 200);
+        settle().await;
+        assert_eq!(
+            copies(),
+            mirror::MAX_COPIES_IN_FLIGHT + 1,
+            "timed-out copies free their slots"
+        );
     }
 
     #[tokio::test(start_paused = true)]

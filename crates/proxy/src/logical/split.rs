@@ -8,6 +8,8 @@ use std::sync::Arc;
 use plexus_api::v1 as proto;
 use rand::Rng;
 
+use super::routes::BackendFilters;
+
 /// One backend of a split, as drawn.
 #[derive(Debug)]
 pub struct SplitBackend {
@@ -15,6 +17,8 @@ pub struct SplitBackend {
     pub name: Arc<str>,
     /// Why the backendRef does not resolve; `None` when it does.
     pub unresolved: Option<Arc<str>>,
+    /// The backendRef's own filters; `None` when it has none.
+    pub filters: Option<Box<BackendFilters>>,
 }
 
 #[derive(Debug)]
@@ -24,21 +28,37 @@ pub struct BackendSplit {
 }
 
 impl BackendSplit {
-    pub fn new(backends: &[proto::WeightedBackend]) -> BackendSplit {
-        let backends: Vec<(SplitBackend, u64)> = backends
-            .iter()
-            .map(|b| {
-                let backend = SplitBackend {
-                    name: Arc::from(b.backend.as_str()),
-                    unresolved: (!b.unresolved.is_empty())
-                        .then(|| Arc::from(b.unresolved.as_str())),
-                };
-                (backend, u64::from(b.weight.unwrap_or(1)))
-            })
-            .filter(|(_, weight)| *weight > 0)
-            .collect();
-        let total = backends.iter().map(|(_, w)| w).sum();
-        BackendSplit { backends, total }
+    /// The split of `backends` (at `field`); an error names the field of a
+    /// backend's filter that does not compile.
+    pub fn compile(
+        backends: &[proto::WeightedBackend],
+        field: &str,
+    ) -> Result<BackendSplit, String> {
+        let mut split = Vec::with_capacity(backends.len());
+        for (i, b) in backends.iter().enumerate() {
+            let filters =
+                BackendFilters::compile(b.filters.as_ref(), &format!("{field}[{i}].filters"))?;
+            let weight = u64::from(b.weight.unwrap_or(1));
+            if weight == 0 {
+                continue;
+            }
+            let backend = SplitBackend {
+                name: Arc::from(b.backend.as_str()),
+                unresolved: (!b.unresolved.is_empty()).then(|| Arc::from(b.unresolved.as_str())),
+                filters,
+            };
+            split.push((backend, weight));
+        }
+        let total = split.iter().map(|(_, w)| w).sum();
+        Ok(BackendSplit {
+            backends: split,
+            total,
+        })
+    }
+
+    /// Whether a backend of the split has filters of its own.
+    pub fn has_filters(&self) -> bool {
+        self.backends.iter().any(|(b, _)| b.filters.is_some())
     }
 
     /// All traffic to `backend`; nothing at all when it is empty.
@@ -52,6 +72,7 @@ impl BackendSplit {
         let backend = SplitBackend {
             name: Arc::from(backend),
             unresolved: None,
+            filters: None,
         };
         BackendSplit {
             backends: vec![(backend, 1)],
@@ -90,20 +111,24 @@ mod tests {
         }
     }
 
+    fn split(backends: &[proto::WeightedBackend]) -> BackendSplit {
+        BackendSplit::compile(backends, "backends").expect("a split without filters")
+    }
+
     fn picked(split: &BackendSplit) -> Option<String> {
         split.pick().map(|b| b.name.to_string())
     }
 
     #[test]
     fn picks_follow_weights_and_skip_zero() {
-        let split = BackendSplit::new(&[
+        let weights = split(&[
             weighted("a", Some(3)),
             weighted("b", None),
             weighted("z", Some(0)),
         ]);
         let mut a = 0;
         for _ in 0..4000 {
-            match picked(&split).as_deref() {
+            match picked(&weights).as_deref() {
                 Some("a") => a += 1,
                 Some("b") => {}
                 other => panic!("unexpected pick {other:?}"),
@@ -115,11 +140,7 @@ mod tests {
 
     #[test]
     fn all_zero_weights_or_no_backend_pick_nothing() {
-        assert!(
-            BackendSplit::new(&[weighted("z", Some(0))])
-                .pick()
-                .is_none()
-        );
+        assert!(split(&[weighted("z", Some(0))]).pick().is_none());
         assert!(BackendSplit::single("").pick().is_none());
         assert_eq!(picked(&BackendSplit::single("b")).as_deref(), Some("b"));
     }
@@ -130,13 +151,13 @@ mod tests {
             unresolved: "BackendNotFound: Service shop/gone does not exist".into(),
             ..weighted("gone", Some(1))
         };
-        let split = BackendSplit::new(&[gone]);
-        let backend = split.pick().expect("the unresolved backend is drawn");
+        let unresolved = split(&[gone]);
+        let backend = unresolved.pick().expect("the unresolved backend is drawn");
         assert_eq!(
             backend.unresolved.as_deref(),
             Some("BackendNotFound: Service shop/gone does not exist")
         );
-        let resolved = BackendSplit::new(&[weighted("web", None)]);
+        let resolved = split(&[weighted("web", None)]);
         assert_eq!(resolved.pick().and_then(|b| b.unresolved.clone()), None);
     }
 }

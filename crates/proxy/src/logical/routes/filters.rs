@@ -1,33 +1,44 @@
 //! A rule's Gateway API filters, compiled once per update: header
 //! modifications of the request (before it is forwarded) and of the backend's
-//! response, and a redirect the proxy answers itself. A rule without filters
-//! carries none (`Rule::filters` is `None`), so it pays one branch per request.
+//! response, a redirect the proxy answers itself, a rewrite of the host and
+//! path, mirrors, and the header modifications of single backends. A rule
+//! without any carries none (`Rule::filters` is `None`), so it pays one
+//! branch per request.
+
+use std::str::FromStr;
+use std::sync::Arc;
 
 use http::header::{HOST, LOCATION};
-use http::uri::Authority;
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
 use plexus_api::v1 as proto;
+use rand::Rng;
 
 use crate::body::{self, Body};
 
 /// What a rule does to its requests and responses besides routing them.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Filters {
     pub request_headers: HeaderModifier,
     pub response_headers: HeaderModifier,
     /// Set: the request is answered with a redirect and goes nowhere.
     pub redirect: Option<Redirect>,
+    /// Set: the request is forwarded with its host and/or path rewritten.
+    pub rewrite: Option<Rewrite>,
+    /// Backends that get a copy of a share of the requests.
+    pub mirrors: Vec<Mirror>,
+    /// Some backend of the rule's split has filters of its own.
+    pub per_backend: bool,
 }
 
 impl Filters {
-    /// `None` when nothing would change a request or response.
-    pub fn compile(
+    /// The header modifiers compiled, nothing else set.
+    pub fn headers(
         request_headers: Option<&proto::HeaderModifier>,
         response_headers: Option<&proto::HeaderModifier>,
-        redirect: Option<Redirect>,
         field: &str,
-    ) -> Result<Option<Filters>, String> {
-        let filters = Filters {
+    ) -> Result<Filters, String> {
+        Ok(Filters {
             request_headers: HeaderModifier::compile(
                 request_headers,
                 &format!("{field}.request_header_modifier"),
@@ -36,12 +47,157 @@ impl Filters {
                 response_headers,
                 &format!("{field}.response_header_modifier"),
             )?,
-            redirect,
+            ..Filters::default()
+        })
+    }
+
+    /// `None` when nothing would change a request or response.
+    pub fn active(self) -> Option<Filters> {
+        let idle = self.request_headers.is_empty()
+            && self.response_headers.is_empty()
+            && self.redirect.is_none()
+            && self.rewrite.is_none()
+            && self.mirrors.is_empty()
+            && !self.per_backend;
+        (!idle).then_some(self)
+    }
+}
+
+/// A backendRef's own filters, applied after the rule's to the requests sent
+/// to that backend and to their responses.
+#[derive(Debug)]
+pub struct BackendFilters {
+    pub request_headers: HeaderModifier,
+    pub response_headers: HeaderModifier,
+}
+
+impl BackendFilters {
+    /// `None` when nothing would change a request or response.
+    pub fn compile(
+        proto: Option<&proto::BackendFilters>,
+        field: &str,
+    ) -> Result<Option<Box<BackendFilters>>, String> {
+        let Some(proto) = proto else {
+            return Ok(None);
         };
-        let idle = filters.request_headers.is_empty()
-            && filters.response_headers.is_empty()
-            && filters.redirect.is_none();
-        Ok((!idle).then_some(filters))
+        let filters = BackendFilters {
+            request_headers: HeaderModifier::compile(
+                proto.request_header_modifier.as_ref(),
+                &format!("{field}.request_header_modifier"),
+            )?,
+            response_headers: HeaderModifier::compile(
+                proto.response_header_modifier.as_ref(),
+                &format!("{field}.response_header_modifier"),
+            )?,
+        };
+        let idle = filters.request_headers.is_empty() && filters.response_headers.is_empty();
+        Ok((!idle).then(|| Box::new(filters)))
+    }
+}
+
+/// Gateway API's URL rewrite: the request goes on with its host and/or path
+/// replaced.
+#[derive(Debug)]
+pub struct Rewrite {
+    /// The new `Host`, and the same as the URI's authority when it has one.
+    hostname: Option<(HeaderValue, Authority)>,
+    path: Option<PathRewrite>,
+}
+
+impl Rewrite {
+    /// `matched_prefix` as for [`Redirect::compile`].
+    pub fn compile(
+        proto: &proto::UrlRewrite,
+        matched_prefix: Option<&str>,
+        field: &str,
+    ) -> Result<Rewrite, String> {
+        let hostname = match proto.hostname.as_str() {
+            "" => None,
+            host => {
+                let invalid = || format!("{field}.hostname: invalid host name {host:?}");
+                let authority = host_alone(host).ok_or_else(invalid)?;
+                Some((
+                    HeaderValue::from_str(host).map_err(|_| invalid())?,
+                    authority,
+                ))
+            }
+        };
+        let path = proto
+            .path
+            .as_ref()
+            .map(|p| PathRewrite::compile(p, matched_prefix, &format!("{field}.path")))
+            .transpose()?;
+        Ok(Rewrite { hostname, path })
+    }
+
+    pub fn apply<B>(&self, request: &mut Request<B>) {
+        if let Some((host, authority)) = &self.hostname {
+            request.headers_mut().insert(HOST, host.clone());
+            if request.uri().authority().is_some() {
+                let mut parts = request.uri().clone().into_parts();
+                parts.authority = Some(authority.clone());
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *request.uri_mut() = uri;
+                }
+            }
+        }
+        if let Some(rewrite) = &self.path {
+            let uri = request.uri();
+            let path = rewrite.apply(uri.path());
+            let path_and_query = match uri.query() {
+                Some(query) => PathAndQuery::from_str(&format!("{path}?{query}")),
+                None => PathAndQuery::from_str(&path),
+            };
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = path_and_query.ok();
+            // Compiled paths are valid, so the URI is; otherwise it stays.
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+}
+
+/// Gateway API's request mirror: a share of the requests is copied to
+/// `backend` (the copy is sent by `logical::mirror`).
+#[derive(Debug)]
+pub struct Mirror {
+    /// A key of the target's backends.
+    pub backend: Arc<str>,
+    numerator: u32,
+    denominator: u32,
+}
+
+impl Mirror {
+    /// `None` for a mirror whose backend does not resolve: it mirrors nothing.
+    pub fn compile(proto: &proto::RequestMirror, field: &str) -> Result<Option<Mirror>, String> {
+        let (numerator, denominator) = match &proto.fraction {
+            None => (1, 1),
+            Some(f) if f.denominator > 0 && f.numerator <= f.denominator => {
+                (f.numerator, f.denominator)
+            }
+            Some(f) => {
+                return Err(format!(
+                    "{field}.fraction: {}/{} is not a fraction (0 <= numerator <= denominator, denominator > 0)",
+                    f.numerator, f.denominator
+                ));
+            }
+        };
+        if !proto.unresolved.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Mirror {
+            backend: Arc::from(proto.backend.as_str()),
+            numerator,
+            denominator,
+        }))
+    }
+
+    /// Whether this request is copied: drawn at random within the fraction.
+    pub fn fires(&self) -> bool {
+        self.numerator == self.denominator
+            || (self.numerator > 0
+                && rand::rng().random_range(0..self.denominator) < self.numerator)
     }
 }
 
@@ -105,6 +261,13 @@ fn header_name(name: &str, field: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("{field}: invalid header name {name:?}"))
 }
 
+/// `host` as an authority when it is a host alone: no port, no user info.
+fn host_alone(host: &str) -> Option<Authority> {
+    host.parse::<Authority>()
+        .ok()
+        .filter(|a| a.port().is_none() && a.host() == host)
+}
+
 /// Gateway API's request redirect: the `Location` is the request's URL with
 /// the filter's parts replaced.
 #[derive(Debug)]
@@ -148,11 +311,7 @@ impl Redirect {
         let hostname = match proto.hostname.as_str() {
             "" => None,
             host => {
-                // A host alone: no port, no user info.
-                let alone = host
-                    .parse::<Authority>()
-                    .is_ok_and(|a| a.port().is_none() && a.host() == host);
-                if !alone {
+                if host_alone(host).is_none() {
                     return Err(format!("{field}.hostname: invalid host name {host:?}"));
                 }
                 Some(host.to_owned())
@@ -240,7 +399,18 @@ impl PathRewrite {
         matched_prefix: Option<&str>,
         field: &str,
     ) -> Result<PathRewrite, String> {
+        // Empty replaces a prefix by nothing; otherwise an absolute path alone.
+        let valid = proto.value.is_empty()
+            || (proto.value.starts_with('/')
+                && PathAndQuery::from_str(&proto.value).is_ok_and(|p| p.query().is_none()));
+        if !valid {
+            return Err(format!(
+                "{field}.value: {:?} is not an absolute path without a query",
+                proto.value
+            ));
+        }
         match proto.r#type.as_str() {
+            "ReplaceFullPath" if proto.value.is_empty() => Ok(PathRewrite::Full("/".to_owned())),
             "ReplaceFullPath" => Ok(PathRewrite::Full(proto.value.clone())),
             "ReplacePrefixMatch" => {
                 let prefix = matched_prefix.ok_or_else(|| {
@@ -313,6 +483,112 @@ mod tests {
                 "{path} {p} {replacement}"
             );
         }
+    }
+
+    #[test]
+    fn a_rewrite_replaces_host_and_path_and_keeps_the_query() {
+        let proto = proto::UrlRewrite {
+            hostname: "new.example".into(),
+            path: Some(proto::PathModifier {
+                r#type: "ReplacePrefixMatch".into(),
+                value: "/bar".into(),
+            }),
+        };
+        let rewrite = Rewrite::compile(&proto, Some("/foo"), "r").unwrap();
+        let rewritten = |uri: &str| {
+            let mut request = Request::builder()
+                .uri(uri)
+                .header(HOST, "web:8080")
+                .body(())
+                .unwrap();
+            rewrite.apply(&mut request);
+            (request.uri().to_string(), request.headers()[HOST].clone())
+        };
+        assert_eq!(
+            rewritten("/foo/baz?q=1"),
+            (
+                "/bar/baz?q=1".to_owned(),
+                HeaderValue::from_static("new.example")
+            )
+        );
+        assert_eq!(rewritten("/foo").0, "/bar");
+        // HTTP/2 requests carry the authority in the URI: it changes too.
+        assert_eq!(
+            rewritten("http://web:8080/foo/").0,
+            "http://new.example/bar/"
+        );
+        let full = proto::UrlRewrite {
+            path: Some(proto::PathModifier {
+                r#type: "ReplaceFullPath".into(),
+                value: "/only".into(),
+            }),
+            ..Default::default()
+        };
+        let full = Rewrite::compile(&full, None, "r").unwrap();
+        let mut request = Request::get("/a/b?x=y").body(()).unwrap();
+        full.apply(&mut request);
+        assert_eq!(request.uri(), "/only?x=y");
+        assert!(
+            request.headers().get(HOST).is_none(),
+            "no hostname: Host untouched"
+        );
+    }
+
+    #[test]
+    fn bad_rewrites_and_mirror_fractions_name_their_field() {
+        let prefix = proto::UrlRewrite {
+            path: Some(proto::PathModifier {
+                r#type: "ReplacePrefixMatch".into(),
+                value: "/x".into(),
+            }),
+            ..Default::default()
+        };
+        let error = Rewrite::compile(&prefix, None, "f.url_rewrite").unwrap_err();
+        assert!(
+            error.starts_with("f.url_rewrite.path.type: ReplacePrefixMatch needs"),
+            "{error}"
+        );
+        let host = proto::UrlRewrite {
+            hostname: "web:80".into(),
+            ..Default::default()
+        };
+        let error = Rewrite::compile(&host, None, "f.url_rewrite").unwrap_err();
+        assert_eq!(
+            error,
+            "f.url_rewrite.hostname: invalid host name \"web:80\""
+        );
+        let query = proto::UrlRewrite {
+            path: Some(proto::PathModifier {
+                r#type: "ReplaceFullPath".into(),
+                value: "/a?b".into(),
+            }),
+            ..Default::default()
+        };
+        let error = Rewrite::compile(&query, None, "f.url_rewrite").unwrap_err();
+        assert!(error.starts_with("f.url_rewrite.path.value: "), "{error}");
+        let mirror = |numerator, denominator| proto::RequestMirror {
+            backend: "m".into(),
+            fraction: Some(proto::Fraction {
+                numerator,
+                denominator,
+            }),
+            ..Default::default()
+        };
+        for (n, d) in [(1, 0), (3, 2)] {
+            let error = Mirror::compile(&mirror(n, d), "f.request_mirrors[0]").unwrap_err();
+            assert!(
+                error.starts_with(&format!("f.request_mirrors[0].fraction: {n}/{d} is not")),
+                "{error}"
+            );
+        }
+        let never = Mirror::compile(&mirror(0, 5), "m").unwrap().unwrap();
+        let always = Mirror::compile(&mirror(5, 5), "m").unwrap().unwrap();
+        assert!((0..100).all(|_| !never.fires() && always.fires()));
+        let unresolved = proto::RequestMirror {
+            unresolved: "BackendNotFound: gone".into(),
+            ..mirror(1, 1)
+        };
+        assert!(Mirror::compile(&unresolved, "m").unwrap().is_none());
     }
 
     #[test]

@@ -93,12 +93,12 @@ impl ProtoRule for proto::GrpcRouteRule {
         let Some(filters) = &self.filters else {
             return Ok(None);
         };
-        Filters::compile(
+        Filters::headers(
             filters.request_header_modifier.as_ref(),
             filters.response_header_modifier.as_ref(),
-            None,
             field,
         )
+        .map(Some)
     }
 }
 

@@ -5,7 +5,7 @@ use http::{Method, Request};
 use plexus_api::v1 as proto;
 use regex::Regex;
 
-use super::filters::{Filters, Redirect};
+use super::filters::{Filters, Mirror, Redirect, Rewrite};
 use super::{HeaderMatcher, Matcher, ProtoRule, ValueMatcher, compile_headers, full_match_regex};
 
 #[derive(Debug)]
@@ -130,12 +130,33 @@ impl ProtoRule for proto::HttpRouteRule {
                 )
             })
             .transpose()?;
-        Filters::compile(
-            filters.request_header_modifier.as_ref(),
-            filters.response_header_modifier.as_ref(),
+        let rewrite = filters
+            .url_rewrite
+            .as_ref()
+            .map(|r| Rewrite::compile(r, one_path_prefix(self), &format!("{field}.url_rewrite")))
+            .transpose()?;
+        if redirect.is_some() && rewrite.is_some() {
+            return Err(format!(
+                "{field}.url_rewrite: a rule that redirects cannot also rewrite"
+            ));
+        }
+        let mut mirrors = Vec::new();
+        for (i, m) in filters.request_mirrors.iter().enumerate() {
+            mirrors.extend(Mirror::compile(
+                m,
+                &format!("{field}.request_mirrors[{i}]"),
+            )?);
+        }
+        Ok(Some(Filters {
             redirect,
-            field,
-        )
+            rewrite,
+            mirrors,
+            ..Filters::headers(
+                filters.request_header_modifier.as_ref(),
+                filters.response_header_modifier.as_ref(),
+                field,
+            )?
+        }))
     }
 }
 

@@ -22,7 +22,7 @@ use http::{HeaderMap, Request};
 use plexus_api::v1 as proto;
 use regex::Regex;
 
-pub use self::filters::Filters;
+pub use self::filters::{BackendFilters, Filters, Mirror};
 use super::RouteLabel;
 use super::retry::RetryPolicy;
 use super::split::BackendSplit;
@@ -156,12 +156,23 @@ fn candidates<'a, R: ProtoRule + 'a>(
     for (i, (name, rules)) in routes.enumerate() {
         for (r, rule) in rules.iter().enumerate() {
             let field = format!("routes.{kind}[{i}].rules[{r}]");
-            let compiled = rule
-                .matchers(&field)
-                .and_then(|m| Ok((m, rule.filters(&format!("{field}.filters"))?)));
+            let compiled = rule.matchers(&field).and_then(|m| {
+                let split = if rule.backends().is_empty() {
+                    // A rule naming no backend sends to the target itself.
+                    BackendSplit::single(default_backend)
+                } else {
+                    BackendSplit::compile(rule.backends(), &format!("{field}.backends"))?
+                };
+                let filters = rule.filters(&format!("{field}.filters"))?;
+                let filters = Filters {
+                    per_backend: split.has_filters(),
+                    ..filters.unwrap_or_default()
+                };
+                Ok((m, split, filters.active()))
+            });
             match compiled {
-                Ok((matchers, filters)) => {
-                    let compiled = Arc::new(Rule::new(name, rule, default_backend, filters));
+                Ok((matchers, split, filters)) => {
+                    let compiled = Arc::new(Rule::new(name, rule, split, filters));
                     candidates.extend(matchers.into_iter().map(|matcher| Candidate {
                         matcher,
                         rule: compiled.clone(),
@@ -199,19 +210,14 @@ impl Rule {
     fn new(
         route: &str,
         rule: &impl ProtoRule,
-        default_backend: &str,
+        split: BackendSplit,
         filters: Option<Filters>,
     ) -> Rule {
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let timeouts = rule.timeouts();
         Rule {
             label: RouteLabel(Arc::from(route)),
-            split: if rule.backends().is_empty() {
-                // A rule naming no backend sends to the target itself.
-                BackendSplit::single(default_backend)
-            } else {
-                BackendSplit::new(rule.backends())
-            },
+            split,
             request_timeout: timeouts.and_then(|t| millis(t.request_ms)),
             try_timeout: timeouts.and_then(|t| millis(t.backend_request_ms)),
             retry: RetryPolicy::from_proto(rule.retry()),
@@ -524,12 +530,22 @@ mod properties {
     }
 
     fn backends() -> impl Strategy<Value = Vec<proto::WeightedBackend>> {
-        let backend =
-            ("[a-c]{0,1}", weight()).prop_map(|(backend, weight)| proto::WeightedBackend {
+        let filters = (
+            prop::option::of(header_modifier()),
+            prop::option::of(header_modifier()),
+        )
+            .prop_map(|(request, response)| proto::BackendFilters {
+                request_header_modifier: request,
+                response_header_modifier: response,
+            });
+        let backend = ("[a-c]{0,1}", weight(), prop::option::of(filters)).prop_map(
+            |(backend, weight, filters)| proto::WeightedBackend {
                 backend,
                 weight,
+                filters,
                 ..Default::default()
-            });
+            },
+        );
         prop::collection::vec(backend, 0..4)
     }
 
@@ -553,14 +569,39 @@ mod properties {
             .prop_map(|(set, add, remove)| proto::HeaderModifier { set, add, remove })
     }
 
-    fn http_filters() -> impl Strategy<Value = proto::HttpFilters> {
-        let path = (
+    fn path_modifier() -> impl Strategy<Value = proto::PathModifier> {
+        (
             prop::sample::select(vec!["ReplaceFullPath", "ReplacePrefixMatch", "Other"]),
             text(),
         )
             .prop_map(|(kind, value)| proto::PathModifier {
                 r#type: kind.into(),
                 value,
+            })
+    }
+
+    fn http_filters() -> impl Strategy<Value = proto::HttpFilters> {
+        let path = path_modifier();
+        let rewrite = (text(), prop::option::of(path_modifier()))
+            .prop_map(|(hostname, path)| proto::UrlRewrite { hostname, path });
+        let mirror = (
+            "[a-c]{0,1}",
+            prop::option::of((
+                any::<u32>(),
+                prop_oneof![Just(0u32), Just(100), any::<u32>()],
+            )),
+            prop_oneof![
+                Just(String::new()),
+                Just("BackendNotFound: gone".to_owned())
+            ],
+        )
+            .prop_map(|(backend, fraction, unresolved)| proto::RequestMirror {
+                backend,
+                unresolved,
+                fraction: fraction.map(|(numerator, denominator)| proto::Fraction {
+                    numerator,
+                    denominator,
+                }),
             });
         let redirect = (
             prop::sample::select(vec!["", "http", "https", "ftp"]),
@@ -582,11 +623,17 @@ mod properties {
             prop::option::of(header_modifier()),
             prop::option::of(header_modifier()),
             prop::option::of(redirect),
+            prop::option::of(rewrite),
+            prop::collection::vec(mirror, 0..2),
         )
-            .prop_map(|(request, response, redirect)| proto::HttpFilters {
-                request_header_modifier: request,
-                response_header_modifier: response,
-                request_redirect: redirect,
+            .prop_map(|(request, response, redirect, rewrite, mirrors)| {
+                proto::HttpFilters {
+                    request_header_modifier: request,
+                    response_header_modifier: response,
+                    request_redirect: redirect,
+                    url_rewrite: rewrite,
+                    request_mirrors: mirrors,
+                }
             })
     }
 
@@ -722,6 +769,18 @@ mod properties {
             if let Some(filters) = &rule.filters {
                 let mut headers = request.headers().clone();
                 filters.request_headers.apply(&mut headers);
+                if let Some(rewrite) = &filters.rewrite {
+                    let mut rewritten = Request::builder()
+                        .uri(request.uri().clone())
+                        .body(())
+                        .expect("a copy of a request");
+                    rewrite.apply(&mut rewritten);
+                    prop_assert!(rewritten.uri().path().starts_with('/'));
+                }
+                // A compiled fraction never draws from an empty range.
+                for mirror in &filters.mirrors {
+                    let _ = mirror.fires();
+                }
                 if let Some(redirect) = &filters.redirect {
                     let response = redirect.respond(&request);
                     prop_assert!(response.status().is_redirection());
