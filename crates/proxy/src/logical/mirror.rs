@@ -4,8 +4,9 @@
 //! Istio do, so the mirror can tell copies from real traffic; its response is
 //! discarded. A copy needs the whole body before the request goes on, so only
 //! a request without a body, or with a length known to be within the replay
-//! limit (64 KiB), is mirrored (that body is read whole first); any other
-//! goes unmirrored. Each backend sends at most [`MAX_COPIES_IN_FLIGHT`] copies
+//! limit (64 KiB), is mirrored (that body is read whole first, within the
+//! route's request timeout); any other goes unmirrored, as does an upgrade
+//! (a copy cannot take over a connection). Each backend sends at most [`MAX_COPIES_IN_FLIGHT`] copies
 //! at once, each for at most [`COPY_TIMEOUT`]; a copy beyond that is dropped,
 //! so a slow or failing mirror never slows or fails the request.
 
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HOST, UPGRADE};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderValue, Request, Uri};
 use http_body::Body as _;
@@ -34,12 +35,17 @@ pub const MAX_COPIES_IN_FLIGHT: usize = 64;
 pub const COPY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends a copy of `request` to each mirror it falls to, and gives the
-/// request back to be forwarded (its body read whole if it was copied).
+/// request back to be forwarded (its body read whole, within `timeout`, if
+/// it was copied).
 pub async fn send_copies(
     backends: &HashMap<String, Arc<Backend>>,
     mirrors: &[Mirror],
     request: Request<Body>,
+    timeout: Option<Duration>,
 ) -> Result<Request<Body>, ProxyError> {
+    if request.headers().contains_key(UPGRADE) {
+        return Ok(request);
+    }
     let firing: Vec<Arc<Backend>> = mirrors
         .iter()
         .filter(|m| m.fires())
@@ -56,7 +62,12 @@ pub async fn send_copies(
         .exact()
         .is_some_and(|n| n <= MAX_REPLAY_BYTES)
     {
-        let (data, trailers) = read_whole(body).await?;
+        let (data, trailers) = match timeout {
+            None => read_whole(body).await?,
+            Some(limit) => tokio::time::timeout(limit, read_whole(body))
+                .await
+                .map_err(|_| ProxyError::Timeout(super::millis(limit)))??,
+        };
         let body = body_of(data.clone(), trailers.clone());
         (data, trailers, body)
     } else {

@@ -321,7 +321,9 @@ async fn serve_filtered(
         rewrite.apply(&mut request);
     }
     if !filters.mirrors.is_empty() {
-        request = mirror::send_copies(&compiled.backends, &filters.mirrors, request).await?;
+        let backends = &compiled.backends;
+        request =
+            mirror::send_copies(backends, &filters.mirrors, request, rule.request_timeout).await?;
     }
     serve(compiled, rule, Some(filters), request, span).await
 }
@@ -763,8 +765,9 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_silent_mirror_holds_a_bounded_number_of_copies_until_they_time_out() {
+    /// A `Logical` whose rule sends to "b" (port 1) and mirrors every request
+    /// to "m" (port 2), over a [`SilentMirror`].
+    fn mirroring(timeouts: Option<proto::Timeouts>) -> (Logical, Arc<SilentMirror>) {
         let one_endpoint = |port: u16| proto::Backend {
             endpoints: vec![proto::Endpoint {
                 address: format!("127.0.0.1:{port}"),
@@ -785,6 +788,7 @@ mod tests {
                 }],
                 ..Default::default()
             }),
+            timeouts,
             ..Default::default()
         };
         let target = proto::Target {
@@ -809,6 +813,12 @@ mod tests {
         let client = Arc::new(SilentMirror::default());
         let (_tx, rx) = watch::channel(Arc::new(target));
         let l = Logical::new(rx, client.clone(), LogicalMetrics::default());
+        (l, client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_mirror_holds_a_bounded_number_of_copies_until_they_time_out() {
+        let (l, client) = mirroring(None);
         let copies = || client.copies.load(Ordering::SeqCst);
         // Lets the copies' tasks run (this runtime has one thread).
         let settle = || async {
@@ -834,6 +844,39 @@ mod tests {
             mirror::MAX_COPIES_IN_FLIGHT + 1,
             "timed-out copies free their slots"
         );
+    }
+
+    /// A body of a known length whose bytes never come.
+    struct StalledBody;
+
+    impl http_body::Body for StalledBody {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            std::task::Poll::Pending
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(10)
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mirrored_body_that_never_comes_is_bounded_by_the_request_timeout() {
+        let (l, client) = mirroring(Some(proto::Timeouts {
+            request_ms: 1_000,
+            backend_request_ms: 0,
+        }));
+        let request = Request::post("/").body(body::boxed(StalledBody)).unwrap();
+        let started = Instant::now();
+        let response = l.handle(request).await;
+        assert_eq!(response.status(), 504);
+        assert_eq!(started.elapsed(), Duration::from_millis(1_000));
+        assert_eq!(client.copies.load(Ordering::SeqCst), 0, "nothing to copy");
     }
 
     #[tokio::test(start_paused = true)]
