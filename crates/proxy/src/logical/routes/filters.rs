@@ -132,8 +132,12 @@ impl Rewrite {
 
     pub fn apply<B>(&self, request: &mut Request<B>) {
         if let Some((host, authority)) = &self.hostname {
-            request.headers_mut().insert(HOST, host.clone());
-            if request.uri().authority().is_some() {
+            let in_uri = request.uri().authority().is_some();
+            // An HTTP/2 request names its host in the URI alone (`:authority`).
+            if !in_uri || request.headers().contains_key(HOST) {
+                request.headers_mut().insert(HOST, host.clone());
+            }
+            if in_uri {
                 let mut parts = request.uri().clone().into_parts();
                 parts.authority = Some(authority.clone());
                 if let Ok(uri) = Uri::from_parts(parts) {
@@ -516,6 +520,13 @@ mod tests {
         assert_eq!(
             rewritten("http://web:8080/foo/").0,
             "http://new.example/bar/"
+        );
+        let mut http2 = Request::get("http://web:8080/foo").body(()).unwrap();
+        rewrite.apply(&mut http2);
+        assert_eq!(http2.uri(), "http://new.example/bar");
+        assert!(
+            http2.headers().get(HOST).is_none(),
+            "no Host added beside :authority"
         );
         let full = proto::UrlRewrite {
             path: Some(proto::PathModifier {
