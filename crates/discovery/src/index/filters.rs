@@ -571,12 +571,15 @@ fn one_path_prefix(matches: &[HttpMatch]) -> bool {
 /// An absolute path (or empty, for a prefix replaced by nothing), at most
 /// 1024 bytes, without a query, a fragment, spaces or control characters.
 fn check_path(at: &str, value: &str) -> Result<(), FieldError> {
-    let allowed = |b: u8| b > 0x20 && b != 0x7f && b != b'?' && b != b'#';
+    // Also left out: what a URI path cannot carry unencoded, which the proxy refuses.
+    let allowed = |b: u8| b > 0x20 && b != 0x7f && !b"?#<>\\^`".contains(&b);
     let absolute = value.is_empty() || value.starts_with('/');
     if !absolute || value.len() > MAX_PATH || !value.bytes().all(allowed) {
         return Err(error(
             at.to_string(),
-            format!("{value:?} is not an absolute path (no query, fragment or spaces)"),
+            format!(
+                "{value:?} is not an absolute path (no query, fragment, spaces or any of < > \\ ^ `)"
+            ),
         ));
     }
     Ok(())
@@ -751,7 +754,7 @@ mod tests {
                 "spec.rules[1].filters[0].requestRedirect.statusCode: 308 is not supported (301 or 302)",
                 "spec.rules[1].filters[0].requestRedirect.path.replacePrefixMatch: needs the rule to have exactly one match, a PathPrefix",
                 "spec.rules[1].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
-                "spec.rules[2].filters[0].requestRedirect.path.replaceFullPath: \"no-slash\" is not an absolute path (no query, fragment or spaces)",
+                "spec.rules[2].filters[0].requestRedirect.path.replaceFullPath: \"no-slash\" is not an absolute path (no query, fragment, spaces or any of < > \\ ^ `)",
                 "spec.rules[2].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
                 "spec.rules[3].filters[0].requestRedirect: a rule that redirects must have no backendRefs",
             ]
@@ -856,6 +859,8 @@ mod tests {
             {"matches": [{"path": {"type": "Exact", "value": "/a"}}], "filters": [
                 {"type": "URLRewrite", "urlRewrite": {"hostname": "Bad_Host",
                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/b"}}}]},
+            {"filters": [{"type": "URLRewrite", "urlRewrite": {
+                "path": {"type": "ReplaceFullPath", "replaceFullPath": "/a^b"}}}]},
             {"filters": [
                 {"type": "RequestRedirect", "requestRedirect": {"statusCode": 301}},
                 {"type": "URLRewrite", "urlRewrite": {"hostname": "x.example"}}]},
@@ -877,14 +882,15 @@ mod tests {
             [
                 "spec.rules[0].filters[0].urlRewrite.hostname: \"Bad_Host\" is not a precise hostname (RFC 1123, lower case)",
                 "spec.rules[0].filters[0].urlRewrite.path.replacePrefixMatch: needs the rule to have exactly one match, a PathPrefix",
-                "spec.rules[1].filters[1].type: URLRewrite and RequestRedirect may not be combined in a rule",
-                "spec.rules[2].filters[0].requestMirror.backendRef.port: a Service backend needs a port",
-                "spec.rules[2].filters[0].requestMirror: percent and fraction may not both be set",
-                "spec.rules[2].filters[1].requestMirror.fraction.numerator: 3 is not between 0 and the denominator 2",
-                "spec.rules[2].filters[2].requestMirror.fraction.denominator: must be at least 1",
-                "spec.rules[2].filters[3].requestMirror: required by type RequestMirror",
-                "spec.rules[3].backendRefs[0].filters[0].type: URLRewrite is not supported on a backendRef",
-                "spec.rules[3].backendRefs[0].filters[1].requestHeaderModifier.remove[0]: \"bad name\" is not a valid header name",
+                "spec.rules[1].filters[0].urlRewrite.path.replaceFullPath: \"/a^b\" is not an absolute path (no query, fragment, spaces or any of < > \\ ^ `)",
+                "spec.rules[2].filters[1].type: URLRewrite and RequestRedirect may not be combined in a rule",
+                "spec.rules[3].filters[0].requestMirror.backendRef.port: a Service backend needs a port",
+                "spec.rules[3].filters[0].requestMirror: percent and fraction may not both be set",
+                "spec.rules[3].filters[1].requestMirror.fraction.numerator: 3 is not between 0 and the denominator 2",
+                "spec.rules[3].filters[2].requestMirror.fraction.denominator: must be at least 1",
+                "spec.rules[3].filters[3].requestMirror: required by type RequestMirror",
+                "spec.rules[4].backendRefs[0].filters[0].type: URLRewrite is not supported on a backendRef",
+                "spec.rules[4].backendRefs[0].filters[1].requestHeaderModifier.remove[0]: \"bad name\" is not a valid header name",
             ]
         );
     }
