@@ -14,8 +14,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use plexus_api::v1::destination_client::DestinationClient;
 use plexus_api::v1::{DestinationUpdate, ServerRequest, WatchRequest};
 use plexus_controller::destination::DestinationService;
-use plexus_controller::grpc::{self, GrpcTransport, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::metrics::Metrics;
+use plexus_core::KeepAlive;
 use plexus_discovery::index::{IndexConfig, SharedIndex};
 use plexus_tests::h2_frames::{GOAWAY, NO_ERROR, PING, SETTINGS, flood, frame, frames};
 use serde_json::json;
@@ -30,12 +31,21 @@ async fn start(index: SharedIndex) -> DestinationClient<Channel> {
 
 /// The gRPC port, plaintext, over `index`.
 async fn serve(index: SharedIndex) -> SocketAddr {
+    serve_with(index, KeepAlive::CONTROL_PLANE).await
+}
+
+async fn serve_with(index: SharedIndex, keep_alive: KeepAlive) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = tonic::service::Routes::new(
         DestinationService::new(index, Arc::new(Metrics::new())).into_server(),
     );
-    tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Plaintext));
+    tokio::spawn(grpc::serve(
+        listener,
+        routes,
+        GrpcTransport::Plaintext,
+        keep_alive,
+    ));
     addr
 }
 
@@ -257,14 +267,20 @@ async fn a_slow_watcher_skips_to_the_latest_and_holds_up_no_one() {
 async fn control_frame_floods_are_closed_by_the_keepalive_and_quiet_watches_are_not() {
     let index = SharedIndex::new(IndexConfig::default());
     index.lock().apply(service());
-    let addr = serve(index.clone()).await;
+    // Shorter than the binary's, so the test waits seconds, not tens of them;
+    // the same code path either way.
+    let keep_alive = KeepAlive {
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    };
+    let addr = serve_with(index.clone(), keep_alive).await;
     let mut client = connect(addr).await;
     let mut quiet = watch(&mut client, "web:80").await;
     assert!(next(&mut quiet).await.snapshot);
 
     // h2 answers every PING and SETTINGS (or stalls once the socket is
     // full); the keep-alive ping goes unanswered and closes the connection.
-    let bound = (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT) * 2;
+    let bound = keep_alive.bound() * 2;
     let ping = frame(PING, 0, 0, b"flooding");
     let settings = frame(SETTINGS, 0, 0, &[]);
     let (pings, settings) = tokio::join!(
