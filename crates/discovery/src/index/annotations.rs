@@ -11,6 +11,8 @@ use plexus_core::annotations::{INJECT, OPAQUE_PORTS};
 use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
 
+use super::grpc_retry::{RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_GRPC_CODES};
+
 pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
 pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
 pub const RETRY_BUDGET_RATIO: &str = "plexus.io/retry-budget-ratio";
@@ -42,6 +44,9 @@ pub const READ: &[&str] = &[
     RATE_LIMIT,
     RATE_LIMIT_BURST,
     RATE_LIMIT_PER_IDENTITY,
+    RETRY_GRPC_CODES,
+    RETRY_ATTEMPTS,
+    RETRY_BACKOFF,
 ];
 
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
@@ -79,7 +84,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// Parses one annotation with `parse`, whose error says what was expected.
-    fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         name: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,

@@ -14,6 +14,7 @@
 
 mod annotations;
 mod filters;
+mod grpc_retry;
 mod ledger;
 mod lookup;
 mod model;

@@ -697,6 +697,54 @@ fn grpc_routes_attach_and_bad_regexes_are_refused() {
     );
 }
 
+#[test]
+fn grpc_route_retry_annotations_reach_every_rule_and_bad_ones_are_named() {
+    let mut index = index();
+    index.apply(web(json!({})));
+    let grpc = |name: &str, annotations: Value| -> GrpcRoute {
+        from(json!({
+            "metadata": {"namespace": "shop", "name": name, "annotations": annotations},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 9090}],
+                "rules": [
+                    {"matches": [{"method": {"service": "shop.Orders"}}], "backendRefs": [{"name": "web", "port": 9090}]},
+                    {"backendRefs": [{"name": "web", "port": 9090}]},
+                ],
+            },
+        }))
+    };
+    index.apply(grpc(
+        "orders",
+        json!({"plexus.io/retry-grpc-codes": "unavailable,RESOURCE_EXHAUSTED", "plexus.io/retry-attempts": "3"}),
+    ));
+    index.apply(grpc(
+        "broken",
+        json!({"plexus.io/retry-grpc-codes": "unavailable,sometimes"}),
+    ));
+
+    let target = meshed_target(&mut index, "web:9090", "shop");
+    let routes = &target.routes.value.grpc;
+    assert_eq!(routes.len(), 1, "the broken route is refused");
+    for rule in &routes[0].rules {
+        let retry = rule.retry.as_ref().expect("a retry policy on every rule");
+        assert_eq!(retry.grpc_codes, [14, 8]);
+        assert_eq!(retry.attempts, 4);
+    }
+    let broken = index
+        .route_statuses()
+        .into_iter()
+        .find(|s| s.route.name == "broken")
+        .unwrap();
+    assert!(!broken.parents[0].accepted);
+    assert!(
+        broken.parents[0]
+            .message
+            .starts_with("metadata.annotations[plexus.io/retry-grpc-codes]:"),
+        "{}",
+        broken.parents[0].message
+    );
+}
+
 /// The canary split of `route`, version `generation` of it.
 fn split(generation: i64, rules: Value) -> HttpRoute {
     let mut route = route("shop", "split", "2026-01-01T00:00:00Z", None, rules);

@@ -12,7 +12,8 @@ use tower::retry::budget::{Budget, TpsBudget};
 use super::accrual::{AccrualPolicy, Transition};
 use super::balance::{Balancer, Picked, Strategy};
 use super::concurrency::ConcurrencyLimit;
-use super::metrics::{BackendLabels, EjectionMetrics, LogicalMetrics, RetryReason};
+use super::grpc_status::GrpcStatus;
+use super::metrics::{BackendLabels, BackendSeries, LogicalMetrics, RetryReason};
 use crate::connect::{AppProtocol, EndpointClient};
 use crate::error::ProxyError;
 
@@ -29,7 +30,7 @@ pub struct Backend {
     /// last "half" slot.
     ejecting: Mutex<()>,
     labels: BackendLabels,
-    ejection: EjectionMetrics,
+    series: BackendSeries,
     metrics: LogicalMetrics,
 }
 
@@ -58,7 +59,7 @@ impl Backend {
             limit: ConcurrencyLimit::from_proto(resilience.and_then(|r| r.concurrency.as_ref())),
             resilience: proto.resilience.clone(),
             ejecting: Mutex::new(()),
-            ejection: metrics.ejection_metrics(&labels),
+            series: metrics.backend_series(&labels),
             labels,
             metrics: metrics.clone(),
         };
@@ -85,7 +86,7 @@ impl Backend {
 
     /// The backend left the target: it has no ejected endpoints any more.
     pub fn retire(&self) {
-        self.ejection.ejected.set(0);
+        self.series.ejected.set(0);
     }
 
     /// The ejected gauge is recounted (not incremented) so that endpoints
@@ -93,7 +94,7 @@ impl Backend {
     fn count_ejected(&self) {
         let set = self.balancer.current();
         let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
-        self.ejection
+        self.series
             .ejected
             .set(i64::try_from(ejected).unwrap_or(i64::MAX));
     }
@@ -133,11 +134,11 @@ impl Backend {
             Transition::Ejected => {
                 tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
                     "endpoint ejected after consecutive failures");
-                self.ejection.ejections.inc();
+                self.series.ejections.inc();
                 self.count_ejected();
             }
             Transition::Reejected => {
-                self.ejection.ejections.inc();
+                self.series.ejections.inc();
             }
             Transition::Readmitted => {
                 tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
@@ -145,6 +146,11 @@ impl Backend {
                 self.count_ejected();
             }
         }
+    }
+
+    /// Counts a gRPC status one of the endpoints answered.
+    pub fn count_grpc(&self, status: GrpcStatus) {
+        self.series.grpc.count(status);
     }
 
     /// Every request (not retry) adds to the budget.
@@ -223,7 +229,7 @@ mod tests {
 
     fn ejected_gauge(metrics: &LogicalMetrics) -> Gauge {
         metrics
-            .ejection_metrics(&BackendLabels::new("t", "b"))
+            .backend_series(&BackendLabels::new("t", "b"))
             .ejected
     }
 
