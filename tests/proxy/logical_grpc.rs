@@ -1,6 +1,7 @@
 //! gRPC outcomes with real HTTP/2 loopback traffic: `grpc-status` ejects
-//! endpoints (trailers-only and in the trailers), and a GRPCRoute's retry
-//! policy retries the listed statuses only.
+//! endpoints (trailers-only and in the trailers), an endpoint failing half its
+//! calls is ejected by success rate where consecutive failures never would,
+//! and a GRPCRoute's retry policy retries the listed statuses only.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,6 +10,7 @@ use plexus_api::v1 as proto;
 use plexus_proxy::body;
 use plexus_tests::logical::*;
 use plexus_tests::upstream::*;
+use plexus_tests::wait::bounded;
 
 /// A target whose one GRPCRoute sends every call to backend `g`.
 fn grpc_target(rule: proto::GrpcRouteRule, g: proto::Backend) -> proto::Target {
@@ -151,4 +153,78 @@ async fn a_grpc_route_retries_unavailable_and_not_not_found() {
         );
         assert_eq!(retries, if retried { 1.0 } else { 0.0 });
     }
+}
+
+/// Three endpoints, one of which answers every other call UNAVAILABLE (in
+/// the trailers): never 5 failures in a row.
+async fn one_flaky_of_three(success_rate: Option<proto::SuccessRate>) -> (Harness, Upstream) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let flaky = h2c_upstream(move |_| {
+        let n = calls.fetch_add(1, Ordering::SeqCst);
+        async move { grpc_reply(if n.is_multiple_of(2) { "14" } else { "0" }, true) }
+    })
+    .await;
+    let mut endpoints = vec![endpoint(flaky.addr)];
+    for _ in 0..2 {
+        let healthy = h2c_upstream(|_| async { grpc_reply("0", true) }).await;
+        endpoints.push(endpoint(healthy.addr));
+    }
+    let resilience = proto::Resilience {
+        failure_accrual: Some(proto::FailureAccrual {
+            consecutive_failures: Some(5),
+            min_backoff_ms: Some(60_000),
+            success_rate,
+            ..Default::default()
+        }),
+        load_balancer: "round-robin".into(),
+        ..Default::default()
+    };
+    let h = Harness::new(grpc_target(
+        proto::GrpcRouteRule::default(),
+        backend(endpoints, Some(resilience)),
+    ));
+    (h, flaky)
+}
+
+async fn call(h: &Harness) {
+    let answer = h.send(grpc_call("/shop.Cart/Get", body::empty())).await;
+    assert!(
+        matches!(answer.grpc_status(), Some("0" | "14")),
+        "{}",
+        answer.status
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_half_its_calls_is_ejected_by_success_rate_only() {
+    let (h, flaky) = one_flaky_of_three(None).await;
+    for _ in 0..300 {
+        call(&h).await;
+    }
+    let ejections = h.metric("plexus_proxy_endpoint_ejections_total", &[("backend", "g")]);
+    assert_eq!(ejections, 0.0, "consecutive failures alone never eject it");
+    assert_eq!(flaky.requests(), 100);
+
+    // Peers at 100 %, it at 50 %: mean 0.83, stddev 0.24, the floor at k = 1 is 0.6.
+    let (h, flaky) = one_flaky_of_three(Some(proto::SuccessRate {
+        interval_ms: Some(300),
+        min_requests: Some(10),
+        min_endpoints: Some(3),
+        stdev_factor: Some(1.0),
+        threshold: None,
+    }))
+    .await;
+    bounded("the flaky endpoint ejected by success rate", async {
+        while h.metric("plexus_proxy_endpoints_ejected", &[("backend", "g")]) < 1.0 {
+            call(&h).await;
+        }
+    })
+    .await;
+    let before = flaky.requests();
+    for _ in 0..60 {
+        call(&h).await;
+    }
+    assert_eq!(flaky.requests(), before, "no call reaches it while ejected");
+    let ejected = h.metric("plexus_proxy_endpoints_ejected", &[("backend", "g")]);
+    assert_eq!(ejected, 1.0, "only the outlier");
 }

@@ -21,6 +21,7 @@ mod model;
 mod refs;
 mod resources;
 mod routes;
+mod success_rate;
 #[cfg(test)]
 mod tests;
 mod views;

@@ -292,6 +292,34 @@ fn resilience_annotations_reach_the_backend_and_bad_values_are_reported() {
 }
 
 #[test]
+fn success_rate_annotations_reach_the_failure_accrual_and_stray_tunings_are_named() {
+    let mut index = index();
+    index.apply(web(json!({
+        "plexus.io/failure-accrual-success-rate": "enabled",
+        "plexus.io/failure-accrual-success-rate-threshold": "0.8",
+        "plexus.io/failure-accrual-success-rate-min-endpoints": "3",
+    })));
+    let accrual = web_resilience(&mut index).failure_accrual.expect("accrual");
+    let success_rate = accrual.success_rate.expect("success rate on");
+    assert_eq!(success_rate.threshold, Some(0.8));
+    assert_eq!(success_rate.min_endpoints, Some(3));
+    assert_eq!(accrual.consecutive_failures, None, "the default stays");
+
+    // A tuning without the switch is refused: the served version stays.
+    index.apply(web(
+        json!({"plexus.io/failure-accrual-success-rate-interval": "5s"}),
+    ));
+    let served = web_resilience(&mut index).failure_accrual.expect("accrual");
+    assert_eq!(served.success_rate.and_then(|s| s.threshold), Some(0.8));
+    let refusal = &index.refusals()[0];
+    let fields: Vec<&str> = refusal.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["metadata.annotations[plexus.io/failure-accrual-success-rate-interval]"]
+    );
+}
+
+#[test]
 fn routes_are_ordered_oldest_first_then_by_name() {
     let mut index = index();
     index.apply(web(json!({})));

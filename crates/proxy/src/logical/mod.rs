@@ -4,7 +4,8 @@
 //! backend's concurrency limit (`concurrency`), sent to an endpoint picked by
 //! the balancer (`balance`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
-//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints;
+//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints
+//! (consecutive failures, and success-rate outliers: `outlier`);
 //! a gRPC response's outcome is its `grpc-status` (`grpc_status`, `outcome`).
 //!
 //! The target's model is the Destination API's `Target`; it is compiled once
@@ -18,6 +19,7 @@ mod grpc_status;
 mod grpc_timeout;
 mod metrics;
 mod outcome;
+mod outlier;
 mod permit_body;
 mod replay;
 mod retry;
