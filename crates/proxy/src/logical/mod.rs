@@ -96,6 +96,15 @@ pub fn check(target: &Target) -> Vec<String> {
                 balance::Strategy::NAMES
             ));
         }
+        let success_rate = backend
+            .resilience
+            .as_ref()
+            .and_then(|r| r.failure_accrual.as_ref()?.success_rate.as_ref());
+        for problem in success_rate.iter().flat_map(|s| outlier::check(s)) {
+            problems.push(format!(
+                "backends.backends[{name:?}].resilience.failure_accrual.success_rate.{problem}"
+            ));
+        }
     }
     problems
 }

@@ -47,6 +47,37 @@ impl SuccessRatePolicy {
     }
 }
 
+/// What is wrong with `proto`'s values, each as `field: problem` (a static
+/// file is refused for them; from the controller, which refuses them too,
+/// `from_proto` would take the defaults).
+pub fn check(proto: &plexus_api::v1::SuccessRate) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(ms) = proto
+        .interval_ms
+        .filter(|ms| u128::from(*ms) < MIN_INTERVAL.as_millis())
+    {
+        problems.push(format!(
+            "interval_ms: {ms} is less than {}",
+            MIN_INTERVAL.as_millis()
+        ));
+    }
+    for (field, value) in [
+        ("min_requests", proto.min_requests),
+        ("min_endpoints", proto.min_endpoints),
+    ] {
+        if value == Some(0) {
+            problems.push(format!("{field}: 0 is not at least 1"));
+        }
+    }
+    if let Some(k) = proto.stdev_factor.filter(|k| !(k.is_finite() && *k >= 0.0)) {
+        problems.push(format!("stdev_factor: {k} is not a number 0 or more"));
+    }
+    if let Some(t) = proto.threshold.filter(|t| !(0.0..=1.0).contains(t)) {
+        problems.push(format!("threshold: {t} is not a success rate from 0 to 1"));
+    }
+    problems
+}
+
 /// One endpoint's outcomes since the last evaluation.
 #[derive(Debug, Default)]
 pub struct Window {
@@ -233,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn out_of_range_values_take_the_defaults() {
+    fn out_of_range_values_are_named_and_take_the_defaults() {
         assert_eq!(SuccessRatePolicy::from_proto(None), None);
         let proto = plexus_api::v1::SuccessRate {
             interval_ms: Some(0),
@@ -242,6 +273,21 @@ mod tests {
             stdev_factor: Some(f64::NAN),
             threshold: Some(2.0),
         };
+        let fields: Vec<String> = check(&proto)
+            .iter()
+            .map(|p| p.split(':').next().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "interval_ms",
+                "min_requests",
+                "min_endpoints",
+                "stdev_factor",
+                "threshold"
+            ]
+        );
+        assert!(check(&plexus_api::v1::SuccessRate::default()).is_empty());
         let policy = SuccessRatePolicy::from_proto(Some(&proto)).expect("on");
         assert_eq!(policy.interval, MIN_INTERVAL);
         assert_eq!((policy.min_requests, policy.min_endpoints), (1, 1));
