@@ -5,13 +5,14 @@
 //! (`outcome::TrailersOutcome`), never held back or buffered.
 //!
 //! The codes that fail an endpoint are those that say the server, not the
-//! request, went wrong (Envoy's outlier detection counts the same ones, as
-//! the 5xx it maps them to; Linkerd's classifier treats them as server errors):
-//! UNKNOWN (2), DEADLINE_EXCEEDED (4), INTERNAL (13), UNAVAILABLE (14),
-//! DATA_LOSS (15). Not counted: what a healthy replica answers as well,
-//! such as NOT_FOUND, INVALID_ARGUMENT, PERMISSION_DENIED, RESOURCE_EXHAUSTED
-//! (a quota or load shed) and UNIMPLEMENTED (every replica lacks the method:
-//! ejecting one helps nobody), nor CANCELLED (the caller gave up).
+//! request, went wrong: UNKNOWN (2), DEADLINE_EXCEEDED (4), INTERNAL (13),
+//! UNAVAILABLE (14), DATA_LOSS (15). Envoy's outlier detection counts the codes
+//! it maps to a 5xx, which are these and UNIMPLEMENTED (501); Linkerd's
+//! default classifier counts every non-OK code. Left out here: what a healthy
+//! replica answers as well, such as NOT_FOUND, INVALID_ARGUMENT,
+//! PERMISSION_DENIED, RESOURCE_EXHAUSTED (a quota or load shed) and
+//! UNIMPLEMENTED (every replica lacks the method: ejecting one helps nobody),
+//! and CANCELLED (the caller gave up).
 
 use http::{HeaderMap, Response};
 use prometheus_client::encoding::{EncodeLabelValue, LabelValueEncoder};
