@@ -1,6 +1,7 @@
 //! The Destination API over real gRPC on loopback, with a tonic client from
 //! `plexus-api`: snapshot then deltas, a backendRef unresolved and then
-//! resolved, not-meshed targets, server policies,
+//! resolved, gRPC retry and success-rate annotations, not-meshed targets,
+//! server policies,
 //! a slow watcher that does not hold up the others, and HTTP/2 clients that
 //! flood PINGs or SETTINGS without reading, closed by the port's keep-alive.
 
@@ -8,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -175,6 +177,67 @@ async fn a_backend_ref_to_a_missing_service_is_marked_unresolved_until_it_appear
             .backends
             .contains_key("canary.shop.svc.cluster.local:80"),
         "{target:?}"
+    );
+}
+
+#[tokio::test]
+async fn grpc_retry_and_success_rate_annotations_reach_the_target_and_bad_ones_are_named() {
+    let index = SharedIndex::new(IndexConfig::default());
+    let mut web = service();
+    web.metadata.annotations = Some(
+        [
+            ("plexus.io/failure-accrual-success-rate", "enabled"),
+            ("plexus.io/failure-accrual-success-rate-stdev-factor", "1.5"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
+    index.lock().apply(web);
+    let grpc_route = |name: &str, codes: &str| -> GrpcRoute {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name,
+                         "annotations": {"plexus.io/retry-grpc-codes": codes}},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }))
+        .unwrap()
+    };
+    index.lock().apply(grpc_route("cart", "unavailable,14"));
+    index
+        .lock()
+        .apply(grpc_route("orders", "unavailable,resource-exhausted"));
+    let mut client = start(index.clone()).await;
+    let first = next(&mut watch(&mut client, "web:80").await).await;
+    let target = first.target.expect("a target");
+    let routes = target.routes.expect("routes");
+    let names: Vec<&str> = routes.grpc.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop/orders"],
+        "the route with a bad annotation is refused"
+    );
+    let retry = routes.grpc[0].rules[0]
+        .retry
+        .clone()
+        .expect("a retry policy");
+    assert_eq!((retry.grpc_codes, retry.attempts), (vec![14, 8], 3));
+    let backend = &target.backends.expect("backends").backends[&target.name];
+    let resilience = backend.resilience.clone().expect("resilience");
+    let success_rate = resilience.failure_accrual.and_then(|a| a.success_rate);
+    assert_eq!(success_rate.and_then(|s| s.stdev_factor), Some(1.5));
+
+    let statuses = index.lock().route_statuses();
+    let cart = statuses
+        .iter()
+        .find(|s| s.route.name == "cart")
+        .expect("cart's status");
+    assert!(!cart.parents[0].accepted);
+    assert!(
+        cart.parents[0]
+            .message
+            .starts_with("metadata.annotations[plexus.io/retry-grpc-codes]: \"unavailable,14\""),
+        "{}",
+        cart.parents[0].message
     );
 }
 
