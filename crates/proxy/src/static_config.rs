@@ -461,6 +461,37 @@ destinations:
     }
 
     #[test]
+    fn consistent_hashing_is_read_and_a_bad_key_named() {
+        let hashed = |key: &str| {
+            GOOD.replace(
+                "canary: { endpoints",
+                &format!(
+                    "canary: {{ resilience: {{ load_balancer: consistent-hash, hash_key: \"{key}\" }}, endpoints"
+                ),
+            )
+        };
+        let entries = parse(&hashed("header:x-user")).unwrap();
+        let resilience = entries[0].1.backends.as_ref().unwrap().backends["canary"]
+            .resilience
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (
+                resilience.load_balancer.as_str(),
+                resilience.hash_key.as_str()
+            ),
+            ("consistent-hash", "header:x-user")
+        );
+        assert_eq!(
+            problems(&hashed("identity"))[0].split(" (").next(),
+            Some(
+                "destinations[0].target.backends.backends[\"canary\"].resilience.hash_key: \
+                 \"identity\" is not a key the balancing proxy can read"
+            )
+        );
+    }
+
+    #[test]
     fn rule_filters_are_read_and_each_bad_one_named() {
         let filters = "backends: [{ backend: web, weight: 90 }, { backend: canary, weight: 10 }]\n                \
                        filters:\n                  \
@@ -572,6 +603,7 @@ mod properties {
         "ready",
         "resilience",
         "load_balancer",
+        "hash_key",
     ];
 
     fn key() -> impl Strategy<Value = String> {
