@@ -674,6 +674,28 @@ mod properties {
         }
 
         #[test]
+        fn a_hash_key_reads_back_in_its_canonical_spelling(
+            kind in prop::sample::select(vec!["header", "cookie", "source-ip"]),
+            name in "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
+        ) {
+            let key = if kind == "source-ip" { kind.to_owned() } else { format!("{kind}:{name}") };
+            let map = BTreeMap::from([
+                (LOAD_BALANCER.to_owned(), "consistent-hash".to_owned()),
+                (HASH_KEY.to_owned(), key.clone()),
+            ]);
+            let mut a = Annotations::new(Some(&map));
+            let r = a.resilience();
+            prop_assert!(a.errors.is_empty(), "{:?}", a.errors);
+            prop_assert_eq!(&r.load_balancer, "consistent-hash");
+            let canonical = match kind {
+                "header" => key.to_ascii_lowercase(),
+                _ => key.clone(),
+            };
+            prop_assert_eq!(&r.hash_key, &canonical);
+            prop_assert_eq!(canonical.parse::<HashKey>(), key.parse::<HashKey>());
+        }
+
+        #[test]
         fn switches_and_identities_read_back(
             inject in any::<bool>(),
             strict in any::<bool>(),

@@ -138,3 +138,52 @@ mod tests {
         assert_eq!(k.hash(&request(&[]), None), None);
     }
 }
+
+/// Properties of reading a cookie key from `Cookie` headers, which any
+/// application sends: no bytes panic, and a cookie among others is found.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn pair() -> impl Strategy<Value = (String, String)> {
+        ("[a-z]{1,6}", "[a-zA-Z0-9]{1,8}")
+    }
+
+    proptest! {
+        #![proptest_config(plexus_core::property::config())]
+
+        #[test]
+        fn any_cookie_bytes_are_read_or_skipped(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut headers = HeaderMap::new();
+            if let Ok(value) = http::HeaderValue::from_bytes(&bytes) {
+                headers.insert(COOKIE, value);
+            }
+            let _ = cookie(&headers, "session");
+        }
+
+        #[test]
+        fn a_cookie_among_others_is_found(
+            before in prop::collection::vec(pair(), 0..4),
+            value in "[a-zA-Z0-9]{1,8}",
+            after in prop::collection::vec(pair(), 0..4),
+            split in any::<bool>(),
+        ) {
+            prop_assume!(before.iter().all(|(name, _)| name != "session"));
+            let list = |pairs: &[(String, String)]| {
+                pairs.iter().map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>()
+            };
+            let mut pairs = list(&before);
+            pairs.push(format!("session={value}"));
+            pairs.extend(list(&after));
+            let mut headers = HeaderMap::new();
+            // One header, or (as HTTP/2 may send them) one per cookie.
+            let values = if split { pairs } else { vec![pairs.join("; ")] };
+            for v in values {
+                headers.append(COOKIE, v.parse().expect("a header value"));
+            }
+            prop_assert_eq!(cookie(&headers, "session"), Some(value.as_bytes()));
+        }
+    }
+}
