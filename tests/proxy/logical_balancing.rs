@@ -168,6 +168,7 @@ fn hashed(upstreams: &Indexed, n: usize, hash_key: &str) -> proto::Target {
                 consecutive_failures: Some(1),
                 min_backoff_ms: Some(1_000),
                 max_backoff_ms: Some(1_000),
+                ..Default::default()
             }),
             ..Default::default()
         });

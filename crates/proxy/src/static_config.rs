@@ -492,6 +492,21 @@ destinations:
     }
 
     #[test]
+    fn success_rate_values_out_of_range_are_named() {
+        let bad = GOOD.replace(
+            "canary: { endpoints",
+            "canary: { resilience: { failure_accrual: { success_rate: { threshold: 1.5, min_requests: 0 } } }, endpoints",
+        );
+        let prefix = "destinations[0].target.backends.backends[\"canary\"].resilience.failure_accrual.success_rate.";
+        let found = problems(&bad);
+        let fields: Vec<&str> = found
+            .iter()
+            .filter_map(|p| p.strip_prefix(prefix)?.split(':').next())
+            .collect();
+        assert_eq!(fields, ["min_requests", "threshold"], "{found:#?}");
+    }
+
+    #[test]
     fn rule_filters_are_read_and_each_bad_one_named() {
         let filters = "backends: [{ backend: web, weight: 90 }, { backend: canary, weight: 10 }]\n                \
                        filters:\n                  \

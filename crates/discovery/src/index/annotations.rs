@@ -12,6 +12,12 @@ use plexus_core::hash_key::HashKey;
 use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
 
+use super::grpc_retry::{RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_GRPC_CODES};
+use super::success_rate::{
+    SUCCESS_RATE, SUCCESS_RATE_INTERVAL, SUCCESS_RATE_MIN_ENDPOINTS, SUCCESS_RATE_MIN_REQUESTS,
+    SUCCESS_RATE_STDEV_FACTOR, SUCCESS_RATE_THRESHOLD, success_rate,
+};
+
 pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
 pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
 pub const RETRY_BUDGET_RATIO: &str = "plexus.io/retry-budget-ratio";
@@ -38,6 +44,12 @@ pub const READ: &[&str] = &[
     FAILURE_ACCRUAL_CONSECUTIVE,
     FAILURE_ACCRUAL_MIN_BACKOFF,
     FAILURE_ACCRUAL_MAX_BACKOFF,
+    SUCCESS_RATE,
+    SUCCESS_RATE_INTERVAL,
+    SUCCESS_RATE_MIN_REQUESTS,
+    SUCCESS_RATE_MIN_ENDPOINTS,
+    SUCCESS_RATE_STDEV_FACTOR,
+    SUCCESS_RATE_THRESHOLD,
     LOAD_BALANCER,
     HASH_KEY,
     MAX_CONCURRENCY,
@@ -45,6 +57,9 @@ pub const READ: &[&str] = &[
     RATE_LIMIT,
     RATE_LIMIT_BURST,
     RATE_LIMIT_PER_IDENTITY,
+    RETRY_GRPC_CODES,
+    RETRY_ATTEMPTS,
+    RETRY_BACKOFF,
 ];
 
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
@@ -82,7 +97,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// Parses one annotation with `parse`, whose error says what was expected.
-    fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         name: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,
@@ -145,13 +160,16 @@ impl<'a> Annotations<'a> {
             min_per_second,
             ttl_ms: None,
         });
+        let success_rate = success_rate(self);
         let failure_accrual = (consecutive.is_some()
             || min_backoff.is_some()
-            || max_backoff.is_some())
+            || max_backoff.is_some()
+            || success_rate.is_some())
         .then_some(FailureAccrual {
             consecutive_failures: consecutive,
             min_backoff_ms: min_backoff,
             max_backoff_ms: max_backoff,
+            success_rate,
         });
         let concurrency = (max_in_flight.is_some() || max_queue.is_some()).then(|| Concurrency {
             max_in_flight: max_in_flight.unwrap_or(0),

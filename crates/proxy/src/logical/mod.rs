@@ -5,7 +5,9 @@
 //! the balancer (`balance`; consistent hashing by `maglev` over a
 //! `request_key`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
-//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints.
+//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints
+//! (consecutive failures, and success-rate outliers: `outlier`);
+//! a gRPC response's outcome is its `grpc-status` (`grpc_status`, `outcome`).
 //!
 //! The target's model is the Destination API's `Target`; it is compiled once
 //! per update, never per request.
@@ -14,9 +16,12 @@ mod accrual;
 mod backend;
 mod balance;
 mod concurrency;
+mod grpc_status;
 mod grpc_timeout;
 mod maglev;
 mod metrics;
+mod outcome;
+mod outlier;
 mod permit_body;
 mod replay;
 mod request_key;
@@ -36,7 +41,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::backend::Backend;
-use self::balance::Picked;
+use self::outcome::InFlight;
 use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
 use self::routes::{Filters, RouteTable, Rule};
@@ -88,6 +93,15 @@ pub fn check(target: &Target) -> Vec<String> {
         if let Err(problem) = balance::Strategy::parse(backend.resilience.as_ref()) {
             problems.push(format!("backends.backends[{name:?}].resilience.{problem}"));
         }
+        let success_rate = backend
+            .resilience
+            .as_ref()
+            .and_then(|r| r.failure_accrual.as_ref()?.success_rate.as_ref());
+        for problem in success_rate.iter().flat_map(|s| outlier::check(s)) {
+            problems.push(format!(
+                "backends.backends[{name:?}].resilience.failure_accrual.success_rate.{problem}"
+            ));
+        }
     }
     problems
 }
@@ -133,8 +147,10 @@ impl Logical {
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
         let served = match &rule.filters {
-            None => serve(&compiled, &rule, request, source, span).await,
-            Some(filters) => serve_filtered(&compiled, &rule, filters, request, source, span).await,
+            None => serve(&compiled, &rule, request, source, grpc, span).await,
+            Some(filters) => {
+                serve_filtered(&compiled, &rule, filters, request, source, grpc, span).await
+            }
         };
         let mut response = match served {
             Ok(response) => response,
@@ -233,11 +249,13 @@ impl Compiled {
 }
 
 /// Routes `request` to a backend and sends it there, within the rule's timeouts.
+/// `grpc`: the request is a gRPC call.
 async fn serve(
     compiled: &Compiled,
     rule: &Rule,
     request: Request<Body>,
     source: Option<&IpAddr>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     let picked = rule
@@ -271,7 +289,7 @@ async fn serve(
 
     let admitted = async {
         let permit = backend.admit().await?;
-        let sent = send_with_retries(backend, rule, request, hash, deadline, span);
+        let sent = send_with_retries(backend, rule, request, hash, deadline, grpc, span);
         let response = sent.await?;
         Ok(match permit {
             // The slot is held until the response body has been read.
@@ -296,13 +314,14 @@ async fn serve_filtered(
     filters: &Filters,
     mut request: Request<Body>,
     source: Option<&IpAddr>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(redirect) = &filters.redirect {
         return Ok(redirect.respond(&request));
     }
     filters.request_headers.apply(request.headers_mut());
-    let mut response = serve(compiled, rule, request, source, span).await?;
+    let mut response = serve(compiled, rule, request, source, grpc, span).await?;
     filters.response_headers.apply(response.headers_mut());
     Ok(response)
 }
@@ -313,11 +332,12 @@ async fn serve_filtered(
 /// follows is only known afterwards). `hash`: the request's consistent-hash
 /// key, the same for every attempt.
 async fn send_with_retries(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     rule: &Rule,
     request: Request<Body>,
     hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     backend.deposit();
@@ -334,7 +354,7 @@ async fn send_with_retries(
         Err(body) => {
             let request = Request::from_parts(parts, body);
             let trace = Some(AttemptTrace::Request(&*span));
-            let outcome = attempt(backend, rule, request, hash, deadline, trace).await;
+            let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
             return final_result(outcome, backend);
         }
     };
@@ -350,7 +370,7 @@ async fn send_with_retries(
             n: attempts,
             reason: retry_reason.as_deref(),
         });
-        let outcome = attempt(backend, rule, request, hash, deadline, trace).await;
+        let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
         let reason = match &outcome {
             Ok(response) => policy.retryable_response(response),
             Err(failure) => policy.retryable_failure(failure, &parts.method),
@@ -416,11 +436,12 @@ impl AttemptTrace<'_> {
 /// the endpoint's failure accrual. Traced, it is a span of its own, which the
 /// endpoint sees as the parent of its work.
 async fn attempt(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     rule: &Rule,
     mut request: Request<Body>,
     hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
+    grpc: bool,
     trace: Option<AttemptTrace<'_>>,
 ) -> Result<Response<Body>, AttemptFailure> {
     let now = Instant::now();
@@ -441,12 +462,8 @@ async fn attempt(
         .pick(hash)
         .map_err(|_| AttemptFailure::NoEndpoints)?;
     let attempt_span = trace.and_then(|t| t.start(&picked.endpoint.target, request.headers_mut()));
-    let in_flight = InFlight {
-        backend,
-        picked,
-        finished: false,
-    };
-    let sent = in_flight.picked.endpoint.send(request);
+    let in_flight = InFlight::new(backend, picked);
+    let sent = in_flight.picked().endpoint.send(request);
     let outcome = match rule.try_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome.map_err(AttemptFailure::Send),
@@ -454,10 +471,7 @@ async fn attempt(
         },
         None => sent.await.map_err(AttemptFailure::Send),
     };
-    let success = outcome
-        .as_ref()
-        .is_ok_and(|response| !response.status().is_server_error());
-    in_flight.finish(success, &outcome);
+    let outcome = in_flight.finish(outcome, grpc);
     match attempt_span {
         Some(span) => record_attempt(&span, outcome, backend),
         None => outcome,
@@ -479,33 +493,6 @@ fn record_attempt(
         Err(failure) => {
             span.record_error(&failure.clone().into_proxy_error(&backend.name));
             Err(failure)
-        }
-    }
-}
-
-/// An attempt whose outcome is not yet recorded. Dropped unfinished (the
-/// request was cancelled or timed out), it hands a probe back so the next
-/// request can probe the ejected endpoint.
-struct InFlight<'a> {
-    backend: &'a Backend,
-    picked: Picked,
-    finished: bool,
-}
-
-impl InFlight<'_> {
-    fn finish(mut self, success: bool, outcome: &Result<Response<Body>, AttemptFailure>) {
-        self.finished = true;
-        if let Err(failure) = outcome {
-            tracing::debug!(endpoint = %self.picked.endpoint.target.addr, ?failure, "attempt failed");
-        }
-        self.backend.record(&self.picked, success);
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if !self.finished && self.picked.probe {
-            self.picked.endpoint.accrual.release_probe(Instant::now());
         }
     }
 }
