@@ -28,8 +28,7 @@ fn resilience(budget: Option<proto::RetryBudget>) -> Option<proto::Resilience> {
         retry_budget: budget,
         // Only one endpoint: accrual could never eject it anyway (half rule).
         failure_accrual: None,
-        load_balancer: String::new(),
-        concurrency: None,
+        ..Default::default()
     })
 }
 

@@ -1,5 +1,6 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
-//! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names, the
+//! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names,
+//! the syntax of a consistent-hash key ([`hash_key`]), the
 //! proxy's container name, the CA Secret's name, the control plane's HTTP/2 keep-alive, what makes a watched file a new version, and
 //! how swept state is given back to the system ([`memory`]).
 //!
@@ -14,6 +15,7 @@ pub mod annotations;
 pub mod app_source;
 mod direction;
 mod file_version;
+pub mod hash_key;
 mod keep_alive;
 pub mod memory;
 pub mod ports;

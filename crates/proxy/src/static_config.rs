@@ -461,6 +461,37 @@ destinations:
     }
 
     #[test]
+    fn consistent_hashing_is_read_and_a_bad_key_named() {
+        let hashed = |key: &str| {
+            GOOD.replace(
+                "canary: { endpoints",
+                &format!(
+                    "canary: {{ resilience: {{ load_balancer: consistent-hash, hash_key: \"{key}\" }}, endpoints"
+                ),
+            )
+        };
+        let entries = parse(&hashed("header:x-user")).unwrap();
+        let resilience = entries[0].1.backends.as_ref().unwrap().backends["canary"]
+            .resilience
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (
+                resilience.load_balancer.as_str(),
+                resilience.hash_key.as_str()
+            ),
+            ("consistent-hash", "header:x-user")
+        );
+        assert_eq!(
+            problems(&hashed("identity"))[0].split(" (").next(),
+            Some(
+                "destinations[0].target.backends.backends[\"canary\"].resilience.hash_key: \
+                 \"identity\" is not a key the balancing proxy can read"
+            )
+        );
+    }
+
+    #[test]
     fn success_rate_values_out_of_range_are_named() {
         let bad = GOOD.replace(
             "canary: { endpoints",
@@ -587,6 +618,7 @@ mod properties {
         "ready",
         "resilience",
         "load_balancer",
+        "hash_key",
     ];
 
     fn key() -> impl Strategy<Value = String> {

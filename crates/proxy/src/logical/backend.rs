@@ -1,6 +1,8 @@
 //! One backend of a target: its endpoints and balancer, its retry budget,
 //! failure accrual policy and concurrency limit.
 
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -55,7 +57,7 @@ impl Backend {
         let backend = Backend {
             name: Arc::from(name),
             balancer: Balancer::new(
-                Strategy::from_name(resilience.map_or("", |r| r.load_balancer.as_str())),
+                Strategy::from_resilience(resilience),
                 previous.map(|p| &p.balancer),
             ),
             budget: retry_budget(resilience.and_then(|r| r.retry_budget.as_ref())),
@@ -121,9 +123,19 @@ impl Backend {
         }
     }
 
-    pub fn pick(&self) -> Result<Picked, ProxyError> {
+    /// What `request` from `source` hashes to, when this backend hashes.
+    pub fn hash<B>(
+        &self,
+        request: &http::Request<B>,
+        source: Option<&IpAddr>,
+    ) -> Option<NonZeroU64> {
+        self.balancer.strategy().hash(request, source)
+    }
+
+    /// `hash`: the request's, from [`Backend::hash`].
+    pub fn pick(&self, hash: Option<NonZeroU64>) -> Result<Picked, ProxyError> {
         self.balancer
-            .pick(Instant::now())
+            .pick(Instant::now(), hash)
             .ok_or_else(|| ProxyError::NoEndpoints(self.name.to_string()))
     }
 
@@ -298,7 +310,7 @@ mod tests {
             &metrics,
         );
         for _ in 0..50 {
-            let picked = backend.pick().expect("endpoints");
+            let picked = backend.pick(None).expect("endpoints");
             backend.record(&picked, false);
         }
         let ejected = |b: &Backend| {

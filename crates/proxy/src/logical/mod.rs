@@ -2,7 +2,8 @@
 //! known target" and "an attempt sent to one endpoint". A request is routed
 //! (`routes`), a backend drawn from the rule's weighted split (`split`), admitted by the
 //! backend's concurrency limit (`concurrency`), sent to an endpoint picked by
-//! the balancer (`balance`), retried within the route's policy and the
+//! the balancer (`balance`; consistent hashing by `maglev` over a
+//! `request_key`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
 //! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints
 //! (consecutive failures, and success-rate outliers: `outlier`);
@@ -17,16 +18,20 @@ mod balance;
 mod concurrency;
 mod grpc_status;
 mod grpc_timeout;
+mod maglev;
 mod metrics;
 mod outcome;
 mod outlier;
 mod permit_body;
 mod replay;
+mod request_key;
 mod retry;
 mod routes;
 mod split;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -85,16 +90,8 @@ pub fn check(target: &Target) -> Vec<String> {
         .map(RouteTable::check)
         .unwrap_or_default();
     for (name, backend) in target.backends.iter().flat_map(|t| &t.backends) {
-        let load_balancer = backend
-            .resilience
-            .as_ref()
-            .map_or("", |r| r.load_balancer.as_str());
-        if balance::Strategy::parse(load_balancer).is_none() {
-            problems.push(format!(
-                "backends.backends[{name:?}].resilience.load_balancer: unknown load balancer \
-                 {load_balancer:?} (expected {})",
-                balance::Strategy::NAMES
-            ));
+        if let Err(problem) = balance::Strategy::parse(backend.resilience.as_ref()) {
+            problems.push(format!("backends.backends[{name:?}].resilience.{problem}"));
         }
         let success_rate = backend
             .resilience
@@ -131,16 +128,18 @@ impl Logical {
     /// Serves one request. Never fails: the proxy's own errors become
     /// responses (gRPC-aware) carrying `plexus-error`.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
-        self.handle_traced(request, &mut RequestSpan::default())
+        self.handle_traced(request, None, &mut RequestSpan::default())
             .await
     }
 
-    /// As [`Logical::handle`], recording into the request's `span`: the
-    /// route, the backend, the proxy's own error, and (on routes that retry)
-    /// one child span per attempt.
+    /// As [`Logical::handle`], for a request from the application at
+    /// `source` (what consistent hashing by `source-ip` reads), recording into
+    /// the request's `span`: the route, the backend, the proxy's own error,
+    /// and (on routes that retry) one child span per attempt.
     pub async fn handle_traced(
         &self,
         request: Request<Body>,
+        source: Option<&IpAddr>,
         span: &mut RequestSpan,
     ) -> Response<Body> {
         let grpc = routes::is_grpc(request.headers());
@@ -148,8 +147,10 @@ impl Logical {
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
         let served = match &rule.filters {
-            None => serve(&compiled, &rule, request, grpc, span).await,
-            Some(filters) => serve_filtered(&compiled, &rule, filters, request, grpc, span).await,
+            None => serve(&compiled, &rule, request, source, grpc, span).await,
+            Some(filters) => {
+                serve_filtered(&compiled, &rule, filters, request, source, grpc, span).await
+            }
         };
         let mut response = match served {
             Ok(response) => response,
@@ -253,6 +254,7 @@ async fn serve(
     compiled: &Compiled,
     rule: &Rule,
     request: Request<Body>,
+    source: Option<&IpAddr>,
     grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
@@ -283,10 +285,12 @@ async fn serve(
     };
     // A timeout past what the clock holds (u64::MAX ms from the controller) is none.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let hash = backend.hash(&request, source);
 
     let admitted = async {
         let permit = backend.admit().await?;
-        let response = send_with_retries(backend, rule, request, deadline, grpc, span).await?;
+        let sent = send_with_retries(backend, rule, request, hash, deadline, grpc, span);
+        let response = sent.await?;
         Ok(match permit {
             // The slot is held until the response body has been read.
             Some(permit) => response.map(|b| body::boxed(body::GuardedBody::new(b, permit))),
@@ -309,6 +313,7 @@ async fn serve_filtered(
     rule: &Rule,
     filters: &Filters,
     mut request: Request<Body>,
+    source: Option<&IpAddr>,
     grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
@@ -316,7 +321,7 @@ async fn serve_filtered(
         return Ok(redirect.respond(&request));
     }
     filters.request_headers.apply(request.headers_mut());
-    let mut response = serve(compiled, rule, request, grpc, span).await?;
+    let mut response = serve(compiled, rule, request, source, grpc, span).await?;
     filters.response_headers.apply(response.headers_mut());
     Ok(response)
 }
@@ -324,11 +329,13 @@ async fn serve_filtered(
 /// Sends attempts until one is final, the policy's attempts are used up, or
 /// the backend's retry budget refuses a retry. On a route that retries, every
 /// attempt is a child span of `span` (the first included: whether a retry
-/// follows is only known afterwards).
+/// follows is only known afterwards). `hash`: the request's consistent-hash
+/// key, the same for every attempt.
 async fn send_with_retries(
     backend: &Arc<Backend>,
     rule: &Rule,
     request: Request<Body>,
+    hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
     grpc: bool,
     span: &mut RequestSpan,
@@ -347,7 +354,7 @@ async fn send_with_retries(
         Err(body) => {
             let request = Request::from_parts(parts, body);
             let trace = Some(AttemptTrace::Request(&*span));
-            let outcome = attempt(backend, rule, request, deadline, grpc, trace).await;
+            let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
             return final_result(outcome, backend);
         }
     };
@@ -363,7 +370,7 @@ async fn send_with_retries(
             n: attempts,
             reason: retry_reason.as_deref(),
         });
-        let outcome = attempt(backend, rule, request, deadline, grpc, trace).await;
+        let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
         let reason = match &outcome {
             Ok(response) => policy.retryable_response(response),
             Err(failure) => policy.retryable_failure(failure, &parts.method),
@@ -432,6 +439,7 @@ async fn attempt(
     backend: &Arc<Backend>,
     rule: &Rule,
     mut request: Request<Body>,
+    hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
     grpc: bool,
     trace: Option<AttemptTrace<'_>>,
@@ -450,7 +458,9 @@ async fn attempt(
                 .insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(left));
         }
     }
-    let picked = backend.pick().map_err(|_| AttemptFailure::NoEndpoints)?;
+    let picked = backend
+        .pick(hash)
+        .map_err(|_| AttemptFailure::NoEndpoints)?;
     let attempt_span = trace.and_then(|t| t.start(&picked.endpoint.target, request.headers_mut()));
     let in_flight = InFlight::new(backend, picked);
     let sent = in_flight.picked().endpoint.send(request);

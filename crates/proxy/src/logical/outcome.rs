@@ -192,7 +192,7 @@ mod tests {
     async fn a_status_in_the_trailers_is_recorded_when_they_pass() {
         let metrics = LogicalMetrics::default();
         let backend = backend(&metrics);
-        let picked = backend.pick().expect("endpoints");
+        let picked = backend.pick(None).expect("endpoints");
         let response = InFlight::new(&backend, picked.clone())
             .finish(Ok(streamed("14")), true)
             .expect("the response");
@@ -216,14 +216,14 @@ mod tests {
         let metrics = LogicalMetrics::default();
         let backend = backend(&metrics);
         for _ in 0..4 {
-            let picked = backend.pick().expect("endpoints");
+            let picked = backend.pick(None).expect("endpoints");
             let response = InFlight::new(&backend, picked)
                 .finish(Ok(streamed("0")), true)
                 .expect("the response");
             response.into_body().collect().await.expect("the body");
         }
         for _ in 0..4 {
-            let picked = backend.pick().expect("endpoints");
+            let picked = backend.pick(None).expect("endpoints");
             let response = InFlight::new(&backend, picked.clone())
                 .finish(Ok(streamed("14")), true)
                 .expect("the response");
@@ -239,7 +239,7 @@ mod tests {
     async fn a_trailers_only_unavailable_ejects_at_once() {
         let metrics = LogicalMetrics::default();
         let backend = backend(&metrics);
-        let picked = backend.pick().expect("endpoints");
+        let picked = backend.pick(None).expect("endpoints");
         let mut response = Response::new(body::empty());
         response.headers_mut().insert(
             grpc_status::GRPC_STATUS,
