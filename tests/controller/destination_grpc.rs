@@ -1,6 +1,7 @@
 //! The Destination API over real gRPC on loopback, with a tonic client from
 //! `plexus-api`: snapshot then deltas, a backendRef unresolved and then
-//! resolved, not-meshed targets, server policies,
+//! resolved, gRPC retry and success-rate annotations, not-meshed targets,
+//! server policies,
 //! a slow watcher that does not hold up the others, and HTTP/2 clients that
 //! flood PINGs or SETTINGS without reading, closed by the port's keep-alive.
 
@@ -8,14 +9,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_api::experimental::grpcroutes::GrpcRoute;
 use gateway_api::experimental::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use plexus_api::v1::destination_client::DestinationClient;
 use plexus_api::v1::{DestinationUpdate, ServerRequest, WatchRequest};
 use plexus_controller::destination::DestinationService;
-use plexus_controller::grpc::{self, GrpcTransport, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT};
+use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::metrics::Metrics;
+use plexus_core::KeepAlive;
 use plexus_discovery::index::{IndexConfig, SharedIndex};
 use plexus_tests::h2_frames::{GOAWAY, NO_ERROR, PING, SETTINGS, flood, frame, frames};
 use serde_json::json;
@@ -30,12 +33,21 @@ async fn start(index: SharedIndex) -> DestinationClient<Channel> {
 
 /// The gRPC port, plaintext, over `index`.
 async fn serve(index: SharedIndex) -> SocketAddr {
+    serve_with(index, KeepAlive::CONTROL_PLANE).await
+}
+
+async fn serve_with(index: SharedIndex, keep_alive: KeepAlive) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let routes = tonic::service::Routes::new(
         DestinationService::new(index, Arc::new(Metrics::new())).into_server(),
     );
-    tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Plaintext));
+    tokio::spawn(grpc::serve(
+        listener,
+        routes,
+        GrpcTransport::Plaintext,
+        keep_alive,
+    ));
     addr
 }
 
@@ -169,6 +181,67 @@ async fn a_backend_ref_to_a_missing_service_is_marked_unresolved_until_it_appear
 }
 
 #[tokio::test]
+async fn grpc_retry_and_success_rate_annotations_reach_the_target_and_bad_ones_are_named() {
+    let index = SharedIndex::new(IndexConfig::default());
+    let mut web = service();
+    web.metadata.annotations = Some(
+        [
+            ("plexus.io/failure-accrual-success-rate", "enabled"),
+            ("plexus.io/failure-accrual-success-rate-stdev-factor", "1.5"),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into(),
+    );
+    index.lock().apply(web);
+    let grpc_route = |name: &str, codes: &str| -> GrpcRoute {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name,
+                         "annotations": {"plexus.io/retry-grpc-codes": codes}},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                     "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]},
+        }))
+        .unwrap()
+    };
+    index.lock().apply(grpc_route("cart", "unavailable,14"));
+    index
+        .lock()
+        .apply(grpc_route("orders", "unavailable,resource-exhausted"));
+    let mut client = start(index.clone()).await;
+    let first = next(&mut watch(&mut client, "web:80").await).await;
+    let target = first.target.expect("a target");
+    let routes = target.routes.expect("routes");
+    let names: Vec<&str> = routes.grpc.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop/orders"],
+        "the route with a bad annotation is refused"
+    );
+    let retry = routes.grpc[0].rules[0]
+        .retry
+        .clone()
+        .expect("a retry policy");
+    assert_eq!((retry.grpc_codes, retry.attempts), (vec![14, 8], 3));
+    let backend = &target.backends.expect("backends").backends[&target.name];
+    let resilience = backend.resilience.clone().expect("resilience");
+    let success_rate = resilience.failure_accrual.and_then(|a| a.success_rate);
+    assert_eq!(success_rate.and_then(|s| s.stdev_factor), Some(1.5));
+
+    let statuses = index.lock().route_statuses();
+    let cart = statuses
+        .iter()
+        .find(|s| s.route.name == "cart")
+        .expect("cart's status");
+    assert!(!cart.parents[0].accepted);
+    assert!(
+        cart.parents[0]
+            .message
+            .starts_with("metadata.annotations[plexus.io/retry-grpc-codes]: \"unavailable,14\""),
+        "{}",
+        cart.parents[0].message
+    );
+}
+
+#[tokio::test]
 async fn unknown_targets_are_not_meshed_and_bad_ones_refused() {
     let index = SharedIndex::new(IndexConfig::default());
     let mut client = start(index.clone()).await;
@@ -257,14 +330,20 @@ async fn a_slow_watcher_skips_to_the_latest_and_holds_up_no_one() {
 async fn control_frame_floods_are_closed_by_the_keepalive_and_quiet_watches_are_not() {
     let index = SharedIndex::new(IndexConfig::default());
     index.lock().apply(service());
-    let addr = serve(index.clone()).await;
+    // Shorter than the binary's, so the test waits seconds, not tens of them;
+    // the same code path either way.
+    let keep_alive = KeepAlive {
+        interval: Duration::from_secs(2),
+        timeout: Duration::from_secs(2),
+    };
+    let addr = serve_with(index.clone(), keep_alive).await;
     let mut client = connect(addr).await;
     let mut quiet = watch(&mut client, "web:80").await;
     assert!(next(&mut quiet).await.snapshot);
 
     // h2 answers every PING and SETTINGS (or stalls once the socket is
     // full); the keep-alive ping goes unanswered and closes the connection.
-    let bound = (KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT) * 2;
+    let bound = keep_alive.bound() * 2;
     let ping = frame(PING, 0, 0, b"flooding");
     let settings = frame(SETTINGS, 0, 0, &[]);
     let (pings, settings) = tokio::join!(

@@ -2,7 +2,8 @@
 //! lists, watch events, bookmarks, a dropped watch, a relist after `410
 //! Gone` that removes what was deleted unseen, and the route status written
 //! back (`Accepted`, "Fall Back", `ResolvedRefs` as Services and
-//! ReferenceGrants come and go).
+//! ReferenceGrants come and go), and a Service's balancing annotations in
+//! its backend (a bad hash key refused by field).
 
 use plexus_controller::leader::Leadership;
 use std::sync::Arc;
@@ -122,7 +123,15 @@ async fn synced_feed(
     api: &ApiServer,
     stuck: &str,
 ) -> (JoinHandle<()>, watch::Receiver<Arc<TargetView>>) {
-    let index = SharedIndex::new(IndexConfig::default());
+    synced_feed_into(api, SharedIndex::new(IndexConfig::default()), stuck).await
+}
+
+/// [`synced_feed`] into `index`, which the test reads too.
+async fn synced_feed_into(
+    api: &ApiServer,
+    index: SharedIndex,
+    stuck: &str,
+) -> (JoinHandle<()>, watch::Receiver<Arc<TargetView>>) {
     let ready = Readiness::default();
     let feed = tokio::spawn(kubernetes::run(
         api.client(),
@@ -724,5 +733,62 @@ async fn filtered_routes_carry_their_filters_and_an_unknown_extension_ref_is_ref
         refused["message"],
         "spec.rules[0].filters[0].type: ExtensionRef is not supported"
     );
+    feed.abort();
+}
+
+/// `web_service` with `annotations`.
+fn annotated_web(annotations: Value) -> Value {
+    let mut service = web_service();
+    service["metadata"]["annotations"] = annotations;
+    service
+}
+
+/// The load balancer and hash key of `web`'s own backend.
+fn balancer(view: &TargetView) -> Option<(String, String)> {
+    let target = view.meshed.as_ref()?;
+    let resilience = target.backends.value.backends[&target.name]
+        .resilience
+        .as_ref()?;
+    Some((
+        resilience.load_balancer.clone(),
+        resilience.hash_key.clone(),
+    ))
+}
+
+#[tokio::test]
+async fn hash_annotations_reach_the_backend_and_a_bad_key_is_named() {
+    let api = ApiServer::start().await;
+    let hashed = |key: &str| {
+        annotated_web(
+            json!({"plexus.io/load-balancer": "consistent-hash", "plexus.io/hash-key": key}),
+        )
+    };
+    api.apply(SERVICES, hashed("header:X-User"));
+    let index = SharedIndex::new(IndexConfig::default());
+    let (feed, mut rx) = synced_feed_into(&api, index.clone(), "the feed never synced").await;
+    let by_user = Some(("consistent-hash".to_owned(), "header:x-user".to_owned()));
+    until(&mut rx, "consistent hashing by x-user", |v| {
+        balancer(v) == by_user
+    })
+    .await;
+
+    // A key the proxy cannot read: the version is refused by field, the served one stays.
+    api.apply(SERVICES, hashed("identity"));
+    plexus_tests::wait::eventually(BOUND, "the bad hash key refused", || {
+        !index.lock().refusals().is_empty()
+    })
+    .await;
+    let refusal = index.lock().refusals().remove(0);
+    assert_eq!(refusal.object, "shop/web");
+    let problem = &refusal.problems[0];
+    assert_eq!(problem.field, "metadata.annotations[plexus.io/hash-key]");
+    assert!(
+        problem
+            .message
+            .starts_with("\"identity\" is not a key the balancing proxy can read"),
+        "{}",
+        problem.message
+    );
+    assert_eq!(balancer(&rx.borrow()), by_user);
     feed.abort();
 }

@@ -17,6 +17,7 @@ use plexus_controller::identity::{
     BootstrapTokens, IdentityService, controller_server_config, webhook_server_config,
 };
 use plexus_controller::metrics::Metrics;
+use plexus_core::KeepAlive;
 use plexus_discovery::feed::{self, Readiness};
 use plexus_discovery::index::{DEFAULT_CLUSTER_DOMAIN, Index, IndexConfig, SharedIndex};
 use plexus_identity::{Ca, SpiffeId};
@@ -74,7 +75,12 @@ impl Authority {
             let metrics = Arc::new(Metrics::new());
             routes = routes.add_service(DestinationService::new(index, metrics).into_server());
         }
-        tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Tls(tls)));
+        tokio::spawn(grpc::serve(
+            listener,
+            routes,
+            GrpcTransport::Tls(tls),
+            KeepAlive::CONTROL_PLANE,
+        ));
         Self {
             ca,
             addr,

@@ -3,7 +3,7 @@
 //! opened itself (from inside a network namespace, say), raw exchanges, GETs
 //! on admin servers, and HTTPS verified against given trust anchors.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -14,13 +14,33 @@ use plexus_identity::tls::{provider, trust_anchors_from_pem};
 use plexus_proxy::body::{self, Body};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::net::{TcpSocket, TcpStream, ToSocketAddrs};
 
 use crate::wait::bounded;
 
 /// One HTTP/1.1 connection to `addr`.
 pub async fn http1(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<Body> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
+    http1_over(TcpStream::connect(addr).await.expect("connect")).await
+}
+
+/// One HTTP/1.1 connection to `addr` from `source` (a loopback address, as
+/// another pod's application would come from its own).
+pub async fn http1_from(
+    addr: SocketAddr,
+    source: IpAddr,
+) -> hyper::client::conn::http1::SendRequest<Body> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source");
+    http1_over(socket.connect(addr).await.expect("connect")).await
+}
+
+async fn http1_over(stream: TcpStream) -> hyper::client::conn::http1::SendRequest<Body> {
     let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .expect("http1 handshake");

@@ -115,15 +115,19 @@ impl Harness {
     pub async fn send(&self, request: Request<Body>) -> Answer {
         let response = self.logical.handle(request).await;
         let (parts, body) = response.into_parts();
-        let body = match body.collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(error) => Bytes::from(format!("body error: {error}")),
+        let (body, trailers) = match body.collect().await {
+            Ok(collected) => {
+                let trailers = collected.trailers().cloned();
+                (collected.to_bytes(), trailers)
+            }
+            Err(error) => (Bytes::from(format!("body error: {error}")), None),
         };
         Answer {
             status: parts.status,
             headers: parts.headers,
             extensions: parts.extensions,
             body,
+            trailers,
         }
     }
 }
@@ -137,16 +141,34 @@ pub fn request(method: &str, path: &str, body: Body) -> Request<Body> {
         .expect("valid request")
 }
 
+/// An HTTP/2 gRPC call whose body has no content-length, as tonic and grpc-go send it.
+pub fn grpc_call(path: &str, body: Body) -> Request<Body> {
+    let mut call = request("POST", path, body);
+    *call.version_mut() = http::Version::HTTP_2;
+    call.headers_mut()
+        .insert("content-type", "application/grpc".parse().expect("value"));
+    call
+}
+
 /// A response, read whole.
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub extensions: http::Extensions,
     pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
 }
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The call's `grpc-status`: in the trailers, else (trailers-only) in the headers.
+    pub fn grpc_status(&self) -> Option<&str> {
+        let trailers = self.trailers.as_ref().and_then(|t| t.get("grpc-status"));
+        trailers
+            .or_else(|| self.headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
     }
 }

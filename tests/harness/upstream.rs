@@ -139,6 +139,34 @@ pub fn status(code: u16) -> Response<Full<Bytes>> {
     response
 }
 
+/// The body of [`grpc_reply`].
+pub type GrpcBody = http_body_util::StreamBody<
+    tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
+>;
+
+/// A gRPC answer carrying `code`: trailers-only (the status in the headers,
+/// no body), or, `in_trailers`, one empty message and then the status in the
+/// trailers, as a server that streamed before it failed sends it.
+pub fn grpc_reply(code: &'static str, in_trailers: bool) -> Response<GrpcBody> {
+    let mut status = http::HeaderMap::new();
+    status.insert("grpc-status", code.parse().expect("a header value"));
+    let frames = if in_trailers {
+        vec![
+            Ok(hyper::body::Frame::data(Bytes::from_static(b"\0\0\0\0\0"))),
+            Ok(hyper::body::Frame::trailers(status)),
+        ]
+    } else {
+        Vec::new()
+    };
+    let mut response = Response::new(http_body_util::StreamBody::new(tokio_stream::iter(frames)));
+    let headers = response.headers_mut();
+    headers.insert("content-type", "application/grpc".parse().expect("value"));
+    if !in_trailers {
+        headers.insert("grpc-status", code.parse().expect("a header value"));
+    }
+    response
+}
+
 /// Answers with a description of the request it got, and echoes its body.
 /// Headers: `x-version`, `x-host` (the URI's authority, else `Host`),
 /// `x-host-header` (`Host` itself, `-` if none), `x-path`, `x-upstream` (its

@@ -409,3 +409,61 @@ async fn config_shows_rule_filters_that_the_outbound_listener_applies() {
     let _ = text(response).await;
     eventually(BOUND, "the mirror's copy", || shadow.requests() == 1).await;
 }
+
+/// A static file's GRPCRoute retry on gRPC statuses and success-rate accrual
+/// reach `/config` in the proto's shape, and the outbound listener retries
+/// an UNAVAILABLE call end to end over HTTP/2.
+#[tokio::test]
+async fn config_shows_grpc_retries_and_success_rate_that_the_outbound_listener_applies() {
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let upstream = h2c_upstream({
+        let calls = calls.clone();
+        move |_| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move { grpc_reply(if first { "14" } else { "0" }, false) }
+        }
+    })
+    .await;
+    let yaml = format!(
+        r#"destinations:
+  - aliases: ["grpc:9090"]
+    target:
+      protocol: {{ protocol: http2 }}
+      routes:
+        default_backend: default
+        grpc:
+          - name: shop/cart
+            rules:
+              - backends: [{{ backend: default }}]
+                retry: {{ attempts: 3, grpc_codes: [14, 8] }}
+      backends:
+        backends:
+          default:
+            endpoints: [{{ address: "{}", ready: true }}]
+            resilience:
+              failure_accrual: {{ success_rate: {{ threshold: 0.8, min_endpoints: 3 }} }}
+"#,
+        upstream.addr
+    );
+    let proxy = proxy().static_config(yaml).start().await;
+    let (status, config) = admin_get(proxy.admin_addr, "/config").await;
+    assert_eq!(status, 200);
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let target = &config["destinations"][0];
+    let retry = &target["routes"]["grpc"][0]["rules"][0]["retry"];
+    assert_eq!(retry["grpc_codes"], serde_json::json!([14, 8]), "{retry}");
+    let accrual = &target["backends"]["backends"]["default"]["resilience"]["failure_accrual"];
+    assert_eq!(accrual["success_rate"]["threshold"], 0.8, "{accrual}");
+
+    let mut client = http2(proxy.outbound_addr).await;
+    let call = Request::post("http://grpc:9090/shop.Cart/Get")
+        .header("content-type", "application/grpc")
+        .body(body::empty())
+        .unwrap();
+    let response = bounded("the call", client.send_request(call))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "0", "the retry's answer");
+    let _ = text(response).await;
+    assert_eq!(upstream.requests(), 2, "UNAVAILABLE retried once");
+}

@@ -26,6 +26,7 @@ async fn an_ejected_endpoint_comes_back_after_its_backoff() {
             consecutive_failures: Some(3),
             min_backoff_ms: Some(1_000),
             max_backoff_ms: Some(4_000),
+            success_rate: None,
         }),
         load_balancer: "round-robin".into(),
         ..Default::default()

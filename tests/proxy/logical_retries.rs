@@ -28,8 +28,7 @@ fn resilience(budget: Option<proto::RetryBudget>) -> Option<proto::Resilience> {
         retry_budget: budget,
         // Only one endpoint: accrual could never eject it anyway (half rule).
         failure_accrual: None,
-        load_balancer: String::new(),
-        concurrency: None,
+        ..Default::default()
     })
 }
 
@@ -285,24 +284,6 @@ async fn receive(request: http::Request<hyper::body::Incoming>, whole: bool) -> 
     }
 }
 
-/// A gRPC trailers-only answer carrying `code`.
-fn grpc_answer(code: &'static str) -> http::Response<http_body_util::Full<Bytes>> {
-    let mut response = http::Response::new(http_body_util::Full::new(Bytes::new()));
-    let headers = response.headers_mut();
-    headers.insert("content-type", "application/grpc".parse().unwrap());
-    headers.insert("grpc-status", code.parse().unwrap());
-    response
-}
-
-/// An HTTP/2 gRPC call whose body has no content-length, as tonic and grpc-go send it.
-fn grpc_call(body: body::Body) -> http::Request<body::Body> {
-    let mut call = request("POST", "/shop.Cart/Put", body);
-    *call.version_mut() = http::Version::HTTP_2;
-    call.headers_mut()
-        .insert("content-type", "application/grpc".parse().unwrap());
-    call
-}
-
 type Frame = Result<http_body::Frame<Bytes>, body::BoxError>;
 
 fn streamed(frames: Vec<Frame>) -> body::Body {
@@ -339,7 +320,7 @@ async fn a_grpc_stream_without_length_is_retried_with_its_whole_body_and_trailer
                 let received = receive(request, true).await;
                 let mut seen = seen.lock().unwrap();
                 seen.push(received);
-                grpc_answer(if seen.len() == 1 { "14" } else { "0" })
+                grpc_reply(if seen.len() == 1 { "14" } else { "0" }, false)
             }
         }
     })
@@ -350,7 +331,7 @@ async fn a_grpc_stream_without_length_is_retried_with_its_whole_body_and_trailer
         Ok(http_body::Frame::data(Bytes::from_static(b"hello"))),
         Ok(http_body::Frame::trailers(checksum())),
     ];
-    let answer = h.send(grpc_call(streamed(frames))).await;
+    let answer = h.send(grpc_call("/shop.Cart/Put", streamed(frames))).await;
     assert_eq!(answer.header("grpc-status"), Some("0"), "{:?}", answer.body);
     let expected = Received {
         version: http::Version::HTTP_2,
@@ -381,7 +362,7 @@ async fn a_retry_while_the_client_still_streams_sends_the_rest_of_the_body() {
                 let first = seen.lock().unwrap().is_empty();
                 let received = receive(request, !first).await;
                 seen.lock().unwrap().push(received);
-                grpc_answer(if first { "14" } else { "0" })
+                grpc_reply(if first { "14" } else { "0" }, false)
             }
         }
     })
@@ -405,7 +386,7 @@ async fn a_retry_while_the_client_still_streams_sends_the_rest_of_the_body() {
     let live = body::boxed(http_body_util::StreamBody::new(
         tokio_stream::wrappers::ReceiverStream::new(rx),
     ));
-    let (answer, ()) = tokio::join!(h.send(grpc_call(live)), client);
+    let (answer, ()) = tokio::join!(h.send(grpc_call("/shop.Cart/Put", live)), client);
     assert_eq!(answer.header("grpc-status"), Some("0"), "{:?}", answer.body);
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 2);
@@ -427,7 +408,7 @@ async fn a_streamed_body_larger_than_64_kib_is_not_retried() {
             async move {
                 let received = receive(request, true).await;
                 sizes.lock().unwrap().push(received.data.len());
-                grpc_answer("14")
+                grpc_reply("14", false)
             }
         }
     })
@@ -437,7 +418,7 @@ async fn a_streamed_body_larger_than_64_kib_is_not_retried() {
     let frames = (0..20)
         .map(|_| Ok(http_body::Frame::data(chunk.clone())))
         .collect();
-    let answer = h.send(grpc_call(streamed(frames))).await;
+    let answer = h.send(grpc_call("/shop.Cart/Put", streamed(frames))).await;
     assert_eq!(
         answer.header("grpc-status"),
         Some("14"),

@@ -14,6 +14,7 @@ mod limits;
 mod logical_balancing;
 mod logical_circuit;
 mod logical_filters;
+mod logical_grpc;
 mod logical_retries;
 mod logical_routing;
 mod logical_timeouts;

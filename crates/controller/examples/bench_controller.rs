@@ -19,6 +19,7 @@ use plexus_api::v1::destination_client::DestinationClient;
 use plexus_controller::destination::DestinationService;
 use plexus_controller::grpc::{self, GrpcTransport};
 use plexus_controller::metrics::Metrics;
+use plexus_core::KeepAlive;
 use plexus_discovery::index::{IndexConfig, SharedIndex};
 use serde_json::json;
 use tokio::time::Instant;
@@ -121,7 +122,12 @@ async fn main() -> anyhow::Result<()> {
     let routes = tonic::service::Routes::new(
         DestinationService::new(index.clone(), Arc::new(Metrics::new())).into_server(),
     );
-    tokio::spawn(grpc::serve(listener, routes, GrpcTransport::Plaintext));
+    tokio::spawn(grpc::serve(
+        listener,
+        routes,
+        GrpcTransport::Plaintext,
+        KeepAlive::CONTROL_PLANE,
+    ));
     let rss_controller = rss_mib();
     println!("RSS with the index built and the server up: {rss_controller:.1} MiB");
 

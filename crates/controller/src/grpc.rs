@@ -2,8 +2,8 @@
 //! API when the caller adds it, over plaintext or TLS.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use plexus_core::KeepAlive;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
@@ -17,24 +17,21 @@ pub enum GrpcTransport {
     Tls(Arc<rustls::ServerConfig>),
 }
 
-/// How often an HTTP/2 connection on which the client sent nothing is
-/// pinged, and how long the ACK may take before the connection is closed.
-/// Proxies' watches are long-lived and mostly quiet, their HTTP/2 stack
-/// answers pings by itself; a client that does not read (a dead proxy, a
-/// PING or SETTINGS flood whose ACKs are never read, which h2 otherwise
-/// answers for ever or stalls on) is closed within their sum.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Serves `routes` on `listener` until the task is dropped or the listener fails.
+/// Serves `routes` on `listener` until the task is dropped or the listener
+/// fails. Every connection is pinged per `keep_alive`
+/// ([`KeepAlive::CONTROL_PLANE`] outside tests): proxies' HTTP/2 stacks answer
+/// by themselves, while a client that does not read (a dead proxy, a PING or
+/// SETTINGS flood whose ACKs are never read, which h2 otherwise answers for
+/// ever or stalls on) is closed within [`KeepAlive::bound`].
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     transport: GrpcTransport,
+    keep_alive: KeepAlive,
 ) -> Result<(), tonic::transport::Error> {
     let server = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_keepalive_interval(Some(keep_alive.interval))
+        .http2_keepalive_timeout(Some(keep_alive.timeout))
         .add_routes(routes);
     match transport {
         GrpcTransport::Plaintext => {

@@ -17,6 +17,7 @@ use plexus_controller::identity::{
 use plexus_controller::leader::{Election, Leadership, holder_identity};
 use plexus_controller::telemetry::{TraceSettings, Tracing};
 use plexus_controller::{admin::Admin, destination::DestinationService, metrics::Metrics};
+use plexus_core::KeepAlive;
 use plexus_discovery::feed::{self, FeedSource, Readiness};
 use plexus_discovery::index::{
     DEFAULT_CLUSTER_DOMAIN, DEFAULT_TRUST_DOMAIN, Index, IndexConfig, SharedIndex,
@@ -281,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => GrpcTransport::Plaintext,
     };
-    let grpc = grpc::serve(grpc_listener, routes, transport);
+    let grpc = grpc::serve(grpc_listener, routes, transport, KeepAlive::CONTROL_PLANE);
 
     // Kubernetes stops a pod with SIGTERM; a terminal with SIGINT.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

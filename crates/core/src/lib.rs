@@ -1,6 +1,7 @@
 //! What several Plexus crates must agree on and nothing more: the direction a
-//! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names, the
-//! proxy's container name, the CA Secret's name, what makes a watched file a new version, and
+//! request crosses a proxy, port sets, the inbound proxy's source address, the `plexus.io/` annotation names,
+//! the syntax of a consistent-hash key ([`hash_key`]), the
+//! proxy's container name, the CA Secret's name, the control plane's HTTP/2 keep-alive, what makes a watched file a new version, and
 //! how swept state is given back to the system ([`memory`]).
 //!
 //! This crate is the floor of the crate map: it depends on no other Plexus crate,
@@ -14,6 +15,8 @@ pub mod annotations;
 pub mod app_source;
 mod direction;
 mod file_version;
+pub mod hash_key;
+mod keep_alive;
 pub mod memory;
 pub mod ports;
 #[cfg(feature = "proptest")]
@@ -21,6 +24,7 @@ pub mod property;
 
 pub use direction::Direction;
 pub use file_version::FileVersion;
+pub use keep_alive::KeepAlive;
 
 /// Name of the proxy's native-sidecar container: the injector adds it, and its
 /// presence is what marks a pod as meshed to discovery and to `plexusctl check`.

@@ -45,6 +45,8 @@ pub trait BodyGuard: Unpin {
     fn on_frame(&self, _frame: &http_body::Frame<Bytes>) {}
     /// The body failed; the guard is dropped right after.
     fn on_error(&self, _error: &BoxError) {}
+    /// The body ended (polled to its end); the guard is dropped right after.
+    fn on_end(&self) {}
 }
 
 /// A body that holds `G` until it is over; frames pass through unchanged.
@@ -83,7 +85,11 @@ impl<G: BodyGuard> http_body::Body for GuardedBody<G> {
                     guard.on_error(error);
                 }
             }
-            Poll::Ready(None) => self.guard = None,
+            Poll::Ready(None) => {
+                if let Some(guard) = self.guard.take() {
+                    guard.on_end();
+                }
+            }
             Poll::Pending => {}
         }
         polled

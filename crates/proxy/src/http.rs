@@ -5,6 +5,7 @@
 //! request goes) is a [`RequestPath`].
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -143,6 +144,12 @@ pub trait RequestPath: Send + Sync + 'static {
         request: &mut Request<Incoming>,
         span: &mut RequestSpan,
     ) -> Result<(), ProxyError>;
+
+    /// The address of the application that sent the connection's requests,
+    /// which consistent hashing by `source-ip` reads; `None` where no
+    /// balancing happens (inbound).
+    /// (A reference: it rides in every request's future, where it costs a word.)
+    fn source(&self) -> Option<&IpAddr>;
 
     /// Where the request goes.
     fn upstream(
@@ -373,10 +380,11 @@ impl<P: RequestPath> Connection<P> {
         span: &mut RequestSpan,
     ) -> Result<Response<Body>, ProxyError> {
         let client = self.shared.client.as_ref();
+        let source = self.path.source();
         let watched = self.http1.as_ref().map(|h| &h.client_body);
         let Some(failure) = watched.filter(|_| !request.body().is_end_stream()) else {
             return Ok(upstream
-                .send(client, request.map(body::boxed), grpc, span)
+                .send(client, request.map(body::boxed), source, grpc, span)
                 .await);
         };
         let request =
@@ -386,7 +394,7 @@ impl<P: RequestPath> Connection<P> {
             reason = failure.failed() => {
                 Err(ProxyError::BadRequest(format!("request body: {reason}")))
             }
-            response = upstream.send(client, request, grpc, span) => Ok(response),
+            response = upstream.send(client, request, source, grpc, span) => Ok(response),
         }
     }
 

@@ -474,6 +474,52 @@ destinations:
     }
 
     #[test]
+    fn consistent_hashing_is_read_and_a_bad_key_named() {
+        let hashed = |key: &str| {
+            GOOD.replace(
+                "canary: { endpoints",
+                &format!(
+                    "canary: {{ resilience: {{ load_balancer: consistent-hash, hash_key: \"{key}\" }}, endpoints"
+                ),
+            )
+        };
+        let entries = parse(&hashed("header:x-user")).unwrap();
+        let resilience = entries[0].1.backends.as_ref().unwrap().backends["canary"]
+            .resilience
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (
+                resilience.load_balancer.as_str(),
+                resilience.hash_key.as_str()
+            ),
+            ("consistent-hash", "header:x-user")
+        );
+        assert_eq!(
+            problems(&hashed("identity"))[0].split(" (").next(),
+            Some(
+                "destinations[0].target.backends.backends[\"canary\"].resilience.hash_key: \
+                 \"identity\" is not a key the balancing proxy can read"
+            )
+        );
+    }
+
+    #[test]
+    fn success_rate_values_out_of_range_are_named() {
+        let bad = GOOD.replace(
+            "canary: { endpoints",
+            "canary: { resilience: { failure_accrual: { success_rate: { threshold: 1.5, min_requests: 0 } } }, endpoints",
+        );
+        let prefix = "destinations[0].target.backends.backends[\"canary\"].resilience.failure_accrual.success_rate.";
+        let found = problems(&bad);
+        let fields: Vec<&str> = found
+            .iter()
+            .filter_map(|p| p.strip_prefix(prefix)?.split(':').next())
+            .collect();
+        assert_eq!(fields, ["min_requests", "threshold"], "{found:#?}");
+    }
+
+    #[test]
     fn rule_filters_are_read_and_each_bad_one_named() {
         let filters = "backends: [{ backend: web, weight: 90 }, { backend: canary, weight: 10 }]\n                \
                        filters:\n                  \
@@ -616,6 +662,7 @@ mod properties {
         "ready",
         "resilience",
         "load_balancer",
+        "hash_key",
     ];
 
     fn key() -> impl Strategy<Value = String> {

@@ -55,18 +55,20 @@ impl Upstream {
         }
     }
 
-    /// Sends the request; failures are already responses with `plexus-error`.
-    /// `span` learns the route, backend and attempts (meshed targets) or the
-    /// error (passthrough).
+    /// Sends the request from the application at `source` (outbound);
+    /// failures are already responses with `plexus-error`. `span` learns the
+    /// route, backend and attempts (meshed targets) or the error
+    /// (passthrough).
     pub async fn send(
         &self,
         client: &dyn EndpointClient,
         request: Request<Body>,
+        source: Option<&IpAddr>,
         grpc: bool,
         span: &mut RequestSpan,
     ) -> Response<Body> {
         match self {
-            Self::Logical(target) => target.logical.handle_traced(request, span).await,
+            Self::Logical(target) => target.logical.handle_traced(request, source, span).await,
             Self::Passthrough { endpoint, .. } => match client.send(endpoint, request).await {
                 Ok(response) => response,
                 Err(error) => {

@@ -15,6 +15,7 @@ pub mod latency;
 pub mod load;
 pub mod mesh;
 pub mod nginx;
+pub mod peers;
 pub mod procfs;
 pub mod proxy;
 pub mod report;
@@ -130,6 +131,11 @@ pub struct BenchArgs {
     /// collector (`host:port` or URL); unset: the proxies trace nothing.
     #[arg(long, value_name = "ADDR", conflicts_with = "otlp")]
     pub otlp_endpoint: Option<String>,
+    /// Instead of the scenarios: plexus-proxy beside nginx and HAProxy in one
+    /// run (`bench/peers/plexus.sh`; `--rounds`, `--proxy-bin`,
+    /// `--proxy-threads` apply), as docs/benchmarks.md reports it.
+    #[arg(long, conflicts_with = "part")]
+    pub peers: bool,
     /// Trace every request into a broken collector the bench stands in for:
     /// `dead` (nothing listens) or `stalled` (accepts, never answers).
     #[arg(long, value_enum)]
@@ -140,6 +146,10 @@ pub struct BenchArgs {
 pub fn main(args: BenchArgs) -> Result<bool> {
     if args.part == Part::Controller {
         return controller::main();
+    }
+    if args.peers {
+        check_rounds(args.rounds)?;
+        return peers::main(&args);
     }
     let settings = Settings::resolve(&args)?;
     if cfg!(debug_assertions) {
@@ -155,6 +165,14 @@ pub fn main(args: BenchArgs) -> Result<bool> {
             _ = terminate.recv() => bail!("terminated; the upstream and proxies were stopped"),
         }
     })
+}
+
+fn check_rounds(rounds: usize) -> Result<()> {
+    ensure!(
+        (1..=MAX_ROUNDS).contains(&rounds),
+        "--rounds {rounds}: expected 1 to {MAX_ROUNDS}"
+    );
+    Ok(())
 }
 
 /// `cargo xtask` runs a debug build, whose load generator and upstream would be
@@ -247,11 +265,7 @@ impl Settings {
             "--handshakes {}: expected 0 to {MAX_HANDSHAKES}",
             args.handshakes
         );
-        ensure!(
-            (1..=MAX_ROUNDS).contains(&args.rounds),
-            "--rounds {}: expected 1 to {MAX_ROUNDS}",
-            args.rounds
-        );
+        check_rounds(args.rounds)?;
         Ok(Self {
             duration_s: duration,
             warmup_s: warmup,

@@ -8,8 +8,15 @@ use std::str::FromStr;
 
 use plexus_api::v1::{Concurrency, FailureAccrual, RateLimit, Resilience, RetryBudget};
 use plexus_core::annotations::{INJECT, OPAQUE_PORTS};
+use plexus_core::hash_key::HashKey;
 use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
+
+use super::grpc_retry::{RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_GRPC_CODES};
+use super::success_rate::{
+    SUCCESS_RATE, SUCCESS_RATE_INTERVAL, SUCCESS_RATE_MIN_ENDPOINTS, SUCCESS_RATE_MIN_REQUESTS,
+    SUCCESS_RATE_STDEV_FACTOR, SUCCESS_RATE_THRESHOLD, success_rate,
+};
 
 pub const MTLS_MODE: &str = "plexus.io/mtls-mode";
 pub const ALLOWED_CLIENTS: &str = "plexus.io/allowed-clients";
@@ -19,6 +26,7 @@ pub const FAILURE_ACCRUAL_CONSECUTIVE: &str = "plexus.io/failure-accrual-consecu
 pub const FAILURE_ACCRUAL_MIN_BACKOFF: &str = "plexus.io/failure-accrual-min-backoff";
 pub const FAILURE_ACCRUAL_MAX_BACKOFF: &str = "plexus.io/failure-accrual-max-backoff";
 pub const LOAD_BALANCER: &str = "plexus.io/load-balancer";
+pub const HASH_KEY: &str = "plexus.io/hash-key";
 pub const MAX_CONCURRENCY: &str = "plexus.io/max-concurrency";
 pub const MAX_QUEUE: &str = "plexus.io/max-queue";
 pub const RATE_LIMIT: &str = "plexus.io/rate-limit";
@@ -36,12 +44,22 @@ pub const READ: &[&str] = &[
     FAILURE_ACCRUAL_CONSECUTIVE,
     FAILURE_ACCRUAL_MIN_BACKOFF,
     FAILURE_ACCRUAL_MAX_BACKOFF,
+    SUCCESS_RATE,
+    SUCCESS_RATE_INTERVAL,
+    SUCCESS_RATE_MIN_REQUESTS,
+    SUCCESS_RATE_MIN_ENDPOINTS,
+    SUCCESS_RATE_STDEV_FACTOR,
+    SUCCESS_RATE_THRESHOLD,
     LOAD_BALANCER,
+    HASH_KEY,
     MAX_CONCURRENCY,
     MAX_QUEUE,
     RATE_LIMIT,
     RATE_LIMIT_BURST,
     RATE_LIMIT_PER_IDENTITY,
+    RETRY_GRPC_CODES,
+    RETRY_ATTEMPTS,
+    RETRY_BACKOFF,
 ];
 
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
@@ -79,7 +97,7 @@ impl<'a> Annotations<'a> {
     }
 
     /// Parses one annotation with `parse`, whose error says what was expected.
-    fn get<T>(
+    pub(super) fn get<T>(
         &mut self,
         name: &'static str,
         parse: impl FnOnce(&str) -> Result<T, String>,
@@ -131,12 +149,7 @@ impl<'a> Annotations<'a> {
             });
             min_backoff = None;
         }
-        let load_balancer = self
-            .get(LOAD_BALANCER, |v| match v {
-                "p2c-ewma" | "round-robin" => Ok(v.to_string()),
-                _ => Err("one of p2c-ewma, round-robin".to_string()),
-            })
-            .unwrap_or_default();
+        let (load_balancer, hash_key) = self.load_balancer();
         let max_in_flight = self.number(
             MAX_CONCURRENCY,
             "a whole number of requests (0 = unlimited)",
@@ -147,13 +160,16 @@ impl<'a> Annotations<'a> {
             min_per_second,
             ttl_ms: None,
         });
+        let success_rate = success_rate(self);
         let failure_accrual = (consecutive.is_some()
             || min_backoff.is_some()
-            || max_backoff.is_some())
+            || max_backoff.is_some()
+            || success_rate.is_some())
         .then_some(FailureAccrual {
             consecutive_failures: consecutive,
             min_backoff_ms: min_backoff,
             max_backoff_ms: max_backoff,
+            success_rate,
         });
         let concurrency = (max_in_flight.is_some() || max_queue.is_some()).then(|| Concurrency {
             max_in_flight: max_in_flight.unwrap_or(0),
@@ -165,6 +181,44 @@ impl<'a> Annotations<'a> {
             failure_accrual,
             load_balancer,
             concurrency,
+            hash_key,
+        }
+    }
+
+    /// `plexus.io/load-balancer`, and the `plexus.io/hash-key` that
+    /// `consistent-hash` needs (in its canonical spelling); consistent hashing
+    /// without a valid key is the default balancer, and a key without it an
+    /// error (it would do nothing).
+    fn load_balancer(&mut self) -> (String, String) {
+        let load_balancer = self
+            .get(LOAD_BALANCER, |v| match v {
+                "p2c-ewma" | "round-robin" | "consistent-hash" => Ok(v.to_string()),
+                _ => Err("one of p2c-ewma, round-robin, consistent-hash".to_string()),
+            })
+            .unwrap_or_default();
+        let key = self.get(HASH_KEY, |v| {
+            v.parse::<HashKey>().map_err(|e| e.to_string())
+        });
+        match key {
+            Some(key) if load_balancer == "consistent-hash" => (load_balancer, key.to_string()),
+            None if load_balancer == "consistent-hash" => {
+                if self.raw(HASH_KEY).is_none() {
+                    self.errors.push(AnnotationError {
+                        annotation: LOAD_BALANCER,
+                        message: format!("consistent-hash needs {HASH_KEY}"),
+                    });
+                }
+                (String::new(), String::new())
+            }
+            // Named only when the balancer is known: a bad one is its own error.
+            Some(_) if self.raw(LOAD_BALANCER).is_none() || !load_balancer.is_empty() => {
+                self.errors.push(AnnotationError {
+                    annotation: HASH_KEY,
+                    message: format!("has no effect without {LOAD_BALANCER}: consistent-hash"),
+                });
+                (load_balancer, String::new())
+            }
+            _ => (load_balancer, String::new()),
         }
     }
 
@@ -402,6 +456,60 @@ mod tests {
     }
 
     #[test]
+    fn consistent_hashing_needs_a_key_it_can_read() {
+        let read = |pairs: &[(&str, &str)]| {
+            let map = annotations(pairs);
+            let mut a = Annotations::new(Some(&map));
+            let r = a.resilience();
+            let named: Vec<_> = a.errors.iter().map(|e| e.annotation).collect();
+            (r.load_balancer, r.hash_key, named, a.errors)
+        };
+        for (key, canonical) in [
+            ("header:X-User", "header:x-user"),
+            ("cookie:session", "cookie:session"),
+            ("source-ip", "source-ip"),
+        ] {
+            let (lb, hash_key, named, _) =
+                read(&[(LOAD_BALANCER, "consistent-hash"), (HASH_KEY, key)]);
+            assert_eq!(
+                (lb.as_str(), hash_key.as_str()),
+                ("consistent-hash", canonical)
+            );
+            assert!(named.is_empty(), "{named:?}");
+        }
+        // A bad key, or none: named, and the default balancer.
+        let (lb, hash_key, named, errors) =
+            read(&[(LOAD_BALANCER, "consistent-hash"), (HASH_KEY, "identity")]);
+        assert_eq!(
+            (lb.as_str(), hash_key.as_str(), named),
+            ("", "", vec![HASH_KEY])
+        );
+        assert!(
+            errors[0]
+                .message
+                .starts_with("\"identity\" is not a key the balancing proxy can read"),
+            "{errors:?}"
+        );
+        let (lb, _, named, errors) = read(&[(LOAD_BALANCER, "consistent-hash")]);
+        assert_eq!((lb.as_str(), named), ("", vec![LOAD_BALANCER]));
+        assert_eq!(
+            errors[0].message,
+            "consistent-hash needs plexus.io/hash-key"
+        );
+        // A key without consistent hashing does nothing: named; with a bad balancer, only that is.
+        let (lb, hash_key, named, _) =
+            read(&[(LOAD_BALANCER, "round-robin"), (HASH_KEY, "source-ip")]);
+        assert_eq!(
+            (lb.as_str(), hash_key.as_str(), named),
+            ("round-robin", "", vec![HASH_KEY])
+        );
+        let (_, _, named, _) = read(&[(HASH_KEY, "source-ip")]);
+        assert_eq!(named, [HASH_KEY]);
+        let (_, _, named, _) = read(&[(LOAD_BALANCER, "random"), (HASH_KEY, "source-ip")]);
+        assert_eq!(named, [LOAD_BALANCER]);
+    }
+
+    #[test]
     fn min_backoff_above_max_is_refused() {
         let map = annotations(&[
             (FAILURE_ACCRUAL_MIN_BACKOFF, "10s"),
@@ -512,6 +620,7 @@ mod properties {
             "([0-9]{0,6}(h|m|s|ms|us|ns)){0,5}",
             "[a-z0-9./,\\- ]{0,40}",
             "spiffe://[a-z./]{0,12}/ns/[a-z-]{0,6}/sa/[a-z.-]{0,6}",
+            "(header|cookie|query|source-ip|identity|consistent-hash)(:[A-Za-z0-9;= -]{0,8})?",
         ]
     }
 
@@ -580,6 +689,28 @@ mod properties {
                 .collect();
             let total = h.unwrap_or(0) * 3_600_000 + m.unwrap_or(0) * 60_000 + s.unwrap_or(0) * 1000 + ms.unwrap_or(0);
             prop_assert_eq!(parse_duration_ms(&text), Ok(total), "{}", text);
+        }
+
+        #[test]
+        fn a_hash_key_reads_back_in_its_canonical_spelling(
+            kind in prop::sample::select(vec!["header", "cookie", "source-ip"]),
+            name in "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
+        ) {
+            let key = if kind == "source-ip" { kind.to_owned() } else { format!("{kind}:{name}") };
+            let map = BTreeMap::from([
+                (LOAD_BALANCER.to_owned(), "consistent-hash".to_owned()),
+                (HASH_KEY.to_owned(), key.clone()),
+            ]);
+            let mut a = Annotations::new(Some(&map));
+            let r = a.resilience();
+            prop_assert!(a.errors.is_empty(), "{:?}", a.errors);
+            prop_assert_eq!(&r.load_balancer, "consistent-hash");
+            let canonical = match kind {
+                "header" => key.to_ascii_lowercase(),
+                _ => key.clone(),
+            };
+            prop_assert_eq!(&r.hash_key, &canonical);
+            prop_assert_eq!(canonical.parse::<HashKey>(), key.parse::<HashKey>());
         }
 
         #[test]

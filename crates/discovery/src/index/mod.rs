@@ -14,12 +14,14 @@
 
 mod annotations;
 mod filters;
+mod grpc_retry;
 mod ledger;
 mod lookup;
 mod model;
 mod refs;
 mod resources;
 mod routes;
+mod success_rate;
 #[cfg(test)]
 mod tests;
 mod views;

@@ -20,8 +20,9 @@ use plexus_api::v1::{
 use serde::Serialize;
 use serde_json::Value;
 
-use super::annotations::parse_duration_ms;
+use super::annotations::{Annotations, parse_duration_ms};
 use super::filters;
+use super::grpc_retry;
 use super::ledger::summary;
 use super::lookup::canonical_name;
 use super::{Kind, ObjectRef, Problem, Unreadable};
@@ -332,8 +333,13 @@ pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
 
 pub fn grpc_route(route: &GRPCRoute, cluster_domain: &str) -> Converted {
     let mut reader = RuleReader::new(&route.metadata, cluster_domain);
+    let mut annotations = Annotations::new(route.metadata.annotations.as_ref());
+    let retry = grpc_retry::grpc_retry(&mut annotations, DEFAULT_RETRIES);
+    for bad in annotations.errors {
+        reader.errors.0.push(error(bad.field(), bad.message));
+    }
     let rules = each("spec.rules", &route.spec.rules, |at, rule| {
-        Some(grpc_rule(&mut reader, at, rule))
+        Some(grpc_rule(&mut reader, at, rule, retry.as_ref()))
     });
     convert(
         Kind::GrpcRoute,
@@ -798,7 +804,12 @@ fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> Ht
     }
 }
 
-fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> GrpcRouteRule {
+fn grpc_rule(
+    reader: &mut RuleReader<'_>,
+    at: &str,
+    rule: &GrpcRouteRules,
+    retry: Option<&RetryPolicy>,
+) -> GrpcRouteRule {
     let filters = filters::grpc_filters(&mut reader.errors, at, &rule.filters);
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
         let (kind, service, method) = match &m.method {
@@ -841,7 +852,7 @@ fn grpc_rule(reader: &mut RuleReader<'_>, at: &str, rule: &GrpcRouteRules) -> Gr
         matches,
         backends: weighted,
         timeouts: None,
-        retry: None,
+        retry: retry.cloned(),
         filters,
     }
 }

@@ -292,6 +292,34 @@ fn resilience_annotations_reach_the_backend_and_bad_values_are_reported() {
 }
 
 #[test]
+fn success_rate_annotations_reach_the_failure_accrual_and_stray_tunings_are_named() {
+    let mut index = index();
+    index.apply(web(json!({
+        "plexus.io/failure-accrual-success-rate": "enabled",
+        "plexus.io/failure-accrual-success-rate-threshold": "0.8",
+        "plexus.io/failure-accrual-success-rate-min-endpoints": "3",
+    })));
+    let accrual = web_resilience(&mut index).failure_accrual.expect("accrual");
+    let success_rate = accrual.success_rate.expect("success rate on");
+    assert_eq!(success_rate.threshold, Some(0.8));
+    assert_eq!(success_rate.min_endpoints, Some(3));
+    assert_eq!(accrual.consecutive_failures, None, "the default stays");
+
+    // A tuning without the switch is refused: the served version stays.
+    index.apply(web(
+        json!({"plexus.io/failure-accrual-success-rate-interval": "5s"}),
+    ));
+    let served = web_resilience(&mut index).failure_accrual.expect("accrual");
+    assert_eq!(served.success_rate.and_then(|s| s.threshold), Some(0.8));
+    let refusal = &index.refusals()[0];
+    let fields: Vec<&str> = refusal.problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["metadata.annotations[plexus.io/failure-accrual-success-rate-interval]"]
+    );
+}
+
+#[test]
 fn routes_are_ordered_oldest_first_then_by_name() {
     let mut index = index();
     index.apply(web(json!({})));
@@ -692,6 +720,54 @@ fn grpc_routes_attach_and_bad_regexes_are_refused() {
         broken.parents[0]
             .message
             .starts_with("spec.rules[0].matches[0].method.service:"),
+        "{}",
+        broken.parents[0].message
+    );
+}
+
+#[test]
+fn grpc_route_retry_annotations_reach_every_rule_and_bad_ones_are_named() {
+    let mut index = index();
+    index.apply(web(json!({})));
+    let grpc = |name: &str, annotations: Value| -> GrpcRoute {
+        from(json!({
+            "metadata": {"namespace": "shop", "name": name, "annotations": annotations},
+            "spec": {
+                "parentRefs": [{"group": "", "kind": "Service", "name": "web", "port": 9090}],
+                "rules": [
+                    {"matches": [{"method": {"service": "shop.Orders"}}], "backendRefs": [{"name": "web", "port": 9090}]},
+                    {"backendRefs": [{"name": "web", "port": 9090}]},
+                ],
+            },
+        }))
+    };
+    index.apply(grpc(
+        "orders",
+        json!({"plexus.io/retry-grpc-codes": "unavailable,RESOURCE_EXHAUSTED", "plexus.io/retry-attempts": "3"}),
+    ));
+    index.apply(grpc(
+        "broken",
+        json!({"plexus.io/retry-grpc-codes": "unavailable,sometimes"}),
+    ));
+
+    let target = meshed_target(&mut index, "web:9090", "shop");
+    let routes = &target.routes.value.grpc;
+    assert_eq!(routes.len(), 1, "the broken route is refused");
+    for rule in &routes[0].rules {
+        let retry = rule.retry.as_ref().expect("a retry policy on every rule");
+        assert_eq!(retry.grpc_codes, [14, 8]);
+        assert_eq!(retry.attempts, 4);
+    }
+    let broken = index
+        .route_statuses()
+        .into_iter()
+        .find(|s| s.route.name == "broken")
+        .unwrap();
+    assert!(!broken.parents[0].accepted);
+    assert!(
+        broken.parents[0]
+            .message
+            .starts_with("metadata.annotations[plexus.io/retry-grpc-codes]:"),
         "{}",
         broken.parents[0].message
     );

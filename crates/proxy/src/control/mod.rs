@@ -29,6 +29,7 @@ use crate::config::Config;
 use crate::destinations::{DestinationSource, Resolution, ResolveFuture, sweep_period};
 use crate::inbound::policy::{self, PolicyWatch};
 use crate::tls::MeshTls;
+use plexus_core::KeepAlive;
 use plexus_core::memory::{self, TrimAfterSweeps};
 
 pub use server_policy::watch_server_policy;
@@ -48,6 +49,8 @@ pub struct ControllerConfig {
     pub first_answer_timeout: Duration,
     /// A target nobody holds or resolved for this long loses its watch.
     pub idle_timeout: Duration,
+    /// PINGs on the channel ([`KeepAlive::CONTROL_PLANE`] outside tests).
+    pub keep_alive: KeepAlive,
 }
 
 /// The controller (`PLEXUS_CONTROLLER_ADDR`) as the proxy's source of
@@ -70,7 +73,7 @@ impl Controller {
         };
         let channel = match mesh {
             Some(mesh) => mesh.controller_channel_to(addr)?,
-            None => plaintext_channel(&format!("http://{addr}"))?,
+            None => plaintext_channel(&format!("http://{addr}"), KeepAlive::CONTROL_PLANE)?,
         };
         let namespace = config
             .pod_namespace
@@ -90,6 +93,7 @@ impl Controller {
                 },
                 first_answer_timeout: FIRST_ANSWER_TIMEOUT,
                 idle_timeout: config.destination_idle_timeout,
+                keep_alive: KeepAlive::CONTROL_PLANE,
             },
         );
         let policy = if pod.is_empty() {
@@ -165,7 +169,7 @@ impl ControllerDestinations {
     /// `--grpc-plaintext`): a controller that is down at start only delays
     /// the first answers, it does not stop the proxy.
     pub fn new(config: ControllerConfig) -> Result<Arc<Self>, tonic::transport::Error> {
-        let channel = plaintext_channel(&config.addr)?;
+        let channel = plaintext_channel(&config.addr, config.keep_alive)?;
         Ok(Self::with_channel(channel, config))
     }
 
@@ -377,26 +381,26 @@ fn drop_idle(watches: &mut HashMap<String, Watched>, idle_timeout: Duration) -> 
 }
 
 /// A lazily connecting plaintext channel to `addr` (`http://host:port`).
-pub fn plaintext_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+pub fn plaintext_channel(
+    addr: &str,
+    keep_alive: KeepAlive,
+) -> Result<Channel, tonic::transport::Error> {
     let endpoint = Endpoint::from_shared(addr.to_owned())?
         .connect_timeout(Duration::from_secs(2))
         .tcp_nodelay(true);
-    Ok(keep_alive(endpoint).connect_lazy())
+    Ok(pinged(endpoint, keep_alive).connect_lazy())
 }
 
 /// HTTP/2 PINGs on the controller channel, idle or not: a controller gone
 /// silently (its packets dropped, no RST) is noticed within
-/// [`KEEPALIVE_INTERVAL`] + [`KEEPALIVE_TIMEOUT`], the channel reconnects,
-/// and the watches keep what they last knew meanwhile.
-pub(crate) fn keep_alive(endpoint: Endpoint) -> Endpoint {
+/// [`KeepAlive::bound`], the channel reconnects, and the watches keep what
+/// they last knew meanwhile.
+pub(crate) fn pinged(endpoint: Endpoint, keep_alive: KeepAlive) -> Endpoint {
     endpoint
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .http2_keep_alive_interval(keep_alive.interval)
+        .keep_alive_timeout(keep_alive.timeout)
         .keep_alive_while_idle(true)
 }
-
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The first wait before reopening a broken watch: short, since a
 /// controller rollout usually has another replica ready at once.
@@ -466,8 +470,9 @@ mod tests {
             proxy_id: "test".into(),
             first_answer_timeout: Duration::from_secs(3),
             idle_timeout,
+            keep_alive: KeepAlive::CONTROL_PLANE,
         };
-        let channel = plaintext_channel(&config.addr).unwrap();
+        let channel = plaintext_channel(&config.addr, config.keep_alive).unwrap();
         let destinations = ControllerDestinations::with_limit(channel, config, 2);
 
         assert!(destinations.status_of("a:80").is_some());

@@ -150,6 +150,11 @@ impl RequestPath for InboundRequests {
         }
     }
 
+    /// The application is the destination here: nothing to balance.
+    fn source(&self) -> Option<&std::net::IpAddr> {
+        None
+    }
+
     fn admit(
         &self,
         request: &mut Request<Incoming>,

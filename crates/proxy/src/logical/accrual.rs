@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::outlier::Window;
+
 /// A backend's accrual settings, from `plexus_api::v1::FailureAccrual`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccrualPolicy {
@@ -39,6 +41,9 @@ pub struct Accrual {
     state: Mutex<State>,
     /// Mirrors "not admitting" so the balancer's hot path reads no lock.
     ejected: AtomicBool,
+    /// Outcomes since the last success-rate evaluation (counted only when
+    /// the backend has one).
+    pub window: Window,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,6 +154,27 @@ impl Accrual {
         let ejected = !matches!(next, State::Admitting { .. });
         self.ejected.store(ejected, Ordering::Release);
         transition
+    }
+
+    /// Ejects an admitting endpoint found to be a success-rate outlier, for
+    /// the policy's first backoff, if `may_eject` allows it.
+    pub fn eject_outlier(
+        &self,
+        policy: &AccrualPolicy,
+        now: Instant,
+        may_eject: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut state = self.lock();
+        if !matches!(*state, State::Admitting { .. }) || !may_eject() {
+            return false;
+        }
+        let backoff = policy.min_backoff;
+        *state = State::Ejected {
+            until: now + backoff,
+            backoff,
+        };
+        self.ejected.store(true, Ordering::Release);
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -274,6 +300,22 @@ mod tests {
             }
             assert!(a.admits());
         });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_outlier_is_ejected_like_a_failing_endpoint_and_probed_back() {
+        let a = Accrual::default();
+        assert!(
+            !a.eject_outlier(&POLICY, Instant::now(), || false),
+            "vetoed"
+        );
+        assert!(a.admits());
+        assert!(a.eject_outlier(&POLICY, Instant::now(), || true));
+        assert!(!a.admits());
+        assert!(!a.eject_outlier(&POLICY, Instant::now(), || true), "once");
+        tokio::time::advance(POLICY.min_backoff).await;
+        assert!(a.try_probe(Instant::now()));
+        assert_eq!(succeed(&a, true), Transition::Readmitted);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! One backend of a target: its endpoints and balancer, its retry budget,
 //! failure accrual policy and concurrency limit.
 
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,8 +14,10 @@ use tower::retry::budget::{Budget, TpsBudget};
 use super::accrual::{AccrualPolicy, Transition};
 use super::balance::{Balancer, Picked, Strategy};
 use super::concurrency::ConcurrencyLimit;
-use super::metrics::{BackendLabels, EjectionMetrics, LogicalMetrics, RetryReason};
+use super::grpc_status::GrpcStatus;
+use super::metrics::{BackendLabels, BackendSeries, LogicalMetrics, RetryReason};
 use super::mirror::MAX_COPIES_IN_FLIGHT;
+use super::outlier::{self, Schedule, SuccessRatePolicy};
 use crate::connect::{AppProtocol, EndpointClient};
 use crate::error::ProxyError;
 
@@ -23,6 +27,8 @@ pub struct Backend {
     balancer: Balancer,
     budget: TpsBudget,
     accrual: AccrualPolicy,
+    /// Success-rate outlier detection, when on, and its next evaluation.
+    success_rate: Option<(SuccessRatePolicy, Schedule)>,
     limit: Option<ConcurrencyLimit>,
     /// What this backend was built from, to tell whether an update changes it.
     resilience: Option<proto::Resilience>,
@@ -30,7 +36,7 @@ pub struct Backend {
     /// last "half" slot.
     ejecting: Mutex<()>,
     labels: BackendLabels,
-    ejection: EjectionMetrics,
+    series: BackendSeries,
     metrics: LogicalMetrics,
     /// Mirror copies sent to this backend at once; kept across rebuilds, so
     /// updates cannot raise the bound.
@@ -50,19 +56,24 @@ impl Backend {
         metrics: &LogicalMetrics,
     ) -> Backend {
         let resilience = proto.resilience.as_ref();
+        let accrual = resilience.and_then(|r| r.failure_accrual.as_ref());
         let labels = BackendLabels::new(target, name);
         let backend = Backend {
             name: Arc::from(name),
             balancer: Balancer::new(
-                Strategy::from_name(resilience.map_or("", |r| r.load_balancer.as_str())),
+                Strategy::from_resilience(resilience),
                 previous.map(|p| &p.balancer),
             ),
             budget: retry_budget(resilience.and_then(|r| r.retry_budget.as_ref())),
-            accrual: AccrualPolicy::from_proto(resilience.and_then(|r| r.failure_accrual.as_ref())),
+            accrual: AccrualPolicy::from_proto(accrual),
+            success_rate: SuccessRatePolicy::from_proto(
+                accrual.and_then(|a| a.success_rate.as_ref()),
+            )
+            .map(|policy| (policy, Schedule::new(Instant::now(), policy.interval))),
             limit: ConcurrencyLimit::from_proto(resilience.and_then(|r| r.concurrency.as_ref())),
             resilience: proto.resilience.clone(),
             ejecting: Mutex::new(()),
-            ejection: metrics.ejection_metrics(&labels),
+            series: metrics.backend_series(&labels),
             labels,
             metrics: metrics.clone(),
             mirror_slots: previous.map_or_else(
@@ -93,7 +104,7 @@ impl Backend {
 
     /// The backend left the target: it has no ejected endpoints any more.
     pub fn retire(&self) {
-        self.ejection.ejected.set(0);
+        self.series.ejected.set(0);
     }
 
     /// The ejected gauge is recounted (not incremented) so that endpoints
@@ -101,7 +112,7 @@ impl Backend {
     fn count_ejected(&self) {
         let set = self.balancer.current();
         let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
-        self.ejection
+        self.series
             .ejected
             .set(i64::try_from(ejected).unwrap_or(i64::MAX));
     }
@@ -120,32 +131,38 @@ impl Backend {
         }
     }
 
-    pub fn pick(&self) -> Result<Picked, ProxyError> {
+    /// What `request` from `source` hashes to, when this backend hashes.
+    pub fn hash<B>(
+        &self,
+        request: &http::Request<B>,
+        source: Option<&IpAddr>,
+    ) -> Option<NonZeroU64> {
+        self.balancer.strategy().hash(request, source)
+    }
+
+    /// `hash`: the request's, from [`Backend::hash`].
+    pub fn pick(&self, hash: Option<NonZeroU64>) -> Result<Picked, ProxyError> {
         self.balancer
-            .pick(Instant::now())
+            .pick(Instant::now(), hash)
             .ok_or_else(|| ProxyError::NoEndpoints(self.name.to_string()))
     }
 
     /// Records an attempt's outcome for failure accrual.
     pub fn record(&self, picked: &Picked, success: bool) {
-        let may_eject = || {
-            let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
-            let set = self.balancer.current();
-            let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
-            ejected < set.ready.len() / 2
-        };
         let now = Instant::now();
         let accrual = &picked.endpoint.accrual;
-        match accrual.record(&self.accrual, picked.probe, success, now, may_eject) {
+        match accrual.record(&self.accrual, picked.probe, success, now, || {
+            self.may_eject()
+        }) {
             Transition::None => {}
             Transition::Ejected => {
                 tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
                     "endpoint ejected after consecutive failures");
-                self.ejection.ejections.inc();
+                self.series.ejections.inc();
                 self.count_ejected();
             }
             Transition::Reejected => {
-                self.ejection.ejections.inc();
+                self.series.ejections.inc();
             }
             Transition::Readmitted => {
                 tracing::info!(backend = %self.name, endpoint = %picked.endpoint.target.addr,
@@ -153,6 +170,58 @@ impl Backend {
                 self.count_ejected();
             }
         }
+        if let Some((policy, schedule)) = &self.success_rate {
+            accrual.window.count(success);
+            if schedule.claim(now, policy.interval) {
+                self.eject_outliers(policy, now);
+            }
+        }
+    }
+
+    /// Whether one more endpoint may be ejected: never more than half.
+    /// Asked with the endpoint's accrual state locked, and serialised, so two
+    /// endpoints cannot both take the last slot.
+    fn may_eject(&self) -> bool {
+        let _one_at_a_time = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        let set = self.balancer.current();
+        let ejected = set.ready.iter().filter(|e| !e.accrual.admits()).count();
+        ejected < set.ready.len() / 2
+    }
+
+    /// The success-rate evaluation of the interval that just ended: every
+    /// endpoint's window starts again; admitting outliers are ejected, worst first.
+    fn eject_outliers(&self, policy: &SuccessRatePolicy, now: Instant) {
+        let set = self.balancer.current();
+        let samples: Vec<outlier::Sample> = set
+            .ready
+            .iter()
+            .enumerate()
+            .filter_map(|(at, endpoint)| {
+                let (successes, total) = endpoint.accrual.window.take();
+                endpoint.accrual.admits().then_some((at, successes, total))
+            })
+            .collect();
+        let mut ejected = false;
+        for (at, rate) in outlier::outliers(policy, &samples) {
+            let endpoint = &set.ready[at];
+            if endpoint
+                .accrual
+                .eject_outlier(&self.accrual, now, || self.may_eject())
+            {
+                tracing::info!(backend = %self.name, endpoint = %endpoint.target.addr,
+                    success_rate = rate, "endpoint ejected: its success rate is an outlier");
+                self.series.ejections.inc();
+                ejected = true;
+            }
+        }
+        if ejected {
+            self.count_ejected();
+        }
+    }
+
+    /// Counts a gRPC status one of the endpoints answered.
+    pub fn count_grpc(&self, status: GrpcStatus) {
+        self.series.grpc.count(status);
     }
 
     /// Every request (not retry) adds to the budget.
@@ -221,7 +290,7 @@ mod tests {
                 failure_accrual: Some(proto::FailureAccrual {
                     consecutive_failures: Some(1),
                     min_backoff_ms: Some(60_000),
-                    max_backoff_ms: None,
+                    ..Default::default()
                 }),
                 load_balancer: "round-robin".into(),
                 ..Default::default()
@@ -231,7 +300,7 @@ mod tests {
 
     fn ejected_gauge(metrics: &LogicalMetrics) -> Gauge {
         metrics
-            .ejection_metrics(&BackendLabels::new("t", "b"))
+            .backend_series(&BackendLabels::new("t", "b"))
             .ejected
     }
 
@@ -249,7 +318,7 @@ mod tests {
             &metrics,
         );
         for _ in 0..50 {
-            let picked = backend.pick().expect("endpoints");
+            let picked = backend.pick(None).expect("endpoints");
             backend.record(&picked, false);
         }
         let ejected = |b: &Backend| {
@@ -277,6 +346,62 @@ mod tests {
         assert_eq!(ejected_gauge(&metrics).get(), 1);
         backend.retire();
         assert_eq!(ejected_gauge(&metrics).get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn success_rate_outliers_are_ejected_worst_first_never_more_than_half() {
+        let client: Arc<dyn EndpointClient> = Arc::new(Refused);
+        let metrics = LogicalMetrics::default();
+        let mut proto = proto_backend(&[1, 2, 3, 4, 5]);
+        proto.resilience = Some(proto::Resilience {
+            failure_accrual: Some(proto::FailureAccrual {
+                consecutive_failures: Some(0),
+                success_rate: Some(proto::SuccessRate {
+                    interval_ms: Some(1_000),
+                    min_requests: Some(10),
+                    min_endpoints: Some(3),
+                    threshold: Some(0.9),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let backend = Backend::new(
+            "t",
+            "b",
+            &proto,
+            None,
+            AppProtocol::AsRequested,
+            &client,
+            &metrics,
+        );
+        let endpoints = backend.balancer.current().ready.clone();
+        // Endpoints 0 and 1 always succeed; 2 fails 1 in 2, 3 and 4 fail 1 in 4 and 1 in 3.
+        let failing_every = [0, 0, 2, 4, 3];
+        for round in 0..12 {
+            for (endpoint, every) in endpoints.iter().zip(failing_every) {
+                let picked = Picked {
+                    endpoint: endpoint.clone(),
+                    probe: false,
+                };
+                backend.record(&picked, every == 0 || round % every != 0);
+            }
+        }
+        assert!(
+            endpoints.iter().all(|e| e.accrual.admits()),
+            "not evaluated before the interval"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let picked = Picked {
+            endpoint: endpoints[0].clone(),
+            probe: false,
+        };
+        backend.record(&picked, true);
+        let admits: Vec<bool> = endpoints.iter().map(|e| e.accrual.admits()).collect();
+        // All three are below 0.9; the two worst go (50 %, then 66 %), the third stays (half rule).
+        assert_eq!(admits, [true, true, false, true, false]);
+        assert_eq!(ejected_gauge(&metrics).get(), 2);
     }
 
     fn count_retries(budget: &TpsBudget, requests: u32) -> u32 {

@@ -1,16 +1,20 @@
 //! Counters of what the logical side decided: retries, budget exhaustion,
-//! ejections, shed requests. Labelled by target and backend (a Service can be
-//! a backend of several targets, each with its own endpoint state); recorded
-//! per event, never per request.
+//! ejections, shed requests; and the gRPC statuses a backend's endpoints
+//! answered. Labelled by target and backend (a Service can be a backend of
+//! several targets, each with its own endpoint state); recorded per event or
+//! per gRPC response (through series resolved once per backend), never per
+//! plain HTTP request.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+use super::grpc_status::GrpcStatus;
 
 /// Handles to the logical side's metrics; cheap to clone (every field is an `Arc`).
 #[derive(Clone, Debug, Default)]
@@ -20,6 +24,7 @@ pub struct LogicalMetrics {
     ejections: Family<BackendLabels, Counter>,
     endpoints_ejected: Family<BackendLabels, Gauge>,
     shed: Family<ShedLabels, Counter>,
+    grpc_responses: Family<GrpcLabels, Counter>,
     /// Each target's backends with series, so they can go with the target.
     backends: Arc<Mutex<HashMap<String, HashSet<String>>>>,
 }
@@ -52,6 +57,14 @@ struct ShedLabels {
     #[prometheus(flatten)]
     backend: BackendLabels,
     reason: ShedReason,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    /// 18 values at most: the 17 codes and `invalid`.
+    grpc_status: GrpcStatus,
 }
 
 /// Why an attempt was retried.
@@ -112,6 +125,12 @@ impl LogicalMetrics {
             "Requests shed by a backend's concurrency limit",
             metrics.shed.clone(),
         );
+        registry.register(
+            "plexus_proxy_grpc_responses",
+            "gRPC responses of a backend's endpoints (every attempt), by grpc-status \
+             (`invalid`: absent or not a gRPC code)",
+            metrics.grpc_responses.clone(),
+        );
         metrics
     }
 
@@ -138,16 +157,21 @@ impl LogicalMetrics {
     /// The ejection counter and the ejected gauge of one backend, resolved
     /// once, when the backend is built: every backend that can have series
     /// passes here first.
-    pub(crate) fn ejection_metrics(&self, backend: &BackendLabels) -> EjectionMetrics {
+    pub(crate) fn backend_series(&self, backend: &BackendLabels) -> BackendSeries {
         self.backends
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(backend.target.clone())
             .or_default()
             .insert(backend.backend.clone());
-        EjectionMetrics {
+        BackendSeries {
             ejections: self.ejections.get_or_create(backend).clone(),
             ejected: self.endpoints_ejected.get_or_create(backend).clone(),
+            grpc: Arc::new(GrpcSeries {
+                family: self.grpc_responses.clone(),
+                backend: backend.clone(),
+                counters: Default::default(),
+            }),
         }
     }
 
@@ -172,6 +196,12 @@ impl LogicalMetrics {
                     reason,
                 });
             }
+            for grpc_status in GrpcStatus::all() {
+                self.grpc_responses.remove(&GrpcLabels {
+                    backend: backend.clone(),
+                    grpc_status,
+                });
+            }
             for reason in [ShedReason::queue_full, ShedReason::queue_timeout] {
                 self.shed.remove(&ShedLabels {
                     backend: backend.clone(),
@@ -189,11 +219,44 @@ impl LogicalMetrics {
         };
         self.retries.get_or_create(&labels).get()
     }
+
+    #[cfg(test)]
+    pub(crate) fn grpc_responses_total(&self, backend: &BackendLabels, status: GrpcStatus) -> u64 {
+        let labels = GrpcLabels {
+            backend: backend.clone(),
+            grpc_status: status,
+        };
+        self.grpc_responses.get_or_create(&labels).get()
+    }
 }
 
-/// Ejection metrics of one backend.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct EjectionMetrics {
+/// The series of one backend: ejections, and the gRPC statuses it answered.
+#[derive(Clone, Debug)]
+pub(crate) struct BackendSeries {
     pub ejections: Counter,
     pub ejected: Gauge,
+    pub grpc: Arc<GrpcSeries>,
+}
+
+/// One backend's gRPC status counters, each found in the family on its first
+/// use and kept: a response costs one atomic increment, no lock.
+#[derive(Debug)]
+pub(crate) struct GrpcSeries {
+    family: Family<GrpcLabels, Counter>,
+    backend: BackendLabels,
+    counters: [OnceLock<Counter>; GrpcStatus::COUNT],
+}
+
+impl GrpcSeries {
+    pub fn count(&self, grpc_status: GrpcStatus) {
+        self.counters[grpc_status.index()]
+            .get_or_init(|| {
+                let labels = GrpcLabels {
+                    backend: self.backend.clone(),
+                    grpc_status,
+                };
+                self.family.get_or_create(&labels).clone()
+            })
+            .inc();
+    }
 }

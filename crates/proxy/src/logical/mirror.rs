@@ -11,6 +11,7 @@
 //! so a slow or failing mirror never slows or fails the request.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,13 +35,14 @@ pub const MAX_COPIES_IN_FLIGHT: usize = 64;
 /// How long a copy may take before it is given up (and its slot freed).
 pub const COPY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends a copy of `request` to each mirror it falls to, and gives the
-/// request back to be forwarded (its body read whole, within `timeout`, if
-/// it was copied).
+/// Sends a copy of `request` (from the application at `source`) to each
+/// mirror it falls to, and gives the request back to be forwarded (its body
+/// read whole, within `timeout`, if it was copied).
 pub async fn send_copies(
     backends: &HashMap<String, Arc<Backend>>,
     mirrors: &[Mirror],
     request: Request<Body>,
+    source: Option<&IpAddr>,
     timeout: Option<Duration>,
 ) -> Result<Request<Body>, ProxyError> {
     if request.headers().contains_key(UPGRADE) {
@@ -77,7 +79,7 @@ pub async fn send_copies(
     for backend in &firing {
         let mut copy = rebuild(&parts, body_of(data.clone(), trailers.clone()));
         shadow(&mut copy);
-        send_copy(backend, copy);
+        send_copy(backend, copy, source);
     }
     Ok(Request::from_parts(parts, body))
 }
@@ -131,12 +133,13 @@ fn shadow<B>(request: &mut Request<B>) {
 
 /// Sends `copy` to an endpoint of `backend` in a task of its own, if the
 /// backend has a slot for it; the outcome feeds the endpoint's accrual.
-fn send_copy(backend: &Arc<Backend>, copy: Request<Body>) {
+fn send_copy(backend: &Arc<Backend>, copy: Request<Body>, source: Option<&IpAddr>) {
     let Ok(slot) = backend.mirror_slots.clone().try_acquire_owned() else {
         tracing::debug!(backend = %backend.name, "mirror copy dropped: too many in flight");
         return;
     };
-    let Ok(picked) = backend.pick() else {
+    // A hashing mirror places copies by their key, as it would the requests.
+    let Ok(picked) = backend.pick(backend.hash(&copy, source)) else {
         tracing::debug!(backend = %backend.name, "mirror copy dropped: no endpoint");
         return;
     };

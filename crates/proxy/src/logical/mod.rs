@@ -2,9 +2,12 @@
 //! known target" and "an attempt sent to one endpoint". A request is routed
 //! (`routes`), a backend drawn from the rule's weighted split (`split`), admitted by the
 //! backend's concurrency limit (`concurrency`), sent to an endpoint picked by
-//! the balancer (`balance`), retried within the route's policy and the
+//! the balancer (`balance`; consistent hashing by `maglev` over a
+//! `request_key`), retried within the route's policy and the
 //! backend's budget (`retry`, `backend`), all under the route's timeouts.
-//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints.
+//! Outcomes feed failure accrual (`accrual`), which ejects failing endpoints
+//! (consecutive failures, and success-rate outliers: `outlier`);
+//! a gRPC response's outcome is its `grpc-status` (`grpc_status`, `outcome`).
 //! A rule's filters (`routes`) change the request and response on the way,
 //! and may copy the request to mirrors (`mirror`).
 //!
@@ -15,16 +18,23 @@ mod accrual;
 mod backend;
 mod balance;
 mod concurrency;
+mod grpc_status;
 mod grpc_timeout;
+mod maglev;
 mod metrics;
 mod mirror;
+mod outcome;
+mod outlier;
 mod permit_body;
 mod replay;
+mod request_key;
 mod retry;
 mod routes;
 mod split;
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -34,7 +44,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::backend::Backend;
-use self::balance::Picked;
+use self::outcome::InFlight;
 use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
 use self::routes::{Filters, RouteTable, Rule};
@@ -83,15 +93,16 @@ pub fn check(target: &Target) -> Vec<String> {
         .map(RouteTable::check)
         .unwrap_or_default();
     for (name, backend) in target.backends.iter().flat_map(|t| &t.backends) {
-        let load_balancer = backend
+        if let Err(problem) = balance::Strategy::parse(backend.resilience.as_ref()) {
+            problems.push(format!("backends.backends[{name:?}].resilience.{problem}"));
+        }
+        let success_rate = backend
             .resilience
             .as_ref()
-            .map_or("", |r| r.load_balancer.as_str());
-        if balance::Strategy::parse(load_balancer).is_none() {
+            .and_then(|r| r.failure_accrual.as_ref()?.success_rate.as_ref());
+        for problem in success_rate.iter().flat_map(|s| outlier::check(s)) {
             problems.push(format!(
-                "backends.backends[{name:?}].resilience.load_balancer: unknown load balancer \
-                 {load_balancer:?} (expected {})",
-                balance::Strategy::NAMES
+                "backends.backends[{name:?}].resilience.failure_accrual.success_rate.{problem}"
             ));
         }
     }
@@ -120,16 +131,18 @@ impl Logical {
     /// Serves one request. Never fails: the proxy's own errors become
     /// responses (gRPC-aware) carrying `plexus-error`.
     pub async fn handle(&self, request: Request<Body>) -> Response<Body> {
-        self.handle_traced(request, &mut RequestSpan::default())
+        self.handle_traced(request, None, &mut RequestSpan::default())
             .await
     }
 
-    /// As [`Logical::handle`], recording into the request's `span`: the
-    /// route, the backend, the proxy's own error, and (on routes that retry)
-    /// one child span per attempt.
+    /// As [`Logical::handle`], for a request from the application at
+    /// `source` (what consistent hashing by `source-ip` reads), recording into
+    /// the request's `span`: the route, the backend, the proxy's own error,
+    /// and (on routes that retry) one child span per attempt.
     pub async fn handle_traced(
         &self,
         request: Request<Body>,
+        source: Option<&IpAddr>,
         span: &mut RequestSpan,
     ) -> Response<Body> {
         let grpc = routes::is_grpc(request.headers());
@@ -137,8 +150,14 @@ impl Logical {
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
         let served = match &rule.filters {
-            None => serve(&compiled, &rule, None, request, span).await,
-            Some(filters) => serve_filtered(&compiled, &rule, filters, request, span).await,
+            None => serve(&compiled, &rule, None, request, source, grpc, span).await,
+            Some(filters) => {
+                // Boxed: its future holds `serve`'s and more, and would grow every
+                // request's future; a filtered request pays the allocation instead.
+                let filtered =
+                    serve_filtered(&compiled, &rule, filters, request, source, grpc, span);
+                Box::pin(filtered).await
+            }
         };
         let mut response = match served {
             Ok(response) => response,
@@ -237,14 +256,16 @@ impl Compiled {
 }
 
 /// Routes `request` to a backend and sends it there, within the rule's
-/// timeouts. With `filters` (the rule's), the backend's own filters apply
-/// after them, and the response gets the rule's response headers, then the
-/// backend's.
+/// timeouts. `grpc`: the request is a gRPC call. With `filters` (the rule's),
+/// the backend's own filters apply after them, and the response gets the
+/// rule's response headers, then the backend's.
 async fn serve(
     compiled: &Compiled,
     rule: &Rule,
     filters: Option<&Filters>,
     mut request: Request<Body>,
+    source: Option<&IpAddr>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     let picked = rule
@@ -278,10 +299,12 @@ async fn serve(
     };
     // A timeout past what the clock holds (u64::MAX ms from the controller) is none.
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    let hash = backend.hash(&request, source);
 
     let admitted = async {
         let permit = backend.admit().await?;
-        let response = send_with_retries(backend, rule, request, deadline, span).await?;
+        let sent = send_with_retries(backend, rule, request, hash, deadline, grpc, span);
+        let response = sent.await?;
         Ok(match permit {
             // The slot is held until the response body has been read.
             Some(permit) => response.map(|b| body::boxed(body::GuardedBody::new(b, permit))),
@@ -311,6 +334,8 @@ async fn serve_filtered(
     rule: &Rule,
     filters: &Filters,
     mut request: Request<Body>,
+    source: Option<&IpAddr>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     if let Some(redirect) = &filters.redirect {
@@ -321,22 +346,26 @@ async fn serve_filtered(
         rewrite.apply(&mut request);
     }
     if !filters.mirrors.is_empty() {
-        let backends = &compiled.backends;
-        request =
-            mirror::send_copies(backends, &filters.mirrors, request, rule.request_timeout).await?;
+        let (backends, mirrors) = (&compiled.backends, &filters.mirrors);
+        let timeout = rule.request_timeout;
+        request = mirror::send_copies(backends, mirrors, request, source, timeout).await?;
     }
-    serve(compiled, rule, Some(filters), request, span).await
+    let served = serve(compiled, rule, Some(filters), request, source, grpc, span);
+    served.await
 }
 
 /// Sends attempts until one is final, the policy's attempts are used up, or
 /// the backend's retry budget refuses a retry. On a route that retries, every
 /// attempt is a child span of `span` (the first included: whether a retry
-/// follows is only known afterwards).
+/// follows is only known afterwards). `hash`: the request's consistent-hash
+/// key, the same for every attempt.
 async fn send_with_retries(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     rule: &Rule,
     request: Request<Body>,
+    hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
+    grpc: bool,
     span: &mut RequestSpan,
 ) -> Result<Response<Body>, ProxyError> {
     backend.deposit();
@@ -353,7 +382,7 @@ async fn send_with_retries(
         Err(body) => {
             let request = Request::from_parts(parts, body);
             let trace = Some(AttemptTrace::Request(&*span));
-            let outcome = attempt(backend, rule, request, deadline, trace).await;
+            let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
             return final_result(outcome, backend);
         }
     };
@@ -369,7 +398,7 @@ async fn send_with_retries(
             n: attempts,
             reason: retry_reason.as_deref(),
         });
-        let outcome = attempt(backend, rule, request, deadline, trace).await;
+        let outcome = attempt(backend, rule, request, hash, deadline, grpc, trace).await;
         let reason = match &outcome {
             Ok(response) => policy.retryable_response(response),
             Err(failure) => policy.retryable_failure(failure, &parts.method),
@@ -435,10 +464,12 @@ impl AttemptTrace<'_> {
 /// the endpoint's failure accrual. Traced, it is a span of its own, which the
 /// endpoint sees as the parent of its work.
 async fn attempt(
-    backend: &Backend,
+    backend: &Arc<Backend>,
     rule: &Rule,
     mut request: Request<Body>,
+    hash: Option<NonZeroU64>,
     deadline: Option<Instant>,
+    grpc: bool,
     trace: Option<AttemptTrace<'_>>,
 ) -> Result<Response<Body>, AttemptFailure> {
     let now = Instant::now();
@@ -455,14 +486,12 @@ async fn attempt(
                 .insert(grpc_timeout::GRPC_TIMEOUT, grpc_timeout::encode(left));
         }
     }
-    let picked = backend.pick().map_err(|_| AttemptFailure::NoEndpoints)?;
+    let picked = backend
+        .pick(hash)
+        .map_err(|_| AttemptFailure::NoEndpoints)?;
     let attempt_span = trace.and_then(|t| t.start(&picked.endpoint.target, request.headers_mut()));
-    let in_flight = InFlight {
-        backend,
-        picked,
-        finished: false,
-    };
-    let sent = in_flight.picked.endpoint.send(request);
+    let in_flight = InFlight::new(backend, picked);
+    let sent = in_flight.picked().endpoint.send(request);
     let outcome = match rule.try_timeout {
         Some(limit) => match tokio::time::timeout(limit, sent).await {
             Ok(outcome) => outcome.map_err(AttemptFailure::Send),
@@ -470,10 +499,7 @@ async fn attempt(
         },
         None => sent.await.map_err(AttemptFailure::Send),
     };
-    let success = outcome
-        .as_ref()
-        .is_ok_and(|response| !response.status().is_server_error());
-    in_flight.finish(success, &outcome);
+    let outcome = in_flight.finish(outcome, grpc);
     match attempt_span {
         Some(span) => record_attempt(&span, outcome, backend),
         None => outcome,
@@ -495,33 +521,6 @@ fn record_attempt(
         Err(failure) => {
             span.record_error(&failure.clone().into_proxy_error(&backend.name));
             Err(failure)
-        }
-    }
-}
-
-/// An attempt whose outcome is not yet recorded. Dropped unfinished (the
-/// request was cancelled or timed out), it hands a probe back so the next
-/// request can probe the ejected endpoint.
-struct InFlight<'a> {
-    backend: &'a Backend,
-    picked: Picked,
-    finished: bool,
-}
-
-impl InFlight<'_> {
-    fn finish(mut self, success: bool, outcome: &Result<Response<Body>, AttemptFailure>) {
-        self.finished = true;
-        if let Err(failure) = outcome {
-            tracing::debug!(endpoint = %self.picked.endpoint.target.addr, ?failure, "attempt failed");
-        }
-        self.backend.record(&self.picked, success);
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if !self.finished && self.picked.probe {
-            self.picked.endpoint.accrual.release_probe(Instant::now());
         }
     }
 }

@@ -8,6 +8,7 @@ use http::{Method, Response};
 use tower::retry::backoff::{Backoff, ExponentialBackoff, ExponentialBackoffMaker, MakeBackoff};
 use tower::util::rng::HasherRng;
 
+use super::grpc_status::{GRPC_STATUS, GrpcStatus};
 use super::metrics::RetryReason;
 use crate::connect::SendError;
 use crate::error::ProxyError;
@@ -91,18 +92,21 @@ impl RetryPolicy {
     }
 
     /// Why a response may be retried: a listed HTTP status, or a listed gRPC
-    /// status in the headers of a trailers-only response.
+    /// status in the headers of a trailers-only response. A status in the
+    /// trailers comes after the response went on to the client (it is never
+    /// held back to wait for them): too late to retry, it counts for accrual
+    /// and metrics only.
     pub fn retryable_response<B>(&self, response: &Response<B>) -> Option<RetryReason> {
         if self.codes.contains(&response.status().as_u16()) {
             return Some(RetryReason::status);
         }
-        let grpc_status = response
-            .headers()
-            .get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u32>().ok());
-        match grpc_status {
-            Some(code) if self.grpc_codes.contains(&code) => Some(RetryReason::grpc_status),
+        if self.grpc_codes.is_empty() {
+            return None;
+        }
+        match GrpcStatus::of(response.headers()) {
+            Some(GrpcStatus::Code(code)) if self.grpc_codes.contains(&u32::from(code)) => {
+                Some(RetryReason::grpc_status)
+            }
             _ => None,
         }
     }
@@ -141,7 +145,7 @@ pub fn describe<B>(reason: RetryReason, outcome: &Result<Response<B>, AttemptFai
         },
         RetryReason::grpc_status => {
             let code = response
-                .and_then(|r| r.headers().get("grpc-status"))
+                .and_then(|r| r.headers().get(GRPC_STATUS))
                 .and_then(|v| v.to_str().ok());
             match code {
                 Some(code) => format!("grpc-status {code}"),

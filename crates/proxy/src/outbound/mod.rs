@@ -69,7 +69,7 @@ impl Outbound {
     }
 
     async fn serve(&self, mut stream: TcpStream, peer: SocketAddr, drain: drain::Watch) {
-        let route = Route::of(self, &stream).await;
+        let route = Route::of(self, &stream, peer.ip()).await;
         let (protocol, prefix) = if route.opaque {
             (Protocol::Opaque, Bytes::new())
         } else {

@@ -3,7 +3,7 @@
 //! itself when not meshed); one sent to the listener directly is routed per
 //! request by its `Host` / `:authority`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use http::Request;
@@ -31,7 +31,8 @@ pub(super) struct Route {
 }
 
 impl Route {
-    pub(super) async fn of(outbound: &Outbound, stream: &TcpStream) -> Self {
+    /// `source`: the application's address, the connection's peer.
+    pub(super) async fn of(outbound: &Outbound, stream: &TcpStream, source: IpAddr) -> Self {
         match (outbound.original_dst)(stream) {
             Some(addr) => {
                 let redirected = outbound.targets.by_original_dst(addr).await;
@@ -39,24 +40,36 @@ impl Route {
                     addr: Some(addr),
                     opaque: redirected.opaque || outbound.opaque_ports.contains(addr.port()),
                     target: redirected.target,
-                    requests: OutboundRequests::Redirected(redirected.upstream),
+                    requests: OutboundRequests {
+                        source,
+                        to: Requests::Redirected(redirected.upstream),
+                    },
                 }
             }
             None => Self {
                 addr: None,
                 opaque: false,
                 target: None,
-                requests: OutboundRequests::ByAuthority {
-                    targets: outbound.targets.clone(),
-                    last: Mutex::new(None),
+                requests: OutboundRequests {
+                    source,
+                    to: Requests::ByAuthority {
+                        targets: outbound.targets.clone(),
+                        last: Mutex::new(None),
+                    },
                 },
             },
         }
     }
 }
 
+/// The requests of one outbound connection: from where, and where they go.
+pub(super) struct OutboundRequests {
+    source: IpAddr,
+    to: Requests,
+}
+
 /// Where the requests of one outbound connection go.
-pub(super) enum OutboundRequests {
+enum Requests {
     /// The redirected connection's target, for all of them.
     Redirected(Upstream),
     /// Each request's `Host` / `:authority`, looked up among known targets;
@@ -79,10 +92,14 @@ impl RequestPath for OutboundRequests {
         Ok(())
     }
 
+    fn source(&self) -> Option<&IpAddr> {
+        Some(&self.source)
+    }
+
     async fn upstream(&self, request: &Request<Incoming>) -> Result<Upstream, ProxyError> {
-        let (targets, cache) = match self {
-            Self::Redirected(upstream) => return Ok(upstream.clone()),
-            Self::ByAuthority { targets, last } => (targets, last),
+        let (targets, cache) = match &self.to {
+            Requests::Redirected(upstream) => return Ok(upstream.clone()),
+            Requests::ByAuthority { targets, last } => (targets, last),
         };
         let authority = authority(request)?;
         if let Ok(last) = cache.lock()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
+use plexus_core::KeepAlive;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
@@ -24,7 +25,7 @@ pub(crate) fn channel(
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(REQUEST_TIMEOUT);
-    let endpoint = crate::control::keep_alive(endpoint);
+    let endpoint = crate::control::pinged(endpoint, KeepAlive::CONTROL_PLANE);
     let connector = tower::service_fn(move |uri: http::Uri| {
         let connector = tokio_rustls::TlsConnector::from(config.clone());
         async move {
