@@ -21,7 +21,7 @@ use plexus_controller::metrics::Metrics;
 use plexus_core::KeepAlive;
 use plexus_discovery::index::{IndexConfig, SharedIndex};
 use plexus_tests::h2_frames::{GOAWAY, NO_ERROR, PING, SETTINGS, flood, frame, frames};
-use serde_json::json;
+use serde_json::{Value, json};
 use tonic::Streaming;
 use tonic::transport::Channel;
 
@@ -239,6 +239,63 @@ async fn grpc_retry_and_success_rate_annotations_reach_the_target_and_bad_ones_a
         "{}",
         cart.parents[0].message
     );
+}
+
+#[tokio::test]
+async fn fault_annotations_reach_every_rule_and_bad_ones_are_named() {
+    let index = SharedIndex::new(IndexConfig::default());
+    index.lock().apply(service());
+    let http_route = |name: &str, annotations: Value| -> HttpRoute {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "shop", "name": name, "annotations": annotations},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "web"}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/a"}}]},
+                               {"matches": [{"path": {"type": "PathPrefix", "value": "/b"}}]}]},
+        }))
+        .unwrap()
+    };
+    index.lock().apply(http_route(
+        "chaos",
+        json!({"plexus.io/fault-delay": "250ms", "plexus.io/fault-delay-percent": "10",
+               "plexus.io/fault-abort-status": "503", "plexus.io/fault-abort-percent": "1.5"}),
+    ));
+    index.lock().apply(http_route(
+        "broken",
+        json!({"plexus.io/fault-abort-status": "200", "plexus.io/fault-delay-percent": "x"}),
+    ));
+    let mut client = start(index.clone()).await;
+    let first = next(&mut watch(&mut client, "web:80").await).await;
+    let routes = first.target.expect("a target").routes.expect("routes");
+    let names: Vec<&str> = routes.http.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["shop/chaos"],
+        "the route with bad annotations is refused"
+    );
+    let expected = plexus_api::v1::Fault {
+        delay_ms: 250,
+        delay_percent: 10.0,
+        abort_status: 503,
+        abort_grpc_status: 0,
+        abort_percent: 1.5,
+    };
+    for rule in &routes.http[0].rules {
+        assert_eq!(rule.fault.as_ref(), Some(&expected));
+    }
+
+    let statuses = index.lock().route_statuses();
+    let broken = statuses
+        .iter()
+        .find(|s| s.route.name == "broken")
+        .expect("broken's status");
+    let message = &broken.parents[0].message;
+    assert!(!broken.parents[0].accepted);
+    for named in [
+        "metadata.annotations[plexus.io/fault-abort-status]: \"200\" is not an HTTP error status",
+        "metadata.annotations[plexus.io/fault-delay-percent]: \"x\" is not a percentage",
+    ] {
+        assert!(message.contains(named), "{named} not in {message}");
+    }
 }
 
 #[tokio::test]

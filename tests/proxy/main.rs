@@ -13,6 +13,7 @@ mod http;
 mod limits;
 mod logical_balancing;
 mod logical_circuit;
+mod logical_faults;
 mod logical_filters;
 mod logical_grpc;
 mod logical_retries;

@@ -73,16 +73,17 @@ async fn stop(proxy: RunningProxy) {
 /// One target `alias` (`host:port`) whose every request takes the HTTP route
 /// `route` to the backend `backend`; `retry` is the rule's retry policy in
 /// the proto's YAML shape, or empty.
-fn routed(alias: &str, route: &str, endpoints: &[SocketAddr], meshed: bool, retry: &str) -> String {
+/// `rule`: more fields of the route's one rule (`retry: …`, `fault: …`).
+fn routed(alias: &str, route: &str, endpoints: &[SocketAddr], meshed: bool, rule: &str) -> String {
     let backend = alias.split(':').next().unwrap_or(alias);
     let endpoints: Vec<String> = endpoints
         .iter()
         .map(|e| format!("{{ address: \"{e}\", ready: true, meshed: {meshed} }}"))
         .collect();
-    let retry = if retry.is_empty() {
+    let rule = if rule.is_empty() {
         String::new()
     } else {
-        format!("\n                retry: {retry}")
+        format!("\n                {rule}")
     };
     format!(
         r#"destinations:
@@ -94,7 +95,7 @@ fn routed(alias: &str, route: &str, endpoints: &[SocketAddr], meshed: bool, retr
         http:
           - name: "{route}"
             rules:
-              - backends: [{{ backend: {backend} }}]{retry}
+              - backends: [{{ backend: {backend} }}]{rule}
       backends:
         backends:
           {backend}: {{ endpoints: [{endpoints}] }}
@@ -471,7 +472,7 @@ async fn retried_requests_show_their_attempts() {
         "shop/items",
         &[backend.addr],
         false,
-        "{ attempts: 3, codes: [503], backoff_base_ms: 1, backoff_max_ms: 5 }",
+        "retry: { attempts: 3, codes: [503], backoff_base_ms: 1, backoff_max_ms: 5 }",
     );
     let proxy = traced(&receiver, "web").static_config(config).start().await;
     let mut client = http1(proxy.outbound_addr).await;
@@ -521,6 +522,38 @@ async fn retried_requests_show_their_attempts() {
         .map(|value| traceparent(value).1)
         .collect();
     assert_eq!(parents, [first.span_id.clone(), second.span_id.clone()]);
+}
+
+/// A request the route's fault injection delayed and then aborted: its span
+/// says both, and the backend saw nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_faults_are_marked_on_the_span() {
+    let mut receiver = receiver().await;
+    let backend = echo_upstream().await;
+    let config = routed(
+        "items:80",
+        "shop/items",
+        &[backend.addr],
+        false,
+        "fault: { delay_ms: 5, delay_percent: 100, abort_status: 503, abort_percent: 100 }",
+    );
+    let proxy = traced(&receiver, "web").static_config(config).start().await;
+    let mut client = http1(proxy.outbound_addr).await;
+    let answer = bounded("response", client.send_request(get("/items", "items")))
+        .await
+        .expect("response");
+    assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer.headers()["plexus-error"], "fault-injected");
+    assert_eq!(backend.requests(), 0);
+    drop(client);
+    stop(proxy).await;
+
+    let trace = next_trace(&mut receiver).await;
+    assert_eq!(trace.spans.len(), 1, "{trace:#?}");
+    let request = &trace.spans[0];
+    assert_eq!(request.attr_bool("plexus.fault.delayed"), Some(true));
+    assert_eq!(request.attr_bool("plexus.fault.aborted"), Some(true));
+    assert_eq!(request.attr_i64("http.response.status_code"), Some(503));
 }
 
 /// Reads `traceparent` out of an HTTP request for the OpenTelemetry SDK.

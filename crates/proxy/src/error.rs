@@ -40,6 +40,9 @@ pub enum ProxyError {
     RateLimited { retry_after_secs: u64 },
     #[error("proxy is shutting down")]
     ShuttingDown,
+    /// The rule's fault injection aborted the request (resilience testing).
+    #[error("fault injected by the route: {status}")]
+    FaultInjected { status: StatusCode, grpc_code: u16 },
 }
 
 impl ProxyError {
@@ -59,6 +62,7 @@ impl ProxyError {
             Self::Forbidden(_) => "forbidden",
             Self::RateLimited { .. } => "rate-limited",
             Self::ShuttingDown => "shutting-down",
+            Self::FaultInjected { .. } => "fault-injected",
         }
     }
 
@@ -69,6 +73,7 @@ impl ProxyError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UnresolvedBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::FaultInjected { status, .. } => *status,
             Self::UnknownTarget(_) | Self::ConnectFailed { .. } | Self::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -121,6 +126,7 @@ impl ProxyError {
             Self::BadRequest(_) | Self::HeadersTooLarge => 3, // INVALID_ARGUMENT
             Self::Forbidden(_) => 7,                          // PERMISSION_DENIED
             Self::Timeout(_) => 4,                            // DEADLINE_EXCEEDED
+            Self::FaultInjected { grpc_code, .. } => *grpc_code,
             Self::Overloaded(_) | Self::BudgetExhausted(_) | Self::RateLimited { .. } => 8, // RESOURCE_EXHAUSTED
             Self::UnknownTarget(_)
             | Self::NoEndpoints(_)

@@ -170,6 +170,13 @@ impl Span {
         }
     }
 
+    pub fn attr_bool(&self, key: &str) -> Option<bool> {
+        match self.attributes.get(key)? {
+            AttributeValue::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
     pub fn attr_i64(&self, key: &str) -> Option<i64> {
         match self.attributes.get(key)? {
             AttributeValue::Int(i) => Some(*i),

@@ -12,6 +12,10 @@ use plexus_core::hash_key::HashKey;
 use plexus_core::ports::{PortRange, parse_list};
 use plexus_identity::{SpiffeId, SpiffeIdError};
 
+use super::fault::{
+    FAULT_ABORT_GRPC_STATUS, FAULT_ABORT_PERCENT, FAULT_ABORT_STATUS, FAULT_DELAY,
+    FAULT_DELAY_PERCENT,
+};
 use super::grpc_retry::{RETRY_ATTEMPTS, RETRY_BACKOFF, RETRY_GRPC_CODES};
 use super::success_rate::{
     SUCCESS_RATE, SUCCESS_RATE_INTERVAL, SUCCESS_RATE_MIN_ENDPOINTS, SUCCESS_RATE_MIN_REQUESTS,
@@ -60,6 +64,11 @@ pub const READ: &[&str] = &[
     RETRY_GRPC_CODES,
     RETRY_ATTEMPTS,
     RETRY_BACKOFF,
+    FAULT_DELAY,
+    FAULT_DELAY_PERCENT,
+    FAULT_ABORT_STATUS,
+    FAULT_ABORT_GRPC_STATUS,
+    FAULT_ABORT_PERCENT,
 ];
 
 /// The largest retry ratio accepted (tower's budget accepts up to 1000).
@@ -113,6 +122,15 @@ impl<'a> Annotations<'a> {
                 None
             }
         }
+    }
+
+    /// Records an annotation that is wrong beside the others (set without
+    /// the one it qualifies), `message` saying how.
+    pub(super) fn refuse(&mut self, name: &'static str, message: String) {
+        self.errors.push(AnnotationError {
+            annotation: name,
+            message,
+        });
     }
 
     fn number<T: FromStr>(&mut self, name: &'static str, expected: &str) -> Option<T> {

@@ -64,31 +64,31 @@ pub fn grpc_retry(annotations: &mut Annotations<'_>, default_retries: u32) -> Op
 /// A comma list of gRPC codes by name (`unavailable`, `RESOURCE_EXHAUSTED`)
 /// or number (1 to 16), each once.
 fn parse_codes(value: &str) -> Result<Vec<u32>, String> {
-    let expected = |item: &str| {
-        format!(
-            "a comma list of gRPC status names or numbers 1-16 (e.g. unavailable,resource-exhausted; \
-             {item:?} is not one)"
-        )
-    };
     let mut codes = Vec::new();
     for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let name = item.to_ascii_lowercase().replace('_', "-");
-        let code = match item.parse::<u32>() {
-            Ok(n) => Some(n),
-            Err(_) => NAMES.iter().position(|n| *n == name).map(|i| i as u32),
-        };
-        match code {
-            Some(code @ 1..=16) if !codes.contains(&code) => codes.push(code),
-            Some(code @ 1..=16) => {
-                return Err(format!("a list naming each code once ({code} twice)"));
-            }
-            _ => return Err(expected(item)),
+        let code = parse_code(item).map_err(|expected| {
+            format!("a comma list of {expected} (e.g. unavailable,resource-exhausted; {item:?} is not one)")
+        })?;
+        if codes.contains(&code) {
+            return Err(format!("a list naming each code once ({code} twice)"));
         }
+        codes.push(code);
     }
     if codes.is_empty() {
-        return Err(expected(value));
+        return Err("a comma list of gRPC status names or numbers 1-16 (e.g. unavailable,resource-exhausted)".into());
     }
     Ok(codes)
+}
+
+/// One gRPC error code by name (`unavailable`, `RESOURCE_EXHAUSTED`) or number (1 to 16).
+pub fn parse_code(item: &str) -> Result<u32, String> {
+    let name = item.to_ascii_lowercase().replace('_', "-");
+    let code = match item.parse::<u32>() {
+        Ok(n) => Some(n),
+        Err(_) => NAMES.iter().position(|n| *n == name).map(|i| i as u32),
+    };
+    code.filter(|c| (1..=16).contains(c))
+        .ok_or_else(|| "gRPC status names or numbers 1-16".to_string())
 }
 
 #[cfg(test)]

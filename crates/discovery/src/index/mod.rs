@@ -13,6 +13,7 @@
 //! gRPC watchers send exactly the parts that did.
 
 mod annotations;
+mod fault;
 mod filters;
 mod grpc_retry;
 mod ledger;

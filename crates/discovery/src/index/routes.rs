@@ -14,18 +14,18 @@ use gateway_api::experimental::httproutes::{
 };
 use k8s_openapi::jiff::Timestamp;
 use plexus_api::v1::{
-    BackendFilters, GrpcMatch, GrpcRouteRule, HeaderMatch, HttpMatch, HttpRouteRule, PathMatch,
-    RetryPolicy, Timeouts, WeightedBackend,
+    BackendFilters, Fault, GrpcMatch, GrpcRouteRule, HeaderMatch, HttpMatch, HttpRouteRule,
+    PathMatch, RetryPolicy, Timeouts, WeightedBackend,
 };
 use serde::Serialize;
 use serde_json::Value;
 
 use super::annotations::{Annotations, parse_duration_ms};
 use super::filters;
-use super::grpc_retry;
 use super::ledger::summary;
 use super::lookup::canonical_name;
 use super::{Kind, ObjectRef, Problem, Unreadable};
+use super::{fault, grpc_retry};
 
 /// Retries when a route's `retry` leaves `attempts` out (Gateway API: implementation-specific).
 const DEFAULT_RETRIES: u32 = 2;
@@ -318,8 +318,11 @@ from_generated!(
 
 pub fn http_route(route: &HTTPRoute, cluster_domain: &str) -> Converted {
     let mut reader = RuleReader::new(&route.metadata, cluster_domain);
+    let mut annotations = Annotations::new(route.metadata.annotations.as_ref());
+    let fault = fault::fault(&mut annotations);
+    reader.annotation_errors(annotations);
     let rules = each("spec.rules", &route.spec.rules, |at, rule| {
-        Some(http_rule(&mut reader, at, rule))
+        Some(http_rule(&mut reader, at, rule, fault.as_ref()))
     });
     convert(
         Kind::HttpRoute,
@@ -335,11 +338,16 @@ pub fn grpc_route(route: &GRPCRoute, cluster_domain: &str) -> Converted {
     let mut reader = RuleReader::new(&route.metadata, cluster_domain);
     let mut annotations = Annotations::new(route.metadata.annotations.as_ref());
     let retry = grpc_retry::grpc_retry(&mut annotations, DEFAULT_RETRIES);
-    for bad in annotations.errors {
-        reader.errors.0.push(error(bad.field(), bad.message));
-    }
+    let fault = fault::fault(&mut annotations);
+    reader.annotation_errors(annotations);
     let rules = each("spec.rules", &route.spec.rules, |at, rule| {
-        Some(grpc_rule(&mut reader, at, rule, retry.as_ref()))
+        Some(grpc_rule(
+            &mut reader,
+            at,
+            rule,
+            retry.as_ref(),
+            fault.as_ref(),
+        ))
     });
     convert(
         Kind::GrpcRoute,
@@ -612,6 +620,13 @@ pub(super) struct RuleReader<'a> {
 }
 
 impl<'a> RuleReader<'a> {
+    /// The route's bad annotations, each named like a bad field of its spec.
+    fn annotation_errors(&mut self, annotations: Annotations<'_>) {
+        for bad in annotations.errors {
+            self.errors.0.push(error(bad.field(), bad.message));
+        }
+    }
+
     fn new(
         meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
         cluster_domain: &'a str,
@@ -702,7 +717,13 @@ impl<'a> RuleReader<'a> {
 
 /// A rule as far as it reads; its bad fields are in `reader.errors` (and
 /// refuse the whole route).
-fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> HttpRouteRule {
+/// `fault`: the route's, from its annotations ([`fault::fault`]).
+fn http_rule(
+    reader: &mut RuleReader<'_>,
+    at: &str,
+    rule: &HttpRouteRules,
+    fault: Option<&Fault>,
+) -> HttpRouteRule {
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
         let path = m.path.as_ref().and_then(|path| {
             let kind = path
@@ -801,6 +822,7 @@ fn http_rule(reader: &mut RuleReader<'_>, at: &str, rule: &HttpRouteRules) -> Ht
         timeouts,
         retry,
         filters,
+        fault: fault.cloned(),
     }
 }
 
@@ -809,6 +831,7 @@ fn grpc_rule(
     at: &str,
     rule: &GrpcRouteRules,
     retry: Option<&RetryPolicy>,
+    fault: Option<&Fault>,
 ) -> GrpcRouteRule {
     let filters = filters::grpc_filters(&mut reader.errors, at, &rule.filters);
     let matches = each(&format!("{at}.matches"), &rule.matches, |at, m| {
@@ -854,6 +877,7 @@ fn grpc_rule(
         timeouts: None,
         retry: retry.cloned(),
         filters,
+        fault: fault.cloned(),
     }
 }
 

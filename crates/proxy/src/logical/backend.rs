@@ -15,7 +15,7 @@ use super::accrual::{AccrualPolicy, Transition};
 use super::balance::{Balancer, Picked, Strategy};
 use super::concurrency::ConcurrencyLimit;
 use super::grpc_status::GrpcStatus;
-use super::metrics::{BackendLabels, BackendSeries, LogicalMetrics, RetryReason};
+use super::metrics::{BackendLabels, BackendSeries, FaultKind, LogicalMetrics, RetryReason};
 use super::mirror::MAX_COPIES_IN_FLIGHT;
 use super::outlier::{self, Schedule, SuccessRatePolicy};
 use crate::connect::{AppProtocol, EndpointClient};
@@ -46,6 +46,11 @@ pub struct Backend {
 impl Backend {
     /// A backend built from `proto`; endpoints already known to `previous`
     /// keep their latency and accrual state.
+    /// Counts a fault a rule injected into a request routed here.
+    pub fn fault_injected(&self, fault: FaultKind) {
+        self.metrics.fault_injected(&self.labels, fault);
+    }
+
     pub fn new(
         target: &str,
         name: &str,

@@ -1,5 +1,5 @@
 //! Counters of what the logical side decided: retries, budget exhaustion,
-//! ejections, shed requests; and the gRPC statuses a backend's endpoints
+//! ejections, shed requests, injected faults; and the gRPC statuses a backend's endpoints
 //! answered. Labelled by target and backend (a Service can be a backend of
 //! several targets, each with its own endpoint state); recorded per event or
 //! per gRPC response (through series resolved once per backend), never per
@@ -25,6 +25,7 @@ pub struct LogicalMetrics {
     endpoints_ejected: Family<BackendLabels, Gauge>,
     shed: Family<ShedLabels, Counter>,
     grpc_responses: Family<GrpcLabels, Counter>,
+    faults: Family<FaultLabels, Counter>,
     /// Each target's backends with series, so they can go with the target.
     backends: Arc<Mutex<HashMap<String, HashSet<String>>>>,
 }
@@ -65,6 +66,21 @@ struct GrpcLabels {
     backend: BackendLabels,
     /// 18 values at most: the 17 codes and `invalid`.
     grpc_status: GrpcStatus,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    #[prometheus(flatten)]
+    backend: BackendLabels,
+    fault: FaultKind,
+}
+
+/// Which fault a rule injected ([`super::fault`]).
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FaultKind {
+    delay,
+    abort,
 }
 
 /// Why an attempt was retried.
@@ -131,7 +147,20 @@ impl LogicalMetrics {
              (`invalid`: absent or not a gRPC code)",
             metrics.grpc_responses.clone(),
         );
+        registry.register(
+            "plexus_proxy_faults_injected",
+            "Requests a rule's fault injection delayed or aborted, by the backend they were routed to",
+            metrics.faults.clone(),
+        );
         metrics
+    }
+
+    pub(crate) fn fault_injected(&self, backend: &BackendLabels, fault: FaultKind) {
+        let labels = FaultLabels {
+            backend: backend.clone(),
+            fault,
+        };
+        self.faults.get_or_create(&labels).inc();
     }
 
     pub(crate) fn retried(&self, backend: &BackendLabels, reason: RetryReason) {
@@ -200,6 +229,12 @@ impl LogicalMetrics {
                 self.grpc_responses.remove(&GrpcLabels {
                     backend: backend.clone(),
                     grpc_status,
+                });
+            }
+            for fault in [FaultKind::delay, FaultKind::abort] {
+                self.faults.remove(&FaultLabels {
+                    backend: backend.clone(),
+                    fault,
                 });
             }
             for reason in [ShedReason::queue_full, ShedReason::queue_timeout] {

@@ -18,6 +18,7 @@ mod accrual;
 mod backend;
 mod balance;
 mod concurrency;
+mod fault;
 mod grpc_status;
 mod grpc_timeout;
 mod maglev;
@@ -44,6 +45,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use self::backend::Backend;
+use self::fault::Fault;
+use self::metrics::FaultKind;
 use self::outcome::InFlight;
 use self::replay::ReplayBody;
 use self::retry::AttemptFailure;
@@ -287,6 +290,9 @@ async fn serve(
         .backends
         .get(&*picked.name)
         .ok_or_else(|| ProxyError::NoEndpoints(picked.name.to_string()))?;
+    if let Some(fault) = &rule.fault {
+        inject(fault, backend, span).await?;
+    }
 
     // The caller's gRPC deadline bounds the request like the route's timeout.
     let caller_timeout = request
@@ -324,6 +330,26 @@ async fn serve(
         own.response_headers.apply(response.headers_mut());
     }
     Ok(response)
+}
+
+/// The rule's faults for this request, each drawn on its own: a delay is
+/// waited out before the request goes on (outside the route's timeouts, as a
+/// slow network would be), an abort answers it with the fault's status.
+async fn inject(fault: &Fault, backend: &Backend, span: &RequestSpan) -> Result<(), ProxyError> {
+    if let Some(delay) = fault.delay() {
+        backend.fault_injected(FaultKind::delay);
+        span.set_fault("plexus.fault.delayed");
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(abort) = fault.abort() {
+        backend.fault_injected(FaultKind::abort);
+        span.set_fault("plexus.fault.aborted");
+        return Err(ProxyError::FaultInjected {
+            status: abort.status,
+            grpc_code: abort.grpc_code,
+        });
+    }
+    Ok(())
 }
 
 /// [`serve`] through the rule's filters: a redirect is answered here; else

@@ -215,6 +215,18 @@ impl RequestSpan {
         }
     }
 
+    /// The route's fault injection delayed (`plexus.fault.delayed`) or
+    /// aborted (`plexus.fault.aborted`) the request; both can be set.
+    pub fn set_fault(&self, attribute: &'static str) {
+        if let Some(active) = self.recording() {
+            active
+                .recorded
+                .cx
+                .span()
+                .set_attribute(KeyValue::new(attribute, true));
+        }
+    }
+
     /// The response head sent back (status code, and `grpc-status` of a
     /// trailers-only gRPC response).
     pub fn record_response(&self, response: &response::Parts) {

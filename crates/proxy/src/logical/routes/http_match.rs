@@ -115,6 +115,10 @@ impl ProtoRule for proto::HttpRouteRule {
         self.retry.as_ref()
     }
 
+    fn fault(&self) -> Option<&proto::Fault> {
+        self.fault.as_ref()
+    }
+
     fn filters(&self, field: &str) -> Result<Option<Filters>, String> {
         let Some(filters) = &self.filters else {
             return Ok(None);

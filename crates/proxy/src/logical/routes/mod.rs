@@ -24,6 +24,7 @@ use regex::Regex;
 
 pub use self::filters::{BackendFilters, Filters, Mirror};
 use super::RouteLabel;
+use super::fault::Fault;
 use super::retry::RetryPolicy;
 use super::split::BackendSplit;
 
@@ -39,6 +40,8 @@ pub struct Rule {
     pub retry: RetryPolicy,
     /// Boxed: a rule without filters pays one pointer and one branch.
     pub filters: Option<Box<Filters>>,
+    /// Faults injected for resilience testing; boxed like `filters`.
+    pub fault: Option<Box<Fault>>,
 }
 
 /// A compiled route table.
@@ -63,6 +66,7 @@ trait ProtoRule {
     fn backends(&self) -> &[proto::WeightedBackend];
     fn timeouts(&self) -> Option<&proto::Timeouts>;
     fn retry(&self) -> Option<&proto::RetryPolicy>;
+    fn fault(&self) -> Option<&proto::Fault>;
     /// The rule's filters, `None` when it has none; an error names the field.
     fn filters(&self, field: &str) -> Result<Option<Filters>, String>;
 }
@@ -106,6 +110,7 @@ impl RouteTable {
             try_timeout: None,
             retry: RetryPolicy::none(),
             filters: None,
+            fault: None,
         });
         let http = table
             .http
@@ -168,11 +173,12 @@ fn candidates<'a, R: ProtoRule + 'a>(
                     per_backend: split.has_filters(),
                     ..filters.unwrap_or_default()
                 };
-                Ok((m, split, filters.active()))
+                let fault = Fault::compile(rule.fault(), &format!("{field}.fault"))?;
+                Ok((m, split, filters.active(), fault))
             });
             match compiled {
-                Ok((matchers, split, filters)) => {
-                    let compiled = Arc::new(Rule::new(name, rule, split, filters));
+                Ok((matchers, split, filters, fault)) => {
+                    let compiled = Arc::new(Rule::new(name, rule, split, filters, fault));
                     candidates.extend(matchers.into_iter().map(|matcher| Candidate {
                         matcher,
                         rule: compiled.clone(),
@@ -212,6 +218,7 @@ impl Rule {
         rule: &impl ProtoRule,
         split: BackendSplit,
         filters: Option<Filters>,
+        fault: Option<Fault>,
     ) -> Rule {
         let millis = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let timeouts = rule.timeouts();
@@ -222,6 +229,7 @@ impl Rule {
             try_timeout: timeouts.and_then(|t| millis(t.backend_request_ms)),
             retry: RetryPolicy::from_proto(rule.retry()),
             filters: filters.map(Box::new),
+            fault: fault.map(Box::new),
         }
     }
 }
@@ -656,6 +664,29 @@ mod properties {
         prop::option::of(policy)
     }
 
+    /// Any numbers, NaN and out-of-range shares included.
+    fn fault() -> impl Strategy<Value = proto::Fault> {
+        let share = prop_oneof![Just(0.0), Just(100.0), Just(f64::NAN), any::<f64>()];
+        (
+            any::<u64>(),
+            share.clone(),
+            prop_oneof![Just(503u32), any::<u32>()],
+            0u32..20,
+            share,
+        )
+            .prop_map(
+                |(delay_ms, delay_percent, abort_status, abort_grpc_status, abort_percent)| {
+                    proto::Fault {
+                        delay_ms,
+                        delay_percent,
+                        abort_status,
+                        abort_grpc_status,
+                        abort_percent,
+                    }
+                },
+            )
+    }
+
     fn proto_table() -> impl Strategy<Value = proto::RouteTable> {
         let http_rule = (
             prop::collection::vec(http_match(), 0..3),
@@ -663,14 +694,16 @@ mod properties {
             timeouts(),
             retry(),
             prop::option::of(http_filters()),
+            prop::option::of(fault()),
         )
-            .prop_map(|(matches, backends, timeouts, retry, filters)| {
+            .prop_map(|(matches, backends, timeouts, retry, filters, fault)| {
                 proto::HttpRouteRule {
                     matches,
                     backends,
                     timeouts,
                     retry,
                     filters,
+                    fault,
                 }
             });
         let grpc_match = (
@@ -698,6 +731,7 @@ mod properties {
                     timeouts,
                     retry,
                     filters: None,
+                    fault: None,
                 },
             );
         (
