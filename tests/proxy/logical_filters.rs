@@ -511,3 +511,40 @@ async fn a_mirror_that_never_answers_or_refuses_connections_slows_and_fails_noth
         "still serving with copies held open"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_rules_fault_aborts_is_not_mirrored() {
+    let primary = http_upstream(|_| async { ok() }).await;
+    let mirror = http_upstream(|_| async { ok() }).await;
+    let with_fault = |fault: Option<proto::Fault>| {
+        let rule = proto::HttpRouteRule {
+            fault,
+            ..mirroring(vec![mirror_to("shadow", None)])
+        };
+        target(
+            catch_all(rule),
+            vec![
+                ("web", backend(vec![endpoint(primary.addr)], None)),
+                ("shadow", backend(vec![endpoint(mirror.addr)], None)),
+            ],
+        )
+    };
+    let h = Harness::new(with_fault(Some(proto::Fault {
+        abort_status: 503,
+        abort_percent: 100.0,
+        ..Default::default()
+    })));
+    for _ in 0..20 {
+        assert_eq!(h.get("/").await.status, 503);
+    }
+    // Without the fault the next request is mirrored: once its copy is in,
+    // copies of the aborted ones (sent earlier, on the same path) would be too.
+    h.update(with_fault(None));
+    assert_eq!(h.get("/").await.status, 200);
+    eventually(BOUND, "the unfaulted request's copy", || {
+        mirror.requests() >= 1
+    })
+    .await;
+    assert_eq!(mirror.requests(), 1, "as Envoy: faults come before mirrors");
+    assert_eq!(primary.requests(), 1);
+}

@@ -260,8 +260,9 @@ impl Compiled {
 
 /// Routes `request` to a backend and sends it there, within the rule's
 /// timeouts. `grpc`: the request is a gRPC call. With `filters` (the rule's),
-/// the backend's own filters apply after them, and the response gets the
-/// rule's response headers, then the backend's.
+/// a request the rule's fault lets through is copied to the mirrors, then the
+/// backend's own filters apply, and the response gets the rule's response
+/// headers, then the backend's.
 async fn serve(
     compiled: &Compiled,
     rule: &Rule,
@@ -282,16 +283,25 @@ async fn serve(
             why: why.to_string(),
         });
     }
-    let backend_filters = filters.and(picked.filters.as_deref());
-    if let Some(own) = backend_filters {
-        own.request_headers.apply(request.headers_mut());
-    }
     let backend = compiled
         .backends
         .get(&*picked.name)
         .ok_or_else(|| ProxyError::NoEndpoints(picked.name.to_string()))?;
     if let Some(fault) = &rule.fault {
         inject(fault, backend, span).await?;
+    }
+    if let Some(filters) = filters.filter(|f| !f.mirrors.is_empty()) {
+        let (backends, mirrors, timeout) =
+            (&compiled.backends, &filters.mirrors, rule.request_timeout);
+        // Boxed: only mirroring requests carry its future.
+        let copied = Box::pin(mirror::send_copies(
+            backends, mirrors, request, source, timeout,
+        ));
+        request = copied.await?;
+    }
+    let backend_filters = filters.and(picked.filters.as_deref());
+    if let Some(own) = backend_filters {
+        own.request_headers.apply(request.headers_mut());
     }
 
     // The caller's gRPC deadline bounds the request like the route's timeout.
@@ -353,8 +363,8 @@ async fn inject(fault: &Fault, backend: &Backend, span: &RequestSpan) -> Result<
 }
 
 /// [`serve`] through the rule's filters: a redirect is answered here; else
-/// the request's headers, host and path are changed, copies go to the
-/// mirrors, and the request is sent.
+/// the request's headers, host and path are changed and the request is sent
+/// (and mirrored).
 async fn serve_filtered(
     compiled: &Compiled,
     rule: &Rule,
@@ -370,11 +380,6 @@ async fn serve_filtered(
     filters.request_headers.apply(request.headers_mut());
     if let Some(rewrite) = &filters.rewrite {
         rewrite.apply(&mut request);
-    }
-    if !filters.mirrors.is_empty() {
-        let (backends, mirrors) = (&compiled.backends, &filters.mirrors);
-        let timeout = rule.request_timeout;
-        request = mirror::send_copies(backends, mirrors, request, source, timeout).await?;
     }
     let served = serve(compiled, rule, Some(filters), request, source, grpc, span);
     served.await
