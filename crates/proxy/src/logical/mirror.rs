@@ -5,10 +5,11 @@
 //! discarded. A copy needs the whole body before the request goes on, so only
 //! a request without a body, or with a length known to be within the replay
 //! limit (64 KiB), is mirrored (that body is read whole first, within the
-//! route's request timeout); any other goes unmirrored, as does an upgrade
-//! (a copy cannot take over a connection). Each backend sends at most [`MAX_COPIES_IN_FLIGHT`] copies
-//! at once, each for at most [`COPY_TIMEOUT`]; a copy beyond that is dropped,
-//! so a slow or failing mirror never slows or fails the request.
+//! route's request timeout); any other goes unmirrored, as does an upgrade (a
+//! copy cannot take over a connection). Each backend sends at most
+//! [`MAX_COPIES_IN_FLIGHT`] copies at once, each for at most [`COPY_TIMEOUT`];
+//! a copy beyond that is dropped, so a slow or failing mirror never slows or
+//! fails the request.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
