@@ -108,81 +108,60 @@ pub(super) fn http_filters(
     (read != HttpFilters::default()).then_some(read)
 }
 
-/// The filters of an HTTPRoute backendRef at `at` (its `filters`): header
-/// modifiers, each once; `None` when it has none.
-pub(super) fn backend_filters(
-    errors: &mut FieldErrors,
-    at: &str,
-    filters: &Option<Vec<HttpRouteRulesBackendRefsFilters>>,
-) -> Option<BackendFilters> {
-    let mut read = BackendFilters::default();
-    let mut seen = Seen::default();
-    for (i, f) in filters.iter().flatten().enumerate() {
-        let at = format!("{at}.filters[{i}]");
-        let kind = wire_name(&f.r#type);
-        if !seen.first(errors, &at, &kind) {
-            continue;
+/// A reader of filters that can only be header modifiers (GRPCRoute rules,
+/// HTTPRoute backendRefs): the generated types differ per place, the reading
+/// does not. Each modifier once; any other type goes to `$refuse`.
+macro_rules! header_filters {
+    ($(#[$doc:meta])* $name:ident($filters:ty, $kind:ident) -> $read:ty, $refuse:ident) => {
+        $(#[$doc])*
+        pub(super) fn $name(
+            errors: &mut FieldErrors,
+            at: &str,
+            filters: &Option<Vec<$filters>>,
+        ) -> Option<$read> {
+            let mut read = <$read>::default();
+            let mut seen = Seen::default();
+            for (i, f) in filters.iter().flatten().enumerate() {
+                let at = format!("{at}.filters[{i}]");
+                let kind = wire_name(&f.r#type);
+                if !seen.first(errors, &at, &kind) {
+                    continue;
+                }
+                match f.r#type {
+                    $kind::RequestHeaderModifier => {
+                        read.request_header_modifier = header_modifier(
+                            errors,
+                            &format!("{at}.requestHeaderModifier"),
+                            f.request_header_modifier.as_ref().map(Modifier::from),
+                        );
+                    }
+                    $kind::ResponseHeaderModifier => {
+                        read.response_header_modifier = header_modifier(
+                            errors,
+                            &format!("{at}.responseHeaderModifier"),
+                            f.response_header_modifier.as_ref().map(Modifier::from),
+                        );
+                    }
+                    _ => $refuse(errors, &at, &kind),
+                }
+            }
+            (read != <$read>::default()).then_some(read)
         }
-        match f.r#type {
-            HttpRouteRulesBackendRefsFiltersType::RequestHeaderModifier => {
-                read.request_header_modifier = header_modifier(
-                    errors,
-                    &format!("{at}.requestHeaderModifier"),
-                    f.request_header_modifier.as_ref().map(Modifier::from),
-                );
-            }
-            HttpRouteRulesBackendRefsFiltersType::ResponseHeaderModifier => {
-                read.response_header_modifier = header_modifier(
-                    errors,
-                    &format!("{at}.responseHeaderModifier"),
-                    f.response_header_modifier.as_ref().map(Modifier::from),
-                );
-            }
-            _ => {
-                errors.check::<()>(Err(error(
-                    format!("{at}.type"),
-                    format!("{kind} is not supported on a backendRef"),
-                )));
-            }
-        }
-    }
-    (read != BackendFilters::default()).then_some(read)
+    };
 }
 
-/// The filters of a GRPCRoute rule at `at`; `None` when it has none.
-pub(super) fn grpc_filters(
-    errors: &mut FieldErrors,
-    at: &str,
-    filters: &Option<Vec<GrpcRouteRulesFilters>>,
-) -> Option<GrpcFilters> {
-    let mut read = GrpcFilters::default();
-    let mut seen = Seen::default();
-    for (i, f) in filters.iter().flatten().enumerate() {
-        let at = format!("{at}.filters[{i}]");
-        let kind = wire_name(&f.r#type);
-        if !seen.first(errors, &at, &kind) {
-            continue;
-        }
-        match f.r#type {
-            GrpcRouteRulesFiltersType::RequestHeaderModifier => {
-                read.request_header_modifier = header_modifier(
-                    errors,
-                    &format!("{at}.requestHeaderModifier"),
-                    f.request_header_modifier.as_ref().map(Modifier::from),
-                );
-            }
-            GrpcRouteRulesFiltersType::ResponseHeaderModifier => {
-                read.response_header_modifier = header_modifier(
-                    errors,
-                    &format!("{at}.responseHeaderModifier"),
-                    f.response_header_modifier.as_ref().map(Modifier::from),
-                );
-            }
-            _ => unsupported(errors, &at, &kind),
-        }
-    }
-    (read != GrpcFilters::default()).then_some(read)
-}
+header_filters!(
+    /// The filters of an HTTPRoute backendRef at `at` (its `filters`): header
+    /// modifiers, each once; `None` when it has none.
+    backend_filters(HttpRouteRulesBackendRefsFilters, HttpRouteRulesBackendRefsFiltersType)
+        -> BackendFilters,
+    unsupported_on_backend
+);
+header_filters!(
+    /// The filters of a GRPCRoute rule at `at`; `None` when it has none.
+    grpc_filters(GrpcRouteRulesFilters, GrpcRouteRulesFiltersType) -> GrpcFilters,
+    unsupported
+);
 
 /// The filter types a rule already has: Gateway API allows each of the
 /// supported ones once per rule.
@@ -218,6 +197,13 @@ fn unsupported(errors: &mut FieldErrors, at: &str, kind: &str) {
     errors.check::<()>(Err(error(
         format!("{at}.type"),
         format!("{kind} is not supported"),
+    )));
+}
+
+fn unsupported_on_backend(errors: &mut FieldErrors, at: &str, kind: &str) {
+    errors.check::<()>(Err(error(
+        format!("{at}.type"),
+        format!("{kind} is not supported on a backendRef"),
     )));
 }
 
