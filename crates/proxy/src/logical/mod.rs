@@ -153,7 +153,7 @@ impl Logical {
         let rule = compiled.routes.route(&request).clone();
         span.set_route(&rule.label.0);
         let served = match &rule.filters {
-            None => serve(&compiled, &rule, None, request, source, grpc, span).await,
+            None => serve(&compiled, &rule, request, source, grpc, span).await,
             Some(filters) => {
                 // Boxed: its future holds `serve`'s and more, and would grow every
                 // request's future; a filtered request pays the allocation instead.
@@ -259,14 +259,13 @@ impl Compiled {
 }
 
 /// Routes `request` to a backend and sends it there, within the rule's
-/// timeouts. `grpc`: the request is a gRPC call. With `filters` (the rule's),
-/// a request the rule's fault lets through is copied to the mirrors, then the
+/// timeouts. `grpc`: the request is a gRPC call. With the rule's filters, a
+/// request the rule's fault lets through is copied to the mirrors, then the
 /// backend's own filters apply, and the response gets the rule's response
 /// headers, then the backend's.
 async fn serve(
     compiled: &Compiled,
     rule: &Rule,
-    filters: Option<&Filters>,
     mut request: Request<Body>,
     source: Option<&IpAddr>,
     grpc: bool,
@@ -290,6 +289,7 @@ async fn serve(
     if let Some(fault) = &rule.fault {
         inject(fault, backend, span).await?;
     }
+    let filters = rule.filters.as_deref();
     if let Some(filters) = filters.filter(|f| !f.mirrors.is_empty()) {
         let (backends, mirrors, timeout) =
             (&compiled.backends, &filters.mirrors, rule.request_timeout);
@@ -381,8 +381,7 @@ async fn serve_filtered(
     if let Some(rewrite) = &filters.rewrite {
         rewrite.apply(&mut request);
     }
-    let served = serve(compiled, rule, Some(filters), request, source, grpc, span);
-    served.await
+    serve(compiled, rule, request, source, grpc, span).await
 }
 
 /// Sends attempts until one is final, the policy's attempts are used up, or
