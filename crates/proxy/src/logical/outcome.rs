@@ -59,10 +59,7 @@ impl<'a> InFlight<'a> {
         };
         match grpc_status::classify_head(&response, grpc) {
             HeadOutcome::Known { success, grpc } => {
-                if let Some(status) = grpc {
-                    self.backend.count_grpc(status);
-                }
-                self.backend.record(&self.picked, success);
+                record(self.backend, &self.picked, success, grpc);
                 Ok(response)
             }
             HeadOutcome::AtTrailers => {
@@ -79,9 +76,26 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if !self.finished && self.picked.probe {
-            self.picked.endpoint.accrual.release_probe(Instant::now());
+        if !self.finished {
+            release_probe(&self.picked);
         }
+    }
+}
+
+/// The attempt's outcome into its endpoint's accrual, and its gRPC status,
+/// if it has one, into the backend's counters.
+fn record(backend: &Backend, picked: &Picked, success: bool, status: Option<GrpcStatus>) {
+    if let Some(status) = status {
+        backend.count_grpc(status);
+    }
+    backend.record(picked, success);
+}
+
+/// An attempt that ends without an outcome hands its probe, if it was one,
+/// back for the next request.
+fn release_probe(picked: &Picked) {
+    if picked.probe {
+        picked.endpoint.accrual.release_probe(Instant::now());
     }
 }
 
@@ -94,13 +108,9 @@ struct TrailersOutcome {
 
 impl TrailersOutcome {
     fn record(&self, success: bool, status: Option<GrpcStatus>) {
-        if self.recorded.replace(true) {
-            return;
+        if !self.recorded.replace(true) {
+            record(&self.backend, &self.picked, success, status);
         }
-        if let Some(status) = status {
-            self.backend.count_grpc(status);
-        }
-        self.backend.record(&self.picked, success);
     }
 }
 
@@ -126,8 +136,8 @@ impl BodyGuard for TrailersOutcome {
 impl Drop for TrailersOutcome {
     /// The client went away first: no outcome, but a probe is handed back.
     fn drop(&mut self) {
-        if !self.recorded.get() && self.picked.probe {
-            self.picked.endpoint.accrual.release_probe(Instant::now());
+        if !self.recorded.get() {
+            release_probe(&self.picked);
         }
     }
 }
