@@ -167,6 +167,14 @@ pub fn main(args: BenchArgs) -> Result<bool> {
     })
 }
 
+/// Where `tool` is on PATH, as a shell would find it.
+pub fn on_path(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(tool))
+        .find(|candidate| candidate.is_file())
+}
+
 fn check_rounds(rounds: usize) -> Result<()> {
     ensure!(
         (1..=MAX_ROUNDS).contains(&rounds),

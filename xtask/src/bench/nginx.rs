@@ -37,11 +37,10 @@ pub struct Nginx {
 /// Where the nginx binary is: on PATH or in /usr/sbin (Debian's place, not
 /// always on a user's PATH).
 fn binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join("nginx"))
-        .find(|candidate| candidate.is_file())
+    super::on_path("nginx").or_else(|| {
+        let debian = PathBuf::from("/usr/sbin/nginx");
+        debian.is_file().then_some(debian)
+    })
 }
 
 /// Starts nginx in `dir` (its config, certificates and logs) and waits until

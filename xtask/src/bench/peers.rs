@@ -4,7 +4,7 @@
 //! target's throughput as a ratio of the upstream's own. The scripts live in
 //! the project so the comparison can be repeated from any checkout.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -57,7 +57,7 @@ pub fn main(args: &BenchArgs) -> Result<bool> {
 fn missing_tools() -> Result<()> {
     let missing: Vec<_> = TOOLS
         .iter()
-        .filter(|(tool, _)| !on_path(tool))
+        .filter(|(tool, _)| super::on_path(tool).is_none())
         .map(|(_, package)| *package)
         .collect();
     if !missing.is_empty() {
@@ -67,12 +67,6 @@ fn missing_tools() -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| Path::new(&dir).join(tool).is_file())
-    })
 }
 
 fn run(command: &mut Command) -> Result<()> {
